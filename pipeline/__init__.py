@@ -1,0 +1,1 @@
+"""Pipeline stages: ingest (inputs -> validated rolls), build (rolls -> Zarr store), metrics, export."""

@@ -1,0 +1,161 @@
+"""The on-disk store of all songs: one Zarr v3 group, time-major, chunked along time.
+
+Layout (SCHEMA_VERSION 1) of `data/store.zarr`:
+
+    hits          uint8  [total_steps, D]  1 where a drum is hit at a step, else 0
+    velocity      uint8  [total_steps, D]  MIDI velocity 1..127 of each hit, 0 elsewhere
+    song_offsets  int64  [S + 1]           song i occupies rows song_offsets[i]:song_offsets[i+1]
+    songs/name, songs/source, songs/style, songs/split, songs/drummer, songs/beat_type   str [S]
+    songs/steps_per_bar, songs/beats_per_bar  int32 [S]
+    songs/bpm     float32 [S]
+    section_offsets int64 [S + 1], sections int64 [K, 2]   song-relative (start, end) steps, may be empty
+    attrs: schema_version, drum_names, drum_pitches, mapping, steps_per_quarter, num_songs,
+           num_steps, source_hash, splits (name -> song count)
+
+Songs are concatenated along time; a window never crosses a song boundary (song_offsets say where).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "validation", "test")
+STR_FIELDS = ("name", "source", "style", "split", "drummer", "beat_type")
+INT_FIELDS = ("steps_per_bar", "beats_per_bar")
+FLOAT_FIELDS = ("bpm",)
+
+
+@dataclass
+class Song:
+    """One validated, quantised song: what ingest produces and the store holds."""
+
+    name: str
+    hits: np.ndarray                 # uint8 [T, D], 0/1
+    velocity: np.ndarray             # uint8 [T, D], 0 where no hit
+    source: str = ""
+    style: str = ""
+    split: str = ""                  # "" until assigned (metadata or hash split)
+    drummer: str = ""
+    beat_type: str = ""
+    steps_per_bar: int = 16
+    beats_per_bar: int = 4
+    bpm: float = 120.0
+    sections: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.hits.shape[0])
+
+
+def _compressors(name: str):
+    if name in (None, "none", "None"):
+        return None
+    if name == "zstd":
+        return zarr.codecs.ZstdCodec(level=3)
+    raise ValueError(f"store.compressor must be 'zstd' or 'none', got {name!r}")
+
+
+def create_store(path: str | Path, *, num_songs: int, num_steps: int, num_drums: int,
+                 chunk_steps: int = 65536, compressor: str = "zstd") -> zarr.Group:
+    """Create an empty store of the given size; the caller fills rows and metadata."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    chunks = (max(1, min(int(chunk_steps), max(num_steps, 1))), num_drums)
+    for name in ("hits", "velocity"):
+        root.create_array(name, shape=(num_steps, num_drums), chunks=chunks, dtype="uint8",
+                          compressors=_compressors(compressor), fill_value=0)
+    root.create_array("song_offsets", shape=(num_songs + 1,), dtype="int64", fill_value=0)
+    songs = root.create_group("songs")
+    for f in STR_FIELDS:
+        songs.create_array(f, shape=(num_songs,), dtype=str)
+    for f in INT_FIELDS:
+        songs.create_array(f, shape=(num_songs,), dtype="int32", fill_value=0)
+    for f in FLOAT_FIELDS:
+        songs.create_array(f, shape=(num_songs,), dtype="float32", fill_value=0.0)
+    return root
+
+
+def write_metadata(root: zarr.Group, songs: list[Song], attrs: dict) -> None:
+    """Write song_offsets, per-song metadata, sections and attributes (everything but the rows)."""
+    lengths = np.array([s.num_steps for s in songs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    root["song_offsets"][:] = offsets
+    for f in STR_FIELDS:
+        root["songs"][f][:] = np.array([str(getattr(s, f)) for s in songs], dtype=object) if songs else []
+    for f in INT_FIELDS:
+        root["songs"][f][:] = np.array([getattr(s, f) for s in songs], dtype=np.int32)
+    for f in FLOAT_FIELDS:
+        root["songs"][f][:] = np.array([getattr(s, f) for s in songs], dtype=np.float32)
+    sec = [np.asarray(s.sections, np.int64).reshape(-1, 2) for s in songs]
+    sec_offsets = np.concatenate([[0], np.cumsum([len(x) for x in sec])]).astype(np.int64)
+    root.create_array("section_offsets", data=sec_offsets)
+    all_sec = np.concatenate(sec) if sec and sec_offsets[-1] else np.zeros((0, 2), np.int64)
+    root.create_array("sections", data=all_sec.astype(np.int64))
+    splits = {name: int(sum(s.split == name for s in songs)) for name in SPLITS}
+    root.attrs.update({"schema_version": SCHEMA_VERSION, "num_songs": len(songs),
+                       "num_steps": int(offsets[-1]), "splits": splits, **attrs})
+
+
+def write_store(path: str | Path, songs: list[Song], attrs: dict, *, chunk_steps: int = 65536,
+                compressor: str = "zstd") -> None:
+    """Write songs to a new store at `path` in one sequential pass (small data and tests).
+
+    The `build` stage writes the same layout in parallel with dask; both go through
+    create_store/write_metadata so the layout has one definition.
+    """
+    num_drums = songs[0].hits.shape[1] if songs else len(attrs.get("drum_names", [])) or 1
+    root = create_store(path, num_songs=len(songs), num_steps=sum(s.num_steps for s in songs),
+                        num_drums=num_drums, chunk_steps=chunk_steps, compressor=compressor)
+    if songs:
+        root["hits"][:] = np.concatenate([s.hits for s in songs]).astype(np.uint8)
+        root["velocity"][:] = np.concatenate([s.velocity for s in songs]).astype(np.uint8)
+    write_metadata(root, songs, attrs)
+
+
+class Store:
+    """Read access to a built store. Arrays are read lazily; metadata is loaded once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise FileNotFoundError(f"{self.path}: no Zarr store here (run `dvc repro build`)")
+        self.root = zarr.open_group(str(self.path), mode="r")
+        version = self.root.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"{self.path}: schema_version {version}, this code reads {SCHEMA_VERSION}")
+        self.attrs = dict(self.root.attrs)
+        self.hits = self.root["hits"]
+        self.velocity = self.root["velocity"]
+        self.song_offsets = self.root["song_offsets"][:]
+        self.meta = {f: self.root["songs"][f][:] for f in STR_FIELDS + INT_FIELDS + FLOAT_FIELDS}
+        self.section_offsets = self.root["section_offsets"][:]
+        self.sections = self.root["sections"][:]
+
+    @property
+    def num_songs(self) -> int:
+        return len(self.song_offsets) - 1
+
+    @property
+    def num_drums(self) -> int:
+        return int(self.hits.shape[1])
+
+    @property
+    def drum_names(self) -> list[str]:
+        return list(self.attrs["drum_names"])
+
+    def song_slice(self, i: int) -> slice:
+        return slice(int(self.song_offsets[i]), int(self.song_offsets[i + 1]))
+
+    def song(self, i: int) -> Song:
+        sl = self.song_slice(i)
+        kw = {f: self.meta[f][i] for f in STR_FIELDS}
+        kw.update({f: int(self.meta[f][i]) for f in INT_FIELDS})
+        kw.update({f: float(self.meta[f][i]) for f in FLOAT_FIELDS})
+        sec = self.sections[self.section_offsets[i]:self.section_offsets[i + 1]]
+        return Song(hits=self.hits[sl], velocity=self.velocity[sl], sections=sec, **kw)
+
+    def songs_in_split(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.meta["split"] == split)

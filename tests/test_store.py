@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from pipeline.atomic import atomic_path
+from pipeline.drums import DrumMap
+from pipeline.store import Song, Store, write_store
+
+
+def _songs(rng, lengths):
+    out = []
+    for i, n in enumerate(lengths):
+        hits = (rng.random((n, 9)) < 0.2).astype(np.uint8)
+        vel = hits * rng.integers(1, 128, size=hits.shape).astype(np.uint8)
+        out.append(Song(name=f"s{i}", hits=hits, velocity=vel, split="train", bpm=100.0 + i))
+    return out
+
+
+def test_store_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    songs = _songs(rng, [0, 5, 100, 33])
+    write_store(tmp_path / "s.zarr", songs, DrumMap.default().to_attrs(), chunk_steps=16)
+    store = Store(tmp_path / "s.zarr")
+    assert store.num_songs == 4
+    assert list(store.song_offsets) == [0, 0, 5, 105, 138]
+    for i, s in enumerate(songs):
+        got = store.song(i)
+        np.testing.assert_array_equal(got.hits, s.hits)
+        np.testing.assert_array_equal(got.velocity, s.velocity)
+        assert got.name == s.name and got.bpm == pytest.approx(s.bpm)
+    assert store.attrs["splits"] == {"train": 4, "validation": 0, "test": 0}
+    assert store.drum_names[0] == "kick"
+
+
+def test_atomic_path_keeps_old_output_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
