@@ -96,6 +96,20 @@ def test_test_split_uses_the_validation_threshold(tiny, tmp_path):
     assert res["scores"]["model"]["threshold"] == tau_model
 
 
+def test_a_store_built_elsewhere_is_scored_whole_against_the_training_store(tiny, tmp_path):
+    store, ckpt = tiny
+    other = make_store(tmp_path / "other.zarr", seed=1)      # e.g. a folder of MIDI kept for testing
+    res = evaluate(_cfg(other, ckpt, tmp_path, "split=all", f"evaluate.reference_store={store}",
+                        "evaluate.generated.enabled=false"))
+    # 8 train + 3 validation songs of 128 steps (2 windows), a 40-step and a 96-step song (1 each)
+    assert res["windows"] == 8 * 2 + 3 * 2 + 1 + 1 and res["reference_store"] == str(store)
+    s = Store(store)
+    freq = FrequencyBaseline().fit([np.asarray(s.hits[s.song_slice(int(i))]) for i in s.songs_in_split("train")])
+    val = split_windows(s, "validation", SEQ_LEN, SEQ_LEN)
+    assert res["scores"]["frequency"]["threshold"] == score_windows(lambda x, m, a: freq.predict(x), val, 9,
+                                                                    8).best_threshold()
+
+
 def test_windows_follow_the_metrics_stage_rule(tiny):
     assert window_starts(0, 64, 16) == [] and window_starts(40, 64, 16) == [0]
     assert window_starts(128, 64, 16) == [0, 16, 32, 48, 64] and window_starts(130, 64, 64) == [0, 64]

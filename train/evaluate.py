@@ -63,8 +63,13 @@ def window_starts(num_steps: int, seq_len: int, stride: int) -> list[int]:
     return list(range(0, num_steps - seq_len + 1, stride))
 
 
+def split_songs_ids(store: Store, split: str) -> np.ndarray:
+    """Song indices of a split; `all` is every song (a store built from a folder kept for testing)."""
+    return np.arange(store.num_songs) if split == "all" else store.songs_in_split(split)
+
+
 def split_windows(store: Store, split: str, seq_len: int, stride: int, hits: np.ndarray | None = None) -> Windows:
-    songs = store.songs_in_split(split)
+    songs = split_songs_ids(store, split)
     if len(songs) == 0:
         raise ValueError(f"{store.path}: no song in split {split!r} (splits: {store.attrs.get('splits')})")
     hits = np.asarray(store.hits[:]) if hits is None else hits
@@ -163,11 +168,20 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"{ckpt_path}: trained on drums {list(ckpt['drum_names'])}, but {store.path} holds {names}")
     hits = np.asarray(store.hits[:])
     windows = split_windows(store, cfg.split, seq_len, int(ecfg.stride), hits)
-    validation = windows if cfg.split == "validation" else split_windows(store, "validation", seq_len,
-                                                                         int(ecfg.stride), hits)
-    train_songs = split_songs(store, "train", hits)
+    # The reference store's train split fits the baselines and its validation split picks thresholds:
+    # the store itself by default, the training data's store when scoring a store built elsewhere.
+    ref_path = Path(ecfg.reference_store or cfg.paths.store)
+    same = ref_path.resolve() == store.path.resolve()
+    ref, ref_hits = (store, hits) if same else (Store(ref_path), None)
+    if not same:
+        ref_hits = np.asarray(ref.hits[:])
+        if ref.drum_names != names:
+            raise ValueError(f"{ref.path} holds drums {ref.drum_names}, {store.path} holds {names}")
+    validation = windows if same and cfg.split == "validation" else split_windows(
+        ref, "validation", seq_len, int(ecfg.stride), ref_hits)
+    train_songs = split_songs(ref, "train", ref_hits)
     if not train_songs:
-        raise ValueError(f"{store.path}: no song in the train split to fit the baselines on")
+        raise ValueError(f"{ref.path}: no song in the train split to fit the baselines on")
 
     b = ecfg.baselines
     predictors = {MODEL_ROW: lambda s, m, a: model_probs(model, s, m, a)}
@@ -187,7 +201,7 @@ def evaluate(cfg: DictConfig) -> dict:
     plots.mkdir(parents=True, exist_ok=True)
     pictures = {"scores": save_score_bars(plots / "scores.png", scores)}
     result = {
-        "checkpoint": str(ckpt_path), "split": cfg.split, "store": str(store.path),
+        "checkpoint": str(ckpt_path), "split": cfg.split, "store": str(store.path), "reference_store": str(ref.path),
         "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
         "scores": scores,
         "model_beats_baselines_nll": all(scores[MODEL_ROW]["nll_bits_per_step"] < s["nll_bits_per_step"]
@@ -228,7 +242,8 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
     lines = [f"# Evaluation on the {result['split']} split", "",
              f"Checkpoint `{result['checkpoint']}`, store `{result['store']}`: {result['windows']} windows of "
              f"{result['seq_len']} steps (stride {result['stride']}), "
-             f"{s[MODEL_ROW]['scored_steps']} scored steps.", "",
+             f"{s[MODEL_ROW]['scored_steps']} scored steps. Baselines fitted on the train split and "
+             f"thresholds chosen on the validation split of `{result['reference_store']}`.", "",
              "## Next-step prediction (teacher forced)", "",
              "Lower NLL is better; the onset threshold of each row is the one that maximises its F1 on the "
              "validation split.", "",
