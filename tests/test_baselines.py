@@ -34,7 +34,7 @@ def test_repeat_bar_scores_near_zero_on_a_strictly_repeating_bar():
 def test_repeat_bar_predicts_step_t_plus_1_from_step_t_plus_1_minus_spb():
     rng = np.random.default_rng(1)
     x = (rng.random((2, 40, 4)) < 0.3).astype(np.float32)
-    rb = RepeatBarBaseline(SPB, eps=0.01).fit([x[0]])
+    rb = RepeatBarBaseline(SPB, eps=0.01, calibrated=False).fit([x[0]])
     probs = rb.predict(x)
     t = np.arange(SPB - 1, 40)
     expected = np.where(x[:, t + 1 - SPB] > 0, 0.99, 0.01)
@@ -42,6 +42,21 @@ def test_repeat_bar_predicts_step_t_plus_1_from_step_t_plus_1_minus_spb():
     # Before a whole bar is in the window: the per-drum frequency of the training song.
     np.testing.assert_allclose(probs[:, : SPB - 1], np.broadcast_to(np.clip(x[0].mean(0), .01, .99),
                                                                      (2, SPB - 1, 4)))
+
+
+def test_calibrated_repeat_bar_learns_how_often_a_copy_is_right():
+    # drum 0: hit at step 0 of every bar, and at step 8 of every other bar
+    song = np.zeros((8 * SPB, 2), np.uint8)
+    song[::SPB, 0] = 1
+    song[8::2 * SPB, 0] = 1
+    song[::4, 1] = 1                     # drum 1 strictly repeats
+    rb = RepeatBarBaseline(SPB, eps=1e-9).fit([song])
+    before, now = song[:-SPB, 0], song[SPB:, 0]
+    np.testing.assert_allclose(rb.p_repeat, [(before & now).sum() / before.sum(), 1.0])
+    np.testing.assert_allclose(rb.p_new, [((1 - before) & now).sum() / (1 - before).sum(), 0.0])
+    assert 0 < rb.p_repeat[0] < 1 and 0 < rb.p_new[0] < 1
+    probs = rb.predict(song[None].astype(np.float32))
+    np.testing.assert_allclose(probs[0, SPB - 1:, 0], np.where(song[: -SPB + 1, 0] > 0, rb.p_repeat[0], rb.p_new[0]))
 
 
 def test_frequency_equals_empirical_rate():

@@ -6,7 +6,8 @@ each drum being hit at step t+1, computed only from `steps[:, :t+1]` of the same
 never sees the song before its window, so neither do the baselines). Every probability is floored
 to [eps, 1 - eps] so the negative log-likelihood stays finite.
 
-- `RepeatBarBaseline`: step t+1 repeats step t+1-spb of the window; the window's first bar has no
+- `RepeatBarBaseline`: step t+1 repeats step t+1-spb of the window, with per-drum copy
+  probabilities learnt on the training split (or a literal copy); the window's first bar has no
   bar to repeat and falls back to the per-drum frequencies.
 - `FrequencyBaseline`: p_d = (hits of drum d) / (steps), counted over the training split; the
   same at every step.
@@ -60,25 +61,51 @@ class FrequencyBaseline:
 
 
 class RepeatBarBaseline:
-    """p(x_{t+1}) = x_{t+1-spb} (floored to [eps, 1-eps]); frequencies where t+1 < spb."""
+    """Step t+1 repeats step t+1-spb; the window's first bar uses the per-drum frequencies.
+
+    Calibrated (default): p_d = a_d where drum d was hit one bar earlier, else b_d, with
+        a_d = P(x_{t,d} = 1 | x_{t-spb,d} = 1),  b_d = P(x_{t,d} = 1 | x_{t-spb,d} = 0)
+    counted over the training split, so a copy is as confident as copies were right in training.
+    Uncalibrated: a_d = 1, b_d = 0 (a literal copy). Both floored to [eps, 1 - eps]; on a strictly
+    repeating song both give a_d = 1, b_d = 0.
+    """
 
     name = "repeat_bar"
 
-    def __init__(self, steps_per_bar: int, eps: float = DEFAULT_EPS):
+    def __init__(self, steps_per_bar: int, eps: float = DEFAULT_EPS, calibrated: bool = True):
         self.steps_per_bar = int(steps_per_bar)
         self.eps = float(eps)
+        self.calibrated = bool(calibrated)
         self.fallback = FrequencyBaseline(eps)
+        self.p_repeat: np.ndarray | None = None   # a_d
+        self.p_new: np.ndarray | None = None      # b_d
 
     def fit(self, songs: Iterable[np.ndarray]) -> "RepeatBarBaseline":
+        songs = [_as_hits(s) for s in songs]
         self.fallback.fit(songs)
+        num_drums = len(self.fallback.rates)
+        both, prev, cur_only, rest = (np.zeros(num_drums) for _ in range(4))
+        for x in songs:
+            if len(x) > self.steps_per_bar:
+                before, now = x[: -self.steps_per_bar], x[self.steps_per_bar:]
+                both += (before * now).sum(0)
+                prev += before.sum(0)
+                cur_only += ((1 - before) * now).sum(0)
+                rest += (1 - before).sum(0)
+        if self.calibrated:
+            self.p_repeat = np.divide(both, prev, out=np.ones(num_drums), where=prev > 0)
+            self.p_new = np.divide(cur_only, rest, out=np.zeros(num_drums), where=rest > 0)
+        else:
+            self.p_repeat, self.p_new = np.ones(num_drums), np.zeros(num_drums)
         return self
 
     def predict(self, steps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         x = _as_hits(steps)
         probs = self.fallback.predict(x)
         spb, length = self.steps_per_bar, x.shape[1]
-        if length >= spb:  # probs[:, t] predicts step t+1, a copy of step t+1-spb (t >= spb-1)
-            probs[:, spb - 1:] = x[:, : length - spb + 1]
+        if length >= spb:  # probs[:, t] predicts step t+1 from step t+1-spb (t >= spb-1)
+            before = x[:, : length - spb + 1]
+            probs[:, spb - 1:] = np.where(before > 0, self.p_repeat, self.p_new)
         return _floor(probs, self.eps)
 
 
@@ -171,7 +198,7 @@ class NGramBaseline:
 
 
 def make_baselines(steps_per_bar: int, ngram_n: int = 4, ngram_alpha: float = 1.0,
-                   eps: float = DEFAULT_EPS) -> list:
+                   eps: float = DEFAULT_EPS, repeat_calibrated: bool = True) -> list:
     """The three baselines of the evaluation, unfitted, in report order."""
-    return [RepeatBarBaseline(steps_per_bar, eps), FrequencyBaseline(eps),
+    return [RepeatBarBaseline(steps_per_bar, eps, repeat_calibrated), FrequencyBaseline(eps),
             NGramBaseline(ngram_n, ngram_alpha, eps)]

@@ -185,7 +185,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     b = ecfg.baselines
     predictors = {MODEL_ROW: lambda s, m, a: model_probs(model, s, m, a)}
-    for base in make_baselines(spb, int(b.ngram_n), float(b.ngram_alpha), float(b.eps)):
+    for base in make_baselines(spb, int(b.ngram_n), float(b.ngram_alpha), float(b.eps),
+                               bool(b.repeat_calibrated)):
         base.fit(train_songs)
         predictors[base.name] = lambda s, m, a, base=base: base.predict(s, m)
 
