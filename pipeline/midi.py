@@ -1,0 +1,124 @@
+"""Drum MIDI in and out: quantised piano rolls from General MIDI drum files, and back.
+
+`read_midi` is the ingest side (MIDI folder, Groove MIDI Dataset); `write_midi` is used by ingest
+tests and by generation, so one definition of "a roll as MIDI" serves both directions.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import symusic
+
+from pipeline.drums import DrumMap
+
+DRUM_CHANNEL = 9  # General MIDI channel 10, zero-based
+
+
+class MidiError(ValueError):
+    """A MIDI file that cannot become a song; the message names the file and the reason."""
+
+
+@dataclass
+class MidiRoll:
+    hits: np.ndarray                  # uint8 [T, D] 0/1
+    velocity: np.ndarray              # uint8 [T, D] max velocity of the notes on each hit
+    steps_per_bar: int
+    beats_per_bar: int
+    bpm: float
+    notes_mapped: int                 # drum notes that landed in a class (before merging per step)
+    unmapped: dict[int, int] = field(default_factory=dict)  # pitch -> notes dropped (not in the map)
+
+
+def steps_per_bar_for(numerator: int, denominator: int, steps_per_quarter: int, where: str = "") -> int:
+    """steps_per_bar = steps_per_quarter * 4 * numerator / denominator; must be a whole number."""
+    spb = Fraction(steps_per_quarter * 4 * numerator, denominator)
+    if spb.denominator != 1 or spb <= 0:
+        raise MidiError(f"{where}: time signature {numerator}/{denominator} gives {float(spb)} steps per "
+                        f"bar at {steps_per_quarter} steps per quarter (must be a whole number)")
+    return int(spb)
+
+
+def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4) -> MidiRoll:
+    """Quantise the drum notes of a MIDI file onto a grid of `steps_per_quarter` steps per quarter note.
+
+    Note onsets in ticks become quarter-note positions (tick / ticks_per_quarter), so the grid follows
+    the tempo map; position * steps_per_quarter is rounded to the nearest step. Several notes of one
+    class on one step make one hit with the largest velocity. Notes whose pitch is not in the map are
+    counted per pitch in `unmapped`. The roll ends at the bar holding the last hit (whole bars, from the
+    first time signature; 4/4 when the file has none).
+    """
+    path = Path(path)
+    try:
+        score = symusic.Score(str(path), ttype="tick")
+    except Exception as exc:  # symusic raises RuntimeError/ValueError subtypes for corrupt files
+        raise MidiError(f"{path}: unreadable MIDI ({exc})") from exc
+    tracks = [t for t in score.tracks if t.is_drum and len(t.notes)]
+    if not tracks:
+        raise MidiError(f"{path}: no drum notes (no notes on channel 10 / drum tracks)")
+    notes = [t.notes.numpy() for t in tracks]
+    onset = np.concatenate([n["time"] for n in notes]).astype(np.int64)
+    pitch = np.concatenate([n["pitch"] for n in notes]).astype(np.int64)
+    vel = np.concatenate([n["velocity"] for n in notes]).astype(np.int64)
+
+    lut = np.full(128, -1, np.int64)
+    for p, c in drum_map.pitch_to_class.items():
+        lut[p] = c
+    cls = lut[pitch]
+    mapped = cls >= 0
+    unmapped = {int(p): int(n) for p, n in sorted(Counter(pitch[~mapped].tolist()).items())}
+    if not mapped.any():
+        raise MidiError(f"{path}: no drum notes in the mapping (unmapped pitches {unmapped})")
+
+    ts = score.time_signatures
+    num, den = (int(ts[0].numerator), int(ts[0].denominator)) if len(ts) else (4, 4)
+    spb = steps_per_bar_for(num, den, steps_per_quarter, str(path))
+    bpm = float(score.tempos[0].qpm) if len(score.tempos) else 120.0
+
+    tpq = int(score.ticks_per_quarter)
+    step = np.rint(onset[mapped] * steps_per_quarter / tpq).astype(np.int64)
+    cls, v = cls[mapped], np.clip(vel[mapped], 1, 127)
+    num_steps = (int(step.max()) // spb + 1) * spb
+    velocity = np.zeros((num_steps, drum_map.num_drums), np.uint8)
+    np.maximum.at(velocity, (step, cls), v.astype(np.uint8))
+    return MidiRoll(hits=(velocity > 0).astype(np.uint8), velocity=velocity, steps_per_bar=spb,
+                    beats_per_bar=num, bpm=bpm, notes_mapped=int(mapped.sum()), unmapped=unmapped)
+
+
+def write_midi(path: str | Path, hits: np.ndarray, velocity: np.ndarray | None = None, *,
+               drum_map: DrumMap, bpm: float = 120.0, steps_per_quarter: int = 4,
+               beats_per_bar: int = 4, default_velocity: int = 100, ticks_per_quarter: int = 480) -> Path:
+    """Write a roll as a one-track General MIDI drum file (channel 10), each class at its canonical pitch.
+
+    Each hit is a note of one step's length; `velocity` (0 where no hit) gives its loudness, else
+    `default_velocity`. The file is written atomically.
+    """
+    from pipeline.atomic import atomic_path
+
+    hits = np.asarray(hits)
+    if hits.ndim != 2 or hits.shape[1] != drum_map.num_drums:
+        raise ValueError(f"{path}: hits must be [T, {drum_map.num_drums}], got {hits.shape}")
+    vel = np.full(hits.shape, default_velocity) if velocity is None else np.asarray(velocity)
+    vel = np.clip(np.where(vel > 0, vel, default_velocity), 1, 127).astype(np.int8)
+    ticks_per_step = ticks_per_quarter // steps_per_quarter
+    if ticks_per_step * steps_per_quarter != ticks_per_quarter:
+        raise ValueError(f"ticks_per_quarter {ticks_per_quarter} not divisible by {steps_per_quarter}")
+
+    steps, cls = np.nonzero(hits > 0)
+    pitches = np.asarray(drum_map.pitches, np.int8)
+    score = symusic.Score(ticks_per_quarter, ttype="tick")
+    score.tempos.append(symusic.Tempo(0, float(bpm), ttype="tick"))
+    score.time_signatures.append(symusic.TimeSignature(0, int(beats_per_bar), 4, ttype="tick"))
+    track = symusic.Track("drums", program=0, is_drum=True, ttype="tick")
+    track.notes = symusic.Note.from_numpy(
+        time=(steps * ticks_per_step).astype(np.int32),
+        duration=np.full(len(steps), ticks_per_step, np.int32),
+        pitch=pitches[cls], velocity=vel[steps, cls], ttype="tick")
+    score.tracks.append(track)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        score.dump_midi(str(tmp))
+    return path
