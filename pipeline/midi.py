@@ -90,8 +90,12 @@ def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4) -
 
 def write_midi(path: str | Path, hits: np.ndarray, velocity: np.ndarray | None = None, *,
                drum_map: DrumMap, bpm: float = 120.0, steps_per_quarter: int = 4,
-               beats_per_bar: int = 4, default_velocity: int = 100, ticks_per_quarter: int = 480) -> Path:
+               beats_per_bar: int = 4, default_velocity: int = 100, beat_unit: int = 4,
+               ticks_per_quarter: int = 480) -> Path:
     """Write a roll as a one-track General MIDI drum file (channel 10), each class at its canonical pitch.
+
+    The time signature is beats_per_bar/beat_unit (e.g. 6/8: beats_per_bar=6, beat_unit=8), so that
+    read_midi gives back the same steps_per_bar.
 
     Each hit is a note of one step's length; `velocity` (0 where no hit) gives its loudness, else
     `default_velocity`. The file is written atomically.
@@ -111,7 +115,7 @@ def write_midi(path: str | Path, hits: np.ndarray, velocity: np.ndarray | None =
     pitches = np.asarray(drum_map.pitches, np.int8)
     score = symusic.Score(ticks_per_quarter, ttype="tick")
     score.tempos.append(symusic.Tempo(0, float(bpm), ttype="tick"))
-    score.time_signatures.append(symusic.TimeSignature(0, int(beats_per_bar), 4, ttype="tick"))
+    score.time_signatures.append(symusic.TimeSignature(0, int(beats_per_bar), int(beat_unit), ttype="tick"))
     track = symusic.Track("drums", program=0, is_drum=True, ttype="tick")
     track.notes = symusic.Note.from_numpy(
         time=(steps * ticks_per_step).astype(np.int32),
