@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import mido
 import numpy as np
 import symusic
 
@@ -42,6 +43,34 @@ def steps_per_bar_for(numerator: int, denominator: int, steps_per_quarter: int, 
     return int(spb)
 
 
+def _drum_onsets(path: Path):
+    """Every drum note-on (channel 10, velocity > 0) as absolute ticks, plus time signatures and tempos.
+
+    mido rather than symusic here: symusic pairs note-ons with note-offs and drops a note-on that is
+    never closed (one ride hit in the Groove MIDI Dataset), while a drum roll needs onsets only.
+    """
+    try:
+        mf = mido.MidiFile(str(path))
+    except Exception as exc:  # mido raises OSError, EOFError, KeyError, ValueError... for corrupt files
+        raise MidiError(f"{path}: unreadable MIDI ({type(exc).__name__}: {exc})") from exc
+    if mf.type == 2 or mf.ticks_per_beat <= 0:
+        raise MidiError(f"{path}: unsupported MIDI (type {mf.type}, {mf.ticks_per_beat} ticks per beat)")
+    onsets, timesigs, tempos = [], [], []
+    for track in mf.tracks:
+        tick = 0
+        for msg in track:
+            tick += msg.time
+            if msg.type == "note_on":
+                if msg.velocity > 0 and msg.channel == DRUM_CHANNEL:
+                    onsets.append((tick, msg.note, msg.velocity))
+            elif msg.type == "time_signature":
+                timesigs.append((tick, msg.numerator, msg.denominator))
+            elif msg.type == "set_tempo":
+                tempos.append((tick, msg.tempo))
+    ev = np.array(onsets, np.int64).reshape(-1, 3)
+    return ev[:, 0], ev[:, 1], ev[:, 2], timesigs, tempos, int(mf.ticks_per_beat)
+
+
 def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4) -> MidiRoll:
     """Quantise the drum notes of a MIDI file onto a grid of `steps_per_quarter` steps per quarter note.
 
@@ -52,17 +81,9 @@ def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4) -
     first time signature; 4/4 when the file has none).
     """
     path = Path(path)
-    try:
-        score = symusic.Score(str(path), ttype="tick")
-    except Exception as exc:  # symusic raises RuntimeError/ValueError subtypes for corrupt files
-        raise MidiError(f"{path}: unreadable MIDI ({exc})") from exc
-    tracks = [t for t in score.tracks if t.is_drum and len(t.notes)]
-    if not tracks:
+    onset, pitch, vel, timesigs, tempos, tpq = _drum_onsets(path)
+    if not len(onset):
         raise MidiError(f"{path}: no drum notes (no notes on channel 10 / drum tracks)")
-    notes = [t.notes.numpy() for t in tracks]
-    onset = np.concatenate([n["time"] for n in notes]).astype(np.int64)
-    pitch = np.concatenate([n["pitch"] for n in notes]).astype(np.int64)
-    vel = np.concatenate([n["velocity"] for n in notes]).astype(np.int64)
 
     lut = np.full(128, -1, np.int64)
     for p, c in drum_map.pitch_to_class.items():
@@ -73,12 +94,10 @@ def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4) -
     if not mapped.any():
         raise MidiError(f"{path}: no drum notes in the mapping (unmapped pitches {unmapped})")
 
-    ts = score.time_signatures
-    num, den = (int(ts[0].numerator), int(ts[0].denominator)) if len(ts) else (4, 4)
+    num, den = min(timesigs)[1:] if timesigs else (4, 4)
     spb = steps_per_bar_for(num, den, steps_per_quarter, str(path))
-    bpm = float(score.tempos[0].qpm) if len(score.tempos) else 120.0
+    bpm = float(mido.tempo2bpm(min(tempos)[1])) if tempos else 120.0
 
-    tpq = int(score.ticks_per_quarter)
     step = np.rint(onset[mapped] * steps_per_quarter / tpq).astype(np.int64)
     cls, v = cls[mapped], np.clip(vel[mapped], 1, 127)
     num_steps = (int(step.max()) // spb + 1) * spb
