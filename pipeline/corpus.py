@@ -41,6 +41,13 @@ SWING_ACCENT = (12.0, -12.0, -12.0, 2.0)   # shuffle: the swung 8th falls on the
 FILL_RHYTHMS = np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1], [1, 0, 1, 0], [1, 1, 1, 0]], bool)
 FILL_RHYTHM_P = np.array([0.35, 0.2, 0.15, 0.2, 0.1])
 FILL_TYPES = ("snare", "toms", "snare_toms", "unison")
+FILL_RHYTHM_CDF = np.cumsum(FILL_RHYTHM_P)
+FILL_BEATS_CDF = np.cumsum([0.3, 0.45, 0.25])   # a fill lasts 1 beat, 2 beats or the whole bar
+
+
+def _draw(cdf: np.ndarray, u):
+    """Categorical draw(s) from uniform(s) `u` (cheaper than Generator.choice in a per-fill loop)."""
+    return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,7 @@ def _compile(template: dict, steps_per_bar: int) -> np.ndarray:
     return codes
 
 
+_FILL_TYPE_CDF = {name: np.cumsum(st.fill_types) / sum(st.fill_types) for name, st in STYLES.items()}
 _COMPILED = {name: {kind: [_compile(t, st.steps_per_bar) for t in ts] for kind, ts in st.grooves.items()}
              for name, st in STYLES.items()}
 
@@ -185,10 +193,11 @@ def _fill(rng: np.random.Generator, style: Style, nbeats: int) -> tuple[np.ndarr
     """One fill of `nbeats` beats: hits [L, D] bool and a crescendo velocity [L]."""
     L = nbeats * STEPS_PER_BEAT
     k = np.arange(L)
-    rhythm = rng.choice(len(FILL_RHYTHMS), size=nbeats, p=FILL_RHYTHM_P)
-    rhythm[-1] = 0 if rng.random() < 0.5 else rhythm[-1]     # fills tend to end on straight 16ths
+    u = rng.random(nbeats + 2 + L)
+    rhythm = _draw(FILL_RHYTHM_CDF, u[:nbeats])
+    rhythm[-1] = 0 if u[nbeats] < 0.5 else rhythm[-1]     # fills tend to end on straight 16ths
     on = FILL_RHYTHMS[rhythm].reshape(-1)
-    kind = FILL_TYPES[rng.choice(len(FILL_TYPES), p=np.array(style.fill_types) / sum(style.fill_types))]
+    kind = FILL_TYPES[int(_draw(_FILL_TYPE_CDF[style.name], u[nbeats + 1]))]
     hits = np.zeros((L, len(DRUMS)), bool)
     if kind == "snare":
         hits[on, S] = True
@@ -203,7 +212,7 @@ def _fill(rng: np.random.Generator, style: Style, nbeats: int) -> tuple[np.ndarr
         on = k % 2 == 0
         hits[on, S] = hits[on, K] = True
     if kind != "unison":
-        hits[(k % STEPS_PER_BEAT == 0) & (rng.random(L) < 0.5), K] = True
+        hits[(k % STEPS_PER_BEAT == 0) & (u[nbeats + 2:] < 0.5), K] = True
     velocity = 84.0 + 26.0 * k / max(L - 1, 1)
     return hits, velocity
 
@@ -257,7 +266,7 @@ def _song(i: int, seed: int, opts: CorpusOptions) -> Song:
     if opts.ending:                      # the song's last fill leads into the final crash
         fill_bars = [b for b in fill_bars if b < last_bar - 1] + [last_bar - 1]
     for bar in fill_bars:
-        nbeats = int(rng.choice([1, 2, style.beats_per_bar], p=[0.3, 0.45, 0.25]))
+        nbeats = (1, 2, style.beats_per_bar)[int(_draw(FILL_BEATS_CDF, rng.random()))]
         f_hits, f_vel = _fill(rng, style, nbeats)
         s0 = (bar + 1) * spb - len(f_hits)
         region = slice(s0, s0 + len(f_hits))
