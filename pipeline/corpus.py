@@ -236,11 +236,11 @@ def _song(i: int, seed: int, opts: CorpusOptions) -> Song:
     stack = np.stack([grooves[k] for k in kinds])
     bar_groove = np.array([kinds.index(SECTION_GROOVE[k]) for k in bar_kind])
     codes = stack[bar_groove].reshape(T, D)
-    gain = np.repeat([SECTION_GAIN[k] for k in bar_kind], spb)
+    gain = np.repeat(np.array([SECTION_GAIN[k] for k in bar_kind], np.float32), spb)
 
     # Humanise: one uniform draw decides ghosts, drops and stray hits (their masks are disjoint).
-    u = rng.random((T, D))
-    z = rng.standard_normal((T, D)).astype(np.float32)
+    u = rng.random((T, D), dtype=np.float32)
+    z = rng.standard_normal((T, D), dtype=np.float32)
     ghost = (codes == GHOST) & (u < opts.ghost_prob)
     drop = (codes == HIT) & (u < opts.drop_prob)
     stray = (codes == REST) & (u > 1.0 - opts.add_prob)
@@ -251,9 +251,9 @@ def _song(i: int, seed: int, opts: CorpusOptions) -> Song:
     for drum, v in (style.velocity or {}).items():
         base[DRUMS.index(drum)] = v
     accent = np.tile(np.array(SWING_ACCENT if style.swing else STRAIGHT_ACCENT, np.float32), spb // 4)
-    song_gain = rng.normal(0.0, 6.0)
+    song_gain = np.float32(rng.normal(0.0, 6.0))
     vel = (base[None, :] + np.tile(accent, nbars)[:, None] + 14.0 * (codes == ACCENT)
-           + gain[:, None] + song_gain + opts.velocity_jitter * z)
+           + gain[:, None] + song_gain + np.float32(opts.velocity_jitter) * z)
     soft = ghost | (stray & (np.arange(D) == S))
     vel[soft] = 32.0 + 6.0 * z[soft]
 
