@@ -164,7 +164,7 @@ def _run_part(part: int, items: list, load, songs_dir: Path) -> list[dict]:
 
 
 def _label(item) -> str:
-    return item.name if isinstance(item, Song) else str(item[0])
+    return f"builtin song {item}" if isinstance(item, int) else str(item[0])
 
 
 def hash_split(song_id: str, ratios: dict) -> str:
@@ -184,11 +184,18 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
     data, spq = cfg.data, int(cfg.ingest.steps_per_quarter)
     source = data.source
     if source == "builtin":
-        from pipeline.corpus import generate_corpus
+        # Each task generates its own songs (song i depends only on seed and i): parallel, and the
+        # driver never holds the corpus.
+        from pipeline.corpus import _check_drum_map, generate_song
 
         opts = OmegaConf.to_container(data.corpus, resolve=True)
-        songs = generate_corpus(**opts)
-        return songs, lambda s: (validate_song(s, f"builtin:{s.name}"), int(s.hits.sum()), {}), "builtin corpus"
+        num_songs, seed = int(opts.pop("num_songs")), int(opts.pop("seed"))
+        _check_drum_map()
+
+        def load(i):
+            song = validate_song(generate_song(i, seed, **opts), f"builtin song {i}")
+            return song, int(song.hits.sum()), {}
+        return list(range(num_songs)), load, f"builtin corpus (seed {seed})"
     root = Path(data.path)
     if not root.is_dir():
         raise IngestError(f"{root}: input folder does not exist (set data.path)")

@@ -103,3 +103,22 @@ def test_chunk_tasks_read_only_overlapping_songs(tmp_path, monkeypatch):
     # 120 rows in chunks of 25 -> 5 chunks; songs of 10 rows: chunk k opens the songs over [25k, 25k+25)
     expected = sum(len(range(25 * k // 10, (min(25 * k + 25, 120) - 1) // 10 + 1)) for k in range(5))
     assert len(opened) == expected == 14
+
+
+def test_builtin_corpus_store_equals_generated_songs(tmp_path):
+    from pipeline.corpus import generate_corpus
+
+    cfg = compose(["data=builtin", "data.corpus.num_songs=5", "data.corpus.seed=3",
+                   f"paths.data_dir={tmp_path / 'out'}", "ingest.files_per_task=2", "store.chunk_steps=1000"])
+    report = ingest(cfg)
+    build(cfg)
+    store = Store(tmp_path / "out" / "store.zarr")
+    songs = generate_corpus(5, seed=3, **{k: v for k, v in cfg.data.corpus.items() if k not in ("num_songs", "seed")})
+    assert store.num_songs == report["songs"] == 5
+    for i, song in enumerate(songs):
+        got = store.song(i)
+        assert got.name == song.name and got.style == song.style and got.split in ("train", "validation", "test")
+        np.testing.assert_array_equal(got.hits, song.hits)
+        np.testing.assert_array_equal(got.velocity, song.velocity)
+        np.testing.assert_array_equal(got.sections, song.sections)
+        assert got.steps_per_bar == song.steps_per_bar and got.bpm == song.bpm
