@@ -148,13 +148,18 @@ def _record(song: Song, file: str, notes_mapped: int, unmapped: dict) -> dict:
     return rec
 
 
-def _run_part(part: int, items: list, load, songs_dir: Path) -> list[dict]:
-    """Load one partition of inputs and write each good song as an NPZ; return one result per input."""
+def _run_part(part: int, items: list, load, songs_dir: Path, fail_fast: bool) -> list[dict]:
+    """Load one partition of inputs and write each good song as an NPZ; return one result per input.
+
+    fail_fast (on_error=fail): raise at the first bad file; dask then stops scheduling new tasks.
+    """
     out = []
     for j, item in enumerate(items):
         try:
             song, notes_mapped, unmapped = load(item)
         except BadInput as exc:
+            if fail_fast:
+                raise IngestError(str(exc)) from exc
             out.append({"source": _label(item), "error": str(exc)})
             continue
         file = f"p{part:05d}_{j:05d}.npz"
@@ -196,6 +201,8 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
             song = validate_song(generate_song(i, seed, **opts), f"builtin song {i}")
             return song, int(song.hits.sum()), {}
         return list(range(num_songs)), load, f"builtin corpus (seed {seed})"
+    if OmegaConf.is_missing(data, "path"):
+        raise IngestError(f"data.path is not set: python -m pipeline data={source} data.path=/your/folder")
     root = Path(data.path)
     if not root.is_dir():
         raise IngestError(f"{root}: input folder does not exist (set data.path)")
@@ -236,7 +243,8 @@ def ingest(cfg: DictConfig) -> dict:
         per_task = max(1, int(cfg.ingest.files_per_task))
         parts = [items[i:i + per_task] for i in range(0, len(items), per_task)]
         bag = db.from_sequence(list(enumerate(parts)), npartitions=len(parts))
-        results = bag.map(lambda pi: _run_part(pi[0], pi[1], load, songs_dir)).flatten().compute(
+        fail_fast = on_error == "fail"
+        results = bag.map(lambda pi: _run_part(pi[0], pi[1], load, songs_dir, fail_fast)).flatten().compute(
             scheduler=cfg.ingest.scheduler, num_workers=int(cfg.ingest.workers))
         results = _reject_odd_drum_counts(results, songs_dir)
         skipped = [{"file": r["source"], "reason": r["error"]} for r in results if "error" in r]

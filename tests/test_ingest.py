@@ -173,3 +173,19 @@ def test_cli_exit_codes(tmp_path):
     r = _cli("data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={out}")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "ingest_report.json").read_text())["songs"] == 3
+
+
+def test_fail_mode_in_parallel_tasks_names_a_bad_file(tmp_path):
+    bad = _npz_folder(tmp_path / "in")
+    cfg = _cfg(tmp_path, "npz", tmp_path / "in", "ingest.on_error=fail", "ingest.files_per_task=2",
+               "ingest.scheduler=threads")
+    with pytest.raises(IngestError) as err:
+        ingest(cfg)
+    assert any(f"{name}: {reason}" in str(err.value) for name, reason in bad.items()), str(err.value)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_missing_input_folder_setting_is_explained(tmp_path):
+    cfg = compose(["data=npz", f"paths.data_dir={tmp_path}"])
+    with pytest.raises(IngestError, match=r"data\.path is not set.*data=npz data\.path="):
+        ingest(cfg)
