@@ -150,15 +150,15 @@ def test_all_bad_raises_and_leaves_no_interim(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # no interim, no report, no temporaries
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline.ingest", *args, "hydra.run.dir=.",
-                           "hydra.output_subdir=null"], cwd=REPO_ROOT, capture_output=True, text=True)
+def _cli(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "pipeline.ingest", *args, f"hydra.run.dir={tmp_path / 'hydra'}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
 
 
 def test_cli_exit_codes(tmp_path):
     bad = _npz_folder(tmp_path / "in")
     out = tmp_path / "out"
-    r = _cli("data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={out}", "ingest.on_error=fail")
+    r = _cli(tmp_path, "data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={out}", "ingest.on_error=fail")
     assert r.returncode == 1
     first_bad = sorted(bad)[0]  # files are visited in sorted path order
     assert f"{first_bad}: {bad[first_bad]}" in r.stderr, r.stderr
@@ -167,10 +167,10 @@ def test_cli_exit_codes(tmp_path):
     empty = tmp_path / "nothing"
     empty.mkdir()
     (empty / "notes.txt").write_text("no npz here")
-    r = _cli("data=npz", f"data.path={empty}", f"paths.data_dir={out}")
+    r = _cli(tmp_path, "data=npz", f"data.path={empty}", f"paths.data_dir={out}")
     assert r.returncode == 1 and "no input files found" in r.stderr and str(empty) in r.stderr
 
-    r = _cli("data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={out}")
+    r = _cli(tmp_path, "data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={out}")
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "ingest_report.json").read_text())["songs"] == 3
 
