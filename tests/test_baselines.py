@@ -59,6 +59,21 @@ def test_calibrated_repeat_bar_learns_how_often_a_copy_is_right():
     np.testing.assert_allclose(probs[0, SPB - 1:, 0], np.where(song[: -SPB + 1, 0] > 0, rb.p_repeat[0], rb.p_new[0]))
 
 
+def test_repeat_bar_repeats_each_songs_own_bar():
+    # a 3/4 song (12 steps a bar) beside a 4/4 one: each window copies its own meter's bar
+    waltz = np.tile(_one_bar_pattern()[:12], (8, 1))
+    four = np.tile(_one_bar_pattern(), (6, 1))
+    rb = RepeatBarBaseline(SPB).fit([waltz, four], steps_per_bar=[12, 16])
+    np.testing.assert_allclose(rb.p_repeat[:2], 1.0)
+    np.testing.assert_allclose(rb.p_new, 0.0)
+    windows = np.stack([waltz[:64], four[:64]]).astype(np.float32)
+    probs = rb.predict(windows, steps_per_bar=np.array([12, 16]))
+    assert nll_bits_per_step(probs[:1, 11:], windows[:1, 11:]) < 1e-3
+    assert nll_bits_per_step(probs[1:, 15:], windows[1:, 15:]) < 1e-3
+    # the 4/4 grid on the waltz copies the wrong step
+    assert nll_bits_per_step(rb.predict(windows[:1])[:, 15:], windows[:1, 15:]) > 1.0
+
+
 def test_frequency_equals_empirical_rate():
     rng = np.random.default_rng(0)
     songs = [(rng.random((n, 5)) < p).astype(np.uint8) for n, p in [(100, 0.1), (37, 0.6), (5, 0.9)]]

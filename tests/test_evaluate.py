@@ -88,11 +88,11 @@ def test_test_split_uses_the_validation_threshold(tiny, tmp_path):
     s = Store(store)
     val = split_windows(s, "validation", SEQ_LEN, SEQ_LEN)
     freq = FrequencyBaseline().fit([np.asarray(s.hits[s.song_slice(int(i))]) for i in s.songs_in_split("train")])
-    tau = score_windows(lambda x, m, a: freq.predict(x), val, 9, 8).best_threshold()
+    tau = score_windows(lambda x, m, a, b: freq.predict(x), val, 9, 8).best_threshold()
     assert res["scores"]["frequency"]["threshold"] == tau
     assert res["windows"] == 1 and res["split"] == "test"
     model, _, _ = load_for_inference(ckpt)
-    tau_model = score_windows(lambda x, m, a: model_probs(model, x, m, a), val, 9, 8).best_threshold()
+    tau_model = score_windows(lambda x, m, a, b: model_probs(model, x, m, a), val, 9, 8).best_threshold()
     assert res["scores"]["model"]["threshold"] == tau_model
 
 
@@ -106,7 +106,7 @@ def test_a_store_built_elsewhere_is_scored_whole_against_the_training_store(tiny
     s = Store(store)
     freq = FrequencyBaseline().fit([np.asarray(s.hits[s.song_slice(int(i))]) for i in s.songs_in_split("train")])
     val = split_windows(s, "validation", SEQ_LEN, SEQ_LEN)
-    assert res["scores"]["frequency"]["threshold"] == score_windows(lambda x, m, a: freq.predict(x), val, 9,
+    assert res["scores"]["frequency"]["threshold"] == score_windows(lambda x, m, a, b: freq.predict(x), val, 9,
                                                                     8).best_threshold()
 
 
@@ -131,7 +131,7 @@ def test_repeat_bar_on_a_store_of_repeating_bars_is_near_perfect(tmp_path):
     write_store(tmp_path / "rep.zarr", songs, {**dm.to_attrs(), "steps_per_quarter": 4})
     w = split_windows(Store(tmp_path / "rep.zarr"), "validation", 256, 256)
     rb = RepeatBarBaseline(SPB).fit([songs[0].hits])
-    acc = score_windows(lambda x, m, a: rb.predict(x), w, dm.num_drums, 4)
+    acc = score_windows(lambda x, m, a, b: rb.predict(x, m, b), w, dm.num_drums, 4)
     res = acc.result(acc.best_threshold())
     # only the first bar (1/16 of the steps) is not a repeat: it costs the frequency model's ~2 bits/step
     assert res["f1"] > 0.95 and res["nll_bits_per_step"] < 0.2

@@ -1,6 +1,7 @@
 """Baselines the model is scored against, on exactly the windows the model sees.
 
-Every baseline follows the model's output layout: `predict(steps, mask)` takes windows
+Every baseline is fitted with `fit(songs, steps_per_bar=None)` (each song's bar length; only
+repeat_bar uses it) and follows the model's output layout: `predict(steps, mask, steps_per_bar)` takes windows
 `steps` [B, L, D] (0/1) and returns `probs` [B, L, D] where `probs[:, t]` is the probability of
 each drum being hit at step t+1, computed only from `steps[:, :t+1]` of the same window (the model
 never sees the song before its window, so neither do the baselines). Every probability is floored
@@ -44,7 +45,7 @@ class FrequencyBaseline:
         self.eps = float(eps)
         self.rates: np.ndarray | None = None
 
-    def fit(self, songs: Iterable[np.ndarray]) -> "FrequencyBaseline":
+    def fit(self, songs: Iterable[np.ndarray], steps_per_bar=None) -> "FrequencyBaseline":
         hits, steps = None, 0
         for roll in songs:
             roll = _as_hits(roll)
@@ -55,7 +56,7 @@ class FrequencyBaseline:
         self.rates = hits / steps
         return self
 
-    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None) -> np.ndarray:
         b, length, _ = steps.shape
         return _floor(np.broadcast_to(self.rates, (b, length, len(self.rates))).copy(), self.eps)
 
@@ -80,14 +81,16 @@ class RepeatBarBaseline:
         self.p_repeat: np.ndarray | None = None   # a_d
         self.p_new: np.ndarray | None = None      # b_d
 
-    def fit(self, songs: Iterable[np.ndarray]) -> "RepeatBarBaseline":
+    def fit(self, songs: Iterable[np.ndarray], steps_per_bar: Iterable[int] | None = None) -> "RepeatBarBaseline":
+        """`steps_per_bar`: each song's bar length (its meter); default the one given at construction."""
         songs = [_as_hits(s) for s in songs]
+        bars = [self.steps_per_bar] * len(songs) if steps_per_bar is None else [int(b) for b in steps_per_bar]
         self.fallback.fit(songs)
         num_drums = len(self.fallback.rates)
         both, prev, cur_only, rest = (np.zeros(num_drums) for _ in range(4))
-        for x in songs:
-            if len(x) > self.steps_per_bar:
-                before, now = x[: -self.steps_per_bar], x[self.steps_per_bar:]
+        for x, spb in zip(songs, bars):
+            if len(x) > spb:
+                before, now = x[:-spb], x[spb:]
                 both += (before * now).sum(0)
                 prev += before.sum(0)
                 cur_only += ((1 - before) * now).sum(0)
@@ -99,13 +102,18 @@ class RepeatBarBaseline:
             self.p_repeat, self.p_new = np.ones(num_drums), np.zeros(num_drums)
         return self
 
-    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None,
+                steps_per_bar: np.ndarray | None = None) -> np.ndarray:
+        """`steps_per_bar` [B]: each window's bar length (its song's meter); default the constructor's."""
         x = _as_hits(steps)
         probs = self.fallback.predict(x)
-        spb, length = self.steps_per_bar, x.shape[1]
-        if length >= spb:  # probs[:, t] predicts step t+1 from step t+1-spb (t >= spb-1)
-            before = x[:, : length - spb + 1]
-            probs[:, spb - 1:] = np.where(before > 0, self.p_repeat, self.p_new)
+        bars = np.full(len(x), self.steps_per_bar) if steps_per_bar is None else np.asarray(steps_per_bar)
+        length = x.shape[1]
+        for spb in np.unique(bars):  # one vectorised copy per meter in the batch
+            rows, spb = bars == spb, int(spb)
+            if length >= spb:  # probs[:, t] predicts step t+1 from step t+1-spb (t >= spb-1)
+                before = x[rows, : length - spb + 1]
+                probs[rows, spb - 1:] = np.where(before > 0, self.p_repeat, self.p_new)
         return _floor(probs, self.eps)
 
 
@@ -140,7 +148,7 @@ class NGramBaseline:
             keys[..., j:] |= np.left_shift(patterns[..., : patterns.shape[-1] - j], j * self.num_drums)
         return keys
 
-    def fit(self, songs: Iterable[np.ndarray]) -> "NGramBaseline":
+    def fit(self, songs: Iterable[np.ndarray], steps_per_bar=None) -> "NGramBaseline":
         keys_by_k: list[list[np.ndarray]] = [[] for _ in range(self.n)]
         next_by_k: list[list[np.ndarray]] = [[] for _ in range(self.n)]
         for roll in songs:
@@ -181,7 +189,7 @@ class NGramBaseline:
         found = uniq[idx] == keys
         return found, counts[idx], hits[idx]
 
-    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None) -> np.ndarray:
         x = _as_hits(steps)
         if x.shape[-1] != self.num_drums:
             raise ValueError(f"n-gram baseline: fitted on {self.num_drums} drums, got {x.shape[-1]}")

@@ -38,12 +38,13 @@ MODEL_ROW = "model"
 
 @dataclass
 class Windows:
-    """Windows of one split: steps [N, L, D] uint8 (0/1), mask [N, L], song and start [N]."""
+    """Windows of one split: steps [N, L, D] uint8 (0/1), mask [N, L]; song, start, steps_per_bar [N]."""
 
     steps: np.ndarray
     mask: np.ndarray
     song: np.ndarray
     start: np.ndarray
+    steps_per_bar: np.ndarray      # the bar length of each window's song (its meter)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -51,7 +52,7 @@ class Windows:
     def batches(self, batch_size: int):
         for i in range(0, len(self), batch_size):
             sl = slice(i, i + batch_size)
-            yield self.steps[sl], self.mask[sl], self.start[sl]
+            yield self.steps[sl], self.mask[sl], self.start[sl], self.steps_per_bar[sl]
 
 
 def window_starts(num_steps: int, seq_len: int, stride: int) -> list[int]:
@@ -84,11 +85,15 @@ def split_windows(store: Store, split: str, seq_len: int, stride: int, hits: np.
             m = np.zeros(seq_len, bool)
             m[: len(part)] = True
             rows.append(w), masks.append(m), song_ids.append(int(i)), starts.append(a)
-    return Windows(np.stack(rows), np.stack(masks), np.array(song_ids, np.int64), np.array(starts, np.int64))
+    song_ids = np.array(song_ids, np.int64)
+    return Windows(np.stack(rows), np.stack(masks), song_ids, np.array(starts, np.int64),
+                   store.meta["steps_per_bar"][song_ids].astype(np.int64))
 
 
-def split_songs(store: Store, split: str, hits: np.ndarray) -> list[np.ndarray]:
-    return [hits[store.song_slice(int(i))] for i in store.songs_in_split(split)]
+def split_songs(store: Store, split: str, hits: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
+    """The split's whole songs and their bar lengths (what the baselines are fitted on)."""
+    ids = store.songs_in_split(split)
+    return [hits[store.song_slice(int(i))] for i in ids], [int(store.meta["steps_per_bar"][i]) for i in ids]
 
 
 @torch.no_grad()
@@ -100,9 +105,10 @@ def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray) -
 
 
 def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) -> ScoreAccumulator:
+    """`predict(steps, mask, start, steps_per_bar)` -> probs, accumulated over the windows."""
     acc = ScoreAccumulator(num_drums)
-    for steps, mask, start in windows.batches(batch_size):
-        acc.update(predict(steps, mask, start), steps, mask)
+    for steps, mask, start, spb in windows.batches(batch_size):
+        acc.update(predict(steps, mask, start, spb), steps, mask)
     return acc
 
 
@@ -179,16 +185,16 @@ def evaluate(cfg: DictConfig) -> dict:
             raise ValueError(f"{ref.path} holds drums {ref.drum_names}, {store.path} holds {names}")
     validation = windows if same and cfg.split == "validation" else split_windows(
         ref, "validation", seq_len, int(ecfg.stride), ref_hits)
-    train_songs = split_songs(ref, "train", ref_hits)
+    train_songs, train_bars = split_songs(ref, "train", ref_hits)
     if not train_songs:
         raise ValueError(f"{ref.path}: no song in the train split to fit the baselines on")
 
     b = ecfg.baselines
-    predictors = {MODEL_ROW: lambda s, m, a: model_probs(model, s, m, a)}
+    predictors = {MODEL_ROW: lambda s, m, a, spb: model_probs(model, s, m, a)}
     for base in make_baselines(spb, int(b.ngram_n), float(b.ngram_alpha), float(b.eps),
                                bool(b.repeat_calibrated)):
-        base.fit(train_songs)
-        predictors[base.name] = lambda s, m, a, base=base: base.predict(s, m)
+        base.fit(train_songs, train_bars)
+        predictors[base.name] = lambda s, m, a, spb, base=base: base.predict(s, m, spb)
 
     scores = {}
     for name, predict in predictors.items():
