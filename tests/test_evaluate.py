@@ -38,7 +38,7 @@ def test_cli_writes_metrics_pictures_and_a_report_that_embeds_them(tiny, tmp_pat
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "train.evaluate", *OVERRIDES, f"checkpoint={ckpt.parent}",
                            "split=validation", f"paths.store={store}", f"evaluate.out_dir={out}",
-                           "evaluate.generated.max_samples=6"],
+                           "evaluate.generated.max_samples=6", f"hydra.run.dir={tmp_path}/hydra"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert f"Report: {out}/report.md" in proc.stdout

@@ -25,14 +25,14 @@ def _cfg(ckpt, out, *extra):
     return compose(OVERRIDES + [f"checkpoint={ckpt}", f"generate.out_dir={out}", *extra], config_name="generate")
 
 
-def _cli(*args, cwd=REPO_ROOT):
-    return subprocess.run([sys.executable, "-m", "train.generate", *OVERRIDES, *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+def _cli(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "train.generate", *OVERRIDES, f"hydra.run.dir={tmp_path}/hydra",
+                           *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_writes_midi_npz_png_per_sample_and_says_where(ckpt, tmp_path):
     out = tmp_path / "gen"
-    proc = _cli(f"checkpoint={ckpt.parent}", f"generate.out_dir={out}", "generate.num_samples=3",
+    proc = _cli(tmp_path, f"checkpoint={ckpt.parent}", f"generate.out_dir={out}", "generate.num_samples=3",
                 "generate.bars=2", "generate.seed=7", "generate.bpm=96", f"generate.report={tmp_path}/none.md")
     assert proc.returncode == 0, proc.stderr
     for i in range(3):
@@ -95,7 +95,7 @@ def test_bad_prime_and_unsafe_checkpoint_fail_with_a_message(ckpt, tmp_path):
     # A checkpoint that needs pickled code is refused (weights_only), never executed.
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"model": {}, "hook": Path("x")}, unsafe)
-    proc = _cli(f"checkpoint={unsafe}", f"generate.out_dir={tmp_path}/o")
+    proc = _cli(tmp_path, f"checkpoint={unsafe}", f"generate.out_dir={tmp_path}/o")
     assert proc.returncode == 1 and "unsafe.pt" in proc.stderr and "not a loadable checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o" / "sample_000.mid").exists()

@@ -133,7 +133,7 @@ def run(cfg: DictConfig) -> dict:
     g = cfg.generate
     model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
     drum_map = checkpoint_drum_map(ckpt, cfg.drums)
-    spb = int(cfg.window.steps_per_bar)
+    spb = int(model.config.get("steps_per_bar", cfg.window.steps_per_bar))  # the grid it was trained on
     spq = int(ckpt.get("steps_per_quarter", 4))
     if spb % spq:
         raise ValueError(f"window.steps_per_bar={spb} is not a whole number of beats of {spq} steps")
