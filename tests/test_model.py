@@ -292,3 +292,14 @@ def test_tiny_model_overfits_one_groove_batch(groove_dir, backend):
     m.eval()                             # the trained model, without dropout, on the same batch
     final, terms = m.compute_loss(m(step), batch, weights)
     assert final.item() <= 0.1 * first, (first, final.item(), terms)
+
+
+def test_zero_weights_keep_every_parameter_in_the_graph():
+    """DDP without find_unused_parameters needs a gradient (zero is fine) for every parameter."""
+    m = tiny("transformer")
+    x = rolls(2, 2 * SPB * BPP, 1)
+    total, _ = m.compute_loss(m(x), {"step": x}, {"bar": 0.0, "phrase": 0.0})
+    total.backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert m.bar_head.weight.grad.abs().sum() == 0 and m.phrase_head.weight.grad.abs().sum() == 0
+    assert m.input.weight.grad.abs().sum() > 0

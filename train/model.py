@@ -406,9 +406,10 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
     phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each)
     ℓ = mean_d (σ(p) − ȳ)² for level_loss="mse" (reaches 0), or BCE-with-logits against the
     soft target ȳ for "bce" (floored at the entropy of ȳ). A level counts only when every step of
-    its target bar/phrase is real. total = Σ_k weights[k] · term_k; a zero weight (or a flat
-    model, whose bar/phrase preds are None) leaves the term out of the total; the term is still
-    reported (0 for a flat model). Missing keys of `weights` take DEFAULT_LOSS_WEIGHTS.
+    its target bar/phrase is real. total = Σ_k weights[k] · term_k; a zero weight disables a term
+    (0 · term: no gradient, yet every parameter stays in the graph for DDP); every term is still
+    reported (0 for a flat model, whose bar/phrase preds are None). Missing keys of `weights`
+    take DEFAULT_LOSS_WEIGHTS.
     """
     if level_loss not in LEVEL_LOSSES:
         raise ValueError(f"level_loss must be one of {LEVEL_LOSSES}, got {level_loss!r}")
@@ -422,8 +423,11 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
 
     for name, preds_k, size in (("bar", bar_preds, steps_per_bar),
                                 ("phrase", phrase_preds, steps_per_bar * bars_per_phrase)):
-        if preds_k is None or preds_k.shape[1] < 2:
+        if preds_k is None:
             terms[name] = step_logits.new_zeros(())
+            continue
+        if preds_k.shape[1] < 2:                       # no next bar/phrase to predict
+            terms[name] = preds_k.sum() * 0.0          # still in the graph (see below)
             continue
         means, real = _level_targets(step, mask, size, preds_k.shape[1])
         pred, want = preds_k[:, :-1], means[:, 1:].to(preds_k.dtype)
@@ -433,7 +437,7 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
             per = F.binary_cross_entropy_with_logits(pred, want, reduction="none").mean(-1)
         terms[name] = _masked_mean(per, real[:, 1:])
 
-    total = sum(float(weights[k]) * terms[k] for k in terms if float(weights[k]) != 0.0)
-    if not torch.is_tensor(total):                       # every weight zero
-        total = step_logits.new_zeros(()) * step_logits.sum()
+    # a zero weight contributes 0·term: no gradient, but every head stays in the autograd graph,
+    # so DistributedDataParallel needs no find_unused_parameters
+    total = sum(float(weights[k]) * terms[k] for k in ("step", "bar", "phrase"))
     return total, {k: v.detach() for k, v in terms.items()}
