@@ -191,6 +191,8 @@ def test_hydra_model_configs_build(name):
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="rnn_type"):
         HierarchicalDrumModel(9, rnn_type="rnn")
+    with pytest.raises(ValueError, match=r"step must be \[B, L, 9\]"):
+        HierarchicalDrumModel(9)(torch.zeros(2, 16, 8))
     with pytest.raises(ValueError, match="divisible by nhead"):
         HierarchicalDrumModel(9, step_hidden_dim=30, use_transformer=True, nhead=4)
 

@@ -230,6 +230,8 @@ class HierarchicalDrumModel(nn.Module):
     # ---- full forward pass (training)
     def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
                 mask: Tensor | None = None, start: Tensor | None = None):
+        if step.dim() != 3 or step.shape[-1] != self.num_drums:
+            raise ValueError(f"step must be [B, L, {self.num_drums}], got {tuple(step.shape)}")
         B, L, D = step.shape
         spb, bpp = self.steps_per_bar, self.bars_per_phrase
         t = torch.arange(L, device=step.device)
