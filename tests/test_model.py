@@ -147,12 +147,16 @@ def test_generate_empty_prime_and_unbatched():
         m.generate(torch.zeros(2, 3, D + 1), 2)
 
 
-def test_generated_steps_follow_the_forward_probabilities():
-    """Greedy generation (temperature 0) must pick exactly forward's argmax on its own output."""
-    m = tiny("transformer", max_context=5)
-    out = m.generate(rolls(1, 3, 2), 30, temperature=0, seed=0)
-    logits = m(out)[0]
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_generated_steps_follow_the_forward_probabilities(backend):
+    """Greedy generation (temperature 0) must pick exactly forward's argmax on its own output,
+    with the bar phase given by `start` (as a window starting mid-song would have it)."""
+    m = tiny(backend, max_context=5)
+    start = torch.tensor([2, 7])
+    out = m.generate(rolls(2, 3, 2), 30, temperature=0, seed=0, start=start)
+    logits = m(out, start=start)[0]
     assert torch.equal(out[:, 3:], (logits[:, 2:-1] > 0).double())
+    assert not torch.equal(out, m.generate(rolls(2, 3, 2), 30, temperature=0, seed=0))
 
 
 def test_sample_hits_top_p_and_temperature():

@@ -279,7 +279,7 @@ class HierarchicalDrumModel(nn.Module):
     def step(self, x: Tensor, state: GenerationState) -> Tensor:
         """Consume step `state.t` (x [B, D]) and return the logits of step t+1 [B, D]; equals
         forward(...)[0][:, t] on the same prefix (see tests/test_model.py)."""
-        spb, bpp = self.steps_per_bar, self.bars_per_phrase
+        spb = self.steps_per_bar
         phase = (state.start + state.t) % spb
         h, state.step = self.step_rnn.step(self.drop(self.input(x) + self.in_pos(phase)), state.step)
         z = h + self.out_pos((phase + 1) % spb)
@@ -315,12 +315,14 @@ class HierarchicalDrumModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
-                 top_p: float | None = None, seed: int | None = None, batch_size: int = 1) -> Tensor:
+                 top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
+                 start: Tensor | int = 0) -> Tensor:
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
         `step` per generated step: RNN states / a ring KV cache are carried, bars and phrases
-        are pooled as they complete. Deterministic for a given `seed` (a torch.Generator)."""
+        are pooled as they complete. `start` ([B] or int) is the absolute position of the prime's
+        first step, as in forward (sets the bar phase). Deterministic for a given `seed`."""
         was_training = self.training
         self.eval()
         try:
@@ -331,7 +333,7 @@ class HierarchicalDrumModel(nn.Module):
             gen.manual_seed(seed) if seed is not None else gen.seed()
             out = like.new_zeros(B, T0 + length, D)
             out[:, :T0] = prime
-            state = self.init_state(B, t=0 if T0 else -1)
+            state = self.init_state(B, t=0 if T0 else -1, start=start)
             logits = None
             for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
                 logits = self.step(x, state)
