@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import compose
 from pipeline.drums import DrumMap
+from pipeline.midi import read_midi
 from train.model import HierarchicalDrumModel, compute_loss, sample_hits
 
 # tiny models on a shared 2-core machine: OpenMP threads only spin against each other
@@ -255,24 +256,11 @@ def test_flat_model_loss_reports_zero_levels():
 
 # ----------------------------------------------------------------------------- overfit Groove
 def groove_windows(groove_dir, num: int, length: int) -> torch.Tensor:
-    """`num` windows of `length` 16th-note steps from real Groove files, GMD-9 classes."""
-    import symusic
-
-    drum_map = DrumMap.default()
+    """The first `length` 16th-note steps of `num` real Groove beats, GMD-9 classes (velocities/127)."""
     files = sorted((groove_dir / "drummer1" / "session1").glob("*_beat_4-4.mid"))[:num]
-    out = []
-    for path in files:
-        score = symusic.Score(str(path))
-        step_ticks = score.ticks_per_quarter / 4
-        roll = np.zeros((length, drum_map.num_drums), np.float32)
-        for track in score.tracks:
-            for note in track.notes:
-                t = int(round(note.time / step_ticks))
-                if t < length and note.pitch in drum_map.pitch_to_class:
-                    roll[t, drum_map.pitch_to_class[note.pitch]] = 1.0
-        out.append(roll)
-    assert len(out) == num, f"expected {num} Groove beats in {groove_dir}"
-    return torch.from_numpy(np.stack(out))
+    rolls_ = [read_midi(path, DrumMap.default(), steps_per_quarter=4) for path in files]
+    assert len(rolls_) == num and all(r.hits.shape[0] >= length for r in rolls_), groove_dir
+    return torch.from_numpy(np.stack([r.velocity[:length] for r in rolls_]).astype(np.float32) / 127)
 
 
 @pytest.mark.groove
@@ -280,7 +268,7 @@ def groove_windows(groove_dir, num: int, length: int) -> torch.Tensor:
 def test_tiny_model_overfits_one_groove_batch(groove_dir, backend):
     torch.manual_seed(0)
     step = groove_windows(groove_dir, 4, 64)
-    assert step.sum() > 50                               # real drumming, not an empty roll
+    assert (step > 0).sum() > 200                         # real drumming, not an empty roll
     batch = {"step": step, "mask": torch.ones(step.shape[:2], dtype=torch.bool)}
     kw = dict(use_transformer=True, nhead=2) if backend == "transformer" else {}
     m = HierarchicalDrumModel(9, 48, 32, 32, num_layers=1, dropout=0.0, steps_per_bar=16,
