@@ -219,8 +219,9 @@ def evaluate(cfg: DictConfig) -> dict:
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))
         notes = {k: f"OA {v['overlap_area']:.2f}  KL {v['kl_divergence']:.2f}" for k, v in comparison.items()}
-        pictures["generated_vs_real"] = save_paired_histograms(plots / "generated_vs_real.png", real, generated,
-                                                               annotations=notes)
+        if comparison:  # needs at least 2 real windows for intra-set distances
+            pictures["generated_vs_real"] = save_paired_histograms(
+                plots / "generated_vs_real.png", {k: real[k] for k in comparison}, generated, annotations=notes)
         k = min(int(ecfg.sheet_samples), len(gen))
         if k:
             pictures["generated_samples"] = save_sheet(plots / "generated_samples.png", list(gen[:k]), names, spb,
@@ -274,6 +275,8 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
                   "windows sit among the real ones as the real ones sit among each other.", "",
                   "| metric | real mean | real std | generated mean | generated std | OA | KL |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
+        if not result["generated_vs_real"]:
+            lines.append("| (the split has fewer than 2 real windows: no distances to compare) | | | | | | |")
         for name, c in result["generated_vs_real"].items():
             lines.append(f"| {name} | {c['real_mean']:.4f} | {c['real_std']:.4f} | {c['generated_mean']:.4f} | "
                          f"{c['generated_std']:.4f} | {c['overlap_area']:.3f} | {c['kl_divergence']:.3f} |")
