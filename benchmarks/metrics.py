@@ -1,0 +1,89 @@
+"""Window metrics: compiled kernels vs the per-window numpy reference; prints JSON.
+
+    python benchmarks/metrics.py [--steps 1000000] [--ref-windows 400]
+
+One core (NUMBA_NUM_THREADS=1; the kernels are single-threaded anyway), all windows at stride 1
+of a random roll with D = 9, at seq_len 128 / 512 / 2048. The reference is far too slow for all
+~10^6 windows: it runs on the first --ref-windows windows and its windows/s is extrapolated.
+"memory_floor_s" is the time to allocate and write every output array once (np.ones), the
+least any implementation must spend; kernel_s / memory_floor_s says how close the kernels are.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+import kernels  # noqa: E402
+import kernels.reference as ref  # noqa: E402
+from kernels.spec import WINDOW_SCHEMA, window_grid  # noqa: E402
+
+
+def best_of(fn, repeat):
+    # CPU seconds of this process (one thread): robust to other jobs on a shared machine.
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        out = fn()
+        times.append(time.process_time() - t0)
+        del out
+    return min(times)
+
+
+def memory_floor(num_windows, D, num_bars, bins):
+    def write():
+        return {name: np.ones((num_windows, *shape(D, num_bars, bins)), dtype)
+                for name, (dtype, shape) in WINDOW_SCHEMA.items()}
+    return write
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=1_000_000)
+    ap.add_argument("--drums", type=int, default=9)
+    ap.add_argument("--ref-windows", type=int, default=400)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512, 2048])
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    # Groove-like density: ~15% of (step, drum) cells hit
+    roll = (rng.random((args.steps, args.drums)) < 0.15).astype(np.uint8)
+    kernels.window_metrics(roll[:4096], seq_len=128)            # compile / load the cache
+    results = {}
+    for seq_len in args.seq_lens:
+        W = len(window_grid(args.steps, seq_len, 1)[0])
+        k_s = best_of(lambda: kernels.window_metrics(roll, seq_len=seq_len), args.repeat)
+        floor_s = best_of(memory_floor(W, args.drums, seq_len // 16, 16), args.repeat)
+        r_s = best_of(lambda: ref.window_metrics(roll[:seq_len + args.ref_windows], seq_len=seq_len,
+                                                 max_windows=args.ref_windows), 1)
+        k_wps, r_wps = W / k_s, args.ref_windows / r_s
+        results[seq_len] = {
+            "windows": W, "kernel_s": round(k_s, 3), "kernel_windows_per_s": round(k_wps),
+            "reference_windows_per_s": round(r_wps, 1),
+            "reference_extrapolated_s": round(W / r_wps, 1),
+            "speedup": round(k_wps / r_wps, 1),
+            "memory_floor_s": round(floor_s, 3), "kernel_over_floor": round(k_s / floor_s, 2),
+            "output_mb": round(sum(np.dtype(dt).itemsize * W * int(np.prod(shape(args.drums, seq_len // 16, 16)))
+                                   for dt, shape in WINDOW_SCHEMA.values()) / 2**20, 1)}
+    first, last = str(args.seq_lens[0]), str(args.seq_lens[-1])
+    results = {str(k): v for k, v in results.items()}
+    print(json.dumps({
+        "benchmark": "window_metrics", "steps": args.steps, "drums": args.drums, "stride": 1,
+        "reference_note": f"reference timed on the first {args.ref_windows} windows, windows/s extrapolated",
+        "threads": 1, "timer": "process_time, best of repeats", "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "seq_len": results,
+        f"kernel_time_ratio_{last}_over_{first}": round(results[last]["kernel_s"] / results[first]["kernel_s"], 2),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
