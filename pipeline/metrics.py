@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -57,7 +57,6 @@ class Params:
     ngram_n: int
     fast_threshold: int
     dense_threshold: float | None
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, m: DictConfig) -> Params:

@@ -162,3 +162,19 @@ def test_stage_on_the_builtin_corpus_matches_reference(tmp_path):
     expected = sum(len(window_grid(s.num_steps, cfg.window.seq_len, cfg.window.stride)[0]) for s in songs)
     assert summary["errors"] == [] and summary["windows"] == expected > 0
     _check_sample(out, store, cfg, np.random.default_rng(0))
+
+
+def test_stage_on_a_dask_distributed_scheduler(tmp_path, small_store):
+    """metrics.scheduler=<address> runs the songs on that cluster; same tables as local threads."""
+    from dask.distributed import LocalCluster
+    store_path, _ = small_store
+    run(_cfg(tmp_path, store_path))
+    local = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r")
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        summary = run(_cfg(tmp_path, store_path, f"metrics.scheduler={cluster.scheduler_address}",
+                           f"paths.metrics={tmp_path / 'dist.zarr'}"))
+    dist = zarr.open_group(str(tmp_path / "dist.zarr"), mode="r")
+    assert summary["windows"] == local["window/song"].shape[0]
+    for name in ("song", "start", *WINDOW_SCHEMA):
+        np.testing.assert_array_equal(dist[f"window/{name}"][:], local[f"window/{name}"][:], err_msg=name)
+    np.testing.assert_array_equal(dist["song/step_entropy"][:], local["song/step_entropy"][:])
