@@ -104,13 +104,14 @@ def _safe_song(roll, sections, spb, bpb, p: Params) -> SongResult:
         return _empty_result(roll.shape[1], p, str(exc))
 
 
-def _blocks(offsets: np.ndarray, block_steps: int):
-    """Runs of consecutive songs of about block_steps steps (at least one song each)."""
-    start = 0
-    S = len(offsets) - 1
+def _blocks(offsets: np.ndarray, windows: np.ndarray, block_steps: int, block_windows: int):
+    """Runs of consecutive songs of at most block_steps steps and block_windows windows
+    (at least one song each): bounds the memory held between compute and write."""
+    start, S = 0, len(offsets) - 1
     while start < S:
         end = start + 1
-        while end < S and offsets[end + 1] - offsets[start] <= block_steps:
+        while (end < S and offsets[end + 1] - offsets[start] <= block_steps
+               and windows[start:end + 1].sum() <= block_windows):
             end += 1
         yield start, end
         start = end
@@ -164,14 +165,16 @@ def run(cfg: DictConfig) -> dict:
     store = Store(cfg.paths.store)
     S, D = store.num_songs, store.num_drums
     offsets = store.song_offsets
-    total = sum(len(window_grid(int(T), p.seq_len, p.stride)[0]) for T in np.diff(offsets))
+    windows = np.array([len(window_grid(int(T), p.seq_len, p.stride)[0]) for T in np.diff(offsets)],
+                       np.int64)
     spb, bpb = store.meta["steps_per_bar"], store.meta["beats_per_bar"]
     per_song, errors = [], []
     out_path = Path(cfg.paths.metrics)
     with atomic_path(out_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        writer = _Writer(root, total, D, p, int(cfg.metrics.chunk_windows))
-        blocks = list(_blocks(offsets, int(cfg.metrics.block_steps)))
+        writer = _Writer(root, int(windows.sum()), D, p, int(cfg.metrics.chunk_windows))
+        blocks = list(_blocks(offsets, windows, int(cfg.metrics.block_steps),
+                                  int(cfg.metrics.block_windows)))
         for b0, b1 in tqdm(blocks, desc="metrics", unit="block", disable=len(blocks) < 2):
             rows = store.hits[int(offsets[b0]):int(offsets[b1])]     # one contiguous read
             tasks = []

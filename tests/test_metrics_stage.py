@@ -41,7 +41,7 @@ def small_store(tmp_path):
 def _cfg(tmp_path, store, *extra):
     return compose([f"paths.store={store}", f"paths.metrics={tmp_path / 'metrics.zarr'}",
                     "metrics.seq_len=64", "metrics.stride=3", "metrics.steps_per_bar=16",
-                    "metrics.bars_per_phrase=2", "metrics.block_steps=250",
+                    "metrics.bars_per_phrase=2", "metrics.block_steps=250", "metrics.block_windows=40",
                     "metrics.chunk_windows=16", "metrics.num_workers=2", *extra])
 
 
