@@ -33,7 +33,7 @@ def entropy_table(num: int) -> tuple[np.ndarray, int]:
 def _prefix_sums(hits, steps_per_bar, beat, dense_threshold):
     T, D = hits.shape
     P_h = np.zeros(T + 1, np.int64)          # hits
-    P_d = np.zeros((T + 1, D), np.int64)     # hits per drum
+    P_d = np.zeros((T + 1, D), np.int32)     # hits per drum (a song has < 2**31 steps)
     P_co = np.zeros(T + 1, np.int64)         # steps with >= 2 drums
     P_sy = np.zeros(T + 1, np.int64)         # hits off the beat
     h = np.zeros(T, np.int64)
@@ -71,8 +71,8 @@ def _prefix_sums(hits, steps_per_bar, beat, dense_threshold):
 @njit(cache=True, nogil=True)
 def _next_onsets(hits):
     T, D = hits.shape
-    nxt = np.empty((T, D), np.int64)
-    last = np.full(D, T, np.int64)
+    nxt = np.empty((T, D), np.int32)
+    last = np.full(D, T, np.int32)
     for t in range(T - 1, -1, -1):
         for d in range(D):
             nxt[t, d] = last[d]
@@ -176,8 +176,10 @@ def _run(hits, L, stride, steps_per_bar, beat, n, fast_threshold, dense_threshol
         for i in range(D):
             drum_density[w, i] = (P_d[e, i] - P_d[a, i]) / L
             den = P_d[e - 1, i] - P_d[a, i]
-            for j in range(D):
-                transitions[w, i, j] = trans[i, j] / den if den > 0 else 0.0
+            if den > 0:                              # rows of a drum never hit stay 0
+                inv = 1.0 / den
+                for j in range(D):
+                    transitions[w, i, j] = trans[i, j] * inv
             if n_int[i] > 0:
                 k = n_int[i]
                 ioi_mean[w, i] = s1[i] / k
