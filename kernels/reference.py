@@ -10,9 +10,9 @@ from collections import Counter
 
 import numpy as np
 
-from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, check_beat, check_positive, check_roll,
-                          check_sections, default_dense_threshold, empty_window_outputs,
-                          window_grid)
+from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, check_bar_capacity, check_beat,
+                          check_positive, check_roll, check_sections, default_dense_threshold,
+                          empty_window_outputs, window_grid)
 
 
 # --- one window (seq: bool [L, D], t0: absolute step of seq[0]) -------------------------------
@@ -86,6 +86,7 @@ def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4
     T, D = hits.shape
     beat = check_beat(steps_per_bar, beats_per_bar)
     check_positive(ngram_n=ngram_n)
+    check_bar_capacity(steps_per_bar, D)
     num_bars = seq_len // steps_per_bar if num_bars is None else num_bars
     ioi_bins = steps_per_bar if ioi_bins is None else ioi_bins
     threshold = default_dense_threshold(D, dense_threshold)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 # Window metrics: name -> (dtype, trailing shape as a function of (D, num_bars, ioi_bins)).
-# Fractions are float32 (one row per window of every song adds up), counts int32.
+# Fractions are float32 (one row per window of every song adds up), counts int32; bar_hits,
+# the one table that grows with seq_len, is uint16 (a bar holds at most spb * D <= 65535 hits).
 WINDOW_SCHEMA = {
     "avg_hits": ("float32", lambda D, nb, ib: ()),
     "max_hits": ("int32", lambda D, nb, ib: ()),
@@ -22,7 +23,7 @@ WINDOW_SCHEMA = {
     "fast_hits": ("int32", lambda D, nb, ib: ()),
     "ngram_unique": ("int32", lambda D, nb, ib: ()),
     "ngram_entropy": ("float32", lambda D, nb, ib: ()),
-    "bar_hits": ("int32", lambda D, nb, ib: (nb,)),
+    "bar_hits": ("uint16", lambda D, nb, ib: (nb,)),          # <= spb * D hits per bar
     "dense_bar_fraction": ("float32", lambda D, nb, ib: ()),
 }
 WINDOW_METRICS = tuple(WINDOW_SCHEMA)
@@ -64,6 +65,12 @@ def check_beat(steps_per_bar: int, beats_per_bar: int) -> int:
         raise ValueError(f"steps_per_bar={steps_per_bar} is not a whole number of beats "
                          f"(beats_per_bar={beats_per_bar})")
     return steps_per_bar // beats_per_bar
+
+
+def check_bar_capacity(steps_per_bar: int, num_drums: int) -> None:
+    if steps_per_bar * num_drums > np.iinfo(np.uint16).max:
+        raise ValueError(f"steps_per_bar * D = {steps_per_bar * num_drums} hits per bar do not fit "
+                         "bar_hits (uint16)")
 
 
 def check_positive(**values: int) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 from numba import njit
 
 from kernels.codes import ngram_ids
-from kernels.spec import (check_beat, check_positive, check_roll, default_dense_threshold,
-                          empty_window_outputs, window_grid)
+from kernels.spec import (check_bar_capacity, check_beat, check_positive, check_roll,
+                          default_dense_threshold, empty_window_outputs, window_grid)
 
 
 def entropy_table(num: int) -> tuple[np.ndarray, int]:
@@ -213,6 +213,7 @@ def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4
     T, D = hits.shape
     beat = check_beat(steps_per_bar, beats_per_bar)
     check_positive(ngram_n=ngram_n)
+    check_bar_capacity(steps_per_bar, D)
     num_bars = seq_len // steps_per_bar if num_bars is None else int(num_bars)
     ioi_bins = steps_per_bar if ioi_bins is None else int(ioi_bins)
     check_positive(ioi_bins=ioi_bins)

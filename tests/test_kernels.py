@@ -225,6 +225,7 @@ def test_phase_comes_from_absolute_time():
     (lambda: kernels.window_metrics(np.zeros((4, 2)), seq_len=0), "seq_len"),
     (lambda: kernels.window_metrics(np.zeros((4, 2)), seq_len=4, stride=0), "stride"),
     (lambda: kernels.section_metrics(np.zeros((8, 2)), [(2, 9)]), "section 0"),
+    (lambda: kernels.window_metrics(np.zeros((4, 300)), seq_len=4, steps_per_bar=256), "uint16"),
     (lambda: ref.window_metrics(np.zeros((4, 2)), seq_len=4, steps_per_bar=10, beats_per_bar=4),
      "whole number of beats"),
 ])
