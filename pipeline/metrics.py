@@ -11,6 +11,7 @@ written to a temporary sibling and renamed into place (pipeline.atomic.atomic_pa
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import kernels
-from kernels.spec import SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, window_grid
+from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
+                          empty_window_outputs, window_grid)
 from pipeline.atomic import atomic_path
 from pipeline.config import CONF_DIR
 from pipeline.store import Store
@@ -79,7 +81,7 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
     song = kernels.song_metrics(roll, steps_per_bar=spb, bars_per_phrase=p.bars_per_phrase,
                                 ngram_n=p.ngram_n)
     phrase_len = spb * p.bars_per_phrase
-    sec = kernels.spec.check_sections(sections, len(roll), phrase_len)
+    sec = check_sections(sections, len(roll), phrase_len)
     section = kernels.section_metrics(roll, sec, steps_per_bar=spb, bars_per_phrase=p.bars_per_phrase,
                                       dense_threshold=p.dense_threshold)
     starts, length = window_grid(len(roll), p.seq_len, p.stride)
@@ -89,7 +91,7 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
 
 
 def _empty_result(D: int, p: Params, error: str) -> SongResult:
-    windows = kernels.spec.empty_window_outputs(0, D, p.num_bars, p.steps_per_bar)
+    windows = empty_window_outputs(0, D, p.num_bars, p.steps_per_bar)
     song = {k: np.zeros(shape(D), dt) for k, (dt, shape) in SONG_SCHEMA.items()}
     section = {k: np.zeros((0, *shape(D)), dt) for k, (dt, shape) in SECTION_SCHEMA.items()}
     return SongResult(np.zeros(0, np.int64), 0, windows, song, np.zeros((0, 2), np.int64), section,
@@ -150,13 +152,16 @@ class _Writer:
                 arr.resize((self.pos, *arr.shape[1:]))
 
 
-def _compute(tasks: list, cfg: DictConfig) -> list[SongResult]:
-    m = cfg.metrics
+@contextlib.contextmanager
+def _scheduler(m: DictConfig):
+    """Yields compute(tasks) -> results: on a dask.distributed cluster if metrics.scheduler is
+    an address (one connection for the whole run), else on local threads."""
     if m.scheduler:
         from dask.distributed import Client
         with Client(str(m.scheduler)) as client:
-            return client.gather(client.compute(tasks))
-    return list(dask.compute(*tasks, scheduler="threads", num_workers=m.num_workers))
+            yield lambda tasks: client.gather(client.compute(tasks))
+    else:
+        yield lambda tasks: list(dask.compute(*tasks, scheduler="threads", num_workers=m.num_workers))
 
 
 def run(cfg: DictConfig) -> dict:
@@ -167,22 +172,15 @@ def run(cfg: DictConfig) -> dict:
     offsets = store.song_offsets
     windows = np.array([len(window_grid(int(T), p.seq_len, p.stride)[0]) for T in np.diff(offsets)],
                        np.int64)
-    spb, bpb = store.meta["steps_per_bar"], store.meta["beats_per_bar"]
     per_song, errors = [], []
     out_path = Path(cfg.paths.metrics)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp, _scheduler(cfg.metrics) as compute:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         writer = _Writer(root, int(windows.sum()), D, p, int(cfg.metrics.chunk_windows))
         blocks = list(_blocks(offsets, windows, int(cfg.metrics.block_steps),
                                   int(cfg.metrics.block_windows)))
         for b0, b1 in tqdm(blocks, desc="metrics", unit="block", disable=len(blocks) < 2):
-            rows = store.hits[int(offsets[b0]):int(offsets[b1])]     # one contiguous read
-            tasks = []
-            for i in range(b0, b1):
-                roll = rows[offsets[i] - offsets[b0]:offsets[i + 1] - offsets[b0]]
-                sec = store.sections[store.section_offsets[i]:store.section_offsets[i + 1]]
-                tasks.append(dask.delayed(_safe_song)(roll, sec, int(spb[i]), int(bpb[i]), p))
-            block = _compute(tasks, cfg)
+            block = compute(_block_tasks(store, b0, b1, p))
             for i, r in zip(range(b0, b1), block):
                 if r.error:
                     msg = f"song {i} ({store.meta['name'][i]}, {store.meta['source'][i]}): {r.error}"
@@ -203,6 +201,19 @@ def run(cfg: DictConfig) -> dict:
                              "section": list(SECTION_SCHEMA)}})
     log.info("metrics: %d windows of %d songs -> %s (%d skipped)", writer.pos, S, out_path, len(errors))
     return {"songs": S, "windows": writer.pos, "errors": errors, "path": str(out_path)}
+
+
+def _block_tasks(store: Store, b0: int, b1: int, p: Params) -> list:
+    """One dask task per song of songs b0..b1-1, after one contiguous read of their rows."""
+    off = store.song_offsets
+    rows = store.hits[int(off[b0]):int(off[b1])]
+    spb, bpb = store.meta["steps_per_bar"], store.meta["beats_per_bar"]
+    tasks = []
+    for i in range(b0, b1):
+        roll = rows[off[i] - off[b0]:off[i + 1] - off[b0]]
+        sec = store.sections[store.section_offsets[i]:store.section_offsets[i + 1]]
+        tasks.append(dask.delayed(_safe_song)(roll, sec, int(spb[i]), int(bpb[i]), p))
+    return tasks
 
 
 def _window_rows(songs: range, block: list[SongResult]) -> dict[str, np.ndarray]:
