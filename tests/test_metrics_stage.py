@@ -178,3 +178,36 @@ def test_stage_on_a_dask_distributed_scheduler(tmp_path, small_store):
     for name in ("song", "start", *WINDOW_SCHEMA):
         np.testing.assert_array_equal(dist[f"window/{name}"][:], local[f"window/{name}"][:], err_msg=name)
     np.testing.assert_array_equal(dist["song/step_entropy"][:], local["song/step_entropy"][:])
+
+
+@pytest.mark.groove
+@pytest.mark.slow
+def test_stage_over_the_full_groove_store(groove_dir, tmp_path):
+    """Ingest + build the whole Groove MIDI Dataset, run the stage, check a sample against the reference."""
+    from pipeline.build import build
+    from pipeline.ingest import ingest
+    cfg = compose(["data=groove", f"data.path={groove_dir}", f"paths.data_dir={tmp_path}"])
+    ingest(cfg)
+    build(cfg)
+    store = Store(tmp_path / "store.zarr")
+    summary = run(cfg)
+    lengths = np.diff(store.song_offsets)
+    expected = [len(window_grid(int(T), cfg.window.seq_len, cfg.window.stride)[0]) for T in lengths]
+    assert summary["errors"] == [] and summary["songs"] == store.num_songs > 1000
+    out = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r")
+    np.testing.assert_array_equal(np.bincount(out["window/song"][:], minlength=store.num_songs), expected)
+    rng = np.random.default_rng(0)
+    _check_sample(out, store, cfg, rng, num=60)
+    sec_song = out["section/song"][:]
+    for i in rng.choice(store.num_songs, size=10, replace=False):
+        song = store.song(int(i))
+        want = ref.song_metrics(song.hits, steps_per_bar=song.steps_per_bar,
+                                bars_per_phrase=cfg.window.bars_per_phrase, ngram_n=cfg.metrics.ngram_n)
+        for name in SONG_SCHEMA:
+            np.testing.assert_allclose(out[f"song/{name}"][int(i)], want[name], rtol=1e-9, err_msg=name)
+        want = ref.section_metrics(song.hits, song.sections, steps_per_bar=song.steps_per_bar,
+                                   bars_per_phrase=cfg.window.bars_per_phrase)
+        for name in SECTION_SCHEMA:
+            np.testing.assert_allclose(out[f"section/{name}"][:][sec_song == i], want[name], rtol=1e-9)
+    bar_off = out["bar/offsets"][:]
+    np.testing.assert_array_equal(np.diff(bar_off), lengths // store.meta["steps_per_bar"])
