@@ -48,6 +48,29 @@ def memory_floor(num_windows, D, num_bars, bins):
     return write
 
 
+def stage_on_groove(groove: str) -> dict:
+    """The whole `metrics` stage (read store, dask threads, write metrics.zarr) over Groove."""
+    import tempfile
+
+    from pipeline.build import build
+    from pipeline.config import compose
+    from pipeline.ingest import ingest
+    from pipeline.metrics import run
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        base = ["data=groove", f"data.path={groove}", f"paths.data_dir={d}"]
+        ingest(compose(base))
+        build(compose(base))
+        for stride in ("default", 1):
+            cfg = compose(base + ([] if stride == "default" else [f"metrics.stride={stride}"]))
+            c0, w0 = time.process_time(), time.perf_counter()
+            summary = run(cfg)
+            out[f"stride_{cfg.metrics.stride}"] = {
+                "seq_len": cfg.metrics.seq_len, "songs": summary["songs"], "windows": summary["windows"],
+                "wall_s": round(time.perf_counter() - w0, 2), "cpu_s": round(time.process_time() - c0, 2)}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1_000_000)
@@ -55,7 +78,11 @@ def main():
     ap.add_argument("--ref-windows", type=int, default=400)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512, 2048])
+    ap.add_argument("--groove", help="also time the whole stage over this Groove MIDI Dataset folder")
     args = ap.parse_args()
+    if args.groove:
+        print(json.dumps({"benchmark": "metrics_stage_groove",
+                          **stage_on_groove(args.groove)}, indent=1))
     rng = np.random.default_rng(0)
     # Groove-like density: ~15% of (step, drum) cells hit
     roll = (rng.random((args.steps, args.drums)) < 0.15).astype(np.uint8)
