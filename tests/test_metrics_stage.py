@@ -14,6 +14,7 @@ from kernels.spec import SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, window_grid
 from pipeline.config import REPO_ROOT, compose
 from pipeline.metrics import run
 from pipeline.store import Song, Store, write_store
+from tests.test_dvc import fresh_clone  # noqa: F401  (a copy of the repo in a new git repo)
 
 D = 9
 ATTRS = {"drum_names": [f"d{i}" for i in range(D)], "drum_pitches": list(range(36, 36 + D)),
@@ -211,3 +212,25 @@ def test_stage_over_the_full_groove_store(groove_dir, tmp_path):
             np.testing.assert_allclose(out[f"section/{name}"][:][sec_song == i], want[name], rtol=1e-9)
     bar_off = out["bar/offsets"][:]
     np.testing.assert_array_equal(np.diff(bar_off), lengths // store.meta["steps_per_bar"])
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_metrics_and_a_metrics_config_edit_reruns_only_metrics(fresh_clone):
+    repo, env = fresh_clone
+    dvc = [sys.executable, "-m", "dvc"]
+
+    def repro():
+        r = subprocess.run(dvc + ["repro"], cwd=repo, env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout + r.stderr
+
+    assert "Running stage 'metrics'" in repro()
+    out = zarr.open_group(str(repo / "data" / "metrics.zarr"), mode="r")
+    store = Store(repo / "data" / "store.zarr")
+    assert out["window/song"].shape[0] > 0 and out["song/avg_hits"].shape[0] == store.num_songs
+    conf = repo / "conf" / "metrics" / "default.yaml"
+    conf.write_text(conf.read_text().replace("ngram_n: 4 ", "ngram_n: 3 "))
+    log = repro()
+    assert "Running stage 'metrics'" in log
+    assert "Running stage 'build'" not in log and "Running stage 'ingest'" not in log
+    assert zarr.open_group(str(repo / "data" / "metrics.zarr"), mode="r").attrs["ngram_n"] == 3
