@@ -35,8 +35,11 @@ def draw_roll(ax, hits: np.ndarray, drum_names: list[str], steps_per_bar: int = 
     shade = (np.asarray(velocity, np.float64) / 127.0) if velocity is not None else (hits > 0)
     ax.imshow(np.asarray(shade, np.float64).T, aspect="auto", origin="lower", cmap="Greys",
               vmin=0, vmax=1, interpolation="nearest", extent=(-0.5, num_steps - 0.5, -0.5, num_drums - 0.5))
-    for bar in range(0, num_steps + 1, steps_per_bar):
-        ax.axvline(bar - 0.5, color="tab:red", lw=0.6, alpha=0.7)
+    if num_steps <= 1024:  # white gaps between steps and drums, so a run of 16ths reads as notes
+        ax.vlines(np.arange(num_steps + 1) - 0.5, -0.5, num_drums - 0.5, colors="white", lw=0.5)
+        ax.hlines(np.arange(num_drums + 1) - 0.5, -0.5, num_steps - 0.5, colors="white", lw=1.0)
+    ax.vlines(np.arange(0, num_steps + 1, steps_per_bar) - 0.5, -0.5, num_drums - 0.5, colors="tab:red",
+              lw=0.8, alpha=0.8)
     ax.set_yticks(range(num_drums))
     ax.set_yticklabels(drum_names, fontsize=7)
     bars = range(0, num_steps, steps_per_bar)
