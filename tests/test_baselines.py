@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from train.baselines import FrequencyBaseline, NGramBaseline, RepeatBarBaseline, make_baselines
+from train.baselines import FrequencyBaseline, NGramBaseline, RepeatBarBaseline, make_baselines, select_ngram
 from train.scores import ScoreAccumulator, nll_bits_per_step
 
 SPB = 16
@@ -104,6 +104,25 @@ def test_ngram_backoff_hand_case():
     p1 = ng1.predict(window)
     np.testing.assert_allclose(p1[0, 0], [(0 + 3 / 6) / 4, (2 + 2 / 6) / 4], atol=1e-8)
     np.testing.assert_allclose(p1[0, 2], [3 / 6, 2 / 6], atol=1e-8)
+
+
+def test_select_ngram_finds_the_context_length_the_data_needs():
+    # patterns A A B repeating: after A comes A or B (a bigram cannot tell), two patterns decide it
+    a, b = [1, 0], [0, 1]
+    song = np.array([a, a, b] * 20, np.uint8)
+    window = song[None, :30].astype(np.float32)
+
+    def nll(model):
+        return nll_bits_per_step(model.predict(window), window)
+
+    chosen, grid = select_ngram([song], nll, ns=[2, 3, 4], alphas=[0.0, 1.0], eps=1e-6)
+    assert (chosen.n, chosen.alpha) == (3, 0.0)              # n = 4 is no better: the shorter one wins
+    assert len(grid) == 6 and min(grid, key=lambda g: g["nll_bits_per_step"])["n"] == 3
+    # only the first step of the window has a one-pattern context: ~2 bits over 29 steps
+    assert nll(chosen) < 0.1 and nll(NGramBaseline(2, 0.0, 1e-6).fit([song])) > 0.5
+    # n too long for a 64-bit key is skipped, not an error
+    _, grid = select_ngram([song], nll, ns=[2, 40], alphas=[1.0])
+    assert [g["n"] for g in grid] == [2]
 
 
 def test_ngram_uses_only_the_window_for_context():

@@ -78,6 +78,12 @@ def test_rows_equal_the_scores_computed_directly(tiny, tmp_path):
     rates = np.clip(train.mean(0), 1e-4, 1 - 1e-4)
     nll_f = -np.where(y, np.log2(rates), np.log2(1 - rates)).sum(-1)[m].mean()
     np.testing.assert_allclose(res["scores"]["frequency"]["nll_bits_per_step"], nll_f, rtol=1e-9)
+    # the n-gram's n and alpha are the grid point of lowest validation NLL
+    grid = res["ngram_selection"]
+    best = min(grid, key=lambda g: g["nll_bits_per_step"])
+    assert {g["n"] for g in grid} == set(range(2, 8))       # ngram_max_n 8, capped at 7 for 9 drums
+    assert (res["scores"]["ngram"]["n"], res["scores"]["ngram"]["alpha"]) == (best["n"], best["alpha"])
+    np.testing.assert_allclose(res["scores"]["ngram"]["nll_bits_per_step"], best["nll_bits_per_step"])
     # the trained tiny model has learnt the grooves: better than the per-drum frequencies
     assert res["scores"]["model"]["nll_bits_per_step"] < res["scores"]["frequency"]["nll_bits_per_step"]
 

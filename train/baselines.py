@@ -130,8 +130,13 @@ class NGramBaseline:
         # Per context length k: sorted context keys, their counts and per-drum next-step hit counts.
         self.tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
+    @staticmethod
+    def max_n(num_drums: int) -> int:
+        """The longest n whose context of n-1 patterns fits a 64-bit key."""
+        return 62 // max(num_drums, 1) + 1
+
     def _check_bits(self, num_drums: int) -> None:
-        if num_drums * (self.n - 1) > 62:
+        if self.n > self.max_n(num_drums):
             raise ValueError(f"n-gram baseline: {self.n - 1} patterns of {num_drums} drums do not fit a "
                              f"64-bit context key; lower evaluate.ngram_n")
 
@@ -203,6 +208,30 @@ class NGramBaseline:
             smoothed = (hits + self.alpha * probs) / np.maximum(counts + self.alpha, 1e-12)[..., None]
             probs = np.where(found[..., None], smoothed, probs)
         return _floor(probs, self.eps)
+
+
+def select_ngram(train_songs: list[np.ndarray], score, ns: Iterable[int], alphas: Iterable[float],
+                 eps: float = DEFAULT_EPS) -> tuple["NGramBaseline", list[dict]]:
+    """The n-gram (n, alpha) of lowest `score(baseline)` (validation NLL); and every grid point's score.
+
+    One fit per n (counts do not depend on alpha); alpha only changes the back-off at predict time.
+    """
+    best, grid = None, []
+    num_drums = np.asarray(train_songs[0]).shape[1]
+    for n in ns:
+        if n > NGramBaseline.max_n(num_drums):
+            continue
+        model = NGramBaseline(n, 1.0, eps).fit(train_songs)
+        for alpha in alphas:
+            model.alpha = float(alpha)
+            value = float(score(model))
+            grid.append({"n": int(n), "alpha": float(alpha), "nll_bits_per_step": value})
+            if best is None or value < best[0]:
+                best = (value, int(n), float(alpha))
+    if best is None:
+        raise ValueError(f"n-gram selection: no n in {list(ns)} fits {num_drums} drums")
+    chosen = NGramBaseline(best[1], best[2], eps).fit(train_songs)
+    return chosen, grid
 
 
 def make_baselines(steps_per_bar: int, ngram_n: int = 4, ngram_alpha: float = 1.0,

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.store import Store
-from train.baselines import make_baselines
+from train.baselines import NGramBaseline, make_baselines, select_ngram
 from train.generate import load_for_inference, sample
 from train.scores import ScoreAccumulator, compare_sets
 
@@ -112,6 +112,19 @@ def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) ->
     return acc
 
 
+def tune_ngram(b: DictConfig, train_songs: list[np.ndarray], validation: Windows, num_drums: int,
+               batch_size: int) -> tuple[NGramBaseline, list[dict]]:
+    """Pick the n-gram's n and/or alpha ("auto") by NLL on the validation split, as thresholds are."""
+    ns = list(range(2, int(b.ngram_max_n) + 1)) if b.ngram_n == "auto" else [int(b.ngram_n)]
+    alphas = list(b.ngram_alphas) if b.ngram_alpha == "auto" else [float(b.ngram_alpha)]
+
+    def nll(model: NGramBaseline) -> float:
+        acc = score_windows(lambda s, m, a, spb: model.predict(s, m), validation, num_drums, batch_size)
+        return acc.nll_bits / acc.steps
+
+    return select_ngram(train_songs, nll, ns, alphas, float(b.eps))
+
+
 def metric_kwargs(cfg: DictConfig) -> dict:
     """The kernels' window_metrics options that conf/metrics sets (ngram_n, fast_threshold, …)."""
     from kernels import window_metrics
@@ -190,11 +203,18 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"{ref.path}: no song in the train split to fit the baselines on")
 
     b = ecfg.baselines
-    predictors = {MODEL_ROW: lambda s, m, a, spb: model_probs(model, s, m, a)}
-    for base in make_baselines(spb, int(b.ngram_n), float(b.ngram_alpha), float(b.eps),
-                               bool(b.repeat_calibrated)):
-        base.fit(train_songs, train_bars)
-        predictors[base.name] = lambda s, m, a, spb, base=base: base.predict(s, m, spb)
+    fixed_n = 4 if b.ngram_n == "auto" else int(b.ngram_n)
+    fixed_alpha = 1.0 if b.ngram_alpha == "auto" else float(b.ngram_alpha)
+    baselines, ngram_grid = {}, []
+    for base in make_baselines(spb, fixed_n, fixed_alpha, float(b.eps), bool(b.repeat_calibrated)):
+        if isinstance(base, NGramBaseline) and "auto" in (b.ngram_n, b.ngram_alpha):
+            base, ngram_grid = tune_ngram(b, train_songs, validation, store.num_drums, int(ecfg.batch_size))
+        else:
+            base.fit(train_songs, train_bars)
+        baselines[base.name] = base
+    predictors = {MODEL_ROW: lambda s, m, a, bars: model_probs(model, s, m, a)}
+    for name, base in baselines.items():
+        predictors[name] = lambda s, m, a, bars, base=base: base.predict(s, m, bars)
 
     scores = {}
     for name, predict in predictors.items():
@@ -202,6 +222,7 @@ def evaluate(cfg: DictConfig) -> dict:
         val = acc if validation is windows else score_windows(predict, validation, store.num_drums,
                                                               int(ecfg.batch_size))
         scores[name] = acc.result(val.best_threshold(), names)
+    scores["ngram"].update({"n": baselines["ngram"].n, "alpha": baselines["ngram"].alpha})
 
     out_dir = Path(ecfg.out_dir)
     plots = out_dir / "plots"
@@ -211,6 +232,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "checkpoint": str(ckpt_path), "split": cfg.split, "store": str(store.path), "reference_store": str(ref.path),
         "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
         "scores": scores,
+        "ngram_selection": ngram_grid,
         "model_beats_baselines_nll": all(scores[MODEL_ROW]["nll_bits_per_step"] < s["nll_bits_per_step"]
                                          for n, s in scores.items() if n != MODEL_ROW),
     }
@@ -261,7 +283,10 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
         lines.append(f"| {name} | {r['nll_bits_per_step']:.4f} | {r['bce']:.4f} | {r['threshold']:.3f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |")
     verdict = "beats" if result["model_beats_baselines_nll"] else "does NOT beat"
-    lines += ["", f"The model {verdict} every baseline on NLL.", "",
+    ng = s["ngram"]
+    chosen = " (chosen by validation NLL)" if result.get("ngram_selection") else ""
+    lines += ["", f"The model {verdict} every baseline on NLL. The n-gram uses n = {ng['n']}, "
+              f"alpha = {ng['alpha']:g}{chosen}.", "",
               "### F1 per drum", "", "| predictor | " + " | ".join(drum_names) + " |",
               "|---|" + "---:|" * len(drum_names)]
     for name, r in s.items():
