@@ -136,13 +136,11 @@ def build_model(cfg, num_drums: int) -> torch.nn.Module:
     return HierarchicalDrumModel(**{k: v for k, v in kwargs.items() if k in params})
 
 
-def forward_loss(model, batch: dict, weights: dict):
-    """(total loss, {term: value}, step logits) of one batch."""
-    from train.model import compute_loss
-
+def forward_loss(model, raw_model, batch: dict, weights: dict):
+    """(total loss, {term: value}, step logits) of one batch; `model` may be the DDP wrapper."""
     preds = model(batch["step"], batch.get("bar"), batch.get("phrase"), mask=batch.get("mask"),
                   start=batch.get("start"))
-    total, terms = compute_loss(preds, batch, weights)
+    total, terms = raw_model.compute_loss(preds, batch, weights)
     return total, terms, preds[0]
 
 
@@ -152,14 +150,18 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def real_steps(batch: dict) -> torch.Tensor:
+    """Number of predicted real steps (the step loss's denominator: targets are steps 1..L−1)."""
     mask = batch.get("mask")
-    return (mask.sum() if mask is not None else torch.tensor(batch["step"].shape[0] * batch["step"].shape[1])).float()
+    step = batch["step"]
+    return (mask[:, 1:].sum() if mask is not None else torch.tensor(step.shape[0] * (step.shape[1] - 1))).float()
 
 
 @torch.no_grad()
-def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dict:
+def evaluate(model, raw_model, loader, limit: int, weights: dict, d: Dist, autocast) -> dict:
     """Mean validation loss per term over (at most `limit` batches of) the split, all ranks pooled."""
     model.eval()
+    # from the first batch every time (a `limit` cut leaves the sampler mid-epoch)
+    loader.sampler.load_state_dict({**loader.sampler.state_dict(), "position": 0})
     sums: dict[str, float] = {}
     count = 0.0
     for i, batch in enumerate(loader):
@@ -167,7 +169,7 @@ def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dic
             break
         batch = to_device(batch, d.device)
         with autocast():
-            total, terms, _ = forward_loss(model, batch, weights)
+            total, terms, _ = forward_loss(model, raw_model, batch, weights)
         n = float(real_steps(batch))
         for k, v in {"loss": total, **terms}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -383,7 +385,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                     sync = i == micro - 1 or not d.enabled
                     with (contextlib.nullcontext() if sync else model.no_sync()):
                         with autocast():
-                            loss, terms, step_logits = forward_loss(model, batch, weights)
+                            loss, terms, step_logits = forward_loss(model, raw_model, batch, weights)
                             if shaper is not None:
                                 rl_loss, rl_logs = (shaper.surrogate(step_logits, batch) if shaper.mode == "surrogate"
                                                     else shaper.reinforce(raw_model, raw_model, batch))
@@ -392,7 +394,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                                 step_logs.update(rl_logs)
                         scaler.scale(loss * share / micro).backward()
                     for k, v in {"loss": loss, **terms}.items():
-                        step_logs[k] = step_logs.get(k, 0.0) + float(v) / micro
+                        step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) / micro
                 scaler.unscale_(optimizer)
                 clip = float(tc.gradient_clip_val)
                 grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip if clip > 0 else math.inf)
@@ -431,7 +433,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                     raise FloatingPointError(f"loss is {step_logs['loss']} at step {global_step}; lower "
                                              "trainer.optimizer.config.lr or set trainer.gradient_clip_val")
                 if int(tc.val_every_n_steps) > 0 and global_step % int(tc.val_every_n_steps) == 0:
-                    val_metrics = evaluate(model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
+                    val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
                     runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
                 stop = global_step >= total_steps
                 if int(tc.save_every_n_steps) > 0 and global_step % int(tc.save_every_n_steps) == 0 \
@@ -443,7 +445,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
             done_epoch = epoch + 1  # 1-based number of the epoch just finished
             validated = done_epoch % int(tc.check_val_every_n_epoch) == 0 or stop or done_epoch == max_epochs
             if validated:
-                val_metrics = evaluate(model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
+                val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
                 runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
             train_loss = float(all_reduce_mean(d, torch.tensor(loss_sum / max(loss_n, 1), dtype=torch.float64)))
             epoch_stats = {"samples_per_s": samples / max(time_sum, 1e-9),
