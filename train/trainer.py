@@ -285,7 +285,8 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
         model = torch.compile(model)
     if d.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+            find_unused_parameters=bool(tc.find_unused_parameters))
     accum = int(tc.accumulate_grad_batches)
     limit = int(tc.limit_train_batches)
     batches_per_epoch = len(train_loader) if limit < 0 else min(limit, len(train_loader))
