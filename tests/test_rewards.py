@@ -56,3 +56,52 @@ def test_user_reward_function_by_import_path():
 
 def kick_rate(roll, *, start, steps_per_bar, beats_per_bar):
     return roll[..., 0].mean(1)
+
+
+# --- end to end: reward shaping moves what it rewards ------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.trainer_data import build_tiny_ready
+
+    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
+
+
+def _train_and_generate(tiny, run_dir, extra):
+    from train.checkpoint import load_model
+    from train.trainer import fit
+
+    summary = fit(compose(tiny + [f"trainer.run_dir={run_dir}", "trainer.resume=never",
+                                  "trainer.limit_val_batches=1"] + extra))
+    model, _ = load_model(run_dir / "checkpoints" / "last.pt")
+    hits = model.generate(None, length=64, batch_size=16, seed=0)
+    return float(hits.sum(-1).mean()), summary
+
+
+@pytest.fixture(scope="module")
+def baseline_density(tiny, tmp_path_factory):
+    return _train_and_generate(tiny, tmp_path_factory.mktemp("base"), [])[0]
+
+
+@pytest.mark.parametrize("mode", ["surrogate", "reinforce"])
+def test_density_target_above_the_data_raises_generated_density(tiny, baseline_density, tmp_path, mode):
+    extra = [f"rl={mode}", "rl.weight=1.0", "rl.terms.density.target=4.0"]
+    if mode == "reinforce":
+        extra += ["rl.prime_steps=32", "rl.sample_steps=32"]
+    density, summary = _train_and_generate(tiny, tmp_path, extra)
+    assert density > baseline_density + 0.3, (density, baseline_density)
+    assert summary["global_step"] > 0
+    # the reward terms were logged beside the losses
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(tmp_path / "tb")).Reload().Tags()["scalars"]
+    assert {"reward/density", "reward/total", "train/rl", "train/step"} <= set(tags)
+
+
+def test_window_target_uses_each_windows_stored_metric():
+    cfg = compose(["rl=surrogate"])                          # density target: window
+    shaper = rewards.build(cfg.rl, cfg.window)
+    logits = torch.zeros(2, 17, 4)                           # expected density 4 × 0.5 = 2
+    batch = {"mask": torch.ones(2, 17, dtype=torch.bool), "metrics": {"avg_hits": torch.tensor([2.0, 3.0])}}
+    _, logs = shaper.surrogate(logits, batch)
+    assert logs["reward/density_r"] == pytest.approx(-0.5)   # mean of −|2−2| and −|2−3|

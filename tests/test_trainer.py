@@ -147,3 +147,60 @@ def test_top_k_keeps_the_best_k_and_deletes_the_rest(tmp_path):
     assert 4 not in kept
 
 
+
+
+# --- whole runs on a real tiny store -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.trainer_data import build_tiny_ready
+
+    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
+
+
+def test_run_writes_top_k_checkpoints_logs_config_and_versions(tiny, tmp_path):
+    import csv
+    import json
+
+    from train.trainer import fit
+
+    summary = fit(compose(tiny + [f"trainer.run_dir={tmp_path}", "trainer.max_epochs=4", "trainer.save_top_k=2",
+                                  "trainer.save_every_n_epochs=2", "trainer.limit_train_batches=3"]))
+    ckpts = tmp_path / "checkpoints"
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    best2 = sorted(rows, key=lambda r: float(r["val_loss"]))[:2]
+    want = {f"best_epoch_{r['epoch']}_loss_{float(r['val_loss']):.4f}.pt" for r in best2}
+    assert {p.name for p in ckpts.glob("best_epoch_*.pt")} == want
+    assert {p.name for p in ckpts.glob("epoch_*.pt")} == {"epoch_2.pt", "epoch_4.pt"}
+    best = load_checkpoint(ckpts / "best.pt")
+    assert best["val"]["loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    last = load_checkpoint(ckpts / "last.pt")
+    for key in ("model", "model_config", "config", "drum_names", "drum_pitches", "steps_per_quarter",
+                "optimizer", "scheduler", "scaler", "epoch", "global_step", "sampler", "rng", "best"):
+        assert key in last, key
+    assert last["drum_names"][0] == "kick" and last["drum_pitches"][0] == 36
+    assert last["epoch"] == 4 and last["global_step"] == 12
+    assert json.loads((tmp_path / "metrics.json").read_text())["best_val_loss"] == summary["best_val_loss"]
+    assert "torch" in json.loads((ckpts / "versions.json").read_text())
+    assert OmegaConf.load(ckpts / "config.yaml").trainer.save_top_k == 2
+    # the model learns: validation loss falls
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tiny, tmp_path):
+    from train.trainer import fit
+
+    summary = fit(compose(tiny + [f"trainer.run_dir={tmp_path}", "trainer.max_epochs=6",
+                                  "trainer.optimizer.config.lr=0.0", "trainer.early_stopping.patience=2"]))
+    assert summary["epochs"] == 3                  # epoch 1 sets the best, 2 and 3 do not improve
+
+
+def test_resume_from_an_explicit_path_continues_counting(tiny, tmp_path):
+    from train.trainer import fit
+
+    first = fit(compose(tiny + [f"trainer.run_dir={tmp_path}/a", "trainer.max_epochs=1"]))
+    path = tmp_path / "a" / "checkpoints" / "last.pt"
+    second = fit(compose(tiny + [f"trainer.run_dir={tmp_path}/b", "trainer.max_epochs=2",
+                                 f"trainer.resume={path}"]))
+    assert second["global_step"] == 2 * first["global_step"] and second["epochs"] == 2
