@@ -204,3 +204,29 @@ def test_resume_from_an_explicit_path_continues_counting(tiny, tmp_path):
     second = fit(compose(tiny + [f"trainer.run_dir={tmp_path}/b", "trainer.max_epochs=2",
                                  f"trainer.resume={path}"]))
     assert second["global_step"] == 2 * first["global_step"] and second["epochs"] == 2
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny, tmp_path):
+    from train.trainer import fit
+
+    common = tiny + ["trainer.max_steps=3", "trainer.max_epochs=1", "trainer.limit_train_batches=-1",
+                     "trainer.save_top_k=0", "trainer.resume=never"]
+    fit(compose(common + [f"trainer.run_dir={tmp_path}/big", "trainer.batch_size=8"]))
+    fit(compose(common + [f"trainer.run_dir={tmp_path}/acc", "trainer.batch_size=4",
+                          "trainer.accumulate_grad_batches=2"]))
+    a = load_checkpoint(tmp_path / "big" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "acc" / "checkpoints" / "last.pt")
+    assert a["global_step"] == b["global_step"] == 3
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_cpu(tiny, tmp_path, precision):
+    from train.trainer import fit
+
+    summary = fit(compose(tiny + [f"trainer.run_dir={tmp_path}", "trainer.max_epochs=1",
+                                  f"trainer.precision={precision}", "trainer.resume=never"]))
+    assert math.isfinite(summary["val_loss"]) and summary["global_step"] == 6
+    scaler = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"]
+    assert bool(scaler) == (precision == "16-mixed")      # GradScaler only for fp16
