@@ -74,6 +74,9 @@ def validate_config(cfg: DictConfig) -> None:
          f"trainer.early_stopping.patience={tc.early_stopping.patience}: must be ≥ 0 (0 = off)")
     for key in ("limit_train_batches", "limit_val_batches"):
         need(int(tc[key]) == -1 or int(tc[key]) >= 1, f"trainer.{key}={tc[key]}: -1 (all) or ≥ 1")
+    monitor = str(tc.monitor)
+    need(monitor.startswith("val/") and monitor[4:] in ("loss", *(tc.loss_weights or {})),
+         f"trainer.monitor={monitor!r}: 'val/loss' or 'val/<loss term>' ({list(tc.loss_weights or {})})")
     resume = str(tc.resume)
     need(resume in ("auto", "never") or Path(resume).is_file(),
          f"trainer.resume={resume!r}: 'auto', 'never' or an existing checkpoint file")
@@ -310,6 +313,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
     scaler = torch.amp.GradScaler(d.device.type, enabled=precision == "16-mixed")
     shaper = rewards.build(cfg.rl, cfg.window, reduce_mean=lambda x: all_reduce_mean(d, x))
     weights = OmegaConf.to_container(tc.loss_weights, resolve=True)
+    monitor = str(tc.monitor).removeprefix("val/")   # the validation term that picks best / top-k
     info = drum_info(cfg, train_ds.ready)
 
     # state, and resume
@@ -460,7 +464,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
             train_loss = float(all_reduce_mean(d, torch.tensor(loss_sum / max(loss_n, 1), dtype=torch.float64)))
             epoch_stats = {"samples_per_s": samples / max(time_sum, 1e-9),
                            "data_wait_fraction": wait_sum / max(time_sum, 1e-9)}
-            val_loss = val_metrics.get("loss", math.nan) if validated else math.nan
+            val_loss = val_metrics.get(monitor, math.nan) if validated else math.nan
             improved = math.isfinite(val_loss) and val_loss < best["loss"] - float(tc.early_stopping.min_delta)
             if improved:
                 best.update(loss=val_loss, epoch=done_epoch, bad_epochs=0)
