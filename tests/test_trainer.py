@@ -80,7 +80,7 @@ def test_bad_config_values_are_all_reported_before_work(tmp_path):
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     msg = str(err.value)
-    for key in ("trainer.precision='fp8'", "trainer.batch_size=0", "Adamm", "nope.pt",
+    for key in ("paths.ready=" + str(cfg.paths.ready), "trainer.precision='fp8'", "trainer.batch_size=0", "Adamm", "nope.pt",
                 "rl.sample_steps=10", "accumulate_grad_batches=0", "trainer.seq_len=100"):
         assert key in msg
 

@@ -80,6 +80,10 @@ def validate_config(cfg: DictConfig) -> None:
     resume = str(tc.resume)
     need(resume in ("auto", "never") or Path(resume).is_file(),
          f"trainer.resume={resume!r}: 'auto', 'never' or an existing checkpoint file")
+    ready = Path(cfg.paths.ready)
+    need((ready / "manifest.json").is_file(),
+         f"paths.ready={ready}: no training export here (run `dvc repro export`, or point "
+         "paths.data_dir at a folder holding ready/)")
     for name, w in (tc.loss_weights or {}).items():
         need(float(w) >= 0, f"trainer.loss_weights.{name}={w}: must be ≥ 0")
     for check in (lambda: optimizer_class(tc.optimizer.type), lambda: _check_scheduler(tc),
