@@ -135,6 +135,9 @@ def build_data(cfg, d: Dist):
                      generator=torch.Generator().manual_seed(int(tc.seed)))
     train = make_loader(train_ds, int(tc.batch_size), shuffle=True, seed=int(tc.seed), drop_last=True, **loader_kw)
     val = make_loader(val_ds, int(tc.batch_size), shuffle=False, drop_last=False, **loader_kw)
+    if len(val_ds) == 0 and d.is_main:
+        print(f"warning: {cfg.paths.ready} has no validation windows: best.pt, top-k and early "
+              "stopping are off; use last.pt", file=sys.stderr, flush=True)
     if len(train) == 0:
         raise ConfigError(f"{cfg.paths.ready}: {len(train_ds)} training windows make no batch of "
                           f"trainer.batch_size={tc.batch_size} on {d.world_size} process(es)")
