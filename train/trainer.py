@@ -388,7 +388,9 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
             model.train()
             batches = iter(train_loader)
             bar = tqdm(total=batches_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{max_epochs}",
-                       disable=not (d.is_main and tc.progress_bar), dynamic_ncols=True, leave=False)
+                       dynamic_ncols=True, leave=False,
+                       # only on rank 0, and only on a terminal (a DVC log gets the epoch lines)
+                       disable=not (d.is_main and tc.progress_bar and sys.stderr.isatty()))
             loss_sum, loss_n, wait_sum, time_sum, samples = 0.0, 0, 0.0, 0.0, 0
             log_acc: dict[str, float] = {}
             while batch_in_epoch < batches_per_epoch and not stop:
