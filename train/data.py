@@ -9,7 +9,7 @@ of `[B, seq_len]` rows from the mapped arrays plus one gather per metric, no per
 
 A batch (dict of tensors, B first):
     step     float32 [B, L, D]       hits 0/1, zero on padding
-    velocity float32 [B, L, D]       velocity / 127 (0 where no hit)
+    velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
     bar      float32 [B, L//spb, D]  mean of each bar's spb steps (padding counts as silence)
     phrase   float32 [B, L//(spb·bpp), D]
     mask     bool    [B, L]          True on real steps (a song shorter than L is padded, never dropped)
@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from numba import njit
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             batch = self.get_batch(np.array([int(key)]), seed=(self.seed, int(key)))
-            return collate({k: _first(v) for k, v in batch.items()})
+            return {k: _first(v) for k, v in batch.items()}
         if isinstance(key, BatchRequest):
             return self.get_batch(np.asarray(key.indices, np.int64), seed=key.seed)
         idx = np.asarray(key, np.int64)
@@ -164,9 +165,15 @@ class CompleteHierarchicalDrumDataset(Dataset):
         return self[list(indices)]
 
     def get_batch(self, idx: np.ndarray, seed: tuple[int, ...] = (0,)) -> dict[str, Any]:
-        """The batch of windows `idx` as numpy arrays (see the module docstring; `collate` -> tensors)."""
+        """The batch of windows `idx` as a dict of tensors (see the module docstring).
+
+        One compiled pass copies each window's contiguous rows and fills step, velocity, mask and
+        the bar sums at once; metrics are one `np.take` of rows per metric. In a DataLoader worker
+        the outputs are allocated in shared memory, so handing them to the main process copies nothing.
+        """
         m = self._open()
         n = len(m["table"])
+        idx = np.asarray(idx, np.int64)
         if len(idx) and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"window index out of range for {n} windows of split {self.split!r}")
         idx = idx % max(n, 1)
@@ -174,32 +181,28 @@ class CompleteHierarchicalDrumDataset(Dataset):
         if rng is not None:
             idx = self._shift(idx, rng, m)
         t = m["table"][idx]
-        L, spb, bpp = self.seq_len, self.steps_per_bar, self.bars_per_phrase
-        steps = np.arange(L, dtype=np.int64)
-        mask = steps[None, :] < t[:, LENGTH, None]
-        # One [B, L] fancy index per array; rows past a short song's end repeat its first row (so
-        # they never read another song) and are zeroed below.
-        rows = t[:, OFFSET, None] + np.where(mask, steps[None, :], 0)
-        hits, vel = m["hits"][rows], m["velocity"][rows]
-        if not mask.all():
-            hits[~mask] = 0
-            vel[~mask] = 0
-        if rng is not None and self.velocity_jitter > 0:
-            vel = _jitter(vel, hits, rng, self.velocity_jitter)
-        step = hits.astype(np.float32)
-        B, D = step.shape[0], step.shape[2]
+        B, L, D = len(idx), self.seq_len, self.num_drums
+        spb, bpp = self.steps_per_bar, self.bars_per_phrase
         nb, nph = L // spb, L // (spb * bpp)
-        bar = step.reshape(B, nb, spb, D).mean(axis=2)
-        phrase = bar[:, :nph * bpp].reshape(B, nph, bpp, D).mean(axis=2)
+        out = {"step": _alloc((B, L, D), torch.float32), "velocity": _alloc((B, L, D), torch.uint8),
+               "bar": _alloc((B, nb, D), torch.float32), "phrase": _alloc((B, nph, D), torch.float32),
+               "mask": _alloc((B, L), torch.bool)}
+        step, vel = out["step"].numpy(), out["velocity"].numpy()
+        _gather_windows(m["hits"], m["velocity"], t[:, OFFSET].copy(), t[:, LENGTH].copy(), spb, bpp,
+                        step, vel, out["bar"].numpy(), out["phrase"].numpy(), out["mask"].numpy())
+        if rng is not None and self.velocity_jitter > 0:
+            vel[:] = _jitter(vel, step, rng, self.velocity_jitter)
         length = t[:, LENGTH, None]
-        return {
-            "step": step, "velocity": vel.astype(np.float32) * np.float32(1 / 127), "bar": bar,
-            "phrase": phrase, "mask": mask,
-            "bar_mask": (np.arange(1, nb + 1) * spb)[None, :] <= length,
-            "phrase_mask": (np.arange(1, nph + 1) * spb * bpp)[None, :] <= length,
-            "metrics": {name: np.asarray(arr[t[:, ROW]]) for name, arr in m["metrics"].items()},
-            "song": t[:, SONG].copy(), "start": t[:, START].copy(),
-        }
+        out["bar_mask"] = torch.from_numpy((np.arange(1, nb + 1) * spb)[None, :] <= length)
+        out["phrase_mask"] = torch.from_numpy((np.arange(1, nph + 1) * spb * bpp)[None, :] <= length)
+        rows = t[:, ROW]
+        out["metrics"] = {}
+        for name, arr in m["metrics"].items():
+            dst = _alloc((B, *arr.shape[1:]), _TORCH_DTYPES[arr.dtype.str])
+            np.take(arr, rows, axis=0, out=dst.numpy())
+            out["metrics"][name] = dst
+        out["song"], out["start"] = torch.from_numpy(t[:, SONG].copy()), torch.from_numpy(t[:, START].copy())
+        return out
 
     def _shift(self, idx: np.ndarray, rng: np.random.Generator, m: dict) -> np.ndarray:
         """Whole-bar re-windowing: another stored window of the same song, k bar-units away."""
@@ -209,6 +212,50 @@ class CompleteHierarchicalDrumDataset(Dataset):
         j = idx + k * (unit // self.stride)
         ok = (j >= m["first"][idx]) & (j <= m["last"][idx])
         return np.where(ok, j, idx)
+
+
+_TORCH_DTYPES = {np.dtype(d).str: getattr(torch, t) for d, t in [
+    ("float32", "float32"), ("float64", "float64"), ("int32", "int32"), ("int64", "int64"),
+    ("int16", "int16"), ("uint8", "uint8"), ("int8", "int8"), ("bool", "bool"), ("float16", "float16")]}
+
+
+def _alloc(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An output tensor; in a DataLoader worker it lives in shared memory from the start."""
+    t = torch.empty(shape, dtype=dtype)
+    return t.share_memory_() if torch.utils.data.get_worker_info() is not None else t
+
+
+@njit(cache=True, nogil=True)
+def _gather_windows(hits, velocity, offsets, lengths, spb, bpp, step, vel, bar, phrase, mask):
+    """Copy window b = rows offsets[b] : offsets[b] + lengths[b] (zero padding after), and average bars/phrases.
+
+    bar[b, k] = (1/spb) · Σ_{t in bar k} step[b, t];  phrase[b, p] = (1/bpp) · Σ_{k in phrase p} bar[b, k].
+    """
+    B, L, D = step.shape
+    for b in range(B):
+        a, n = offsets[b], lengths[b]
+        for k in range(bar.shape[1]):
+            for d in range(D):
+                bar[b, k, d] = 0.0
+        for t in range(L):
+            real = t < n
+            mask[b, t] = real
+            k = t // spb
+            for d in range(D):
+                h = hits[a + t, d] if real else 0
+                step[b, t, d] = h
+                vel[b, t, d] = velocity[a + t, d] if real else 0
+                if k < bar.shape[1]:
+                    bar[b, k, d] += h
+        for k in range(bar.shape[1]):
+            for d in range(D):
+                bar[b, k, d] /= spb
+        for p in range(phrase.shape[1]):
+            for d in range(D):
+                acc = 0.0
+                for k in range(p * bpp, (p + 1) * bpp):
+                    acc += bar[b, k, d]
+                phrase[b, p, d] = acc / bpp
 
 
 def _jitter(vel: np.ndarray, hits: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -222,11 +269,13 @@ def _first(v):
 
 
 def collate(batch: dict[str, Any]) -> dict[str, Any]:
-    """numpy batch -> flat tensors (metrics stay a flat dict name -> tensor); zero-copy where possible."""
+    """A batch dict -> flat tensors (metrics stay a flat dict name -> tensor); tensors pass as they are."""
     out = {}
     for k, v in batch.items():
         if isinstance(v, dict):
             out[k] = collate(v)
+        elif isinstance(v, torch.Tensor):
+            out[k] = v
         else:
             a = np.asarray(v)
             out[k] = torch.from_numpy(a if a.flags.c_contiguous else a.copy())
