@@ -40,6 +40,7 @@ class BatchRequest(NamedTuple):
 
     indices: np.ndarray
     seed: tuple[int, ...]
+    pack: bool = False          # answer with a PackedBatch when in a worker (WindowLoader unpacks)
 
 
 def resolve_ready_dir(path: str | Path) -> Path:
@@ -156,7 +157,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
             batch = self.get_batch(np.array([int(key)]), seed=(self.seed, int(key)))
             return {k: _first(v) for k, v in batch.items()}
         if isinstance(key, BatchRequest):
-            return self.get_batch(np.asarray(key.indices, np.int64), seed=key.seed)
+            return self.get_batch(np.asarray(key.indices, np.int64), seed=key.seed, pack=key.pack)
         idx = np.asarray(key, np.int64)
         return self.get_batch(idx, seed=(self.seed, *idx.tolist()))
 
@@ -164,12 +165,14 @@ class CompleteHierarchicalDrumDataset(Dataset):
         """Batch fetch for `DataLoader(batch_sampler=…)`: the whole batch in one gather."""
         return self[list(indices)]
 
-    def get_batch(self, idx: np.ndarray, seed: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    def get_batch(self, idx: np.ndarray, seed: tuple[int, ...] = (0,), pack: bool = False) -> dict[str, Any]:
         """The batch of windows `idx` as a dict of tensors (see the module docstring).
 
         One compiled pass copies each window's contiguous rows and fills step, velocity, mask and
-        the bar sums at once; metrics are one `np.take` of rows per metric. In a DataLoader worker
-        the outputs are allocated in shared memory, so handing them to the main process copies nothing.
+        the bar sums at once; metrics are one `np.take` of rows per metric. All outputs are views
+        of one buffer; in a DataLoader worker it is one shared-memory segment, so handing the batch
+        to the main process copies nothing and passes one file descriptor, not one per tensor
+        (`pack`: return it as a PackedBatch, which WindowLoader unpacks).
         """
         m = self._open()
         n = len(m["table"])
@@ -184,25 +187,26 @@ class CompleteHierarchicalDrumDataset(Dataset):
         B, L, D = len(idx), self.seq_len, self.num_drums
         spb, bpp = self.steps_per_bar, self.bars_per_phrase
         nb, nph = L // spb, L // (spb * bpp)
-        out = {"step": _alloc((B, L, D), torch.float32), "velocity": _alloc((B, L, D), torch.uint8),
-               "bar": _alloc((B, nb, D), torch.float32), "phrase": _alloc((B, nph, D), torch.float32),
-               "mask": _alloc((B, L), torch.bool)}
+        specs = [("step", (B, L, D), torch.float32), ("velocity", (B, L, D), torch.uint8),
+                 ("bar", (B, nb, D), torch.float32), ("phrase", (B, nph, D), torch.float32),
+                 ("mask", (B, L), torch.bool), ("bar_mask", (B, nb), torch.bool),
+                 ("phrase_mask", (B, nph), torch.bool), ("song", (B,), torch.int64), ("start", (B,), torch.int64)]
+        specs += [(f"metrics/{k}", (B, *a.shape[1:]), _TORCH_DTYPES[a.dtype.str]) for k, a in m["metrics"].items()]
+        in_worker = torch.utils.data.get_worker_info() is not None
+        buffer, layout = _arena(specs, shared=in_worker)
+        out = unpack(buffer, layout)
         step, vel = out["step"].numpy(), out["velocity"].numpy()
         _gather_windows(m["hits"], m["velocity"], t[:, OFFSET].copy(), t[:, LENGTH].copy(), spb, bpp,
                         step, vel, out["bar"].numpy(), out["phrase"].numpy(), out["mask"].numpy())
         if rng is not None and self.velocity_jitter > 0:
             vel[:] = _jitter(vel, step, rng, self.velocity_jitter)
         length = t[:, LENGTH, None]
-        out["bar_mask"] = torch.from_numpy((np.arange(1, nb + 1) * spb)[None, :] <= length)
-        out["phrase_mask"] = torch.from_numpy((np.arange(1, nph + 1) * spb * bpp)[None, :] <= length)
-        rows = t[:, ROW]
-        out["metrics"] = {}
+        out["bar_mask"].numpy()[:] = (np.arange(1, nb + 1) * spb)[None, :] <= length
+        out["phrase_mask"].numpy()[:] = (np.arange(1, nph + 1) * spb * bpp)[None, :] <= length
+        out["song"].numpy()[:], out["start"].numpy()[:] = t[:, SONG], t[:, START]
         for name, arr in m["metrics"].items():
-            dst = _alloc((B, *arr.shape[1:]), _TORCH_DTYPES[arr.dtype.str])
-            np.take(arr, rows, axis=0, out=dst.numpy())
-            out["metrics"][name] = dst
-        out["song"], out["start"] = torch.from_numpy(t[:, SONG].copy()), torch.from_numpy(t[:, START].copy())
-        return out
+            np.take(arr, t[:, ROW], axis=0, out=out["metrics"][name].numpy())
+        return PackedBatch(buffer, layout) if pack and in_worker else out
 
     def _shift(self, idx: np.ndarray, rng: np.random.Generator, m: dict) -> np.ndarray:
         """Whole-bar re-windowing: another stored window of the same song, k bar-units away."""
@@ -219,10 +223,39 @@ _TORCH_DTYPES = {np.dtype(d).str: getattr(torch, t) for d, t in [
     ("int16", "int16"), ("uint8", "uint8"), ("int8", "int8"), ("bool", "bool"), ("float16", "float16")]}
 
 
-def _alloc(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An output tensor; in a DataLoader worker it lives in shared memory from the start."""
-    t = torch.empty(shape, dtype=dtype)
-    return t.share_memory_() if torch.utils.data.get_worker_info() is not None else t
+class PackedBatch(NamedTuple):
+    """A batch as one byte buffer + (key, shape, dtype, offset) of each tensor in it; see `unpack`."""
+
+    buffer: torch.Tensor
+    layout: tuple
+
+
+_NUMPY_DTYPES = {t: np.dtype(d) for d, t in _TORCH_DTYPES.items()}
+
+
+def _arena(specs, shared: bool) -> tuple[torch.Tensor, tuple]:
+    layout, offset = [], 0
+    for key, shape, dtype in specs:
+        layout.append((key, tuple(shape), dtype, offset))
+        offset += -(-math.prod(shape) * dtype.itemsize // 64) * 64      # 64-byte aligned views
+    buffer = torch.empty(max(offset, 1), dtype=torch.uint8)
+    return (buffer.share_memory_() if shared else buffer), tuple(layout)
+
+
+def unpack(buffer: torch.Tensor, layout) -> dict[str, Any]:
+    """Views of `buffer`: the batch dict (keys `metrics/<name>` go into the `metrics` dict)."""
+    out: dict[str, Any] = {"metrics": {}}
+    raw = buffer.numpy()        # numpy views are ~3x cheaper to make than torch views; same memory
+    for key, shape, dtype, offset in layout:
+        shape = tuple(shape)
+        np_dtype = _NUMPY_DTYPES[dtype]
+        nbytes = math.prod(shape) * np_dtype.itemsize
+        view = torch.from_numpy(raw[offset:offset + nbytes].view(np_dtype).reshape(shape))
+        if key.startswith("metrics/"):
+            out["metrics"][key[len("metrics/"):]] = view
+        else:
+            out[key] = view
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -270,6 +303,8 @@ def _first(v):
 
 def collate(batch: dict[str, Any]) -> dict[str, Any]:
     """A batch dict -> flat tensors (metrics stay a flat dict name -> tensor); tensors pass as they are."""
+    if isinstance(batch, PackedBatch):
+        return batch                    # one buffer crossing from a worker; WindowLoader unpacks it
     out = {}
     for k, v in batch.items():
         if isinstance(v, dict):
@@ -312,6 +347,7 @@ class WindowBatchSampler:
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.epoch, self.position = 0, 0
+        self.pack = False       # set by make_loader when workers hand batches over
 
     def rank_indices(self, epoch: int) -> np.ndarray:
         """This rank's windows for `epoch`, in order."""
@@ -340,7 +376,7 @@ class WindowBatchSampler:
         batches = self.batches(self.epoch)
         for n in range(self.start_position(), len(batches)):
             self.position = n + 1
-            yield BatchRequest(batches[n], (self.seed, self.epoch, self.rank, n))
+            yield BatchRequest(batches[n], (self.seed, self.epoch, self.rank, n), self.pack)
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:
@@ -372,7 +408,7 @@ class WindowLoader(DataLoader):
         start = sampler.start_position()
         for n, batch in enumerate(super().__iter__(), start=1):
             sampler.position = start + n
-            yield batch
+            yield unpack(*batch) if isinstance(batch, PackedBatch) else batch
 
 
 def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, shuffle: bool = True,
@@ -381,6 +417,7 @@ def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, sh
     """The loader the trainer uses: one gather per batch, sharded and resumable (`loader.sampler`)."""
     sampler = WindowBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                  num_replicas=num_replicas, rank=rank)
+    sampler.pack = num_workers > 0
     if num_workers > 0:
         kwargs.setdefault("persistent_workers", True)
     return WindowLoader(dataset, batch_size=None, sampler=sampler, collate_fn=collate,

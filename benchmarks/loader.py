@@ -1,0 +1,135 @@
+"""Loader throughput: batches/s and MB/s of the memory-mapped data path vs a raw np.memmap gather.
+
+    python -m benchmarks.loader [--songs 200 --steps 4000 --batches 200]
+
+Builds a real store (write_store) + a metrics.zarr with the window metrics' shapes + the real
+`export` in a temp dir, then times, for batch 64 x seq_len 512 x D 9 with every metric:
+  floor      fancy-index gather of the same bytes straight from np.memmap (hits, velocity, metric rows)
+  get_batch  CompleteHierarchicalDrumDataset.get_batch (numpy: gather + float + bar/phrase means)
+  loader_wN  make_loader(..., num_workers=N) delivering collated torch batches (after a warm-up batch)
+MB/s counts the bytes gathered (uint8 rows + metric rows), the same for every line. Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline.drums import DrumMap
+from pipeline.export import expected_windows, export
+from pipeline.store import Song, Store, write_store
+from train.data import CompleteHierarchicalDrumDataset, WindowBatchSampler, make_loader
+
+SEQ, STRIDE, SPB, BPP, BATCH, D = 512, 16, 16, 4, 64, 9
+
+
+def metric_shapes(seq_len=SEQ, spb=SPB, d=D) -> dict:
+    """The window metrics of kernels.window_metrics (issue 3) and their row shapes/dtypes."""
+    f, i = np.float32, np.int32
+    return {"avg_hits": ((), f), "max_hits": ((), i), "drum_density": ((d,), f), "co_occurrence": ((), f),
+            "syncopation": ((), f), "transitions": ((d, d), f), "ioi_mean": ((d,), f), "ioi_var": ((d,), f),
+            "ioi_hist": ((spb,), i), "fast_hits": ((), i), "ngram_unique": ((), i), "ngram_entropy": ((), f),
+            "bar_hits": ((seq_len // spb,), i), "dense_bar_fraction": ((), f)}
+
+
+def build(root: Path, songs: int, steps: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(songs):
+        hits = (rng.random((steps, D)) < 0.15).astype(np.uint8)
+        out.append(Song(name=f"b{s}", hits=hits, velocity=hits * rng.integers(1, 128, hits.shape, dtype=np.uint8),
+                        split="train"))
+    attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "bench"}
+    write_store(root / "store.zarr", out, attrs)
+    song, start = expected_windows(Store(root / "store.zarr").song_offsets, SEQ, STRIDE)
+    m = zarr.open_group(str(root / "metrics.zarr"), mode="w", zarr_format=3)
+    w = m.create_group("window")
+    w.create_array("song", data=song)
+    w.create_array("start", data=start)
+    w.create_array("length", data=np.full(len(song), SEQ, np.int64))
+    for name, (shape, dtype) in metric_shapes().items():
+        w.create_array(name, data=rng.random((len(song), *shape)).astype(dtype))
+    m.attrs.update({"seq_len": SEQ, "stride": STRIDE, "bars_per_phrase": BPP, "store_hash": "bench"})
+    export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=SEQ, stride=STRIDE)
+    return root / "ready"
+
+
+def _rate(n_batches: int, seconds: float, batch_bytes: int) -> dict:
+    return {"batches_per_s": round(n_batches / seconds, 1),
+            "MB_per_s": round(n_batches * batch_bytes / seconds / 1e6, 1), "seconds": round(seconds, 3)}
+
+
+def floor(ready: Path, ds, batches: list[np.ndarray]) -> float:
+    """The same bytes gathered by plain fancy indexing of np.memmap arrays: the memory floor."""
+    hits = np.load(ready / "hits.npy", mmap_mode="r")
+    vel = np.load(ready / "velocity.npy", mmap_mode="r")
+    metrics = [np.load(ready / "metrics" / f"{n}.npy", mmap_mode="r") for n in ds.metric_names]
+    table, steps = ds.windows, np.arange(SEQ)
+    t0 = time.perf_counter()
+    for idx in batches:
+        t = table[idx]
+        rows = t[:, 4, None] + steps
+        hits[rows], vel[rows]
+        for arr in metrics:
+            arr[t[:, 0]]
+    return time.perf_counter() - t0
+
+
+def run_loader(ds, n: int, workers: int) -> float:
+    loader = make_loader(ds, BATCH, seed=0, num_workers=workers)
+    it = iter(loader)
+    next(it)                                  # start-up (worker spawn, first maps) is not throughput
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    seconds = time.perf_counter() - t0
+    del it, loader
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--songs", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batches", type=int, default=200)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ready = build(Path(tmp), args.songs, args.steps)
+        build_s = time.perf_counter() - t0
+        ds = CompleteHierarchicalDrumDataset(ready, "train", SEQ, STRIDE, SPB, BPP)
+        sampler = WindowBatchSampler(len(ds), BATCH, seed=0)
+        batches = [b.indices for b in sampler][:args.batches + 1]
+        n = len(batches) - 1
+        metric_bytes = sum(np.load(ready / "metrics" / f"{k}.npy", mmap_mode="r")[0].nbytes
+                           for k in ds.metric_names)
+        batch_bytes = BATCH * (2 * SEQ * D + metric_bytes)
+        floor(ready, ds, batches[:1])
+        results = {"floor_memmap_gather": _rate(n, floor(ready, ds, batches[1:]), batch_bytes)}
+        ds.get_batch(batches[0])
+        t0 = time.perf_counter()
+        for idx in batches[1:]:
+            ds.get_batch(idx)
+        results["get_batch_numpy"] = _rate(n, time.perf_counter() - t0, batch_bytes)
+        for workers in (0, 2):
+            results[f"loader_w{workers}"] = _rate(n, run_loader(ds, n, workers), batch_bytes)
+        base = results["floor_memmap_gather"]["batches_per_s"]
+        for v in list(results.values())[1:]:
+            v["vs_floor"] = round(v["batches_per_s"] / base, 3)
+        print(json.dumps({
+            "benchmark": "loader", "batch": BATCH, "seq_len": SEQ, "drums": D, "stride": STRIDE,
+            "windows": len(ds), "steps": args.songs * args.steps, "metrics": len(ds.metric_names),
+            "bytes_per_batch": batch_bytes, "export_build_s": round(build_s, 2), "results": results,
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
+        }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
