@@ -238,8 +238,11 @@ def _arena(specs, shared: bool) -> tuple[torch.Tensor, tuple]:
     for key, shape, dtype in specs:
         layout.append((key, tuple(shape), dtype, offset))
         offset += -(-math.prod(shape) * dtype.itemsize // 64) * 64      # 64-byte aligned views
-    buffer = torch.empty(max(offset, 1), dtype=torch.uint8)
-    return (buffer.share_memory_() if shared else buffer), tuple(layout)
+    if shared:      # allocated in shared memory from the start: no copy when it is sent
+        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(offset, 1)))
+    else:
+        buffer = torch.empty(max(offset, 1), dtype=torch.uint8)
+    return buffer, tuple(layout)
 
 
 def unpack(buffer: torch.Tensor, layout) -> dict[str, Any]:
