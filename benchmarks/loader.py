@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 
 from pipeline.drums import DrumMap
-from pipeline.export import expected_windows, export
+from pipeline.export import expected_windows, export, store_hash
 from pipeline.store import Song, Store, write_store
 from train.data import CompleteHierarchicalDrumDataset, WindowBatchSampler, make_loader
 
@@ -57,7 +57,8 @@ def build(root: Path, songs: int, steps: int, seed: int = 0) -> Path:
     w.create_array("length", data=np.full(len(song), SEQ, np.int64))
     for name, (shape, dtype) in metric_shapes().items():
         w.create_array(name, data=rng.random((len(song), *shape)).astype(dtype))
-    m.attrs.update({"seq_len": SEQ, "stride": STRIDE, "bars_per_phrase": BPP, "store_hash": "bench"})
+    m.attrs.update({"seq_len": SEQ, "stride": STRIDE, "bars_per_phrase": BPP,
+                    "store_hash": store_hash(Store(root / "store.zarr").attrs)})
     t0 = time.perf_counter()
     export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=SEQ, stride=STRIDE)
     return time.perf_counter() - t0

@@ -54,15 +54,21 @@ def expected_windows(song_offsets: np.ndarray, seq_len: int, stride: int) -> tup
 
 
 def _check_windows(metrics_path: Path, store: Store, song: np.ndarray, start: np.ndarray,
-                   length: np.ndarray, seq_len: int, stride: int) -> None:
+                   length: np.ndarray, seq_len: int, stride: int) -> int:
+    """Every song with windows has exactly its expected windows; returns how many songs have none
+    although they should (the metrics stage skips a song whose kernels failed, and says why)."""
     exp_song, exp_start = expected_windows(store.song_offsets, seq_len, stride)
     song_len = np.diff(store.song_offsets)
+    present = np.isin(exp_song, np.unique(song))
+    missing = len(np.unique(exp_song[~present]))
+    exp_song, exp_start = exp_song[present], exp_start[present]
     if (len(exp_song) != len(song) or not np.array_equal(exp_song, song)
             or not np.array_equal(exp_start, start)
             or not np.array_equal(np.minimum(song_len[song], seq_len), length)):
         raise ValueError(f"{metrics_path}: its windows ({len(song)}) are not the windows of "
                          f"{store.path} at seq_len={seq_len}, stride={stride} ({len(exp_song)} expected); "
                          "the metrics are stale: rerun the metrics stage (`dvc repro metrics`)")
+    return missing
 
 
 def _copy_rows(src: zarr.Array, dst_path: Path, block: int) -> None:
@@ -74,8 +80,9 @@ def _copy_rows(src: zarr.Array, dst_path: Path, block: int) -> None:
     del out
 
 
-def _store_hash(store: Store) -> str:
-    return str(store.attrs.get("source_hash", ""))
+def store_hash(attrs: dict) -> str:
+    """sha256 of a store's attributes: the definition pipeline.metrics writes as `store_hash`."""
+    return hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path, *,
@@ -98,12 +105,15 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
                          f"stride={mattrs['stride']}, but seq_len={seq_len}, stride={stride} were "
                          "requested; rerun `dvc repro metrics` with the same window config")
     seq_len, stride = int(mattrs["seq_len"]), int(mattrs["stride"])
-    if mattrs.get("store_hash", _store_hash(store)) != _store_hash(store):
-        raise ValueError(f"{metrics_path}: computed from a store with hash {mattrs['store_hash']!r}, "
-                         f"but {store_path} has {_store_hash(store)!r}; rerun `dvc repro metrics`")
+    if mattrs.get("store_hash") != store_hash(store.attrs):
+        raise ValueError(f"{metrics_path}: computed from a store with hash {mattrs.get('store_hash')!r}, "
+                         f"but {store_path} has {store_hash(store.attrs)!r}; rerun `dvc repro metrics`")
     win = metrics["window"]
     song, start, length = (np.asarray(win[k][:], np.int64) for k in _WINDOW_KEYS)
-    _check_windows(metrics_path, store, song, start, length, seq_len, stride)
+    missing = _check_windows(metrics_path, store, song, start, length, seq_len, stride)
+    if missing:
+        log.warning("export: %d songs of %s have no metric windows (skipped by the metrics stage, "
+                    "see its log); they are not training windows", missing, store_path)
     names = sorted(k for k in win.array_keys() if k not in _WINDOW_KEYS)
 
     with atomic_path(out_dir) as tmp:
@@ -136,7 +146,8 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "num_steps": int(store.hits.shape[0]), "num_songs": store.num_songs,
             "num_windows": int(len(song)), "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
-            "store": str(store_path), "store_hash": _store_hash(store),
+            "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
+            "store": str(store_path), "store_hash": store_hash(store.attrs),
             "metrics_hash": _attrs_hash(mattrs),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

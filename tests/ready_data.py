@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from pipeline.drums import DrumMap
-from pipeline.export import expected_windows, export
+from pipeline.export import expected_windows, export, store_hash
 from pipeline.store import Song, Store, write_store
 
 
@@ -53,7 +53,7 @@ def write_metrics_layout(store_path: Path, metrics_path: Path, *, seq_len: int, 
                       "avg_hits": avg, "drum_density": dens, "bar_hits": bar_hits}.items():
         win.create_array(name, data=arr)
     root.attrs.update({"seq_len": seq_len, "stride": stride, "bars_per_phrase": bars_per_phrase,
-                       "store_hash": store.attrs.get("source_hash", ""),
+                       "store_hash": store_hash(store.attrs), "steps_per_bar": steps_per_bar,
                        "metric_names": ["avg_hits", "drum_density", "bar_hits"]})
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import zarr
 
-from pipeline.export import export
-from pipeline.store import Store
+from pipeline.drums import DrumMap
+from pipeline.export import export, store_hash
+from pipeline.store import Store, write_store
 from tests.ready_data import build_ready, make_songs
 from train.data import CompleteHierarchicalDrumDataset, make_loader
 
@@ -52,7 +53,7 @@ def test_export_copies_store_rows_and_metric_rows(ready):
     # windows: 300 -> 11, 40 -> 1, 0 -> 0, 1000 -> 55, 128 -> 1, 17 -> 1, 200 -> 5
     assert manifest["windows"] == {"train": 11 + 1 + 55 + 1, "validation": 1, "test": 5}
     assert manifest["metric_names"] == ["avg_hits", "bar_hits", "drum_density"]
-    assert manifest["store_hash"] == "test-hash"
+    assert manifest["store_hash"] == store_hash(store.attrs) and manifest["songs_without_windows"] == 0
 
 
 def test_batch_equals_store_slices_and_metric_rows(ready):
@@ -117,19 +118,33 @@ def test_window_config_mismatch_is_a_clear_error(ready):
 def test_stale_metrics_are_refused_and_nothing_is_written(tmp_path):
     build_ready(tmp_path, make_songs([300, 50]), seq_len=SEQ, stride=STRIDE)
     before = (tmp_path / "ready" / "hits.npy").read_bytes()
-    from pipeline.store import write_store
-    from pipeline.drums import DrumMap
-    attrs = {**DrumMap.default().to_attrs(), "source_hash": "test-hash"}
-    write_store(tmp_path / "store.zarr", make_songs([300, 70], seed=1), attrs)   # store changed
-    with pytest.raises(ValueError, match="metrics are stale"):
+    win = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r+")["window"]
+    win["start"][1] = 17                                        # a window off the stride grid
+    with pytest.raises(ValueError, match="metrics.zarr: its windows .* the metrics are stale"):
         export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")
     assert (tmp_path / "ready" / "hits.npy").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.zarr", "ready", "store.zarr"]
-    write_store(tmp_path / "store.zarr", make_songs([300, 50]), {**attrs, "source_hash": "new"})
-    with pytest.raises(ValueError, match="hash 'test-hash'"):
+    attrs = {**DrumMap.default().to_attrs(), "source_hash": "test-hash"}
+    write_store(tmp_path / "store.zarr", make_songs([300, 70], seed=1), attrs)   # store rebuilt
+    with pytest.raises(ValueError, match="computed from a store with hash"):
         export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")
     with pytest.raises(ValueError, match="rerun `dvc repro export`"):
         _dataset(tmp_path)       # the export no longer matches the store beside it
+
+
+def test_songs_the_metrics_stage_skipped_are_left_out(tmp_path, caplog):
+    build_ready(tmp_path, make_songs([300, 50, 200]), seq_len=SEQ, stride=STRIDE)
+    metrics = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r+")
+    keep = metrics["window/song"][:] != 0                       # as if song 0's kernels had failed
+    for name in list(metrics["window"].array_keys()):
+        data = metrics[f"window/{name}"][:][keep]
+        del metrics["window"][name]
+        metrics["window"].create_array(name, data=data)
+    with caplog.at_level(logging.WARNING, logger="pipeline.export"):
+        manifest = export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")
+    assert manifest["songs_without_windows"] == 1 and "1 songs of" in caplog.text
+    ds = _dataset(tmp_path)
+    assert set(ds.windows[:, 1].tolist()) == {1, 2} and len(ds) == 1 + 5
 
 
 def test_other_bar_lengths_are_excluded_with_a_logged_count(tmp_path, caplog):

@@ -58,11 +58,13 @@ def resolve_ready_dir(path: str | Path) -> Path:
 
 
 def _check_store_hash(store: Path, ready: Path) -> None:
-    attrs = json.loads((store / "zarr.json").read_text()).get("attributes", {})
+    from pipeline.export import store_hash
+
+    current = store_hash(json.loads((store / "zarr.json").read_text()).get("attributes", {}))
     manifest = json.loads((ready / "manifest.json").read_text())
-    if str(attrs.get("source_hash", "")) != manifest.get("store_hash", ""):
+    if current != manifest.get("store_hash", ""):
         raise ValueError(f"{ready}: exported from a store with hash {manifest.get('store_hash')!r}, "
-                         f"but {store} has {attrs.get('source_hash')!r}; rerun `dvc repro export`")
+                         f"but {store} has {current!r}; rerun `dvc repro export`")
 
 
 class CompleteHierarchicalDrumDataset(Dataset):
