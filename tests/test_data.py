@@ -12,7 +12,7 @@ from pipeline.drums import DrumMap
 from pipeline.export import export, store_hash
 from pipeline.store import Store, write_store
 from tests.ready_data import build_ready, make_songs
-from train.data import CompleteHierarchicalDrumDataset, make_loader
+from train.data import CompleteHierarchicalDrumDataset, get_complete_rl_dataloader, make_loader
 
 SEQ, STRIDE, SPB, BPP = 128, 16, 16, 4
 LENGTHS = [300, 40, 0, 1000, 128, 17, 200]
@@ -206,3 +206,15 @@ def test_two_workers_give_the_same_batches_as_none(ready):
         for k in ("step", "velocity", "mask", "song", "start"):
             assert torch.equal(a[k], b[k])
         assert torch.equal(a["metrics"]["drum_density"], b["metrics"]["drum_density"])
+
+
+def test_get_complete_rl_dataloader_from_a_store(ready):
+    loader = get_complete_rl_dataloader(ready / "store.zarr", seq_len=SEQ, steps_per_bar=SPB, bars_per_phrase=BPP,
+                                        batch_size=4, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["step"].shape == (4, SEQ, 9) and batch["start"].tolist() == [0, 16, 32, 48]
+    assert len(loader) == -(-68 // 4)
+    with pytest.raises(ValueError, match="requested seq_len=512"):
+        get_complete_rl_dataloader(ready / "ready")              # the seed's default seq_len
+    with pytest.raises(FileNotFoundError, match="no \\*.npz files"):
+        get_complete_rl_dataloader(ready / "ready" / "metrics", seq_len=SEQ)

@@ -19,9 +19,12 @@ A batch (dict of tensors, B first):
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -427,3 +430,77 @@ def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, sh
         kwargs.setdefault("persistent_workers", True)
     return WindowLoader(dataset, batch_size=None, sampler=sampler, collate_fn=collate,
                         num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+
+
+def _npz_cache_key(npz_dir: Path, **window) -> str:
+    files = sorted(npz_dir.rglob("*.npz"))
+    listing = [(str(p.relative_to(npz_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps({"files": listing, **window, "export_format": _export_format()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _export_format() -> int:
+    from pipeline.export import FORMAT_VERSION
+
+    return FORMAT_VERSION
+
+
+def prepare_npz(npz_dir: str | Path, *, seq_len: int, stride: int, steps_per_bar: int, bars_per_phrase: int,
+                cache_dir: str | Path | None = None) -> Path:
+    """NPZ folder -> store -> metrics -> export through the pipeline stages; cached by content.
+
+    The cache key covers every *.npz (path, size, mtime) and the window, so editing a file or the
+    window rebuilds, and anything else reuses `<cache_dir>/<key>/ready` (default
+    $HIERDRUMS_CACHE or ~/.cache/hierdrums). A file lock makes concurrent ranks build it once.
+    """
+    npz_dir = Path(npz_dir)
+    window = {"seq_len": int(seq_len), "stride": int(stride), "steps_per_bar": int(steps_per_bar),
+              "bars_per_phrase": int(bars_per_phrase)}
+    cache_dir = Path(cache_dir or os.environ.get("HIERDRUMS_CACHE", "~/.cache/hierdrums")).expanduser()
+    root = cache_dir / _npz_cache_key(npz_dir, **window)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "ready" / "manifest.json").exists():
+            _run_stages(npz_dir, root, window)
+    return root / "ready"
+
+
+def _run_stages(npz_dir: Path, root: Path, window: dict) -> None:
+    from pipeline.build import build
+    from pipeline.config import compose
+    from pipeline.export import export
+    from pipeline.ingest import ingest
+    from pipeline.metrics import run as compute_metrics
+
+    cfg = compose(["data=npz", f"data.path='{npz_dir.resolve()}'", f"data.steps_per_bar={window['steps_per_bar']}",
+                   f"paths.data_dir='{root.resolve()}'", *(f"window.{k}={v}" for k, v in window.items())])
+    log.info("building %s from %s (store, metrics, export)", root, npz_dir)
+    ingest(cfg)
+    build(cfg)
+    compute_metrics(cfg)
+    export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=window["seq_len"], stride=window["stride"])
+
+
+def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512, steps_per_bar: int = 16,
+                               bars_per_phrase: int = 4, batch_size: int = 16, shuffle: bool = True,
+                               augment: bool = False, num_workers: int = 0, *, split: str = "train",
+                               stride: int | None = None, seed: int = 0, drop_last: bool = False,
+                               cache_dir: str | Path | None = None, **dataset_kwargs) -> WindowLoader:
+    """The seed's one-call entry point: a loader of hierarchical batches from an NPZ folder or a store.
+
+    `npz_dir_or_store`: a folder of *.npz rolls (built once through ingest -> build -> metrics ->
+    export, then cached, see `prepare_npz`), a `store.zarr` with its export beside it, or an export
+    folder (`data/ready`). `stride` defaults to the export's (one bar for an NPZ folder).
+    Shards over torch.distributed ranks when a process group is initialised.
+    """
+    path = Path(npz_dir_or_store)
+    if path.is_dir() and not (path / "manifest.json").exists() and not (path / "zarr.json").exists():
+        if not any(path.rglob("*.npz")):
+            raise FileNotFoundError(f"{path}: no *.npz files, no store.zarr and no export (manifest.json)")
+        path = prepare_npz(path, seq_len=seq_len, stride=stride or steps_per_bar, steps_per_bar=steps_per_bar,
+                           bars_per_phrase=bars_per_phrase, cache_dir=cache_dir)
+    dataset = CompleteHierarchicalDrumDataset(path, split, seq_len, stride, steps_per_bar, bars_per_phrase,
+                                              augment, seed=seed, **dataset_kwargs)
+    return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                       num_workers=num_workers)
