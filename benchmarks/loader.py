@@ -111,7 +111,13 @@ def time_get_batch(ds, batches: list[np.ndarray]) -> float:
 
 def time_loader(ds, n: int, repeats: int, workers: int) -> list[float]:
     loader = make_loader(ds, BATCH, seed=0, num_workers=workers)
-    it = iter(loader)
+
+    def epochs():
+        for epoch in range(10**6):
+            loader.sampler.set_epoch(epoch)
+            yield from loader
+
+    it = epochs()
     for _ in range(2 * max(workers, 1)):
         next(it)                    # start-up (worker spawn, numba cache load, first maps) is not throughput
     times = []
