@@ -11,6 +11,20 @@ from pipeline.drums import DrumMap
 from pipeline.store import write_store
 
 REPO = Path(__file__).resolve().parents[1]
+EXPORT_STAGE = """  export:
+    # store + metrics -> data/ready/: memory-mappable training arrays (docs/data-path.md)
+    cmd: python -m pipeline.export data=${data} paths.data_dir=data
+    deps:
+      - pipeline/export.py
+      - pipeline/store.py
+      - pipeline/atomic.py
+      - pipeline/config.py
+      - conf/config.yaml
+      - data/store.zarr
+      - data/metrics.zarr
+    outs:
+      - data/ready
+"""
 
 
 def _dvc(cwd, *args):
@@ -25,8 +39,10 @@ def test_dvc_repro_export(tmp_path):
     proj.mkdir()
     for name in ("pipeline", "conf"):
         shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, proj / name)
+    shutil.copy(REPO / "params.yaml", proj / "params.yaml")
+    # Until the metrics stage is in dvc.yaml, the export stage waits here (a dvc.yaml stage whose
+    # input no stage makes would break `dvc repro` for everyone).
+    (proj / "dvc.yaml").write_text("stages:\n" + EXPORT_STAGE)
     assert _dvc(proj, "init", "--no-scm", "-q").returncode == 0
     attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "h1"}
     write_store(proj / "data" / "store.zarr", make_songs([700, 100, 300]), attrs)
