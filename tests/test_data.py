@@ -218,3 +218,15 @@ def test_get_complete_rl_dataloader_from_a_store(ready):
         get_complete_rl_dataloader(ready / "ready")              # the seed's default seq_len
     with pytest.raises(FileNotFoundError, match="no \\*.npz files"):
         get_complete_rl_dataloader(ready / "ready" / "metrics", seq_len=SEQ)
+
+
+def test_a_batch_feeds_the_model_and_its_loss(ready):
+    from train.model import HierarchicalDrumModel, compute_loss
+
+    batch = next(iter(make_loader(_dataset(ready), batch_size=4, seed=1)))
+    model = HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1,
+                                  steps_per_bar=SPB, bars_per_phrase=BPP)
+    preds = model(batch["step"], mask=batch["mask"])
+    assert preds[0].shape == (4, SEQ, 9)
+    total, terms = compute_loss(preds, batch, steps_per_bar=SPB, bars_per_phrase=BPP)
+    assert torch.isfinite(total) and set(terms) == {"step", "bar", "phrase"} and terms["step"] > 0
