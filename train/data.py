@@ -210,7 +210,11 @@ class CompleteHierarchicalDrumDataset(Dataset):
         out["phrase_mask"].numpy()[:] = (np.arange(1, nph + 1) * spb * bpp)[None, :] <= length
         out["song"].numpy()[:], out["start"].numpy()[:] = t[:, SONG], t[:, START]
         for name, arr in m["metrics"].items():
-            np.take(arr, t[:, ROW], axis=0, out=out["metrics"][name].numpy())
+            dst = out["metrics"][name].numpy()
+            if dst.dtype == arr.dtype:
+                np.take(arr, t[:, ROW], axis=0, out=dst)
+            else:
+                dst[...] = arr[t[:, ROW]]          # widened (see _TORCH_DTYPES)
         return PackedBatch(buffer, layout) if pack and in_worker else out
 
     def _shift(self, idx: np.ndarray, rng: np.random.Generator, m: dict) -> np.ndarray:
@@ -223,9 +227,12 @@ class CompleteHierarchicalDrumDataset(Dataset):
         return np.where(ok, j, idx)
 
 
+# numpy dtype of a stored metric -> tensor dtype; unsigned wider than 8 bits widens to a signed
+# type (torch's uint16/uint32 support few ops), e.g. bar_hits uint16 -> int32.
 _TORCH_DTYPES = {np.dtype(d).str: getattr(torch, t) for d, t in [
     ("float32", "float32"), ("float64", "float64"), ("int32", "int32"), ("int64", "int64"),
-    ("int16", "int16"), ("uint8", "uint8"), ("int8", "int8"), ("bool", "bool"), ("float16", "float16")]}
+    ("int16", "int16"), ("uint8", "uint8"), ("int8", "int8"), ("bool", "bool"), ("float16", "float16"),
+    ("uint16", "int32"), ("uint32", "int64")]}
 
 
 class PackedBatch(NamedTuple):
@@ -235,7 +242,8 @@ class PackedBatch(NamedTuple):
     layout: tuple
 
 
-_NUMPY_DTYPES = {t: np.dtype(d) for d, t in _TORCH_DTYPES.items()}
+_NUMPY_DTYPES = {getattr(torch, t): np.dtype(t) for t in (
+    "float32", "float64", "int32", "int64", "int16", "uint8", "int8", "bool", "float16")}
 
 
 def _arena(specs, shared: bool) -> tuple[torch.Tensor, tuple]:
