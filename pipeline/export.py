@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.atomic import atomic_path
+from pipeline.metrics import store_hash
 from pipeline.store import SPLITS, Store
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,6 @@ def _copy_rows(src: zarr.Array, dst_path: Path, block: int) -> None:
     del out
 
 
-def store_hash(attrs: dict) -> str:
-    """sha256 of a store's attributes: the definition pipeline.metrics writes as `store_hash`."""
-    return hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path, *,
            seq_len: int | None = None, stride: int | None = None) -> dict:
     """Write data/ready/ (see the module docstring) atomically; return its manifest.
@@ -105,9 +101,9 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
                          f"stride={mattrs['stride']}, but seq_len={seq_len}, stride={stride} were "
                          "requested; rerun `dvc repro metrics` with the same window config")
     seq_len, stride = int(mattrs["seq_len"]), int(mattrs["stride"])
-    if mattrs.get("store_hash") != store_hash(store.attrs):
+    if mattrs.get("store_hash") != store_hash(store):
         raise ValueError(f"{metrics_path}: computed from a store with hash {mattrs.get('store_hash')!r}, "
-                         f"but {store_path} has {store_hash(store.attrs)!r}; rerun `dvc repro metrics`")
+                         f"but {store_path} has {store_hash(store)!r}; rerun `dvc repro metrics`")
     win = metrics["window"]
     song, start, length = (np.asarray(win[k][:], np.int64) for k in _WINDOW_KEYS)
     missing = _check_windows(metrics_path, store, song, start, length, seq_len, stride)
@@ -147,7 +143,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "num_windows": int(len(song)), "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
-            "store": str(store_path), "store_hash": store_hash(store.attrs),
+            "store": str(store_path), "store_hash": store_hash(store),
             "metrics_hash": _attrs_hash(mattrs),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

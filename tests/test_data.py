@@ -9,7 +9,8 @@ import torch
 import zarr
 
 from pipeline.drums import DrumMap
-from pipeline.export import export, store_hash
+from pipeline.export import export
+from pipeline.metrics import store_hash
 from pipeline.store import Store, write_store
 from tests.ready_data import build_ready, make_songs
 from train.data import CompleteHierarchicalDrumDataset, get_complete_rl_dataloader, make_loader
@@ -52,8 +53,8 @@ def test_export_copies_store_rows_and_metric_rows(ready):
     manifest = json.loads((ready / "ready" / "manifest.json").read_text())
     # windows: 300 -> 11, 40 -> 1, 0 -> 0, 1000 -> 55, 128 -> 1, 17 -> 1, 200 -> 5
     assert manifest["windows"] == {"train": 11 + 1 + 55 + 1, "validation": 1, "test": 5}
-    assert manifest["metric_names"] == ["avg_hits", "bar_hits", "drum_density"]
-    assert manifest["store_hash"] == store_hash(store.attrs) and manifest["songs_without_windows"] == 0
+    assert {"avg_hits", "bar_hits", "drum_density", "transitions", "ioi_hist"} <= set(manifest["metric_names"])
+    assert manifest["store_hash"] == store_hash(store) and manifest["songs_without_windows"] == 0
 
 
 def test_batch_equals_store_slices_and_metric_rows(ready):
@@ -75,8 +76,11 @@ def test_batch_equals_store_slices_and_metric_rows(ready):
         np.testing.assert_allclose(batch["phrase"][b], bar.reshape(-1, BPP, hits.shape[1]).mean(1), rtol=1e-6)
         row = np.flatnonzero((win_song == song) & (win_start == start))
         assert len(row) == 1
-        for name in ("avg_hits", "drum_density", "bar_hits"):
+        for name in ds.metric_names:
             np.testing.assert_array_equal(batch["metrics"][name][b], metrics[f"window/{name}"][row[0]])
+        # and the row is this window's: avg_hits = H / L of the slice itself (issue 3's definition)
+        np.testing.assert_allclose(batch["metrics"]["avg_hits"][b], hits.sum() / n, rtol=1e-6)
+        np.testing.assert_allclose(batch["metrics"]["drum_density"][b], hits.sum(0) / n, rtol=1e-6)
     assert batch["metrics"]["drum_density"].shape == (len(ds), 9)
 
 
@@ -86,7 +90,8 @@ def test_collated_batch_is_flat_tensors(ready):
     assert batch["step"].dtype == torch.float32 and batch["step"].shape == (8, SEQ, 9)
     assert batch["bar"].shape == (8, SEQ // SPB, 9) and batch["phrase"].shape == (8, SEQ // (SPB * BPP), 9)
     assert batch["mask"].dtype == torch.bool and batch["mask"].shape == (8, SEQ)
-    assert set(batch["metrics"]) == {"avg_hits", "drum_density", "bar_hits"}
+    manifest = json.loads((ready / "ready" / "manifest.json").read_text())
+    assert set(batch["metrics"]) == set(manifest["metric_names"])
     assert all(isinstance(v, torch.Tensor) and v.shape[0] == 8 for v in batch["metrics"].values())
     assert batch["song"].dtype == torch.int64 and batch["start"].shape == (8,)
     item = _dataset(ready)[0]

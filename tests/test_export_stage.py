@@ -6,25 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.ready_data import make_songs, write_metrics_layout
+from tests.ready_data import make_songs, write_metrics
 from pipeline.drums import DrumMap
 from pipeline.store import write_store
 
 REPO = Path(__file__).resolve().parents[1]
-EXPORT_STAGE = """  export:
-    # store + metrics -> data/ready/: memory-mappable training arrays (docs/data-path.md)
-    cmd: python -m pipeline.export data=${data} paths.data_dir=data
-    deps:
-      - pipeline/export.py
-      - pipeline/store.py
-      - pipeline/atomic.py
-      - pipeline/config.py
-      - conf/config.yaml
-      - data/store.zarr
-      - data/metrics.zarr
-    outs:
-      - data/ready
-"""
 
 
 def _dvc(cwd, *args):
@@ -37,17 +23,15 @@ def _dvc(cwd, *args):
 def test_dvc_repro_export(tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
-    for name in ("pipeline", "conf"):
+    for name in ("pipeline", "kernels", "conf"):
         shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "params.yaml", proj / "params.yaml")
-    # Until the metrics stage is in dvc.yaml, the export stage waits here (a dvc.yaml stage whose
-    # input no stage makes would break `dvc repro` for everyone).
-    (proj / "dvc.yaml").write_text("stages:\n" + EXPORT_STAGE)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, proj / name)
     assert _dvc(proj, "init", "--no-scm", "-q").returncode == 0
     attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "h1"}
     write_store(proj / "data" / "store.zarr", make_songs([700, 100, 300]), attrs)
     # the config's window (256/16) is what the stage checks the metrics against
-    write_metrics_layout(proj / "data" / "store.zarr", proj / "data" / "metrics.zarr", seq_len=256, stride=16)
+    write_metrics(proj / "data" / "store.zarr", proj / "data" / "metrics.zarr", seq_len=256, stride=16)
     run = _dvc(proj, "repro", "-s", "export")
     assert run.returncode == 0, run.stdout + run.stderr
     manifest = json.loads((proj / "data" / "ready" / "manifest.json").read_text())
@@ -56,7 +40,7 @@ def test_dvc_repro_export(tmp_path):
     again = _dvc(proj, "repro", "-s", "export")
     assert again.returncode == 0 and "didn't change" in again.stdout, again.stdout
     # metrics computed for another window: the stage fails with a message naming the file
-    write_metrics_layout(proj / "data" / "store.zarr", proj / "data" / "metrics.zarr", seq_len=128, stride=16)
+    write_metrics(proj / "data" / "store.zarr", proj / "data" / "metrics.zarr", seq_len=128, stride=16)
     bad = _dvc(proj, "repro", "-s", "export")
     assert bad.returncode != 0
     assert "metrics.zarr: metrics were computed with seq_len=128" in bad.stdout + bad.stderr
