@@ -2,11 +2,13 @@
 
     python -m benchmarks.loader [--songs 200 --steps 4000 --batches 200]
 
-Builds a real store (write_store) + a metrics.zarr with the window metrics' shapes + the real
-`export` in a temp dir, then times, for batch 64 x seq_len 512 x D 9 with every metric:
+Builds a real store (write_store), its metrics (the real `metrics` stage) and the real `export`
+in a temp dir, then times, for batch 64 x seq_len 512 x D 9 with every metric:
   floor      fancy-index gather of the same bytes straight from np.memmap (hits, velocity, metric rows)
   get_batch  CompleteHierarchicalDrumDataset.get_batch (gather + float step + bar/phrase means, tensors)
   loader_wN  make_loader(..., num_workers=N) delivering collated torch batches (after a warm-up batch)
+  ipc_ceiling_w2_empty_buffer  a DataLoader with 2 workers handing over an empty shared buffer of one
+             batch's tensor bytes, computing nothing: what worker hand-over alone allows here
 MB/s counts the bytes gathered (uint8 rows + metric rows), the same for every line. Each line is the
 best of --repeats timed runs (the median too): the machine may be shared. Prints JSON.
 """
@@ -21,26 +23,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
 
+from pipeline.config import compose
 from pipeline.drums import DrumMap
-from pipeline.export import expected_windows, export, store_hash
-from pipeline.store import Song, Store, write_store
+from pipeline.export import export
+from pipeline.metrics import run as compute_metrics
+from pipeline.store import Song, write_store
 from train.data import CompleteHierarchicalDrumDataset, WindowBatchSampler, make_loader
 
 SEQ, STRIDE, SPB, BPP, BATCH, D = 512, 16, 16, 4, 64, 9
 
 
-def metric_shapes(seq_len=SEQ, spb=SPB, d=D) -> dict:
-    """The window metrics of kernels.window_metrics (issue 3) and their row shapes/dtypes."""
-    f, i = np.float32, np.int32
-    return {"avg_hits": ((), f), "max_hits": ((), i), "drum_density": ((d,), f), "co_occurrence": ((), f),
-            "syncopation": ((), f), "transitions": ((d, d), f), "ioi_mean": ((d,), f), "ioi_var": ((d,), f),
-            "ioi_hist": ((spb,), i), "fast_hits": ((), i), "ngram_unique": ((), i), "ngram_entropy": ((), f),
-            "bar_hits": ((seq_len // spb,), i), "dense_bar_fraction": ((), f)}
-
-
-def build(root: Path, songs: int, steps: int, seed: int = 0) -> Path:
+def build(root: Path, songs: int, steps: int, seed: int = 0) -> float:
+    """Store (write_store) -> metrics (the real stage) -> export; returns the export's seconds."""
     rng = np.random.default_rng(seed)
     out = []
     for s in range(songs):
@@ -49,16 +46,7 @@ def build(root: Path, songs: int, steps: int, seed: int = 0) -> Path:
                         split="train"))
     attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "bench"}
     write_store(root / "store.zarr", out, attrs)
-    song, start = expected_windows(Store(root / "store.zarr").song_offsets, SEQ, STRIDE)
-    m = zarr.open_group(str(root / "metrics.zarr"), mode="w", zarr_format=3)
-    w = m.create_group("window")
-    w.create_array("song", data=song)
-    w.create_array("start", data=start)
-    w.create_array("length", data=np.full(len(song), SEQ, np.int64))
-    for name, (shape, dtype) in metric_shapes().items():
-        w.create_array(name, data=rng.random((len(song), *shape)).astype(dtype))
-    m.attrs.update({"seq_len": SEQ, "stride": STRIDE, "bars_per_phrase": BPP,
-                    "store_hash": store_hash(Store(root / "store.zarr").attrs)})
+    compute_metrics(compose([f"paths.data_dir='{root}'", f"window.seq_len={SEQ}", f"window.stride={STRIDE}"]))
     t0 = time.perf_counter()
     export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=SEQ, stride=STRIDE)
     return time.perf_counter() - t0
@@ -130,6 +118,40 @@ def time_loader(ds, n: int, repeats: int, workers: int) -> list[float]:
     return times
 
 
+class _EmptyShared(torch.utils.data.Dataset):
+    """Returns a fresh shared-memory buffer of `nbytes`, computing nothing: the DataLoader's IPC alone."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def __getitem__(self, i):
+        return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(self.nbytes))
+
+
+def time_ipc_ceiling(nbytes: int, n: int, repeats: int, workers: int = 2) -> list[float]:
+    """Batches/s a DataLoader with `workers` can hand over at all for a buffer of one batch's size."""
+    loader = torch.utils.data.DataLoader(_EmptyShared(nbytes), batch_size=None, num_workers=workers,
+                                         persistent_workers=True, collate_fn=_identity)
+    it = iter(loader)
+    for _ in range(4):
+        next(it)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            next(it)
+        times.append(time.perf_counter() - t0)
+    del it, loader
+    return times
+
+
+def _identity(x):
+    return x
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--songs", type=int, default=200)
@@ -157,6 +179,9 @@ def main() -> None:
                    "get_batch": _rate(n, get_t, batch_bytes)}
         for workers in (0, 2):
             results[f"loader_w{workers}"] = _rate(n, time_loader(ds, n, args.repeats, workers), batch_bytes)
+        packed = sum(v.numel() * v.element_size() for k, v in ds.get_batch(batches[0]).items() if k != "metrics")
+        packed += sum(v.numel() * v.element_size() for v in ds.get_batch(batches[0])["metrics"].values())
+        results["ipc_ceiling_w2_empty_buffer"] = _rate(n, time_ipc_ceiling(packed, n, args.repeats), batch_bytes)
         zarr_n = max(1, n // 10)
         results["zarr_direct_per_window"] = _rate(zarr_n, [time_zarr_direct(root, ds, batches[:zarr_n])], batch_bytes)
         base = results["floor_memmap_gather"]["batches_per_s"]
@@ -165,7 +190,7 @@ def main() -> None:
         print(json.dumps({
             "benchmark": "loader", "batch": BATCH, "seq_len": SEQ, "drums": D, "stride": STRIDE,
             "windows": len(ds), "steps": args.songs * args.steps, "metrics": len(ds.metric_names),
-            "bytes_per_batch": batch_bytes, "export_s": round(export_s, 2),
+            "bytes_per_batch": batch_bytes, "tensor_bytes_per_batch": packed, "export_s": round(export_s, 2),
             "store_MB": round(_du(root / "store.zarr") / 1e6, 2), "ready_MB": round(_du(ready) / 1e6, 2), "results": results,
             "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}, "
                        f"python {platform.python_version()}",
