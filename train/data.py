@@ -4,8 +4,9 @@ The trainer never parses or computes here: `data/ready/` (written by `pipeline.e
 store's rows and the precomputed window metrics as `.npy` files. A batch is one fancy-index gather
 of `[B, seq_len]` rows from the mapped arrays plus one gather per metric, no per-item Python loop:
 
-    loader = DataLoader(dataset, batch_size=None, sampler=WindowBatchSampler(len(dataset), 64),
-                        collate_fn=collate)
+    loader = make_loader(dataset, batch_size=64, num_workers=2)    # sampler: loader.sampler
+    # which is DataLoader(dataset, batch_size=None, sampler=WindowBatchSampler(len(dataset), 64),
+    #                     collate_fn=collate) plus one-buffer hand-over from workers and exact resume
 
 A batch (dict of tensors, B first):
     step     float32 [B, L, D]       hits 0/1, zero on padding
