@@ -8,8 +8,8 @@ run directory; after every validation the trainer calls back with the metrics, t
 `trial.report`, and the pruner may stop the run (the trial is then PRUNED, not FAILED).
 
 Running the same command again continues the study (`load_if_exists`): `tune.n_trials` is the total
-the study should reach, counting COMPLETE, PRUNED and RUNNING trials, so finished trials are never
-repeated. Several processes (`tune.n_jobs` spawns them, or start the command several times, on one
+the study should reach (like Optuna's n_trials: every trial counts except one re-queued after its
+process died), so finished trials are never repeated. Several processes (`tune.n_jobs` spawns them, or start the command several times, on one
 machine or on several with a PostgreSQL URL) share the storage: a file lock around "count, then ask"
 keeps them from overshooting `n_trials` on one machine, and heartbeats mark a killed process's trial
 FAILED and re-queue it (its run resumes from its `last.pt`). See docs/tuning.md.
@@ -22,9 +22,9 @@ import fcntl
 import logging
 import math
 import multiprocessing
-import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,13 @@ import optuna
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pipeline.config
 from pipeline.atomic import atomic_path
 
 log = logging.getLogger("train.tune")
 
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 RUN_DIR_KEY = "trainer.run_dir"  # the trainer's per-run directory (checkpoints, logs, config)
 
 
@@ -139,7 +138,8 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
         kwargs = dict(
             heartbeat_interval=int(hb.interval),
             grace_period=int(hb.grace_period),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=hb.max_retry),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=hb.max_retry, inherit_intermediate_values=True),
         )
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
@@ -226,7 +226,9 @@ class Objective:
     The trial's result is the best value over its epochs (min or max by `tune.direction`).
     """
 
-    def __init__(self, cfg: DictConfig, trial: optuna.Trial, reported: Mapping[int, float] | None = None):
+    def __init__(self, cfg: DictConfig, trial: optuna.Trial, config: DictConfig,
+                 reported: Mapping[int, float] | None = None):
+        self.config = config  # the trial's composed training config
         self.metric = cfg.tune.objective.metric
         self.terms = dict(cfg.tune.objective.terms or {})
         self.better = min if cfg.tune.direction == "minimize" else max
@@ -269,23 +271,24 @@ def trial_config(cfg: DictConfig, base_overrides: list[str], params: Mapping[str
     sampled = param_overrides(space, params)
     fixed = list(cfg.tune.trial_overrides or [])
     replaced = {override_key(o) for o in sampled + fixed} | {RUN_DIR_KEY}
-    kept = [o for o in base_overrides if override_key(o) not in replaced and not override_key(o).startswith("tune")]
+    kept = [o for o in base_overrides if override_key(o) not in replaced and override_key(o).split(".")[0] != "tune"]
     overrides = kept + fixed + sampled
     return compose(overrides + [f"{RUN_DIR_KEY}={format_value(str(run_dir))}"]), overrides
 
 
-def retried_from(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
-    """The original trial if this one re-runs a trial whose process died (stale heartbeat)."""
-    number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(
-        study._storage.get_trial(trial._trial_id))
-    return None if number is None else study.trials[number]
+def count_trials(study: optuna.Study) -> int:
+    """Trials that use up `tune.n_trials`: all but WAITING ones and FAILED ones re-queued by a retry."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    waiting = optuna.trial.TrialState.WAITING
+    return sum(t.state != waiting and t.number not in retried for t in trials)
 
 
 def ask(cfg: DictConfig, study: optuna.Study) -> tuple[optuna.Trial | None, dict[str, Any]]:
     """Under the study lock: re-queue dead trials, stop if n_trials is reached, else start a trial."""
     with study_lock(cfg):
         optuna.storages.fail_stale_trials(study)
-        counted = len(study.get_trials(deepcopy=False, states=COUNTED))
+        counted = count_trials(study)
         if counted >= cfg.tune.n_trials:
             return None, {}
         # One sampler per trial, seeded by the trial count: reproducible, and never the same seed in two processes.
@@ -296,38 +299,44 @@ def ask(cfg: DictConfig, study: optuna.Study) -> tuple[optuna.Trial | None, dict
     return trial, params
 
 
+def start_trial(cfg: DictConfig, study: optuna.Study, trial: optuna.Trial, params: Mapping[str, Any],
+                base_overrides: list[str]) -> Objective:
+    """Compose the trial's config and run dir; a re-queued trial carries on from its original."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    # A re-queued trial (its process died) inherits its original's run dir and reported epochs,
+    # so the trainer resumes from that run's last.pt.
+    run_dir = Path(frozen.user_attrs.get("run_dir") or study_dir(cfg) / "trials" / f"{trial.number:04d}")
+    tcfg, overrides = trial_config(cfg, base_overrides, params, run_dir)
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("overrides", overrides)
+    log.info("trial %d: %s -> %s", trial.number, params, run_dir)
+    return Objective(cfg, trial, tcfg, frozen.intermediate_values)
+
+
 def run_trial(cfg: DictConfig, study: optuna.Study, base_overrides: list[str]) -> bool:
     """Run one trial to COMPLETE / PRUNED / FAIL; False once the study has its n_trials."""
     trial, params = ask(cfg, study)
     if trial is None:
         return False
-    original = retried_from(study, trial)
-    # A re-queued trial trains in its original's directory, so the trainer resumes from its last.pt.
-    number = trial.number if original is None else original.number
-    run_dir = study_dir(cfg) / "trials" / f"{number:04d}"
-    tcfg, overrides = trial_config(cfg, base_overrides, params, run_dir)
-    trial.set_user_attr("run_dir", str(run_dir))
-    trial.set_user_attr("overrides", overrides)
-    reported = dict(original.intermediate_values) if original is not None else {}
-    for step, value in reported.items():
-        trial.report(value, step)
-    objective = Objective(cfg, trial, reported)
-    log.info("trial %d: %s -> %s", trial.number, params, run_dir)
-    with heartbeat(study, trial):
-        try:
-            run_training(tcfg, objective)
-        except optuna.TrialPruned as e:
-            log.info("trial %d pruned: %s", trial.number, e)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    try:
+        objective = start_trial(cfg, study, trial, params, base_overrides)
+        with heartbeat(study, trial):
+            run_training(objective.config, objective)
+    except optuna.TrialPruned as e:
+        log.info("trial %d pruned: %s", trial.number, e)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return True
+    except Exception:
+        log.exception("trial %d failed", trial.number)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if cfg.tune.catch_failures:
             return True
-        except Exception:
-            log.exception("trial %d failed", trial.number)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            if cfg.tune.catch_failures:
-                return True
-            raise
-        study.tell(trial, objective.best())
-    log.info("trial %d: %s = %.6g", trial.number, cfg.tune.objective.metric, objective.best())
+        raise
+    except BaseException:  # Ctrl-C: record the trial as failed, then stop
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    study.tell(trial, objective.best())
+    log.info("trial %d: objective %.6g", trial.number, objective.best())
     return True
 
 
@@ -377,6 +386,8 @@ def write_best(cfg: DictConfig, study: optuna.Study, path: Path) -> dict[str, Pa
     overrides = list(best.user_attrs["overrides"])
     run_dir = path / "run"
     best_cfg = compose(overrides + [f"{RUN_DIR_KEY}={format_value(str(run_dir))}"])
+    with open_dict(best_cfg):
+        best_cfg.pop("tune", None)  # the search settings are not part of the training run
     path.mkdir(parents=True, exist_ok=True)
     with atomic_path(path / "config.yaml") as tmp:
         header = (f"# Best trial {best.number} of study {study.study_name!r}: {cfg.tune.objective.metric} objective = {best.value}\n"
@@ -407,7 +418,9 @@ def write_plots(study: optuna.Study, out: Path) -> dict[str, Path]:
     written = {}
     for name, plot in plots.items():
         try:
-            ax = plot()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot()
         except Exception as e:  # e.g. importances need ≥ 2 complete trials that differ
             log.warning("plot %s skipped: %s", name, e)
             continue
