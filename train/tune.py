@@ -223,6 +223,7 @@ class Objective:
     """Turns the metrics the trainer passes after each validation into the value Optuna optimises.
 
     value(epoch) = metrics[tune.objective.metric] + Σ_k w_k · metrics[k]   (k, w_k in tune.objective.terms)
+    where `metrics` are the validation means the trainer passes (`loss`, `step`, `bar`, `phrase`, …).
     The trial's result is the best value over its epochs (min or max by `tune.direction`).
     """
 
@@ -258,11 +259,11 @@ class Objective:
         return self.better(self.values.values())
 
 
-def run_training(cfg: DictConfig, callback: Callable[[int, Mapping[str, Any]], None]) -> Any:
-    """The trainer's entry function, the same one `python -m train` calls."""
+def run_training(cfg: DictConfig, on_validation: Callable[[int, Mapping[str, Any]], None]) -> dict:
+    """The trainer's entry function, the same one `python -m train` calls (one process per trial)."""
     from train.trainer import fit
 
-    return fit(cfg, callbacks=[callback])
+    return fit(cfg, on_validation=on_validation)
 
 
 def trial_config(cfg: DictConfig, base_overrides: list[str], params: Mapping[str, Any], run_dir: Path) -> tuple[DictConfig, list[str]]:
@@ -322,7 +323,7 @@ def run_trial(cfg: DictConfig, study: optuna.Study, base_overrides: list[str]) -
         objective = start_trial(cfg, study, trial, params, base_overrides)
         with heartbeat(study, trial):
             run_training(objective.config, objective)
-    except optuna.TrialPruned as e:
+    except (optuna.TrialPruned, FloatingPointError) as e:  # FloatingPointError: the trainer saw a NaN/inf loss
         log.info("trial %d pruned: %s", trial.number, e)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return True
