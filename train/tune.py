@@ -23,6 +23,8 @@ import logging
 import math
 import multiprocessing
 import threading
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +36,7 @@ import optuna
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from optuna.storages._heartbeat import BaseHeartbeat  # no public name; RDB storages implement it
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import pipeline.config
@@ -105,8 +108,13 @@ def param_overrides(space: Mapping[str, Any], params: Mapping[str, Any]) -> list
 
 
 def check_space(base: DictConfig, space: Mapping[str, Any]) -> None:
-    """Fail before any trial runs if a search-space path is not in the config."""
+    """Fail before any trial runs if a search-space entry is malformed or its path is not in the config."""
     for name, spec in space.items():
+        if spec.get("type") not in ("float", "int", "categorical"):
+            raise ValueError(f"tune.space.{name}: type must be float, int or categorical, got {spec.get('type')!r}")
+        need = ["choices"] if spec["type"] == "categorical" else ["low", "high"]
+        if missing := [k for k in need if spec.get(k) is None]:
+            raise ValueError(f"tune.space.{name}: a {spec['type']} parameter needs {missing}")
         for path in space_paths(spec):
             if not is_group(path) and OmegaConf.select(base, path, default="__missing__") == "__missing__":
                 raise ValueError(f"tune.space.{name}: config path {path!r} does not exist in the composed config")
@@ -170,20 +178,21 @@ def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
 
 
 def load_study(cfg: DictConfig) -> optuna.Study:
+    """Create or load the study; under the lock, since two processes creating one SQLite schema race."""
     study_dir(cfg).mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(
+    with study_lock(study_dir(cfg)):
+        return optuna.create_study(
         study_name=cfg.tune.study_name, storage=make_storage(cfg), direction=cfg.tune.direction,
-        sampler=make_sampler(cfg, cfg.tune.seed), pruner=make_pruner(cfg), load_if_exists=True,
-    )
+            sampler=make_sampler(cfg, cfg.tune.seed), pruner=make_pruner(cfg), load_if_exists=True,
+        )
 
 
 @contextlib.contextmanager
-def study_lock(cfg: DictConfig) -> Iterator[None]:
-    """An exclusive lock file beside the study: "count trials, then ask" is atomic across processes.
-
-    flock is released by the kernel if the holder dies, so a killed worker never leaves it held.
-    """
-    path = study_dir(cfg) / ".ask.lock"
+def study_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock file in the study directory: storage creation and "count trials, then ask"
+    are atomic across processes. flock is released by the kernel if the holder dies."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ".lock"
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -192,11 +201,17 @@ def study_lock(cfg: DictConfig) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats, or None where the storage has none (journal, heartbeat.interval=0)."""
+    storage = study._storage  # an RDBStorage inside Optuna's cache wrapper; both implement BaseHeartbeat
+    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+
+
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     """Record the trial's heartbeat every `heartbeat_interval` s while it runs (as study.optimize does)."""
     storage = study._storage
-    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    interval = heartbeat_interval(study)
     if not interval:
         yield
         return
@@ -280,18 +295,21 @@ def trial_config(cfg: DictConfig, base_overrides: list[str], params: Mapping[str
 def count_trials(study: optuna.Study) -> int:
     """Trials that use up `tune.n_trials`: all but WAITING ones and FAILED ones re-queued by a retry."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t)}
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}  # RetryHeartbeatStaleTrialCallback's record
     waiting = optuna.trial.TrialState.WAITING
     return sum(t.state != waiting and t.number not in retried for t in trials)
 
 
-def ask(cfg: DictConfig, study: optuna.Study) -> tuple[optuna.Trial | None, dict[str, Any]]:
-    """Under the study lock: re-queue dead trials, stop if n_trials is reached, else start a trial."""
-    with study_lock(cfg):
+def ask(cfg: DictConfig, study: optuna.Study) -> tuple[optuna.Trial | str, dict[str, Any]]:
+    """Under the study lock: re-queue dead trials, then start a trial; "done" once n_trials is
+    reached, "wait" while trials of other (possibly dead) workers still run and could be re-queued."""
+    with study_lock(study_dir(cfg)), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
         optuna.storages.fail_stale_trials(study)
-        counted = count_trials(study)
-        if counted >= cfg.tune.n_trials:
-            return None, {}
+        if count_trials(study) >= cfg.tune.n_trials:
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            return ("wait" if running and heartbeat_interval(study) else "done"), {}
         # One sampler per trial, seeded by the trial count: reproducible, and never the same seed in two processes.
         seed = None if cfg.tune.seed is None else int(cfg.tune.seed) + len(study.get_trials(deepcopy=False))
         study.sampler = make_sampler(cfg, seed)
@@ -310,6 +328,7 @@ def start_trial(cfg: DictConfig, study: optuna.Study, trial: optuna.Trial, param
     tcfg, overrides = trial_config(cfg, base_overrides, params, run_dir)
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("overrides", overrides)
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     log.info("trial %d: %s -> %s", trial.number, params, run_dir)
     return Objective(cfg, trial, tcfg, frozen.intermediate_values)
 
@@ -317,7 +336,10 @@ def start_trial(cfg: DictConfig, study: optuna.Study, trial: optuna.Trial, param
 def run_trial(cfg: DictConfig, study: optuna.Study, base_overrides: list[str]) -> bool:
     """Run one trial to COMPLETE / PRUNED / FAIL; False once the study has its n_trials."""
     trial, params = ask(cfg, study)
-    if trial is None:
+    if trial == "wait":
+        time.sleep(min(heartbeat_interval(study), 2.0))  # poll: the running trials finish or go stale
+        return True
+    if trial == "done":
         return False
     try:
         objective = start_trial(cfg, study, trial, params, base_overrides)
