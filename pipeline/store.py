@@ -10,7 +10,7 @@ Layout (SCHEMA_VERSION 1) of `data/store.zarr`:
     songs/bpm     float32 [S]
     section_offsets int64 [S + 1], sections int64 [K, 2]   song-relative (start, end) steps, may be empty
     attrs: schema_version, drum_names, drum_pitches, mapping, steps_per_quarter, num_songs,
-           num_steps, source_hash, splits (name -> song count)
+           num_steps, num_hits, source_hash, splits (name -> song count)
 
 Songs are concatenated along time; a window never crosses a song boundary (song_offsets say where).
 """
@@ -113,6 +113,7 @@ def write_store(path: str | Path, songs: list[Song], attrs: dict, *, chunk_steps
         root["hits"][:] = np.concatenate([s.hits for s in songs]).astype(np.uint8)
         root["velocity"][:] = np.concatenate([s.velocity for s in songs]).astype(np.uint8)
     write_metadata(root, songs, attrs)
+    root.attrs["num_hits"] = int(sum(int((s.hits > 0).sum()) for s in songs))
 
 
 class Store:

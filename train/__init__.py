@@ -1,0 +1,5 @@
+"""Training side of hierdrums: dataset, model, trainer, generation.
+
+Kept empty on purpose: importing `train` must not import torch, zarr or the data stack;
+import the submodule you need (`from train.model import HierarchicalDrumModel`).
+"""

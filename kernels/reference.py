@@ -1,0 +1,159 @@
+"""The readable definition of every metric: plain numpy/Python, one window at a time.
+
+Same signatures and outputs as the compiled `kernels` package. It is the oracle of the tests
+and the baseline of `benchmarks/metrics.py`; docs/metrics.md gives the formulas in words.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+
+from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, check_bar_capacity, check_beat,
+                          check_positive, check_roll, check_sections, default_dense_threshold,
+                          empty_window_outputs, window_grid)
+
+
+# --- one window (seq: bool [L, D], t0: absolute step of seq[0]) -------------------------------
+
+def _hit_density(seq):
+    total_hits = seq.sum(axis=1)
+    L = len(seq)
+    return total_hits.sum() / L, int(total_hits.max()), seq.sum(axis=0) / L
+
+
+def _co_occurrence(seq):
+    return float(np.mean(seq.sum(axis=1) >= 2))
+
+
+def _syncopation(seq, t0, steps_per_bar, beat):
+    t = t0 + np.arange(len(seq))
+    weak = (t % steps_per_bar) % beat != 0
+    total = seq.sum()
+    return float(seq[weak].sum() / total) if total else 0.0
+
+
+def _transitions(seq):
+    prev, nxt = seq[:-1].astype(np.int64), seq[1:].astype(np.int64)
+    counts = prev.T @ nxt                      # [i, j] = #(i at t and j at t+1)
+    denom = prev.sum(axis=0)[:, None]
+    return np.divide(counts, denom, out=np.zeros(counts.shape), where=denom > 0)
+
+
+def _ioi_stats(seq, bins, fast_threshold):
+    D = seq.shape[1]
+    mean, var, hist, fast = np.zeros(D), np.zeros(D), np.zeros(bins, np.int64), 0
+    for d in range(D):
+        ioi = np.diff(np.flatnonzero(seq[:, d]))
+        if len(ioi):
+            mean[d], var[d] = ioi.mean(), ioi.var()
+            for x in ioi:
+                hist[min(x, bins) - 1] += 1
+            fast += int((ioi <= fast_threshold).sum())
+    return mean, var, hist, fast
+
+
+def _n_grams(seq, n):
+    """Counter of exact n-grams: the bytes of n consecutive step rows (no hashing of values)."""
+    return Counter(seq[s:s + n].tobytes() for s in range(len(seq) - n + 1))
+
+
+def _entropy(counter):
+    total = sum(counter.values())
+    return -sum(c / total * math.log2(c / total) for c in counter.values()) if total else 0.0
+
+
+def _bar_hits(seq, steps_per_bar, num_bars):
+    out = np.zeros(num_bars, np.int64)
+    for k in range(min(num_bars, len(seq) // steps_per_bar)):
+        out[k] = seq[k * steps_per_bar:(k + 1) * steps_per_bar].sum()
+    return out
+
+
+def _fraction_dense_bars(seq, steps_per_bar, threshold):
+    bars = [seq[k * steps_per_bar:(k + 1) * steps_per_bar] for k in range(len(seq) // steps_per_bar)]
+    if not bars:
+        return 0.0
+    return float(np.mean([bar.any(axis=0).sum() > threshold for bar in bars]))
+
+
+def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4, ngram_n=4,
+                   fast_threshold=4, dense_threshold=None, num_bars=None, ioi_bins=None,
+                   max_windows=None) -> dict[str, np.ndarray]:
+    """Every window metric of every window; `max_windows` keeps only the first ones (benchmark)."""
+    hits = check_roll(roll).astype(bool)
+    T, D = hits.shape
+    beat = check_beat(steps_per_bar, beats_per_bar)
+    check_positive(ngram_n=ngram_n)
+    check_bar_capacity(steps_per_bar, D)
+    num_bars = seq_len // steps_per_bar if num_bars is None else num_bars
+    ioi_bins = steps_per_bar if ioi_bins is None else ioi_bins
+    threshold = default_dense_threshold(D, dense_threshold)
+    starts, L = window_grid(T, seq_len, stride)
+    starts = starts[:max_windows]
+    out = empty_window_outputs(len(starts), D, num_bars, ioi_bins)
+    for w, a in enumerate(starts):
+        seq = hits[a:a + L]
+        out["avg_hits"][w], out["max_hits"][w], out["drum_density"][w] = _hit_density(seq)
+        out["co_occurrence"][w] = _co_occurrence(seq)
+        out["syncopation"][w] = _syncopation(seq, a, steps_per_bar, beat)
+        out["transitions"][w] = _transitions(seq)
+        out["ioi_mean"][w], out["ioi_var"][w], out["ioi_hist"][w], out["fast_hits"][w] = \
+            _ioi_stats(seq, ioi_bins, fast_threshold)
+        grams = _n_grams(seq, ngram_n)
+        out["ngram_unique"][w], out["ngram_entropy"][w] = len(grams), _entropy(grams)
+        out["bar_hits"][w] = _bar_hits(seq, steps_per_bar, num_bars)
+        out["dense_bar_fraction"][w] = _fraction_dense_bars(seq, steps_per_bar, threshold)
+    return out
+
+
+# --- whole songs, sections, bar/phrase aggregates ---------------------------------------------
+
+def _step_entropy(seq):
+    return _entropy(Counter(row.tobytes() for row in seq))
+
+
+def song_metrics(roll, *, steps_per_bar=16, bars_per_phrase=4, ngram_n=4) -> dict[str, np.ndarray]:
+    hits = check_roll(roll).astype(bool)
+    T, D = hits.shape
+    check_positive(steps_per_bar=steps_per_bar, bars_per_phrase=bars_per_phrase, ngram_n=ngram_n)
+    out = {name: np.zeros(shape(D), dtype) for name, (dtype, shape) in SONG_SCHEMA.items()}
+    if T == 0:
+        return out
+    out["avg_hits"][...], out["max_hits"][...], out["drum_density"][...] = _hit_density(hits)
+    out["step_entropy"][...] = _step_entropy(hits)
+    P = steps_per_bar * bars_per_phrase
+    phrases = [hits[k * P:(k + 1) * P] for k in range(T // P)]
+    out["phrase_entropy"][...] = np.mean([_step_entropy(p) for p in phrases]) if phrases else 0.0
+    out["ngram_diversity"][...] = len(_n_grams(hits, ngram_n))
+    return out
+
+
+def section_metrics(roll, sections=None, *, steps_per_bar=16, bars_per_phrase=4,
+                    dense_threshold=None) -> dict[str, np.ndarray]:
+    hits = check_roll(roll).astype(bool)
+    T, D = hits.shape
+    check_positive(steps_per_bar=steps_per_bar, bars_per_phrase=bars_per_phrase)
+    sec = check_sections(sections, T, steps_per_bar * bars_per_phrase)
+    threshold = default_dense_threshold(D, dense_threshold)
+    out = {name: np.zeros((len(sec), *shape(D)), dtype) for name, (dtype, shape) in SECTION_SCHEMA.items()}
+    for k, (s, e) in enumerate(sec):
+        seq = hits[s:e]
+        out["avg_hits"][k], out["max_hits"][k], out["drum_density"][k] = _hit_density(seq)
+        out["dense_frac"][k] = _fraction_dense_bars(seq, steps_per_bar, threshold)
+    return out
+
+
+def _aggregate(seq, step_size):
+    num_units = seq.shape[0] // step_size
+    return seq[:num_units * step_size].reshape(num_units, step_size, seq.shape[1]).mean(axis=1)
+
+
+def bar_means(roll, *, steps_per_bar=16) -> np.ndarray:
+    return _aggregate(check_roll(roll).astype(np.float64), steps_per_bar).astype(np.float32)
+
+
+def phrase_means(roll, *, steps_per_bar=16, bars_per_phrase=4) -> np.ndarray:
+    return _aggregate(check_roll(roll).astype(np.float64),
+                      steps_per_bar * bars_per_phrase).astype(np.float32)

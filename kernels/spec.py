@@ -1,0 +1,118 @@
+"""What both implementations share: input checks, the window grid, and the output schema.
+
+`kernels` (numba) and `kernels.reference` (numpy) both call these, so the two can only differ
+in how they compute a metric, never in which windows exist or what shape/dtype a result has.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Window metrics: name -> (dtype, trailing shape as a function of (D, num_bars, ioi_bins)).
+# Fractions are float32 (one row per window of every song adds up), counts int32; bar_hits,
+# the one table that grows with seq_len, is uint16 (a bar holds at most spb * D <= 65535 hits).
+WINDOW_SCHEMA = {
+    "avg_hits": ("float32", lambda D, nb, ib: ()),
+    "max_hits": ("int32", lambda D, nb, ib: ()),
+    "drum_density": ("float32", lambda D, nb, ib: (D,)),
+    "co_occurrence": ("float32", lambda D, nb, ib: ()),
+    "syncopation": ("float32", lambda D, nb, ib: ()),
+    "transitions": ("float32", lambda D, nb, ib: (D, D)),
+    "ioi_mean": ("float32", lambda D, nb, ib: (D,)),
+    "ioi_var": ("float32", lambda D, nb, ib: (D,)),
+    "ioi_hist": ("int32", lambda D, nb, ib: (ib,)),
+    "fast_hits": ("int32", lambda D, nb, ib: ()),
+    "ngram_unique": ("int32", lambda D, nb, ib: ()),
+    "ngram_entropy": ("float32", lambda D, nb, ib: ()),
+    "bar_hits": ("uint16", lambda D, nb, ib: (nb,)),          # <= spb * D hits per bar
+    "dense_bar_fraction": ("float32", lambda D, nb, ib: ()),
+}
+WINDOW_METRICS = tuple(WINDOW_SCHEMA)
+
+SONG_SCHEMA = {
+    "avg_hits": ("float64", lambda D: ()),
+    "max_hits": ("int32", lambda D: ()),
+    "drum_density": ("float64", lambda D: (D,)),
+    "step_entropy": ("float64", lambda D: ()),
+    "phrase_entropy": ("float64", lambda D: ()),
+    "ngram_diversity": ("int64", lambda D: ()),
+}
+SONG_METRICS = tuple(SONG_SCHEMA)
+
+SECTION_SCHEMA = {
+    "avg_hits": ("float64", lambda D: ()),
+    "drum_density": ("float64", lambda D: (D,)),
+    "max_hits": ("int32", lambda D: ()),
+    "dense_frac": ("float64", lambda D: ()),
+}
+SECTION_METRICS = tuple(SECTION_SCHEMA)
+
+
+def check_roll(roll) -> np.ndarray:
+    """The roll as a 0/1 uint8 [T, D] array (a hit is a value > 0)."""
+    roll = np.asarray(roll)
+    if roll.ndim != 2:
+        raise ValueError(f"roll must be 2-D [T, D], got shape {roll.shape}")
+    if roll.shape[1] < 1:
+        raise ValueError("roll needs at least one drum (D >= 1)")
+    return np.ascontiguousarray(roll > 0, dtype=np.uint8)
+
+
+def check_beat(steps_per_bar: int, beats_per_bar: int) -> int:
+    """Steps per beat; a bar that does not split into whole beats is rejected."""
+    if steps_per_bar < 1 or beats_per_bar < 1:
+        raise ValueError(f"steps_per_bar ({steps_per_bar}) and beats_per_bar ({beats_per_bar}) must be >= 1")
+    if steps_per_bar % beats_per_bar:
+        raise ValueError(f"steps_per_bar={steps_per_bar} is not a whole number of beats "
+                         f"(beats_per_bar={beats_per_bar})")
+    return steps_per_bar // beats_per_bar
+
+
+def check_bar_capacity(steps_per_bar: int, num_drums: int) -> None:
+    if steps_per_bar * num_drums > np.iinfo(np.uint16).max:
+        raise ValueError(f"steps_per_bar * D = {steps_per_bar * num_drums} hits per bar do not fit "
+                         "bar_hits (uint16)")
+
+
+def check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if int(v) < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+
+
+def window_grid(num_steps: int, seq_len: int, stride: int) -> tuple[np.ndarray, int]:
+    """(starts, L): starts 0, stride, ... while start + seq_len <= T; one [0, T) if 0 < T < seq_len."""
+    check_positive(seq_len=seq_len, stride=stride)
+    if num_steps == 0:
+        return np.zeros(0, np.int64), 0
+    if num_steps < seq_len:
+        return np.zeros(1, np.int64), int(num_steps)
+    return np.arange(0, num_steps - seq_len + 1, stride, dtype=np.int64), int(seq_len)
+
+
+def default_dense_threshold(num_drums: int, dense_threshold) -> float:
+    """A bar is dense when more than this many distinct drums are hit in it (default D / 2)."""
+    return num_drums / 2.0 if dense_threshold is None else float(dense_threshold)
+
+
+def empty_window_outputs(num_windows: int, num_drums: int, num_bars: int, ioi_bins: int) -> dict:
+    return {name: np.zeros((num_windows, *shape(num_drums, num_bars, ioi_bins)), dtype)
+            for name, (dtype, shape) in WINDOW_SCHEMA.items()}
+
+
+def phrase_sections(num_steps: int, phrase_len: int) -> np.ndarray:
+    """Default sections: one per phrase of the absolute grid; the last one may be partial."""
+    starts = np.arange(0, num_steps, phrase_len, dtype=np.int64)
+    return np.stack([starts, np.minimum(starts + phrase_len, num_steps)], axis=1).reshape(-1, 2)
+
+
+def check_sections(sections, num_steps: int, phrase_len: int) -> np.ndarray:
+    """Sections as int64 [K, 2] of song-relative (start, end); None/empty -> one per phrase."""
+    if sections is None or len(sections) == 0:
+        return phrase_sections(num_steps, phrase_len)
+    sec = np.asarray(sections, dtype=np.int64).reshape(-1, 2)
+    bad = (sec[:, 0] < 0) | (sec[:, 1] <= sec[:, 0]) | (sec[:, 1] > num_steps)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"section {k} = ({sec[k, 0]}, {sec[k, 1]}) is not a non-empty range "
+                         f"inside the song's {num_steps} steps")
+    return sec

@@ -1,0 +1,35 @@
+"""`python -m pipeline [overrides]`: the data stages in order (ingest, build, metrics), outside DVC.
+
+The one command for the Groove MIDI Dataset:  python -m pipeline data=groove   (-> data/groove/)
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import pipeline.config
+from pipeline.build import build
+from pipeline.ingest import IngestError, ingest
+from pipeline.metrics import run as compute_metrics
+
+
+@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        report = ingest(cfg)
+    except IngestError as exc:
+        print(f"ingest failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+    summary = build(cfg)
+    print(f"{summary['songs']} songs, {summary['steps']} steps, {summary['hits']} hits, "
+          f"{report['notes_mapped']} notes mapped, dropped per unmapped pitch {report['notes_dropped']}, "
+          f"{report['skipped_count']} files skipped -> {summary['store']}")
+    metrics = compute_metrics(cfg)
+    print(f"{metrics['windows']} windows of {metrics['songs']} songs, "
+          f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
+
+
+if __name__ == "__main__":
+    main()

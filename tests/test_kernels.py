@@ -1,0 +1,234 @@
+"""The compiled kernels against their numpy definition (kernels.reference), plus invariants."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import kernels
+import kernels.reference as ref
+from kernels.codes import ngram_ids, pattern_ids
+from kernels.spec import WINDOW_SCHEMA
+
+METERS = [(16, 4), (12, 3), (12, 4), (8, 2), (4, 4)]   # 4/4 and 3/4 at 16ths, 12/8, small bars
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def rolls(draw, max_T=90):
+    T = draw(st.integers(0, max_T))
+    D = draw(st.sampled_from([1, 2, 3, 9, 16]))
+    kind = draw(st.sampled_from(["random", "random", "random", "silent", "full"]))
+    if kind == "silent":
+        return np.zeros((T, D), np.uint8)
+    if kind == "full":
+        return np.full((T, D), 3, np.uint8)                # any value > 0 is a hit
+    return draw(arrays(np.uint8, (T, D), elements=st.sampled_from([0, 0, 0, 1, 100])))
+
+
+@st.composite
+def window_kwargs(draw):
+    spb, bpb = draw(st.sampled_from(METERS))
+    return dict(seq_len=draw(st.integers(1, 48)), stride=draw(st.integers(1, 5)), steps_per_bar=spb,
+                beats_per_bar=bpb, ngram_n=draw(st.integers(1, 5)),
+                fast_threshold=draw(st.integers(0, 6)),
+                dense_threshold=draw(st.sampled_from([None, 0, 1, 2.5])))
+
+
+def assert_same(got: dict, want: dict, rtol=2e-6, atol=2e-6):
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        if np.issubdtype(want[k].dtype, np.integer):
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+# --- kernels == reference ---------------------------------------------------------------------
+
+@SETTINGS
+@given(roll=rolls(), kw=window_kwargs())
+@example(roll=np.zeros((0, 9), np.uint8), kw=dict(seq_len=16))                       # T = 0
+@example(roll=np.ones((1, 1), np.uint8), kw=dict(seq_len=16))                        # T = 1, D = 1
+@example(roll=np.ones((3, 16), np.uint8), kw=dict(seq_len=16, ngram_n=4))            # T < n
+@example(roll=np.eye(16, dtype=np.uint8)[np.arange(40) % 16], kw=dict(seq_len=40))   # T = seq_len
+@example(roll=np.ones((64, 16), np.uint8), kw=dict(seq_len=32, stride=7))            # all hit
+@example(roll=np.zeros((64, 9), np.uint8), kw=dict(seq_len=24, steps_per_bar=12, beats_per_bar=3))
+def test_window_metrics_match_reference(roll, kw):
+    assert_same(kernels.window_metrics(roll, **kw), ref.window_metrics(roll, **kw))
+
+
+@SETTINGS
+@given(roll=rolls(max_T=150), meter=st.sampled_from(METERS), bars_per_phrase=st.integers(1, 3),
+       ngram_n=st.integers(1, 5))
+def test_song_section_bar_phrase_match_reference(roll, meter, bars_per_phrase, ngram_n):
+    spb = meter[0]
+    kw = dict(steps_per_bar=spb, bars_per_phrase=bars_per_phrase)
+    assert_same(kernels.song_metrics(roll, ngram_n=ngram_n, **kw),
+                ref.song_metrics(roll, ngram_n=ngram_n, **kw), rtol=1e-9, atol=1e-12)
+    assert_same(kernels.section_metrics(roll, **kw), ref.section_metrics(roll, **kw), rtol=1e-9)
+    T = len(roll)
+    if T >= 2:
+        sections = [(0, T // 2), (T // 3, T)]             # overlapping sections are allowed
+        assert_same(kernels.section_metrics(roll, sections, **kw),
+                    ref.section_metrics(roll, sections, **kw), rtol=1e-9)
+    np.testing.assert_array_equal(kernels.bar_means(roll, steps_per_bar=spb),
+                                  ref.bar_means(roll, steps_per_bar=spb))
+    np.testing.assert_array_equal(kernels.phrase_means(roll, **kw), ref.phrase_means(roll, **kw))
+
+
+def test_fixed_widths_for_other_meters():
+    """The stage's table widths: 3/4 songs keep seq_len // 16 bar columns and 16 IOI bins."""
+    rng = np.random.default_rng(3)
+    roll = (rng.random((100, 9)) < 0.4).astype(np.uint8)
+    kw = dict(seq_len=64, steps_per_bar=12, beats_per_bar=3, num_bars=4, ioi_bins=16)
+    got, want = kernels.window_metrics(roll, **kw), ref.window_metrics(roll, **kw)
+    assert_same(got, want)
+    assert got["bar_hits"].shape[1] == 4 and got["ioi_hist"].shape[1] == 16
+    # 64 // 12 = 5 complete chunks, but only the first 4 have a column
+    np.testing.assert_array_equal(got["bar_hits"][0], [roll[k * 12:(k + 1) * 12].sum() for k in range(4)])
+
+
+# --- exactness of the n-gram ids ---------------------------------------------------------------
+
+@pytest.mark.parametrize("D, n", [(9, 4), (16, 4), (21, 3), (70, 2)])   # packed, chained, wide kit
+def test_ngram_ids_are_exact(D, n):
+    rng = np.random.default_rng(D)
+    base = (rng.random((12, D)) < 0.5).astype(np.uint8)
+    hits = base[rng.integers(0, 12, 3000)]               # many repeats of few patterns
+    ids, k = ngram_ids(hits, n)
+    keys = [hits[s:s + n].tobytes() for s in range(len(hits) - n + 1)]
+    assert k == len(set(keys))
+    first = {}
+    for key, i in zip(keys, ids):                        # same n-gram <=> same id
+        assert first.setdefault(key, i) == i
+    assert len(set(first.values())) == k
+    pats, P = pattern_ids(hits)
+    assert P == len({row.tobytes() for row in hits})
+
+
+def test_long_song_entropy_does_not_drift():
+    """Sliding over 30k steps: late windows still equal a fresh computation of that window."""
+    rng = np.random.default_rng(5)
+    hits = (rng.random((30_000, 4)) < 0.3).astype(np.uint8)
+    got = kernels.window_metrics(hits, seq_len=50, ngram_n=3)
+    for a in [0, 12_345, 29_950]:
+        one = ref.window_metrics(hits[a:a + 50], seq_len=50, ngram_n=3)
+        assert got["ngram_unique"][a] == one["ngram_unique"][0]
+        np.testing.assert_allclose(got["ngram_entropy"][a], one["ngram_entropy"][0], rtol=1e-6)
+
+
+# --- invariants --------------------------------------------------------------------------------
+
+@SETTINGS
+@given(roll=rolls(), kw=window_kwargs())
+def test_ranges(roll, kw):
+    m = kernels.window_metrics(roll, **kw)
+    D = roll.shape[1]
+    for name in ("drum_density", "co_occurrence", "syncopation", "transitions", "dense_bar_fraction"):
+        assert ((m[name] >= 0) & (m[name] <= 1)).all(), name
+    assert (m["transitions"].sum(axis=2) <= D + 1e-5).all()
+    assert ((m["max_hits"] >= 0) & (m["max_hits"] <= D)).all()
+    assert (m["avg_hits"] <= m["max_hits"] + 1e-6).all()
+    assert (m["ngram_entropy"] >= 0).all()
+    assert (m["ngram_entropy"] <= np.log2(np.maximum(m["ngram_unique"], 1)) + 1e-5).all()
+    assert (m["fast_hits"] <= m["ioi_hist"].sum(axis=1)).all()
+
+
+@SETTINGS
+@given(roll=rolls(), kw=window_kwargs(), data=st.data())
+def test_permuting_drums_permutes_per_drum_metrics(roll, kw, data):
+    perm = np.array(data.draw(st.permutations(range(roll.shape[1]))), dtype=np.int64)
+    a, b = kernels.window_metrics(roll, **kw), kernels.window_metrics(roll[:, perm], **kw)
+    for name in ("drum_density", "ioi_mean", "ioi_var"):
+        np.testing.assert_array_equal(b[name], a[name][:, perm], err_msg=name)
+    np.testing.assert_array_equal(b["transitions"], a["transitions"][:, perm][:, :, perm])
+    for name in set(WINDOW_SCHEMA) - {"drum_density", "ioi_mean", "ioi_var", "transitions"}:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-6, err_msg=name)   # drum-order free
+
+
+@SETTINGS
+@given(roll=rolls(), kw=window_kwargs(), k=st.integers(2, 6))
+def test_stride_k_rows_are_every_kth_row_of_stride_1(roll, kw, k):
+    one = kernels.window_metrics(roll, **{**kw, "stride": 1})
+    kth = kernels.window_metrics(roll, **{**kw, "stride": k})
+    for name in WINDOW_SCHEMA:
+        np.testing.assert_array_equal(kth[name], one[name][::k], err_msg=name)
+
+
+@SETTINGS
+@given(roll=rolls(), meter=st.sampled_from(METERS), bars=st.integers(1, 4), stride=st.integers(1, 4))
+def test_bar_hits_sum_to_window_hits(roll, meter, bars, stride):
+    spb, bpb = meter
+    seq_len = bars * spb
+    m = kernels.window_metrics(roll, seq_len=seq_len, stride=stride, steps_per_bar=spb, beats_per_bar=bpb)
+    starts, L = kernels.window_grid(len(roll), seq_len, stride)
+    if L == seq_len:                                     # full windows: every step is in a bar
+        H = np.array([(roll[a:a + L] > 0).sum() for a in starts])
+        np.testing.assert_array_equal(m["bar_hits"].sum(axis=1), H)
+        np.testing.assert_allclose(m["avg_hits"] * L, H, rtol=1e-6)
+
+
+@SETTINGS
+@given(roll=rolls(max_T=150), meter=st.sampled_from(METERS))
+def test_whole_song_window_agrees_with_song_metrics(roll, meter):
+    if len(roll) == 0:
+        return
+    spb, bpb = meter
+    w = kernels.window_metrics(roll, seq_len=len(roll), steps_per_bar=spb, beats_per_bar=bpb)
+    s = kernels.song_metrics(roll, steps_per_bar=spb)
+    assert len(w["avg_hits"]) == 1
+    np.testing.assert_allclose(w["avg_hits"][0], s["avg_hits"], rtol=1e-6)
+    assert w["max_hits"][0] == s["max_hits"]
+    np.testing.assert_allclose(w["drum_density"][0], s["drum_density"], rtol=1e-6)
+    if len(roll) >= 4:
+        assert w["ngram_unique"][0] == s["ngram_diversity"]
+
+
+# --- hand-checked values and errors -------------------------------------------------------------
+
+def test_hand_computed_window():
+    # kick on every beat, snare on 2 and 4 of one 4/4 bar at 16ths, hat on the off-8ths
+    roll = np.zeros((16, 3), np.uint8)
+    roll[[0, 4, 8, 12], 0] = 1
+    roll[[4, 12], 1] = 1
+    roll[[2, 6, 10, 14], 2] = 1
+    m = kernels.window_metrics(roll, seq_len=16, steps_per_bar=16, beats_per_bar=4, ngram_n=2,
+                               fast_threshold=2)
+    assert m["avg_hits"][0] == pytest.approx(10 / 16) and m["max_hits"][0] == 2
+    assert m["co_occurrence"][0] == pytest.approx(2 / 16)
+    assert m["syncopation"][0] == pytest.approx(4 / 10)          # only the hats are off the beat
+    np.testing.assert_allclose(m["ioi_mean"][0], [4, 8, 4])
+    np.testing.assert_allclose(m["ioi_var"][0], [0, 0, 0])
+    assert m["ioi_hist"][0, 3] == 6 and m["ioi_hist"][0, 7] == 1 and m["fast_hits"][0] == 0
+    assert m["transitions"][0].sum() == 0                        # nothing follows at t+1
+    assert m["bar_hits"][0, 0] == 10 and m["dense_bar_fraction"][0] == pytest.approx(1.0)
+    # 15 2-grams, distinct: (K,0) (0,H) (H,0) (0,KS) (KS,0) (0,K)
+    assert m["ngram_unique"][0] == 6
+
+
+def test_phase_comes_from_absolute_time():
+    roll = np.zeros((20, 1), np.uint8)
+    roll[4, 0] = 1                                        # on beat 2 of bar 1
+    m = kernels.window_metrics(roll, seq_len=8, stride=1, steps_per_bar=16, beats_per_bar=4)
+    # windows starting at 0..4 contain step 4; it is on the beat whatever the window start
+    np.testing.assert_array_equal(m["syncopation"][:5], 0)
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: kernels.window_metrics(np.zeros((4, 2)), seq_len=4, steps_per_bar=10, beats_per_bar=4),
+     "whole number of beats"),
+    (lambda: kernels.window_metrics(np.zeros(4), seq_len=4), "2-D"),
+    (lambda: kernels.window_metrics(np.zeros((4, 2)), seq_len=0), "seq_len"),
+    (lambda: kernels.window_metrics(np.zeros((4, 2)), seq_len=4, stride=0), "stride"),
+    (lambda: kernels.section_metrics(np.zeros((8, 2)), [(2, 9)]), "section 0"),
+    (lambda: kernels.window_metrics(np.zeros((4, 300)), seq_len=4, steps_per_bar=256), "uint16"),
+    (lambda: ref.window_metrics(np.zeros((4, 2)), seq_len=4, steps_per_bar=10, beats_per_bar=4),
+     "whole number of beats"),
+])
+def test_bad_arguments_are_rejected_with_a_reason(call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call()

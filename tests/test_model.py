@@ -1,0 +1,299 @@
+"""HierarchicalDrumModel: shapes, strict causality, incremental == full forward, generation,
+checkpoint round trip, loss, and a tiny model overfitting one real Groove batch."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from pipeline.config import compose
+from pipeline.drums import DrumMap
+from pipeline.midi import read_midi
+from train.model import HierarchicalDrumModel, compute_loss, sample_hits
+
+# tiny models on a shared 2-core machine: OpenMP threads only spin against each other
+torch.set_num_threads(1)
+
+D, SPB, BPP = 5, 4, 2                 # tiny grid: a bar = 4 steps, a phrase = 2 bars
+BACKENDS = {"gru": dict(rnn_type="gru"), "lstm": dict(rnn_type="lstm"),
+            "transformer": dict(use_transformer=True, max_context=16)}
+
+
+def tiny(backend: str, hierarchy: bool = True, **kw) -> HierarchicalDrumModel:
+    torch.manual_seed(0)
+    args = dict(num_drums=D, step_hidden_dim=16, bar_hidden_dim=12, phrase_hidden_dim=8,
+                num_layers=2, dropout=0.1, steps_per_bar=SPB, bars_per_phrase=BPP, nhead=2,
+                hierarchy=hierarchy, **BACKENDS[backend])
+    args.update(kw)
+    return HierarchicalDrumModel(**args).double().eval()
+
+
+def rolls(B: int, L: int, seed: int, p: float = 0.3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(B, L, D, generator=g, dtype=torch.float64) < p).double()
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def model(request):
+    return tiny(request.param)
+
+
+# ----------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("hierarchy", [True, False])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_shapes_at_each_level(backend, hierarchy):
+    m = tiny(backend, hierarchy)
+    for L in (3, 8, 21, 32):            # less than a bar, whole bars, ragged tail, whole phrases
+        step_logits, bar_preds, phrase_preds = m(rolls(2, L, L))
+        assert step_logits.shape == (2, L, D)
+        if hierarchy:
+            assert bar_preds.shape == (2, L // SPB, D)
+            assert phrase_preds.shape == (2, L // (SPB * BPP), D)
+        else:
+            assert bar_preds is None and phrase_preds is None
+    assert torch.isfinite(step_logits).all()
+
+
+# ----------------------------------------------------------------------------- causality
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), start=st.integers(0, 3 * SPB), dense=st.booleans())
+def test_future_steps_never_change_past_outputs(model, seed, start, dense):
+    L = 2 * SPB * BPP + 3               # two phrases and a ragged tail
+    x = rolls(2, L, seed)
+    starts = torch.tensor([start, start + 1])
+    base = model(x, start=starts)
+    g = torch.Generator().manual_seed(seed + 1)
+    for t in range(L - 1):
+        y = x.clone()                   # perturb every step after t (values, not only flips)
+        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype) * (1.0 if dense else 0.3)
+        # the bar/phrase arguments hold the perturbed future too: they must be ignored
+        out = model(y, bar=torch.rand(2, L // SPB, D, dtype=y.dtype), phrase=torch.ones(2, 2, D),
+                    start=starts)
+        torch.testing.assert_close(out[0][:, :t + 1], base[0][:, :t + 1], rtol=0, atol=1e-12)
+        bars, phrases = (t + 1) // SPB, (t + 1) // (SPB * BPP)      # complete through step t
+        torch.testing.assert_close(out[1][:, :bars], base[1][:, :bars], rtol=0, atol=1e-12)
+        torch.testing.assert_close(out[2][:, :phrases], base[2][:, :phrases], rtol=0, atol=1e-12)
+        # not vacuous: the perturbed step itself does feed the next prediction
+        assert not torch.allclose(out[0][:, t + 1], base[0][:, t + 1])
+
+
+def test_bar_state_reaches_steps_only_after_the_bar_completes():
+    """Perturbing the *input embedding path* is one thing; check the bar context directly: the
+    bar level's contribution to step t changes exactly at t = spb - 1 (bar 0 complete)."""
+    m = tiny("gru")
+    x = rolls(1, 3 * SPB, 3)
+    with_bar = m(x)[0]
+    with torch.no_grad():
+        m.step_to_bar.bias.add_(1.0)    # changes every bar's state, nothing else
+    changed = ~torch.isclose(m(x)[0], with_bar).all(-1)[0]
+    assert changed.tolist() == [False] * (SPB - 1) + [True] * (2 * SPB + 1)
+
+
+# ----------------------------------------------------------------------------- incremental path
+@pytest.mark.parametrize("hierarchy", [True, False])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_incremental_step_equals_full_forward(backend, hierarchy):
+    # max_context 6 < L: the ring-buffer cache must match the banded attention of forward
+    m = tiny(backend, hierarchy, **({"max_context": 6} if backend == "transformer" else {}))
+    L = 3 * SPB * BPP + 2
+    x = rolls(3, L, 11)
+    start = torch.tensor([0, 1, 5])
+    full = m(x, start=start)[0]
+    state = m.init_state(3, start=start)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+
+
+def test_transformer_window_bounds_the_context():
+    """Each layer sees max_context positions, so the receptive field is layers·(W−1)+1 steps."""
+    m = tiny("transformer", hierarchy=False, max_context=4)     # 2 layers: field 7
+    x = rolls(1, 24, 5)
+    y = x.clone()
+    y[:, :10] = 1 - y[:, :10]           # change steps 0..9 only
+    torch.testing.assert_close(m(y)[0][:, 16:], m(x)[0][:, 16:], rtol=0, atol=1e-12)
+    assert not torch.allclose(m(y)[0][:, 15], m(x)[0][:, 15])   # step 9 is within 7 of 15
+
+
+# ----------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_generate_deterministic_binary_right_length(backend):
+    m = tiny(backend, max_context=6)    # 40 steps > window: sliding context for the transformer
+    prime = rolls(2, 7, 1)
+    a = m.generate(prime, 40, seed=3)
+    assert a.shape == (2, 47, D)
+    torch.testing.assert_close(a[:, :7], prime.to(a.dtype))
+    assert set(a[:, 7:].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(a, m.generate(prime, 40, seed=3))
+    assert not torch.equal(a, m.generate(prime, 40, seed=4))
+    assert 0 < a[:, 7:].mean() < 1
+
+
+def test_generate_empty_prime_and_unbatched():
+    m = tiny("gru")
+    assert m.generate(None, 9, seed=0, batch_size=3).shape == (3, 9, D)
+    assert m.generate(torch.zeros(2, 0, D), 5, seed=0).shape == (2, 5, D)
+    assert m.generate(torch.zeros(0, D), 5, seed=0).shape == (5, D)
+    assert m.generate(rolls(1, 4, 0)[0], 6, seed=0).shape == (10, D)
+    assert m.training is False
+    m.train()
+    m.generate(None, 2, seed=0)
+    assert m.training is True            # generate restores the mode it found
+    with pytest.raises(ValueError, match="start_seq must be"):
+        m.generate(torch.zeros(2, 3, D + 1), 2)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_generated_steps_follow_the_forward_probabilities(backend):
+    """Greedy generation (temperature 0) must pick exactly forward's argmax on its own output,
+    with the bar phase given by `start` (as a window starting mid-song would have it)."""
+    m = tiny(backend, max_context=5)
+    start = torch.tensor([2, 7])
+    out = m.generate(rolls(2, 3, 2), 30, temperature=0, seed=0, start=start)
+    logits = m(out, start=start)[0]
+    assert torch.equal(out[:, 3:], (logits[:, 2:-1] > 0).double())
+    assert not torch.equal(out, m.generate(rolls(2, 3, 2), 30, temperature=0, seed=0))
+
+
+def test_sample_hits_top_p_and_temperature():
+    logits = torch.tensor([[4.0, -4.0, 0.0, 0.2]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_hits(logits, 1.0, top_p=0.9, generator=g) for _ in range(400)])
+    assert draws[:, 0, 0].eq(1).all() and draws[:, 0, 1].eq(0).all()   # p≈0.98 / 0.02: decided
+    assert 0.35 < draws[:, 0, 2].mean() < 0.65                           # p = 0.5: still sampled
+    assert torch.equal(sample_hits(logits, 0.0), torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
+
+
+# ----------------------------------------------------------------------------- save / load
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_checkpoint_round_trip(tmp_path, backend):
+    m = tiny(backend, hierarchy=backend != "lstm")
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": m.state_dict(), "model_config": m.config}, path)
+    ckpt = torch.load(path, weights_only=True)
+    m2 = HierarchicalDrumModel.from_config(ckpt["model_config"]).double().eval()
+    m2.load_state_dict(ckpt["model"])
+    assert m2.config == m.config
+    x = rolls(2, 17, 4)
+    for a, b in zip(m(x), m2(x)):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm", "transformer"])
+def test_hydra_model_configs_build(name):
+    cfg = compose([f"model={name}", "model.hierarchy=false"])
+    kwargs = {**OmegaConf.to_container(cfg.model, resolve=True), "num_drums": 9}
+    m = HierarchicalDrumModel.from_config(kwargs)
+    assert m.config == kwargs and m.steps_per_bar == cfg.window.steps_per_bar
+    assert m.use_transformer == (name == "transformer") and not m.hierarchy
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="rnn_type"):
+        HierarchicalDrumModel(9, rnn_type="rnn")
+    with pytest.raises(ValueError, match=r"step must be \[B, L, 9\]"):
+        HierarchicalDrumModel(9)(torch.zeros(2, 16, 8))
+    with pytest.raises(ValueError, match="divisible by nhead"):
+        HierarchicalDrumModel(9, step_hidden_dim=30, use_transformer=True, nhead=4)
+
+
+def test_importing_train_stays_light():
+    code = "import sys, train; assert 'torch' not in sys.modules, 'train imports torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- loss
+def test_compute_loss_values_mask_and_weights():
+    torch.manual_seed(1)
+    B, L = 2, 2 * SPB * BPP
+    step = rolls(B, L, 7) * 0.8          # velocities/127-like: targets are hits (> 0)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1, L - SPB - 1:] = False        # row 1: padded tail from inside bar 2
+    preds = (torch.randn(B, L, D, dtype=torch.float64), torch.randn(B, L // SPB, D, dtype=torch.float64),
+             torch.randn(B, 2, D, dtype=torch.float64))
+    batch = {"step": step, "mask": mask}
+    total, terms = compute_loss(preds, batch, {"step": 1.0, "bar": 0.5, "phrase": 2.0},
+                                steps_per_bar=SPB, bars_per_phrase=BPP)
+    hits = (step > 0).double()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(preds[0][:, :-1], hits[:, 1:],
+                                                               reduction="none").mean(-1)
+    want_step = bce[mask[:, 1:]].mean()
+    bar_means = hits.reshape(B, L // SPB, SPB, D).mean(2)
+    err = (torch.sigmoid(preds[1][:, :-1]) - bar_means[:, 1:]).pow(2).mean(-1)  # [B, 3]
+    want_bar = torch.cat([err[0], err[1, :1]]).mean()    # row 1: bars 2, 3 are not all real
+    ph_means = hits.reshape(B, 2, SPB * BPP, D).mean(2)
+    want_phrase = (torch.sigmoid(preds[2][0, 0]) - ph_means[0, 1]).pow(2).mean()
+    torch.testing.assert_close(terms["step"], want_step)
+    torch.testing.assert_close(terms["bar"], want_bar)
+    torch.testing.assert_close(terms["phrase"], want_phrase)
+    torch.testing.assert_close(total, want_step + 0.5 * want_bar + 2.0 * want_phrase)
+
+    padded = dict(batch, step=torch.where(mask[..., None], step, torch.ones_like(step)))
+    torch.testing.assert_close(compute_loss(preds, padded, steps_per_bar=SPB, bars_per_phrase=BPP)[0],
+                               compute_loss(preds, batch, steps_per_bar=SPB, bars_per_phrase=BPP)[0])
+    only_step, _ = compute_loss(preds, batch, {"bar": 0, "phrase": 0}, steps_per_bar=SPB, bars_per_phrase=BPP)
+    torch.testing.assert_close(only_step, want_step)
+    bce_total, bce_terms = compute_loss(preds, batch, level_loss="bce", steps_per_bar=SPB, bars_per_phrase=BPP)
+    assert bce_terms["bar"] > terms["bar"]
+    with pytest.raises(ValueError, match="level_loss"):
+        compute_loss(preds, batch, level_loss="l1")
+
+
+def test_flat_model_loss_reports_zero_levels():
+    m = tiny("gru", hierarchy=False)
+    x = rolls(2, 16, 0)
+    total, terms = m.compute_loss(m(x), {"step": x})
+    assert terms["bar"] == 0 and terms["phrase"] == 0
+    torch.testing.assert_close(total, terms["step"])
+    total.backward()
+    assert m.input.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- overfit Groove
+def groove_windows(groove_dir, num: int, length: int) -> torch.Tensor:
+    """The first `length` 16th-note steps of `num` real Groove beats, GMD-9 classes (velocities/127)."""
+    files = sorted((groove_dir / "drummer1" / "session1").glob("*_beat_4-4.mid"))[:num]
+    rolls_ = [read_midi(path, DrumMap.default(), steps_per_quarter=4) for path in files]
+    assert len(rolls_) == num and all(r.hits.shape[0] >= length for r in rolls_), groove_dir
+    return torch.from_numpy(np.stack([r.velocity[:length] for r in rolls_]).astype(np.float32) / 127)
+
+
+@pytest.mark.groove
+@pytest.mark.parametrize("backend", ["gru", "transformer"])
+def test_tiny_model_overfits_one_groove_batch(groove_dir, backend):
+    torch.manual_seed(0)
+    step = groove_windows(groove_dir, 4, 64)
+    assert (step > 0).sum() > 200                         # real drumming, not an empty roll
+    batch = {"step": step, "mask": torch.ones(step.shape[:2], dtype=torch.bool)}
+    kw = dict(use_transformer=True, nhead=2) if backend == "transformer" else {}
+    m = HierarchicalDrumModel(9, 48, 32, 32, num_layers=1, dropout=0.0, steps_per_bar=16,
+                              bars_per_phrase=2, max_context=64, **kw)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    weights = {"step": 1.0, "bar": 1.0, "phrase": 1.0}
+    first = m.compute_loss(m(step), batch, weights)[0].item()
+    for _ in range(300):                 # stops as soon as the loss has fallen by 90 %
+        total, terms = m.compute_loss(m(step), batch, weights)
+        if total.item() <= 0.1 * first:
+            break
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    m.eval()                             # the trained model, without dropout, on the same batch
+    final, terms = m.compute_loss(m(step), batch, weights)
+    assert final.item() <= 0.1 * first, (first, final.item(), terms)
+
+
+def test_zero_weights_keep_every_parameter_in_the_graph():
+    """DDP without find_unused_parameters needs a gradient (zero is fine) for every parameter."""
+    m = tiny("transformer")
+    x = rolls(2, 2 * SPB * BPP, 1)
+    total, _ = m.compute_loss(m(x), {"step": x}, {"bar": 0.0, "phrase": 0.0})
+    total.backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert m.bar_head.weight.grad.abs().sum() == 0 and m.phrase_head.weight.grad.abs().sum() == 0
+    assert m.input.weight.grad.abs().sum() > 0

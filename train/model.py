@@ -1,0 +1,447 @@
+"""The step → bar → phrase drum model, its loss, and incremental generation (see docs/model.md).
+
+Shapes: B batch, L steps, D drums, spb = steps_per_bar, bpp = bars_per_phrase,
+nb = L // spb complete bars, nph = nb // bpp complete phrases. Bars and phrases are counted
+from the first step of the sequence (like the dataset's `bar`/`phrase` means); the musical
+phase of each step comes from `start` through the position-in-bar embeddings.
+
+Causality: `step_logits[:, t]` (hits of step t+1) depends only on `step[:, :t+1]`;
+`bar_preds[:, k]` (mean pattern of bar k+1) only on bars ≤ k; `phrase_preds[:, j]` likewise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RNN_TYPES = ("gru", "lstm")
+DEFAULT_LOSS_WEIGHTS = {"step": 1.0, "bar": 0.5, "phrase": 0.25}
+LEVEL_LOSSES = ("mse", "bce")
+
+
+# --------------------------------------------------------------------------- sequence levels
+class RecurrentLevel(nn.Module):
+    """A GRU/LSTM over one level's sequence; `step` advances it by one item with a carried state."""
+
+    def __init__(self, dim: int, num_layers: int, dropout: float, rnn_type: str):
+        super().__init__()
+        rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}[rnn_type]
+        self.rnn = rnn_cls(dim, dim, num_layers, batch_first=True,
+                           dropout=dropout if num_layers > 1 else 0.0)
+
+    def forward(self, x: Tensor) -> Tensor:           # [B, T, dim] -> [B, T, dim]
+        return self.rnn(x)[0]
+
+    def init_state(self, batch_size: int, like: Tensor) -> Any:
+        return None                                     # zeros, as in forward
+
+    def step(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:   # [B, dim]
+        y, state = self.rnn(x[:, None], state)
+        return y[:, 0], state
+
+
+def alibi_slopes(nhead: int) -> Tensor:
+    """ALiBi (Press et al., 2022): head h adds -slope_h · distance to its attention scores,
+    slope_h = 2^(-8(h+1)/nhead). Relative, so a sliding window needs no position table."""
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / nhead) for h in range(nhead)])
+
+
+class CausalBlock(nn.Module):
+    """Pre-LayerNorm Transformer block with causal self-attention (bias carries mask + ALiBi)."""
+
+    def __init__(self, dim: int, nhead: int, dropout: float):
+        super().__init__()
+        self.nhead, self.dropout = nhead, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim),
+                                 nn.Dropout(dropout))
+        self.drop = nn.Dropout(dropout)
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=-1)
+        return tuple(a.view(B, T, self.nhead, C // self.nhead).transpose(1, 2) for a in (q, k, v))
+
+    def _finish(self, x: Tensor, att: Tensor) -> Tensor:
+        B, T, C = x.shape
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, T, C)))
+        return x + self.mlp(self.ln2(x))
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:      # bias [h, T, T]
+        q, k, v = self._heads(x)
+        p = self.dropout if self.training else 0.0
+        return self._finish(x, F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p))
+
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int, bias: Tensor) -> Tensor:
+        """x [B, 1, C]; writes this position's key/value into ring slot `slot`, attends the ring."""
+        q, k, v = self._heads(x)
+        k_cache[:, :, slot] = k[:, :, 0]
+        v_cache[:, :, slot] = v[:, :, 0]
+        return self._finish(x, F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=bias))
+
+
+class TransformerLevel(nn.Module):
+    """Causal Transformer over one level; each position attends to the last `window` positions
+    (itself included). `step` keeps a ring-buffer key/value cache of exactly `window` slots, so
+    every incremental step costs the same however long the sequence has grown."""
+
+    def __init__(self, dim: int, num_layers: int, nhead: int, dropout: float, window: int):
+        super().__init__()
+        self.window, self.nhead, self.dim = window, nhead, dim
+        self.blocks = nn.ModuleList(CausalBlock(dim, nhead, dropout) for _ in range(num_layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.register_buffer("slopes", alibi_slopes(nhead), persistent=False)
+
+    def _bias(self, dist: Tensor, dtype: torch.dtype) -> Tensor:
+        bias = -self.slopes.to(dtype)[:, None, None] * dist.to(dtype)
+        return bias.masked_fill((dist < 0) | (dist >= self.window), float("-inf"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pos = torch.arange(x.shape[1], device=x.device)
+        bias = self._bias(pos[:, None] - pos[None, :], x.dtype)          # [h, T, T]
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.ln_f(x)
+
+    def init_state(self, batch_size: int, like: Tensor) -> dict:
+        shape = (batch_size, self.nhead, self.window, self.dim // self.nhead)
+        return {"n": 0,
+                # positions held by each ring slot; far in the past = empty (masked out)
+                "pos": torch.full((self.window,), -(2 ** 40), dtype=torch.long, device=like.device),
+                "k": [like.new_zeros(shape) for _ in self.blocks],
+                "v": [like.new_zeros(shape) for _ in self.blocks]}
+
+    def step(self, x: Tensor, state: dict) -> tuple[Tensor, dict]:
+        n, slot = state["n"], state["n"] % self.window
+        state["pos"][slot] = n
+        bias = self._bias(n - state["pos"], x.dtype)[None]            # [1, h, 1, W]
+        y = x[:, None]
+        for block, k, v in zip(self.blocks, state["k"], state["v"]):
+            y = block.step(y, k, v, slot, bias)
+        state["n"] = n + 1
+        return self.ln_f(y)[:, 0], state
+
+
+def _run(level: nn.Module, x: Tensor) -> Tensor:
+    """Run a level over a possibly empty sequence (an RNN refuses length 0)."""
+    return level(x) if x.shape[1] else x
+
+
+# --------------------------------------------------------------------------- generation state
+@dataclass
+class GenerationState:
+    """Everything `HierarchicalDrumModel.step` carries from one step to the next."""
+
+    t: int                 # index of the next step to consume (−1: the silent step before bar 0)
+    start: Tensor          # [B] long, absolute position of step 0 (phase of the bar grid)
+    step: Any              # step level's RNN hidden state / KV cache
+    bar: Any = None        # bar level's state
+    phrase: Any = None     # phrase level's state
+    bar_sum_h: Tensor | None = None      # running sums over the bar in progress
+    bar_sum_x: Tensor | None = None
+    phrase_sum_h: Tensor | None = None   # ... over the phrase in progress
+    phrase_sum_x: Tensor | None = None
+    bars_done: int = 0
+    bar_ctx: Tensor | None = None        # [B, H] projected state of the last complete bar
+    phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
+
+
+# --------------------------------------------------------------------------- the model
+class HierarchicalDrumModel(nn.Module):
+    """Next-step drum hits from a step level, a bar level and a phrase level.
+
+    forward(step [B, L, D], bar=None, phrase=None, mask=None, start=None) returns
+    `step_logits` [B, L, D] (logits of step t+1's hits), `bar_preds` [B, nb, D] (logits of bar
+    k+1's mean pattern), `phrase_preds` [B, nph, D] (same for phrases); the last two are None for
+    a flat model (`hierarchy=False`). `bar`/`phrase` are accepted for the dataset's batch layout
+    but ignored: the model pools its own bars from `step` so no future can leak in.
+    """
+
+    def __init__(self, num_drums: int, step_hidden_dim: int = 128, bar_hidden_dim: int = 128,
+                 phrase_hidden_dim: int = 128, num_layers: int = 2, dropout: float = 0.1,
+                 use_transformer: bool = False, steps_per_bar: int = 16, bars_per_phrase: int = 4,
+                 rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
+                 max_context: int = 512):
+        super().__init__()
+        self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
+                            bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
+                            num_layers=int(num_layers), dropout=float(dropout),
+                            use_transformer=bool(use_transformer), steps_per_bar=int(steps_per_bar),
+                            bars_per_phrase=int(bars_per_phrase), rnn_type=str(rnn_type),
+                            nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context))
+        self._check_config()
+        D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
+        self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
+        self.hierarchy, self.use_transformer = bool(hierarchy), bool(use_transformer)
+
+        self.input = nn.Linear(D, H)
+        self.in_pos = nn.Embedding(steps_per_bar, H)    # phase of the step read
+        self.out_pos = nn.Embedding(steps_per_bar, H)   # phase of the step predicted
+        self.drop = nn.Dropout(dropout)
+        self.step_rnn = self._level(H)
+        self.output_layer = nn.Sequential(nn.LayerNorm(H), nn.Linear(H, H), nn.GELU(),
+                                          nn.Dropout(dropout), nn.Linear(H, D))
+        if self.hierarchy:
+            # pooled step states + the bar's mean pattern -> one bar-level input
+            self.step_to_bar = nn.Linear(H + D, Hb)
+            self.bar_rnn = self._level(Hb)
+            self.bar_head = nn.Linear(Hb, D)
+            self.bar_to_step = nn.Linear(Hb, H)
+            self.bar_start = nn.Parameter(torch.zeros(Hb))      # context before bar 0 completes
+            self.bar_to_phrase = nn.Linear(Hb + D, Hp)
+            self.phrase_rnn = self._level(Hp)
+            self.phrase_head = nn.Linear(Hp, D)
+            self.phrase_to_step = nn.Linear(Hp, H)
+            self.phrase_start = nn.Parameter(torch.zeros(Hp))
+
+    # ---- config / checkpoint contract
+    def _check_config(self) -> None:
+        c = self._config
+        if c["num_drums"] < 1 or c["steps_per_bar"] < 1 or c["bars_per_phrase"] < 1:
+            raise ValueError(f"num_drums, steps_per_bar and bars_per_phrase must be ≥ 1, got {c}")
+        if c["use_transformer"]:
+            for key in ("step_hidden_dim", "bar_hidden_dim", "phrase_hidden_dim"):
+                if c[key] % c["nhead"]:
+                    raise ValueError(f"{key}={c[key]} must be divisible by nhead={c['nhead']}")
+            if c["max_context"] < 1:
+                raise ValueError(f"max_context must be ≥ 1, got {c['max_context']}")
+        elif c["rnn_type"] not in RNN_TYPES:
+            raise ValueError(f"rnn_type must be one of {RNN_TYPES}, got {c['rnn_type']!r}")
+
+    @property
+    def config(self) -> dict:
+        """The constructor kwargs: `HierarchicalDrumModel.from_config(m.config)` rebuilds m."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "HierarchicalDrumModel":
+        return cls(**{str(k): v for k, v in dict(config).items()})
+
+    def _level(self, dim: int) -> nn.Module:
+        c = self._config
+        if c["use_transformer"]:
+            return TransformerLevel(dim, c["num_layers"], c["nhead"], c["dropout"], c["max_context"])
+        return RecurrentLevel(dim, c["num_layers"], c["dropout"], c["rnn_type"])
+
+    # ---- full forward pass (training)
+    def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
+                mask: Tensor | None = None, start: Tensor | None = None):
+        if step.dim() != 3 or step.shape[-1] != self.num_drums:
+            raise ValueError(f"step must be [B, L, {self.num_drums}], got {tuple(step.shape)}")
+        B, L, D = step.shape
+        spb, bpp = self.steps_per_bar, self.bars_per_phrase
+        t = torch.arange(L, device=step.device)
+        start = step.new_zeros(B, dtype=torch.long) if start is None else start.to(step.device).long()
+        phase = (start[:, None] + t) % spb                                    # [B, L]
+        h = self.step_rnn(self.drop(self.input(step) + self.in_pos(phase)))  # [B, L, H]
+        z = h + self.out_pos((phase + 1) % spb)
+        if not self.hierarchy:
+            return self.output_layer(self.drop(z)), None, None
+
+        nb = L // spb
+        bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2),
+                            step[:, :nb * spb].reshape(B, nb, spb, D).mean(2)], -1)
+        bar_h = _run(self.bar_rnn, self.drop(self.step_to_bar(bar_in)))      # [B, nb, Hb]
+        nph = nb // bpp
+        phrase_in = torch.cat([bar_h[:, :nph * bpp].reshape(B, nph, bpp, bar_h.shape[-1]).mean(2),
+                               step[:, :nph * bpp * spb].reshape(B, nph, bpp * spb, D).mean(2)], -1)
+        phrase_h = _run(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)))  # [B, nph, Hp]
+
+        # step t may use bar k only once bar k is complete: k < (t+1) // spb; row 0 = "none yet"
+        bars = torch.cat([self.bar_start.expand(B, 1, -1), bar_h], 1)
+        phrases = torch.cat([self.phrase_start.expand(B, 1, -1), phrase_h], 1)
+        z = (z + self.bar_to_step(bars[:, (t + 1) // spb])
+             + self.phrase_to_step(phrases[:, (t + 1) // (spb * bpp)]))
+        return self.output_layer(self.drop(z)), self.bar_head(bar_h), self.phrase_head(phrase_h)
+
+    # ---- incremental path (generation)
+    def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0) -> GenerationState:
+        """A fresh state whose next consumed step has index `t` (use −1 for a silent lead-in step
+        that belongs to no bar). `start` is the absolute position of step 0, as in forward."""
+        like = next(self.parameters())
+        start = torch.as_tensor(start, dtype=torch.long, device=like.device).expand(batch_size).clone()
+        state = GenerationState(t=t, start=start, step=self.step_rnn.init_state(batch_size, like))
+        if self.hierarchy:
+            H, D = self._config["step_hidden_dim"], self.num_drums
+            state.bar = self.bar_rnn.init_state(batch_size, like)
+            state.phrase = self.phrase_rnn.init_state(batch_size, like)
+            state.bar_sum_h, state.bar_sum_x = like.new_zeros(batch_size, H), like.new_zeros(batch_size, D)
+            state.phrase_sum_h = like.new_zeros(batch_size, self._config["bar_hidden_dim"])
+            state.phrase_sum_x = like.new_zeros(batch_size, D)
+            state.bar_ctx = self.bar_to_step(self.bar_start).expand(batch_size, H)
+            state.phrase_ctx = self.phrase_to_step(self.phrase_start).expand(batch_size, H)
+        return state
+
+    def step(self, x: Tensor, state: GenerationState) -> Tensor:
+        """Consume step `state.t` (x [B, D]) and return the logits of step t+1 [B, D]; equals
+        forward(...)[0][:, t] on the same prefix (see tests/test_model.py)."""
+        spb = self.steps_per_bar
+        phase = (state.start + state.t) % spb
+        h, state.step = self.step_rnn.step(self.drop(self.input(x) + self.in_pos(phase)), state.step)
+        z = h + self.out_pos((phase + 1) % spb)
+        if self.hierarchy:
+            if state.t >= 0:
+                self._advance_bars(h, x, state)
+            z = z + state.bar_ctx + state.phrase_ctx
+        state.t += 1
+        return self.output_layer(self.drop(z))
+
+    def _advance_bars(self, h: Tensor, x: Tensor, state: GenerationState) -> None:
+        """Accumulate the step into its bar; when a bar (phrase) completes, run its level once."""
+        spb, bpp = self.steps_per_bar, self.bars_per_phrase
+        state.bar_sum_h = state.bar_sum_h + h
+        state.bar_sum_x = state.bar_sum_x + x
+        if (state.t + 1) % spb:
+            return
+        bar_in = self.step_to_bar(torch.cat([state.bar_sum_h / spb, state.bar_sum_x / spb], -1))
+        bar_h, state.bar = self.bar_rnn.step(self.drop(bar_in), state.bar)
+        state.bar_ctx = self.bar_to_step(bar_h)
+        state.phrase_sum_h = state.phrase_sum_h + bar_h
+        state.phrase_sum_x = state.phrase_sum_x + state.bar_sum_x
+        state.bar_sum_h, state.bar_sum_x = torch.zeros_like(h), torch.zeros_like(x)
+        state.bars_done += 1
+        if state.bars_done % bpp:
+            return
+        phrase_in = self.bar_to_phrase(torch.cat([state.phrase_sum_h / bpp,
+                                                  state.phrase_sum_x / (spb * bpp)], -1))
+        phrase_h, state.phrase = self.phrase_rnn.step(self.drop(phrase_in), state.phrase)
+        state.phrase_ctx = self.phrase_to_step(phrase_h)
+        state.phrase_sum_h = torch.zeros_like(state.phrase_sum_h)
+        state.phrase_sum_x = torch.zeros_like(state.phrase_sum_x)
+
+    @torch.no_grad()
+    def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
+                 top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
+                 start: Tensor | int = 0) -> Tensor:
+        """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
+        for no prime, then `batch_size` rows start from one silent lead-in step that is not
+        returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
+        `step` per generated step: RNN states / a ring KV cache are carried, bars and phrases
+        are pooled as they complete. `start` ([B] or int) is the absolute position of the prime's
+        first step, as in forward (sets the bar phase). Deterministic for a given `seed`."""
+        was_training = self.training
+        self.eval()
+        try:
+            like = next(self.parameters())
+            prime, unbatched = self._prime(start_seq, batch_size, like)
+            B, T0, D = prime.shape
+            gen = torch.Generator(device=like.device)
+            gen.manual_seed(seed) if seed is not None else gen.seed()
+            out = like.new_zeros(B, T0 + length, D)
+            out[:, :T0] = prime
+            state = self.init_state(B, t=0 if T0 else -1, start=start)
+            logits = None
+            for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
+                logits = self.step(x, state)
+            for i in range(length):
+                out[:, T0 + i] = sample_hits(logits, temperature, top_p, gen)
+                if i + 1 < length:
+                    logits = self.step(out[:, T0 + i], state)
+            return out[0] if unbatched else out
+        finally:
+            self.train(was_training)
+
+    def _prime(self, start_seq: Tensor | None, batch_size: int, like: Tensor) -> tuple[Tensor, bool]:
+        if start_seq is None:
+            return like.new_zeros(batch_size, 0, self.num_drums), False
+        start_seq = torch.as_tensor(start_seq)
+        unbatched = start_seq.dim() == 2
+        prime = start_seq[None] if unbatched else start_seq
+        if prime.dim() != 3 or prime.shape[-1] != self.num_drums:
+            raise ValueError(f"start_seq must be [B, T0, {self.num_drums}] or [T0, {self.num_drums}], "
+                             f"got {tuple(start_seq.shape)}")
+        if prime.shape[1] == 0 and prime.shape[0] == 0:
+            prime = like.new_zeros(batch_size, 0, self.num_drums)
+        return prime.to(like), unbatched
+
+    def compute_loss(self, preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
+                     level_loss: str = "mse"):
+        """`compute_loss` with this model's bar/phrase grid."""
+        return compute_loss(preds, batch, weights, level_loss=level_loss,
+                            steps_per_bar=self.steps_per_bar, bars_per_phrase=self.bars_per_phrase)
+
+
+# --------------------------------------------------------------------------- sampling and loss
+def sample_hits(logits: Tensor, temperature: float = 1.0, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Binary hits from independent Bernoullis p = sigmoid(logits / temperature).
+
+    temperature ≤ 0 is greedy (p > 0.5). top_p is nucleus sampling per drum over its two outcomes
+    {hit, rest}: where the likelier outcome alone has probability ≥ top_p it is taken, else both
+    stay and the drum is sampled as usual."""
+    if temperature <= 0:
+        return (logits > 0).to(logits.dtype)
+    p = torch.sigmoid(logits / temperature)
+    if top_p is not None:
+        p = torch.where(torch.maximum(p, 1 - p) >= top_p, (p >= 0.5).to(p.dtype), p)
+    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    return (u < p).to(p.dtype)
+
+
+def _level_targets(step: Tensor, mask: Tensor | None, size: int, count: int) -> tuple[Tensor, Tensor]:
+    """Mean hit pattern [B, count, D] of consecutive groups of `size` steps, and [B, count] bool:
+    True where the group is all real steps (padding is a tail, so its last step decides)."""
+    B, L, D = step.shape
+    hits = (step[:, :count * size] > 0).to(step.dtype)
+    means = hits.reshape(B, count, size, D).mean(2)
+    if mask is None:
+        return means, torch.ones(B, count, dtype=torch.bool, device=step.device)
+    return means, mask[:, size - 1:count * size:size].bool()
+
+
+def _masked_mean(per_item: Tensor, valid: Tensor) -> Tensor:
+    valid = valid.to(per_item.dtype)
+    return (per_item * valid).sum() / valid.sum().clamp(min=1)
+
+
+def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
+                 *, level_loss: str = "mse", steps_per_bar: int = 16, bars_per_phrase: int = 4):
+    """Weighted sum of the three levels' next-item losses; returns (total, {"step", "bar", "phrase"}).
+
+    preds = (step_logits [B, L, D], bar_preds [B, nb, D] | None, phrase_preds [B, nph, D] | None),
+    batch = {"step" [B, L, D], "mask" [B, L] (optional)}; hits y = step > 0, m = mask.
+
+    step   = Σ_{b, t<L−1, d} m[b,t+1] · BCE(σ(step_logits[b,t,d]), y[b,t+1,d]) / (D · Σ m[b,t+1])
+    bar    = mean over real bars k ≥ 1 of ℓ(bar_preds[b,k−1], ȳ_k),  ȳ_k = mean of y over bar k
+    phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each)
+    ℓ = mean_d (σ(p) − ȳ)² for level_loss="mse" (reaches 0), or BCE-with-logits against the
+    soft target ȳ for "bce" (floored at the entropy of ȳ). A level counts only when every step of
+    its target bar/phrase is real. total = Σ_k weights[k] · term_k; a zero weight disables a term
+    (0 · term: no gradient, yet every parameter stays in the graph for DDP); every term is still
+    reported (0 for a flat model, whose bar/phrase preds are None). Missing keys of `weights`
+    take DEFAULT_LOSS_WEIGHTS.
+    """
+    if level_loss not in LEVEL_LOSSES:
+        raise ValueError(f"level_loss must be one of {LEVEL_LOSSES}, got {level_loss!r}")
+    weights = {**DEFAULT_LOSS_WEIGHTS, **dict(weights or {})}
+    step_logits, bar_preds, phrase_preds = preds
+    step, mask = batch["step"], batch.get("mask")
+    target = (step[:, 1:] > 0).to(step_logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(step_logits[:, :-1], target, reduction="none").mean(-1)
+    valid = mask[:, 1:] if mask is not None else torch.ones_like(bce, dtype=torch.bool)
+    terms = {"step": _masked_mean(bce, valid)}
+
+    for name, preds_k, size in (("bar", bar_preds, steps_per_bar),
+                                ("phrase", phrase_preds, steps_per_bar * bars_per_phrase)):
+        if preds_k is None:
+            terms[name] = step_logits.new_zeros(())
+            continue
+        if preds_k.shape[1] < 2:                       # no next bar/phrase to predict
+            terms[name] = preds_k.sum() * 0.0          # still in the graph (see below)
+            continue
+        means, real = _level_targets(step, mask, size, preds_k.shape[1])
+        pred, want = preds_k[:, :-1], means[:, 1:].to(preds_k.dtype)
+        if level_loss == "mse":
+            per = (torch.sigmoid(pred) - want).pow(2).mean(-1)
+        else:
+            per = F.binary_cross_entropy_with_logits(pred, want, reduction="none").mean(-1)
+        terms[name] = _masked_mean(per, real[:, 1:])
+
+    # a zero weight contributes 0·term: no gradient, but every head stays in the autograd graph,
+    # so DistributedDataParallel needs no find_unused_parameters
+    total = sum(float(weights[k]) * terms[k] for k in ("step", "bar", "phrase"))
+    return total, {k: v.detach() for k, v in terms.items()}
