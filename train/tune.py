@@ -142,15 +142,17 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     hb = tcfg.heartbeat
     kwargs: dict[str, Any] = {}
-    if hb.interval:
-        kwargs = dict(
-            heartbeat_interval=int(hb.interval),
-            grace_period=int(hb.grace_period),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=hb.max_retry, inherit_intermediate_values=True),
-        )
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9, and stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hb.interval:
+            kwargs = dict(
+                heartbeat_interval=int(hb.interval),
+                grace_period=int(hb.grace_period),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=hb.max_retry, inherit_intermediate_values=True),
+            )
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
 
 def make_sampler(cfg: DictConfig, seed: int | None) -> optuna.samplers.BaseSampler:
