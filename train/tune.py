@@ -9,10 +9,10 @@ run directory; after every validation the trainer calls back with the metrics, t
 
 Running the same command again continues the study (`load_if_exists`): `tune.n_trials` is the total
 the study should reach (like Optuna's n_trials: every trial counts except one re-queued after its
-process died), so finished trials are never repeated. Several processes (`tune.n_jobs` spawns them, or start the command several times, on one
-machine or on several with a PostgreSQL URL) share the storage: a file lock around "count, then ask"
-keeps them from overshooting `n_trials` on one machine, and heartbeats mark a killed process's trial
-FAILED and re-queue it (its run resumes from its `last.pt`). See docs/tuning.md.
+process died), so finished trials are never repeated. Several processes (`tune.n_jobs` spawns them,
+or start the command several times; on several machines use a PostgreSQL URL) share the storage: a
+file lock around "count, then ask" keeps them from overshooting `n_trials`, and heartbeats mark a
+killed process's trial FAILED and re-queue it (its run resumes from its `last.pt`). docs/tuning.md.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ import fcntl
 import logging
 import math
 import multiprocessing
-import threading
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
