@@ -1,0 +1,237 @@
+"""The memory-mapped data path: export stage, dataset items/batches, augmentation, workers."""
+import json
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline.drums import DrumMap
+from pipeline.export import export
+from pipeline.metrics import store_hash
+from pipeline.store import Store, write_store
+from tests.ready_data import build_ready, make_songs
+from train.data import CompleteHierarchicalDrumDataset, get_complete_rl_dataloader, make_loader
+
+SEQ, STRIDE, SPB, BPP = 128, 16, 16, 4
+LENGTHS = [300, 40, 0, 1000, 128, 17, 200]
+SPLITS = ["train", "train", "train", "train", "validation", "train", "test"]
+
+
+@pytest.fixture(scope="module")
+def ready(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ready")
+    build_ready(root, make_songs(LENGTHS, splits=SPLITS), seq_len=SEQ, stride=STRIDE)
+    return root
+
+
+def _dataset(root, split="train", **kw):
+    return CompleteHierarchicalDrumDataset(root / "store.zarr", split, SEQ, STRIDE, SPB, BPP, **kw)
+
+
+def _expected(store, song, start, seq_len=SEQ):
+    sl = store.song_slice(int(song))
+    hits = np.zeros((seq_len, store.num_drums), np.uint8)
+    vel = np.zeros_like(hits)
+    part = store.hits[sl][start:start + seq_len]
+    hits[:len(part)] = part
+    vel[:len(part)] = store.velocity[sl][start:start + seq_len]
+    return hits, vel, len(part)
+
+
+def test_export_copies_store_rows_and_metric_rows(ready):
+    store = Store(ready / "store.zarr")
+    hits = np.load(ready / "ready" / "hits.npy", mmap_mode="r")
+    assert isinstance(hits, np.memmap) and hits.dtype == np.uint8
+    np.testing.assert_array_equal(hits, store.hits[:])
+    np.testing.assert_array_equal(np.load(ready / "ready" / "velocity.npy"), store.velocity[:])
+    metrics = zarr.open_group(str(ready / "metrics.zarr"), mode="r")
+    np.testing.assert_array_equal(np.load(ready / "ready" / "metrics" / "drum_density.npy"),
+                                  metrics["window/drum_density"][:])
+    manifest = json.loads((ready / "ready" / "manifest.json").read_text())
+    # windows: 300 -> 11, 40 -> 1, 0 -> 0, 1000 -> 55, 128 -> 1, 17 -> 1, 200 -> 5
+    assert manifest["windows"] == {"train": 11 + 1 + 55 + 1, "validation": 1, "test": 5}
+    assert {"avg_hits", "bar_hits", "drum_density", "transitions", "ioi_hist"} <= set(manifest["metric_names"])
+    assert manifest["store_hash"] == store_hash(store) and manifest["songs_without_windows"] == 0
+
+
+def test_batch_equals_store_slices_and_metric_rows(ready):
+    ds = _dataset(ready)
+    store = Store(ready / "store.zarr")
+    metrics = zarr.open_group(str(ready / "metrics.zarr"), mode="r")
+    assert len(ds) == 68
+    idx = np.arange(len(ds))[::-1].copy()
+    batch = make_loader(ds, batch_size=len(ds), shuffle=False).dataset[idx]
+    win_song, win_start = metrics["window/song"][:], metrics["window/start"][:]
+    for b, i in enumerate(idx):
+        song, start = int(batch["song"][b]), int(batch["start"][b])
+        hits, vel, n = _expected(store, song, start)
+        np.testing.assert_array_equal(batch["step"][b], hits.astype(np.float32))
+        np.testing.assert_array_equal(batch["velocity"][b], vel)
+        assert batch["mask"][b].sum() == n and batch["mask"][b][:n].all()
+        bar = hits.astype(np.float32).reshape(SEQ // SPB, SPB, -1).mean(1)
+        np.testing.assert_allclose(batch["bar"][b], bar, rtol=1e-6)
+        np.testing.assert_allclose(batch["phrase"][b], bar.reshape(-1, BPP, hits.shape[1]).mean(1), rtol=1e-6)
+        row = np.flatnonzero((win_song == song) & (win_start == start))
+        assert len(row) == 1
+        for name in ds.metric_names:
+            np.testing.assert_array_equal(batch["metrics"][name][b], metrics[f"window/{name}"][row[0]])
+        # and the row is this window's: avg_hits = H / L of the slice itself (issue 3's definition)
+        np.testing.assert_allclose(batch["metrics"]["avg_hits"][b], hits.sum() / n, rtol=1e-6)
+        np.testing.assert_allclose(batch["metrics"]["drum_density"][b], hits.sum(0) / n, rtol=1e-6)
+    assert batch["metrics"]["drum_density"].shape == (len(ds), 9)
+
+
+def test_collated_batch_is_flat_tensors(ready):
+    loader = make_loader(_dataset(ready), batch_size=8, shuffle=True, seed=3)
+    batch = next(iter(loader))
+    assert batch["step"].dtype == torch.float32 and batch["step"].shape == (8, SEQ, 9)
+    assert batch["bar"].shape == (8, SEQ // SPB, 9) and batch["phrase"].shape == (8, SEQ // (SPB * BPP), 9)
+    assert batch["mask"].dtype == torch.bool and batch["mask"].shape == (8, SEQ)
+    manifest = json.loads((ready / "ready" / "manifest.json").read_text())
+    assert set(batch["metrics"]) == set(manifest["metric_names"])
+    assert all(isinstance(v, torch.Tensor) and v.shape[0] == 8 for v in batch["metrics"].values())
+    assert batch["song"].dtype == torch.int64 and batch["start"].shape == (8,)
+    item = _dataset(ready)[0]
+    assert item["step"].shape == (SEQ, 9) and item["metrics"]["avg_hits"].shape == ()
+
+
+def test_short_songs_are_padded_with_mask(ready):
+    ds = _dataset(ready)
+    short = np.flatnonzero(ds.windows[:, 3] < SEQ)        # LENGTH column
+    assert sorted(ds.windows[short, 3].tolist()) == [17, 40]
+    batch = ds[short]
+    for b, n in enumerate(ds.windows[short, 3]):
+        assert batch["mask"][b].sum() == n and not batch["mask"][b][n:].any()
+        assert not batch["step"][b][n:].any() and not batch["velocity"][b][n:].any()
+        assert batch["bar_mask"][b].sum() == n // SPB and not batch["phrase_mask"][b].any()
+    assert batch["start"].tolist() == [0, 0]
+
+
+def test_window_config_mismatch_is_a_clear_error(ready):
+    with pytest.raises(ValueError, match=r"seq_len=128, stride=16; requested seq_len=256"):
+        CompleteHierarchicalDrumDataset(ready / "store.zarr", "train", 256, 16)
+    with pytest.raises(ValueError, match="requested seq_len=128, stride=32"):
+        CompleteHierarchicalDrumDataset(ready / "ready", "train", 128, 32)
+    with pytest.raises(ValueError, match="metrics were computed with seq_len=128"):
+        export(ready / "store.zarr", ready / "metrics.zarr", ready / "other", seq_len=64, stride=16)
+    assert not (ready / "other").exists()
+
+
+def test_stale_metrics_are_refused_and_nothing_is_written(tmp_path):
+    build_ready(tmp_path, make_songs([300, 50]), seq_len=SEQ, stride=STRIDE)
+    before = (tmp_path / "ready" / "hits.npy").read_bytes()
+    win = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r+")["window"]
+    win["start"][1] = 17                                        # a window off the stride grid
+    with pytest.raises(ValueError, match="metrics.zarr: its windows .* the metrics are stale"):
+        export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")
+    assert (tmp_path / "ready" / "hits.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.zarr", "ready", "store.zarr"]
+    attrs = {**DrumMap.default().to_attrs(), "source_hash": "test-hash"}
+    write_store(tmp_path / "store.zarr", make_songs([300, 70], seed=1), attrs)   # store rebuilt
+    with pytest.raises(ValueError, match="computed from a store with hash"):
+        export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")
+    with pytest.raises(ValueError, match="rerun `dvc repro export`"):
+        _dataset(tmp_path)       # the export no longer matches the store beside it
+
+
+def test_songs_the_metrics_stage_skipped_are_left_out(tmp_path, caplog):
+    build_ready(tmp_path, make_songs([300, 50, 200]), seq_len=SEQ, stride=STRIDE)
+    metrics = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r+")
+    keep = metrics["window/song"][:] != 0                       # as if song 0's kernels had failed
+    for name in list(metrics["window"].array_keys()):
+        data = metrics[f"window/{name}"][:][keep]
+        del metrics["window"][name]
+        metrics["window"].create_array(name, data=data)
+    with caplog.at_level(logging.WARNING, logger="pipeline.export"):
+        manifest = export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")
+    assert manifest["songs_without_windows"] == 1 and "1 songs of" in caplog.text
+    ds = _dataset(tmp_path)
+    assert set(ds.windows[:, 1].tolist()) == {1, 2} and len(ds) == 1 + 5
+
+
+def test_other_bar_lengths_are_excluded_with_a_logged_count(tmp_path, caplog):
+    songs = make_songs([200, 192, 64], steps_per_bar=[16, 12, 16])
+    build_ready(tmp_path, songs, seq_len=64, stride=16)
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        ds = CompleteHierarchicalDrumDataset(tmp_path / "ready", "train", 64, 16, 16, 4)
+    assert ds.excluded_songs == 1 and ds.excluded_windows == (192 - 64) // 16 + 1
+    assert "1 songs (9 windows) left out: steps_per_bar != 16" in caplog.text
+    assert set(ds.windows[:, 1].tolist()) == {0, 2} and len(ds) == 9 + 1
+
+
+def test_augmentation_shifts_whole_bars_within_the_song(ready):
+    store = Store(ready / "store.zarr")
+    ds = _dataset(ready, augment=True, velocity_jitter=0.3, max_shift_bars=4)
+    idx = np.tile(np.arange(len(ds)), 4)
+    batch = {k: v if k == "metrics" else v.numpy() for k, v in ds.get_batch(idx, seed=(7, 1)).items()}
+    again = ds.get_batch(idx, seed=(7, 1))
+    for k in batch:
+        if k != "metrics":
+            np.testing.assert_array_equal(batch[k], again[k])
+    orig = ds.windows[idx]
+    shift = batch["start"] - orig[:, 2]
+    assert (shift % SPB == 0).all() and (np.abs(shift) <= 4 * SPB).all() and (shift != 0).mean() > 0.5
+    assert (batch["song"] == orig[:, 1]).all()
+    T = np.diff(store.song_offsets)[batch["song"]]
+    assert (batch["start"] >= 0).all() and (batch["start"] + np.minimum(T, SEQ) <= T).all()   # never wraps
+    for b in range(len(idx)):
+        hits, vel, _ = _expected(store, batch["song"][b], batch["start"][b])
+        np.testing.assert_array_equal(batch["step"][b], hits)
+        np.testing.assert_array_equal(batch["velocity"][b] > 0, hits > 0)      # jitter keeps the hits
+    assert not np.array_equal(batch["velocity"], ds.get_batch(idx)["velocity"].numpy())
+    assert batch["velocity"].dtype == np.uint8 and batch["velocity"].max() <= 127
+    # metrics follow the window actually returned
+    metrics = zarr.open_group(str(ready / "metrics.zarr"), mode="r")
+    rows = [np.flatnonzero((metrics["window/song"][:] == s) & (metrics["window/start"][:] == a))[0]
+            for s, a in zip(batch["song"], batch["start"])]
+    np.testing.assert_array_equal(batch["metrics"]["avg_hits"], metrics["window/avg_hits"][:][rows])
+
+
+def test_dataset_pickles_small_and_reopens(ready):
+    ds = _dataset(ready, augment=True)
+    ds[[0, 1]]                           # maps are open in this process
+    blob = pickle.dumps(ds)
+    assert len(blob) < 4000
+    clone = pickle.loads(blob)
+    np.testing.assert_array_equal(clone[[3, 4]]["step"], ds[[3, 4]]["step"])
+
+
+def test_two_workers_give_the_same_batches_as_none(ready):
+    ds = _dataset(ready, augment=True, velocity_jitter=0.2)
+    runs = []
+    for workers in (0, 2):
+        loader = make_loader(ds, batch_size=16, shuffle=True, seed=5, num_workers=workers)
+        loader.sampler.set_epoch(2)
+        runs.append(list(loader))
+    assert len(runs[0]) == len(runs[1]) == 5
+    for a, b in zip(*runs):
+        for k in ("step", "velocity", "mask", "song", "start"):
+            assert torch.equal(a[k], b[k])
+        assert torch.equal(a["metrics"]["drum_density"], b["metrics"]["drum_density"])
+
+
+def test_get_complete_rl_dataloader_from_a_store(ready):
+    loader = get_complete_rl_dataloader(ready / "store.zarr", seq_len=SEQ, steps_per_bar=SPB, bars_per_phrase=BPP,
+                                        batch_size=4, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["step"].shape == (4, SEQ, 9) and batch["start"].tolist() == [0, 16, 32, 48]
+    assert len(loader) == -(-68 // 4)
+    with pytest.raises(ValueError, match="requested seq_len=512"):
+        get_complete_rl_dataloader(ready / "ready")              # the seed's default seq_len
+    with pytest.raises(FileNotFoundError, match="no \\*.npz files"):
+        get_complete_rl_dataloader(ready / "ready" / "metrics", seq_len=SEQ)
+
+
+def test_a_batch_feeds_the_model_and_its_loss(ready):
+    from train.model import HierarchicalDrumModel, compute_loss
+
+    batch = next(iter(make_loader(_dataset(ready), batch_size=4, seed=1)))
+    model = HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1,
+                                  steps_per_bar=SPB, bars_per_phrase=BPP)
+    preds = model(batch["step"], mask=batch["mask"])
+    assert preds[0].shape == (4, SEQ, 9)
+    total, terms = compute_loss(preds, batch, steps_per_bar=SPB, bars_per_phrase=BPP)
+    assert torch.isfinite(total) and set(terms) == {"step", "bar", "phrase"} and terms["step"] > 0

@@ -1,0 +1,68 @@
+"""Exact resume: a run SIGKILLed mid-epoch and resumed ends with the same weights as one never stopped."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pipeline.config import REPO_ROOT
+from tests.trainer_data import build_tiny_ready
+from train.checkpoint import load_checkpoint
+
+EPOCHS, BATCHES = 3, 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
+
+
+def _cmd(overrides, run_dir):
+    return [sys.executable, "-m", "train", *overrides, f"trainer.run_dir={run_dir}",
+            f"hydra.run.dir={run_dir}/hydra", f"trainer.max_epochs={EPOCHS}",
+            f"trainer.limit_train_batches={BATCHES}", "trainer.save_every_n_steps=1",
+            "trainer.deterministic=true", "model.dropout=0.1"]   # dropout: the torch RNG must resume too
+
+
+def _poll_checkpoint(path, proc, want_step):
+    while proc.poll() is None:
+        try:
+            ck = torch.load(path, weights_only=True)
+            if ck["global_step"] >= want_step and 0 < ck["batch_in_epoch"]:
+                return
+        except (FileNotFoundError, EOFError, RuntimeError):
+            pass
+        time.sleep(0.01)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
+    whole = tmp_path / "whole"
+    subprocess.run(_cmd(tiny + ["trainer.resume=never"], whole), cwd=REPO_ROOT, check=True,
+                   capture_output=True, timeout=300)
+
+    broken = tmp_path / "broken"
+    last = broken / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(_cmd(tiny, broken), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _poll_checkpoint(last, proc, want_step=BATCHES + 2)       # inside the second epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(last)
+    assert killed_at["global_step"] < EPOCHS * BATCHES        # it really was stopped early
+
+    out = subprocess.run(_cmd(tiny + ["trainer.resume=auto"], broken), cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"step {killed_at['global_step']}" in out.stdout   # "resumed from …" line
+
+    a, b = load_checkpoint(whole / "checkpoints" / "last.pt"), load_checkpoint(last)
+    assert a["global_step"] == b["global_step"] == EPOCHS * BATCHES
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["best"]["loss"] == b["best"]["loss"]

@@ -1,0 +1,98 @@
+"""Checkpoints: atomic writes, `weights_only` loads, RNG capture, best-k retention.
+
+A checkpoint is a plain dict (tensors, numbers, str, lists, dicts) so that
+`torch.load(path, weights_only=True)` accepts it. Keys (docs/architecture.md):
+model, model_config, config, drum_names, drum_pitches, steps_per_quarter,
+optimizer, scheduler, scaler, epoch, global_step, batch_in_epoch, sampler, rng, best.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.atomic import atomic_path
+
+BEST_RE = re.compile(r"best_epoch_(\d+)_loss_(-?[0-9.]+|nan|inf)\.pt$")
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
+    """Write `ckpt` to a temporary sibling, fsync it, then rename it onto `path`.
+
+    A crash at any point leaves the previous file at `path` untouched and loadable.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint with `weights_only=True` (never executes pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint here")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which and why
+        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def load_model(path: str | os.PathLike, map_location="cpu"):
+    """Rebuild the model a checkpoint holds: returns (model in eval mode, checkpoint dict)."""
+    from train.model import HierarchicalDrumModel
+
+    ckpt = load_checkpoint(path, map_location)
+    model = HierarchicalDrumModel.from_config(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(map_location).eval(), ckpt
+
+
+# --- RNG states, as tensors and lists only (weights_only-safe) ---------------------------------
+
+def rng_state() -> dict:
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": [version, list(state), gauss],
+           "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    version, st, gauss = state["python"]
+    random.setstate((version, tuple(st), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# --- best-k retention --------------------------------------------------------------------------
+
+def best_name(epoch: int, loss: float) -> str:
+    return f"best_epoch_{epoch}_loss_{loss:.4f}.pt"
+
+
+def update_top_k(directory: Path, top: list, epoch: int, loss: float, k: int) -> tuple[list, bool]:
+    """Decide whether (epoch, loss) enters the best-k list; delete files that drop out.
+
+    `top` is a list of [loss, epoch, filename] sorted best first. Returns (new list, keep this one?).
+    The caller writes the new file when asked to; k = -1 keeps all, k = 0 none.
+    """
+    if k == 0 or not np.isfinite(loss):
+        return top, False
+    entry = [float(loss), int(epoch), best_name(epoch, loss)]
+    new = sorted(top + [entry], key=lambda e: (e[0], e[1]))
+    if k > 0:
+        new, dropped = new[:k], new[k:]
+        for _, _, name in dropped:
+            (directory / name).unlink(missing_ok=True)
+    return new, entry in new

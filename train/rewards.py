@@ -1,0 +1,273 @@
+"""Reward shaping from the rhythm metrics (config group `rl/`).
+
+Each term compares a metric of what the model produces with a target:
+
+    r_i = −|m_i − target_i|      (target a number, or `window`: the window's own stored metric)
+    r_i = m_i                    (target null: maximise the metric)
+    R   = Σ_i w_i · r_i          (per window)
+
+Metrics: `avg_hits` (density, hits per step), `syncopation` (share of hits off the beat grid),
+`ioi_var` (inter-onset-interval variance, mean over drums), or any function named by import path
+("pkg.module:fn", called as fn(roll [B, L, D], start=[B], steps_per_bar=, beats_per_bar=) -> [B]).
+
+Two modes:
+- `surrogate`: the metrics are taken in expectation under the predicted hit probabilities
+  p[b, t, d] = σ(logit) of the next step, which makes R differentiable:
+      E[avg_hits]    = Σ_t Σ_d p / L
+      E[syncopation] = Σ_{t off-beat} Σ_d p / Σ_t Σ_d p
+      E[ioi_var]     from the gap distribution q(t, k) = p_t · p_{t+k} · Π_{t<j<t+k}(1 − p_j), k ≤ max_gap:
+                     n = Σ q, s1 = Σ k·q, s2 = Σ k²·q, var = s2/n − (s1/n)²  (per drum, then mean)
+  and total = step loss + weight · (−mean R).
+- `reinforce`: continuations are sampled from the model after a real prime, scored with the same
+  numba kernels the metrics stage uses (`kernels.window_metrics`), and trained by policy gradient
+      A = (R − b) / (std_batch(R) + ε),   b ← μ·b + (1 − μ)·mean(R),
+      loss = −mean_b(A · log π(sample)) / sample_steps,   total = step loss + weight · loss.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from train.optim import ConfigError
+
+BUILTINS = ("avg_hits", "syncopation", "ioi_var")
+ALIASES = {"density": "avg_hits"}
+MODES = ("surrogate", "reinforce")
+EPS = 1e-6
+
+
+@dataclass
+class Term:
+    name: str
+    metric: str                     # builtin metric name, or the import path of `fn`
+    weight: float
+    target: str | float | None      # "window", a number, or None (maximise)
+    fn: Callable | None = None      # a user function, when `metric` is an import path
+
+
+def _import(path: str) -> Callable:
+    module, _, attr = path.partition(":")
+    if not attr:
+        module, _, attr = path.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"rl metric {path!r}: cannot import ({e}); use a builtin {BUILTINS} "
+                          "or 'package.module:function'") from e
+    if not callable(fn):
+        raise ConfigError(f"rl metric {path!r} is not callable")
+    return fn
+
+
+def build_terms(rl_cfg) -> list[Term]:
+    terms = []
+    raw = OmegaConf.to_container(rl_cfg.terms, resolve=True) if rl_cfg.get("terms") else {}
+    for name, spec in raw.items():
+        spec = spec or {}
+        metric = ALIASES.get(spec.get("metric", name), spec.get("metric", name))
+        weight = float(spec.get("weight", 1.0))
+        target = spec.get("target", "window")
+        if not (target is None or target == "window" or isinstance(target, (int, float))):
+            raise ConfigError(f"rl.terms.{name}.target={target!r}: use 'window', a number or null")
+        fn = None if metric in BUILTINS else _import(metric)
+        if weight != 0.0:
+            terms.append(Term(name, metric, weight, None if target is None else
+                              (target if target == "window" else float(target)), fn))
+    return terms
+
+
+def validate(rl_cfg, window) -> None:
+    """Raise ConfigError for values that cannot work (called before any training work)."""
+    if not rl_cfg.get("enabled", False):
+        return
+    if rl_cfg.mode not in MODES:
+        raise ConfigError(f"rl.mode={rl_cfg.mode!r}: one of {list(MODES)}")
+    if not build_terms(rl_cfg):
+        raise ConfigError("rl.enabled=true but no rl.terms entry has a non-zero weight")
+    if rl_cfg.mode == "reinforce":
+        spb, L = int(window.steps_per_bar), int(window.seq_len)
+        p, g = int(rl_cfg.prime_steps), int(rl_cfg.sample_steps)
+        if p % spb or g <= 0 or g % spb or p + g > L:
+            raise ConfigError(f"rl.prime_steps={p}, rl.sample_steps={g}: both must be multiples of "
+                              f"steps_per_bar={spb}, sample_steps > 0, and together ≤ window.seq_len={L}")
+        if not 0.0 <= float(rl_cfg.baseline_momentum) < 1.0:
+            raise ConfigError(f"rl.baseline_momentum={rl_cfg.baseline_momentum}: must lie in [0, 1)")
+
+
+# --- expected (differentiable) metrics -----------------------------------------------------
+
+def offbeat_mask(abs_steps: torch.Tensor, steps_per_bar: int, beats_per_bar: int) -> torch.Tensor:
+    beat = steps_per_bar // beats_per_bar
+    return ((abs_steps % steps_per_bar) % beat) != 0
+
+
+def expected_avg_hits(p, mask):
+    return (p.sum(-1) * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def expected_syncopation(p, mask, abs_steps, steps_per_bar, beats_per_bar):
+    hits = p.sum(-1) * mask
+    off = offbeat_mask(abs_steps, steps_per_bar, beats_per_bar).to(p.dtype)
+    return (hits * off).sum(1) / (hits.sum(1) + EPS)
+
+
+def expected_ioi_var(p, mask, max_gap: int):
+    """Expected IOI variance per drum under independent Bernoulli hits, mean over drums."""
+    p = (p * mask.unsqueeze(-1)).clamp(0.0, 1.0 - EPS)                # [B, L, D]
+    log_miss = torch.cumsum(torch.log1p(-p), dim=1)                   # c_t = Σ_{j≤t} log(1 − p_j)
+    L = p.shape[1]
+    n = s1 = s2 = 0.0
+    for k in range(1, min(max_gap, L - 1) + 1):
+        # q(t, k) = p_t p_{t+k} Π_{t<j<t+k}(1 − p_j) = p_t p_{t+k} exp(c_{t+k−1} − c_t)
+        between = torch.exp(log_miss[:, k - 1:L - 1] - log_miss[:, :L - k])
+        q = p[:, :L - k] * p[:, k:] * between
+        q = q.sum(1)                                                   # [B, D]
+        n, s1, s2 = n + q, s1 + k * q, s2 + k * k * q
+    if isinstance(n, float):
+        return p.new_zeros(p.shape[0])
+    has = n > EPS
+    mean = s1 / n.clamp_min(EPS)
+    var = torch.where(has, s2 / n.clamp_min(EPS) - mean ** 2, torch.zeros_like(n)).clamp_min(0.0)
+    return var.mean(-1)
+
+
+class RewardShaper:
+    """Turns model outputs into the reward-shaping loss term and its logs."""
+
+    def __init__(self, rl_cfg, window, reduce_mean: Callable | None = None):
+        self.mode = rl_cfg.mode
+        self.weight = float(rl_cfg.weight)
+        self.terms = build_terms(rl_cfg)
+        self.spb, self.bpb = int(window.steps_per_bar), int(window.get("beats_per_bar", 4))
+        self.max_gap = int(rl_cfg.get("max_gap", 2 * self.spb))
+        self.prime, self.sample = int(rl_cfg.prime_steps), int(rl_cfg.sample_steps)
+        self.momentum, self.normalize = float(rl_cfg.baseline_momentum), bool(rl_cfg.normalize)
+        self.reduce_mean = reduce_mean or (lambda x: x)
+        self.baseline: float | None = None
+
+    # running-mean baseline is training state: it goes into the checkpoint
+    def state_dict(self) -> dict:
+        return {"baseline": self.baseline}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.baseline = state.get("baseline")
+
+    def _target(self, term: Term, batch: dict, like: torch.Tensor) -> torch.Tensor | None:
+        if term.target is None:
+            return None
+        if term.target == "window":
+            stored = batch.get("metrics", {}).get(term.metric if term.fn is None else term.name)
+            if stored is None:
+                raise KeyError(f"rl term {term.name!r}: target 'window' needs the stored window "
+                               f"metric {term.metric!r} in the batch; give a number instead")
+            stored = stored.to(like.device, like.dtype)
+            return stored.reshape(stored.shape[0], -1).mean(-1)
+        return torch.full_like(like, term.target)
+
+    def _combine(self, values: dict[str, torch.Tensor], batch: dict):
+        total, logs = 0.0, {}
+        for term in self.terms:
+            v = values[term.name]
+            tgt = self._target(term, batch, v)
+            r = v if tgt is None else -(v - tgt).abs()
+            total = total + term.weight * r
+            logs[f"reward/{term.name}"] = float(v.detach().mean())
+            logs[f"reward/{term.name}_r"] = float(r.detach().mean())
+        return total, logs
+
+    # --- surrogate ---------------------------------------------------------------------------
+    def surrogate(self, step_logits: torch.Tensor, batch: dict):
+        """(loss, logs): −mean R of the expected metrics of the next-step predictions."""
+        p = torch.sigmoid(step_logits[:, :-1].float())                  # predictions of steps 1..L−1
+        L = p.shape[1]
+        mask = batch["mask"][:, 1:L + 1].to(p.dtype) if "mask" in batch else p.new_ones(p.shape[:2])
+        start = batch.get("start", torch.zeros(p.shape[0], dtype=torch.long)).to(p.device)
+        abs_steps = start.view(-1, 1) + torch.arange(1, L + 1, device=p.device).view(1, -1)
+        values = {}
+        for term in self.terms:
+            if term.metric == "avg_hits":
+                values[term.name] = expected_avg_hits(p, mask)
+            elif term.metric == "syncopation":
+                values[term.name] = expected_syncopation(p, mask, abs_steps, self.spb, self.bpb)
+            elif term.metric == "ioi_var":
+                values[term.name] = expected_ioi_var(p, mask, self.max_gap)
+            else:
+                values[term.name] = term.fn(p * mask.unsqueeze(-1), start=start + 1,
+                                            steps_per_bar=self.spb, beats_per_bar=self.bpb)
+        reward, logs = self._combine(values, batch)
+        logs["reward/total"] = float(reward.detach().mean())
+        return -reward.mean(), logs
+
+    # --- REINFORCE ---------------------------------------------------------------------------
+    def _score(self, roll: torch.Tensor, start: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Metrics of sampled continuations, from the same numba kernels as the metrics stage."""
+        from kernels import window_metrics
+
+        rolls = roll.detach().cpu().numpy().astype(np.uint8)
+        builtin = [t for t in self.terms if t.fn is None]
+        values = {t.name: np.zeros(len(rolls)) for t in builtin}
+        for b, r in enumerate(rolls):
+            m = window_metrics(r, seq_len=r.shape[0], stride=r.shape[0], steps_per_bar=self.spb,
+                               beats_per_bar=self.bpb)
+            for t in builtin:
+                values[t.name][b] = float(np.mean(m[t.metric][0]))
+        out = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}
+        for t in self.terms:
+            if t.fn is not None:
+                out[t.name] = torch.as_tensor(t.fn(roll.float(), start=start, steps_per_bar=self.spb,
+                                                   beats_per_bar=self.bpb), dtype=torch.float32).cpu()
+        return out
+
+    def reinforce(self, model: torch.nn.Module, sampler_model: torch.nn.Module, batch: dict):
+        """(loss, logs): policy gradient on continuations sampled after the first prime steps.
+
+        `model` computes log-probabilities with gradients (the raw module, so DDP sees a single
+        forward per step); `sampler_model` generates (no gradients).
+        """
+        step = batch["step"]
+        prime = step[:, :self.prime]
+        seed = int(torch.randint(0, 2 ** 31 - 1, (1,)))               # from the (saved) torch RNG
+        was_training = sampler_model.training
+        with torch.no_grad():
+            seq = sampler_model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed)
+        sampler_model.train(was_training)
+        seq = seq[:, :self.prime + self.sample].to(step.dtype)
+        start = batch.get("start", torch.zeros(step.shape[0], dtype=torch.long)).to(step.device)
+        logits = model(seq[:, :-1], start=start)[0] if _accepts_start(model) else model(seq[:, :-1])[0]
+        cont = seq[:, self.prime:]
+        cont_logits = logits[:, self.prime - 1:].float()                # logits[:, t] predict step t+1
+        logp = -F.binary_cross_entropy_with_logits(cont_logits, cont.float(), reduction="none").sum((1, 2))
+        values = self._score(cont, start + self.prime)
+        reward, logs = self._combine({k: v.to(step.device) for k, v in values.items()}, batch)
+        mean_r = float(self.reduce_mean(reward.mean().detach()))
+        b = mean_r if self.baseline is None else self.baseline
+        adv = reward - b
+        if self.normalize:
+            adv = adv / (reward.std(unbiased=False) + EPS) if reward.numel() > 1 else adv
+        self.baseline = self.momentum * b + (1 - self.momentum) * mean_r
+        loss = -(adv.detach() * logp).mean() / self.sample
+        logs.update({"reward/total": float(reward.mean()), "reward/baseline": self.baseline})
+        return loss, logs
+
+
+def _accepts_start(model) -> bool:
+    import inspect
+
+    fwd = getattr(model, "forward", model)
+    try:
+        return "start" in inspect.signature(fwd).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def build(rl_cfg, window, reduce_mean=None) -> RewardShaper | None:
+    if not rl_cfg.get("enabled", False):
+        return None
+    validate(rl_cfg, window)
+    return RewardShaper(rl_cfg, window, reduce_mean)

@@ -1,0 +1,521 @@
+"""The training loop: `fit(cfg)` reads top to bottom, nanoGPT style.
+
+One code path from one CPU process to several GPU nodes: torchrun sets RANK/WORLD_SIZE and the
+loop wraps the model in DDP (gloo on CPU, nccl on GPU). Per optimizer step:
+  accumulate_grad_batches micro-batches (gradient sync only on the last: `no_sync`) →
+  unscale → clip → optimizer step → scheduler step → log → (validate) → (checkpoint).
+Per epoch: validate, log, checkpoint (last / every n / best k), early-stopping check.
+
+Loss averaging across ranks: each rank's loss is a mean over its real (unmasked) steps; it is
+scaled by n_rank / mean_r(n_r) before backward, so DDP's gradient average equals the gradient of
+the mean over all real steps of the global batch (exact when ranks hold different amounts of
+padding, too).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from train import distributed, rewards
+from train.checkpoint import (best_name, load_checkpoint, rng_state, save_checkpoint,
+                              set_rng_state, update_top_k)
+from train.distributed import Dist, all_reduce_mean
+from train.optim import ConfigError, build_optimizer, build_scheduler, optimizer_class
+
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+CSV_FIELDS = ["epoch", "global_step", "train_loss", "val_loss", "lr", "samples_per_s", "data_wait_fraction"]
+
+
+# --- config checks: every bad value gets a message before any work starts ---------------------
+
+def validate_config(cfg: DictConfig) -> None:
+    tc = cfg.trainer
+    problems = []
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            problems.append(msg)
+
+    need(str(tc.precision) in PRECISIONS, f"trainer.precision={tc.precision!r}: one of {list(PRECISIONS)}")
+    need(str(tc.strategy) in ("ddp", "auto"), f"trainer.strategy={tc.strategy!r}: 'ddp' (DataParallel is "
+                                              "superseded by DDP: run several processes with torchrun)")
+    need(int(tc.num_gpus) >= 0, f"trainer.num_gpus={tc.num_gpus}: must be ≥ 0 (0 = CPU)")
+    need(int(tc.num_gpus) == 0 or torch.cuda.is_available(),
+         f"trainer.num_gpus={tc.num_gpus} but CUDA is not available; use trainer.num_gpus=0")
+    need(int(tc.num_threads) >= 0, f"trainer.num_threads={tc.num_threads}: must be ≥ 0 (0 = torch's default)")
+    need(int(tc.batch_size) >= 1, f"trainer.batch_size={tc.batch_size}: must be ≥ 1")
+    need(int(tc.max_epochs) >= 1 or int(tc.max_steps) >= 1,
+         f"trainer.max_epochs={tc.max_epochs}, trainer.max_steps={tc.max_steps}: one must be ≥ 1")
+    need(int(tc.accumulate_grad_batches) >= 1,
+         f"trainer.accumulate_grad_batches={tc.accumulate_grad_batches}: must be ≥ 1")
+    need(float(tc.gradient_clip_val) >= 0, f"trainer.gradient_clip_val={tc.gradient_clip_val}: must be ≥ 0")
+    need(int(tc.seq_len) == int(cfg.window.seq_len),
+         f"trainer.seq_len={tc.seq_len} differs from window.seq_len={cfg.window.seq_len}: the "
+         "training windows are the windows whose metrics were precomputed; set window.seq_len")
+    need(int(tc.save_top_k) >= -1, f"trainer.save_top_k={tc.save_top_k}: -1 (all), 0 (none) or k ≥ 1")
+    need(int(tc.log_interval) >= 1, f"trainer.log_interval={tc.log_interval}: must be ≥ 1")
+    need(int(tc.check_val_every_n_epoch) >= 1,
+         f"trainer.check_val_every_n_epoch={tc.check_val_every_n_epoch}: must be ≥ 1")
+    need(int(tc.early_stopping.patience) >= 0,
+         f"trainer.early_stopping.patience={tc.early_stopping.patience}: must be ≥ 0 (0 = off)")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        need(int(tc[key]) == -1 or int(tc[key]) >= 1, f"trainer.{key}={tc[key]}: -1 (all) or ≥ 1")
+    monitor = str(tc.monitor)
+    need(monitor.startswith("val/") and monitor[4:] in ("loss", *(tc.loss_weights or {})),
+         f"trainer.monitor={monitor!r}: 'val/loss' or 'val/<loss term>' ({list(tc.loss_weights or {})})")
+    resume = str(tc.resume)
+    need(resume in ("auto", "never") or Path(resume).is_file(),
+         f"trainer.resume={resume!r}: 'auto', 'never' or an existing checkpoint file")
+    ready = Path(cfg.paths.ready)
+    need((ready / "manifest.json").is_file(),
+         f"paths.ready={ready}: no training export here (run `dvc repro export`, or point "
+         "paths.data_dir at a folder holding ready/)")
+    for name, w in (tc.loss_weights or {}).items():
+        need(float(w) >= 0, f"trainer.loss_weights.{name}={w}: must be ≥ 0")
+    for check in (lambda: optimizer_class(tc.optimizer.type), lambda: _check_scheduler(tc),
+                  lambda: rewards.validate(cfg.rl, cfg.window)):
+        try:
+            check()
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("bad config:\n  - " + "\n  - ".join(problems))
+
+
+def _check_scheduler(tc) -> None:
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    build_scheduler(dummy, tc.scheduler, total_steps=10)
+
+
+# --- building blocks ---------------------------------------------------------------------------
+
+def set_threads(num_threads: int) -> None:
+    """Intra-op CPU threads per process. Small recurrent models on a few shared cores run much
+    faster on one thread (OpenMP workers spin-wait for busy cores); 0 keeps torch's default."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_data(cfg, d: Dist):
+    from train.data import CompleteHierarchicalDrumDataset, make_loader
+
+    tc, w = cfg.trainer, cfg.window
+    common = dict(seq_len=int(tc.seq_len), stride=int(w.stride), steps_per_bar=int(w.steps_per_bar),
+                  bars_per_phrase=int(w.bars_per_phrase))
+    train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
+                                               seed=int(tc.seed), **common)
+    val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
+    # A private generator: creating a loader iterator must not draw from the global torch RNG,
+    # or a run resumed mid-epoch would see a different random stream than an uninterrupted one.
+    loader_kw = dict(num_workers=int(tc.num_workers), num_replicas=d.world_size, rank=d.rank,
+                     generator=torch.Generator().manual_seed(int(tc.seed)))
+    train = make_loader(train_ds, int(tc.batch_size), shuffle=True, seed=int(tc.seed), drop_last=True, **loader_kw)
+    val = make_loader(val_ds, int(tc.batch_size), shuffle=False, drop_last=False, **loader_kw)
+    if len(val_ds) == 0 and d.is_main:
+        print(f"warning: {cfg.paths.ready} has no validation windows: best.pt, top-k and early "
+              "stopping are off; use last.pt", file=sys.stderr, flush=True)
+    if len(train) == 0:
+        raise ConfigError(f"{cfg.paths.ready}: {len(train_ds)} training windows make no batch of "
+                          f"trainer.batch_size={tc.batch_size} on {d.world_size} process(es)")
+    return train_ds, train, val
+
+
+def build_model(cfg, num_drums: int) -> torch.nn.Module:
+    from train.model import HierarchicalDrumModel
+
+    params = inspect.signature(HierarchicalDrumModel.__init__).parameters
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k in params}
+    kwargs.update(num_drums=num_drums, steps_per_bar=int(cfg.window.steps_per_bar),
+                  bars_per_phrase=int(cfg.window.bars_per_phrase))
+    return HierarchicalDrumModel(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def forward_loss(model, raw_model, batch: dict, weights: dict):
+    """(total loss, {term: value}, step logits) of one batch; `model` may be the DDP wrapper."""
+    preds = model(batch["step"], batch.get("bar"), batch.get("phrase"), mask=batch.get("mask"),
+                  start=batch.get("start"))
+    total, terms = raw_model.compute_loss(preds, batch, weights)
+    return total, terms, preds[0]
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: to_device(v, device) if isinstance(v, dict) else
+            (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def real_steps(batch: dict) -> torch.Tensor:
+    """Number of predicted real steps (the step loss's denominator: targets are steps 1..L−1)."""
+    mask = batch.get("mask")
+    step = batch["step"]
+    return (mask[:, 1:].sum() if mask is not None else torch.tensor(step.shape[0] * (step.shape[1] - 1))).float()
+
+
+@torch.no_grad()
+def evaluate(model, raw_model, loader, limit: int, weights: dict, d: Dist, autocast) -> dict:
+    """Mean validation loss per term over (at most `limit` batches of) the split, all ranks pooled."""
+    model.eval()
+    # from the first batch every time (a `limit` cut leaves the sampler mid-epoch)
+    loader.sampler.load_state_dict({**loader.sampler.state_dict(), "position": 0})
+    sums: dict[str, float] = {}
+    count = 0.0
+    for i, batch in enumerate(loader):
+        if 0 < limit <= i:
+            break
+        batch = to_device(batch, d.device)
+        with autocast():
+            total, terms, _ = forward_loss(model, raw_model, batch, weights)
+        n = float(real_steps(batch))
+        for k, v in {"loss": total, **terms}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        count += n
+    keys = sorted(sums)
+    vec = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+    vec = all_reduce_mean(d, vec)  # mean of sums / mean of counts = pooled mean
+    model.train()
+    return {k: float(vec[i] / max(vec[-1], 1e-12)) for i, k in enumerate(keys)}
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("torch", "numpy", "numba", "zarr", "hydra-core", "omegaconf", "dask", "tensorboard"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def drum_info(cfg, ready: Path) -> dict:
+    """drum_names, drum_pitches, steps_per_quarter for the checkpoint, from the store's attributes."""
+    from pipeline.drums import DrumMap
+
+    attrs = {}
+    with contextlib.suppress(Exception):
+        manifest = json.loads((ready / "manifest.json").read_text())
+        attrs = json.loads((Path(manifest["store"]) / "zarr.json").read_text()).get("attributes", {})
+    dm = DrumMap.from_config(cfg.drums)
+    return {"drum_names": list(attrs.get("drum_names", dm.names)),
+            "drum_pitches": [int(p) for p in attrs.get("drum_pitches", dm.pitches)],
+            "steps_per_quarter": int(attrs.get("steps_per_quarter", cfg.data.get("steps_per_quarter", 4)))}
+
+
+class RunLog:
+    """Rank 0's outputs: TensorBoard scalars, metrics.csv (DVC plots), metrics.json (DVC metrics)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resumed_epoch: int):
+        self.enabled, self.run_dir = enabled, run_dir
+        self.tb = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.csv_path = run_dir / "metrics.csv"
+        rows = []
+        if resumed_epoch > 0 and self.csv_path.exists():  # keep the epochs the checkpoint has seen
+            with open(self.csv_path) as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resumed_epoch]
+        with open(self.csv_path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.tb:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def epoch_row(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.csv_path, "a", newline="") as fh:
+                csv.DictWriter(fh, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+
+    def summary(self, values: dict) -> None:
+        if self.enabled:
+            (self.run_dir / "metrics.json").write_text(json.dumps(values, indent=1))
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+
+def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        last = ckpt_dir / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def fit(cfg: DictConfig, on_validation: Callable[[int, dict], None] | None = None) -> dict:
+    """Train as configured; returns the run summary (also written to run_dir/metrics.json).
+
+    `on_validation(epoch, val_metrics)` is called on every rank after each validation (Optuna's
+    pruning hook); an exception from it ends the run cleanly.
+    """
+    validate_config(cfg)
+    d = distributed.setup(int(cfg.trainer.num_gpus))
+    try:
+        return _fit(cfg, d, on_validation)
+    finally:
+        distributed.cleanup(d)
+
+
+def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
+    tc = cfg.trainer
+    set_threads(int(tc.num_threads))
+    seed_everything(int(tc.seed), bool(tc.deterministic))
+    run_dir, ckpt_dir = Path(tc.run_dir), Path(tc.checkpoint_dir)
+
+    # data, model, optimizer, schedule, scaler, reward shaping
+    train_ds, train_loader, val_loader = build_data(cfg, d)
+    sampler = train_loader.sampler
+    raw_model = build_model(cfg, train_ds.num_drums).to(d.device)
+    torch.manual_seed(int(tc.seed) + d.rank)  # per-rank streams (dropout, sampling) after a shared init
+    model = raw_model
+    if tc.compile:
+        model = torch.compile(model)
+    if d.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+            find_unused_parameters=bool(tc.find_unused_parameters))
+    accum = int(tc.accumulate_grad_batches)
+    limit = int(tc.limit_train_batches)
+    batches_per_epoch = len(train_loader) if limit < 0 else min(limit, len(train_loader))
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    total_steps = int(tc.max_steps) if int(tc.max_steps) > 0 else steps_per_epoch * int(tc.max_epochs)
+    max_epochs = int(tc.max_epochs) if int(tc.max_epochs) > 0 else math.ceil(total_steps / steps_per_epoch)
+    optimizer = build_optimizer(raw_model.parameters(), tc.optimizer)
+    scheduler = build_scheduler(optimizer, tc.scheduler, total_steps)
+    precision = str(tc.precision)
+    amp_dtype = PRECISIONS[precision]
+    autocast = lambda: torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
+    scaler = torch.amp.GradScaler(d.device.type, enabled=precision == "16-mixed")
+    shaper = rewards.build(cfg.rl, cfg.window, reduce_mean=lambda x: all_reduce_mean(d, x))
+    weights = OmegaConf.to_container(tc.loss_weights, resolve=True)
+    monitor = str(tc.monitor).removeprefix("val/")   # the validation term that picks best / top-k
+    info = drum_info(cfg, train_ds.ready)
+
+    # state, and resume
+    epoch, global_step, batch_in_epoch = 0, 0, 0
+    best = {"loss": math.inf, "epoch": 0, "top": [], "bad_epochs": 0}
+    resume_path = resolve_resume(str(tc.resume), ckpt_dir)
+    if resume_path is not None:
+        ck = load_checkpoint(resume_path, map_location=d.device)
+        if ck["model_config"] != raw_model.config:
+            raise ConfigError(f"{resume_path}: model config {ck['model_config']} differs from the "
+                              f"configured {raw_model.config}; use trainer.resume=never or match it")
+        raw_model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if scheduler is not None and ck.get("scheduler"):
+            scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        if shaper is not None:
+            shaper.load_state_dict(ck.get("rewards") or {})
+        epoch, global_step, batch_in_epoch = ck["epoch"], ck["global_step"], ck["batch_in_epoch"]
+        best = ck["best"]
+        sampler.load_state_dict(ck["sampler"])
+        rngs = ck["rng"]
+        set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+        if d.is_main:
+            print(f"resumed from {resume_path}: epoch {epoch + 1}, step {global_step}", flush=True)
+
+    # rank 0 writes: run dir, composed config and package versions beside the checkpoints
+    if d.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (ckpt_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1))
+    runlog = RunLog(run_dir, d.is_main, resumed_epoch=epoch)
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+
+    def checkpoint(val: dict | None = None) -> dict:
+        return {"model": raw_model.state_dict(), "model_config": raw_model.config, "config": plain_cfg,
+                **info, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict(), "epoch": epoch, "global_step": global_step,
+                "batch_in_epoch": batch_in_epoch, "sampler": sampler.state_dict(),
+                "rng": rngs_now, "best": best, "rewards": shaper.state_dict() if shaper else {},
+                "val": val or {}}
+
+    def save(names: list[str], val: dict | None = None) -> None:
+        nonlocal rngs_now
+        rngs_now = distributed.all_gather_object(d, rng_state())  # every rank's RNG, for exact resume
+        distributed.barrier(d)
+        if d.is_main:
+            ck = checkpoint(val)
+            for name in names:
+                save_checkpoint(ckpt_dir / name, ck)
+        distributed.barrier(d)
+
+    rngs_now: list = []
+    profiler = _profiler(tc, run_dir) if tc.profile and d.is_main else contextlib.nullcontext()
+    samples_per_step = int(tc.batch_size) * d.world_size
+    val_metrics: dict = {}
+    epoch_stats = {"samples_per_s": 0.0, "data_wait_fraction": 0.0}
+    stop = global_step >= total_steps
+    from tqdm.auto import tqdm
+
+    with profiler as prof:
+        while epoch < max_epochs and not stop:
+            sampler.set_epoch(epoch)
+            model.train()
+            batches = iter(train_loader)
+            bar = tqdm(total=batches_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{max_epochs}",
+                       dynamic_ncols=True, leave=False,
+                       # only on rank 0, and only on a terminal (a DVC log gets the epoch lines)
+                       disable=not (d.is_main and tc.progress_bar and sys.stderr.isatty()))
+            loss_sum, loss_n, wait_sum, time_sum, samples = 0.0, 0, 0.0, 0.0, 0
+            log_acc: dict[str, float] = {}
+            while batch_in_epoch < batches_per_epoch and not stop:
+                # ---- one optimizer step: `micro` micro-batches, gradients synced on the last ----
+                micro = min(accum, batches_per_epoch - batch_in_epoch)
+                t0 = time.perf_counter()
+                wait = 0.0
+                step_logs: dict[str, float] = {}
+                for i in range(micro):
+                    tw = time.perf_counter()
+                    batch = to_device(next(batches), d.device)
+                    wait += time.perf_counter() - tw
+                    n_local = real_steps(batch)
+                    share = n_local / all_reduce_mean(d, n_local) if d.enabled else 1.0
+                    sync = i == micro - 1 or not d.enabled
+                    with (contextlib.nullcontext() if sync else model.no_sync()):
+                        with autocast():
+                            loss, terms, step_logits = forward_loss(model, raw_model, batch, weights)
+                            if shaper is not None:
+                                rl_loss, rl_logs = (shaper.surrogate(step_logits, batch) if shaper.mode == "surrogate"
+                                                    else shaper.reinforce(raw_model, raw_model, batch))
+                                loss = loss + shaper.weight * rl_loss
+                                terms = {**terms, "rl": rl_loss}
+                                step_logs.update(rl_logs)
+                        scaler.scale(loss * share / micro).backward()
+                    for k, v in {"loss": loss, **terms}.items():
+                        step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) / micro
+                scaler.unscale_(optimizer)
+                clip = float(tc.gradient_clip_val)
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip if clip > 0 else math.inf)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if scheduler is not None:
+                    scheduler.step()
+                global_step += 1
+                batch_in_epoch += micro
+                if prof is not None:
+                    prof.step()
+
+                # ---- bookkeeping and logging ----
+                dt = time.perf_counter() - t0
+                wait_sum, time_sum, samples = wait_sum + wait, time_sum + dt, samples + micro * samples_per_step
+                loss_sum, loss_n = loss_sum + step_logs["loss"], loss_n + 1
+                for k, v in step_logs.items():
+                    log_acc[k] = log_acc.get(k, 0.0) + v
+                lr = optimizer.param_groups[0]["lr"]
+                bar.update(micro)
+                bar.set_postfix(loss=f"{step_logs['loss']:.4f}", lr=f"{lr:.2e}",
+                                sps=f"{samples / max(time_sum, 1e-9):.0f}")
+                if global_step % int(tc.log_interval) == 0:
+                    keys = sorted(log_acc)
+                    means = all_reduce_mean(d, torch.tensor([log_acc[k] for k in keys], dtype=torch.float64))
+                    n_logged = global_step % int(tc.log_interval) or int(tc.log_interval)
+                    scalars = {(k if k.startswith("reward/") else f"train/{k}"): float(means[j]) / n_logged
+                               for j, k in enumerate(keys)}
+                    scalars.update({"lr": lr, "grad_norm": float(grad_norm),
+                                    "perf/samples_per_s": samples / max(time_sum, 1e-9),
+                                    "perf/data_wait_fraction": wait_sum / max(time_sum, 1e-9)})
+                    runlog.scalars(scalars, global_step)
+                    log_acc = {}
+                if not math.isfinite(step_logs["loss"]):
+                    raise FloatingPointError(f"loss is {step_logs['loss']} at step {global_step}; lower "
+                                             "trainer.optimizer.config.lr or set trainer.gradient_clip_val")
+                if int(tc.val_every_n_steps) > 0 and global_step % int(tc.val_every_n_steps) == 0:
+                    val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
+                    runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
+                stop = global_step >= total_steps
+                if int(tc.save_every_n_steps) > 0 and global_step % int(tc.save_every_n_steps) == 0 \
+                        and batch_in_epoch < batches_per_epoch and not stop:
+                    save(["last.pt"])
+            bar.close()
+
+            # ---- end of epoch: validate, log, checkpoint, early stopping ----
+            done_epoch = epoch + 1  # 1-based number of the epoch just finished
+            validated = done_epoch % int(tc.check_val_every_n_epoch) == 0 or stop or done_epoch == max_epochs
+            if validated:
+                val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
+                runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
+            train_loss = float(all_reduce_mean(d, torch.tensor(loss_sum / max(loss_n, 1), dtype=torch.float64)))
+            epoch_stats = {"samples_per_s": samples / max(time_sum, 1e-9),
+                           "data_wait_fraction": wait_sum / max(time_sum, 1e-9)}
+            val_loss = val_metrics.get(monitor, math.nan) if validated else math.nan
+            improved = math.isfinite(val_loss) and val_loss < best["loss"] - float(tc.early_stopping.min_delta)
+            if improved:
+                best.update(loss=val_loss, epoch=done_epoch, bad_epochs=0)
+            elif validated:
+                best["bad_epochs"] += 1
+            names = ["last.pt"]  # only rank 0 writes, so only its list matters
+            if int(tc.save_every_n_epochs) > 0 and done_epoch % int(tc.save_every_n_epochs) == 0:
+                names.append(f"epoch_{done_epoch}.pt")
+            if d.is_main and validated:
+                best["top"], keep = update_top_k(ckpt_dir, best["top"], done_epoch, val_loss, int(tc.save_top_k))
+                if keep:
+                    names.append(best_name(done_epoch, val_loss))
+            if improved:
+                names.append("best.pt")
+            epoch, batch_in_epoch = done_epoch, 0
+            save(names, val_metrics)
+            runlog.epoch_row({"epoch": done_epoch, "global_step": global_step, "train_loss": train_loss,
+                              "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], **epoch_stats})
+            if d.is_main:
+                flag = " (best)" if improved else ""
+                print(f"epoch {done_epoch}/{max_epochs}  step {global_step}  train {train_loss:.4f}  "
+                      f"val {val_loss:.4f}{flag}  {epoch_stats['samples_per_s']:.0f} samples/s  "
+                      f"data wait {100 * epoch_stats['data_wait_fraction']:.1f}%", flush=True)
+            if on_validation is not None and val_metrics:
+                on_validation(done_epoch, val_metrics)
+            patience = int(tc.early_stopping.patience)
+            if patience > 0 and best["bad_epochs"] >= patience:
+                if d.is_main:
+                    print(f"early stopping: no improvement of val loss for {patience} epochs", flush=True)
+                stop = True
+
+    summary = {"best_val_loss": best["loss"], "best_epoch": best["epoch"], "val_loss": val_metrics.get("loss"),
+               "val": val_metrics, "epochs": epoch, "global_step": global_step, **epoch_stats,
+               "world_size": d.world_size, "checkpoint_dir": str(ckpt_dir)}
+    runlog.summary(summary)
+    runlog.close()
+    return summary
+
+
+def _profiler(tc, run_dir: Path):
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),
+                   on_trace_ready=tensorboard_trace_handler(str(run_dir / "profile")))
