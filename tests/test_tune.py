@@ -14,6 +14,7 @@ import time
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline.config import REPO_ROOT
 from tests.trainer_data import build_tiny_ready
@@ -84,6 +85,11 @@ def test_study_of_tiny_trials_runs_to_completion(study3):
         assert (study_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = (study_dir / "best" / "config.yaml").read_text()
     assert f"lr: {study.best_params['lr']}" in best and "tune:" not in best
+    # config-group options for params.yaml / dvc exp run, named after the study
+    groups = study_dir / "best" / "conf"
+    assert OmegaConf.load(groups / "trainer" / "small.yaml").optimizer.config.lr == study.best_params["lr"]
+    assert OmegaConf.load(groups / "model" / "small.yaml").dropout == study.best_params["dropout"]
+    assert (groups / "rl" / "small.yaml").is_file()
 
 
 def test_best_config_retrains_to_the_trials_validation_loss(study3, tmp_path):

@@ -45,6 +45,7 @@ from pipeline.atomic import atomic_path
 log = logging.getLogger("train.tune")
 
 RUN_DIR_KEY = "trainer.run_dir"  # the trainer's per-run directory (checkpoints, logs, config)
+TRAIN_GROUPS = ("model", "trainer", "rl")  # the config groups params.yaml selects for `dvc repro train`
 
 
 # ---------------------------------------------------------------- config -> overrides
@@ -382,7 +383,7 @@ def _spawned_worker(overrides: list[str]) -> None:
 # ---------------------------------------------------------------- reports
 
 def write_reports(cfg: DictConfig, study: optuna.Study) -> dict[str, Path]:
-    """trials.csv, best/ (config.yaml, overrides.txt, params.yaml), history.png, importances.png."""
+    """trials.csv, best/ (config.yaml, overrides.txt, params.yaml, conf/<group>/<study>.yaml), PNG plots."""
     out = study_dir(cfg)
     written = {"trials": write_trials_csv(study, out / "trials.csv")}
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
@@ -423,7 +424,16 @@ def write_best(cfg: DictConfig, study: optuna.Study, path: Path) -> dict[str, Pa
     with atomic_path(path / "params.yaml") as tmp:
         doc = {"trial": best.number, "value": best.value, "params": dict(best.params), "overrides": overrides}
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(doc)))
-    return {"best_config": path / "config.yaml", "best_overrides": path / "overrides.txt", "best_params": path / "params.yaml"}
+    # The train stage of dvc.yaml picks model/trainer/rl options by name from params.yaml: the best
+    # trial's composed groups as options named after the study can be copied into conf/ and selected.
+    plain = compose(overrides)
+    for group in TRAIN_GROUPS:
+        with atomic_path(path / "conf" / group / f"{study.study_name}.yaml") as tmp:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(f"# {group} of best trial {best.number} of study {study.study_name!r}\n"
+                           + OmegaConf.to_yaml(plain[group]))
+    return {"best_config": path / "config.yaml", "best_overrides": path / "overrides.txt",
+            "best_params": path / "params.yaml", "best_groups": path / "conf"}
 
 
 def write_plots(study: optuna.Study, out: Path) -> dict[str, Path]:
