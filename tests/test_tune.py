@@ -202,3 +202,34 @@ def test_override_formatting_round_trips_through_hydra():
     assert cfg.trainer.optimizer.config.lr == 1.2345678901234567e-05
     assert cfg.model.step_hidden_dim == cfg.model.bar_hidden_dim == 96
     assert cfg.model.rnn_type == "lstm" and cfg.rl.normalize is False
+
+
+def test_reward_normalisation_modes_are_reachable_from_the_search():
+    import torch
+
+    from pipeline.config import compose
+    from train.rewards import RewardShaper
+
+    space = {"reward_norm": {"path": "rl.normalize", "type": "categorical", "choices": ["batch", "running", "none"]}}
+    reward = torch.tensor([1.0, 3.0])
+    advs, shapers = {}, {}
+    for mode in ("batch", "running", "none"):
+        cfg = compose(tune.param_overrides(space, {"reward_norm": mode}) + ["rl=reinforce"])
+        shapers[mode] = RewardShaper(cfg.rl, cfg.window)
+        assert shapers[mode].normalize == mode
+        advs[mode] = shapers[mode].advantage(reward, baseline=1.0)
+    assert advs["none"].tolist() == [0.0, 2.0]
+    assert advs["batch"].tolist() == pytest.approx([0.0, 2.0])  # ÷ std of [1, 3] = 1
+    assert advs["running"].tolist() == pytest.approx([0.0, 2.0 / 2 ** 0.5])  # ÷ √mean((R − b)²) = √2
+    # running: an exponential moving average across batches, with rl.baseline_momentum
+    shaper = shapers["running"]
+    m = shaper.momentum
+    shaper.advantage(torch.tensor([5.0, 5.0]), baseline=1.0)
+    assert shaper.var == pytest.approx(m * 2.0 + (1 - m) * 16.0)
+    # the older boolean spelling still works; a wrong value is named before training
+    from train.optim import ConfigError
+    from train.rewards import normalize_mode
+
+    assert (normalize_mode(True), normalize_mode(False)) == ("batch", "none")
+    with pytest.raises(ConfigError, match="rl.normalize='sometimes'"):
+        normalize_mode("sometimes")
