@@ -1,0 +1,112 @@
+"""python -m train.generate on a tiny real checkpoint: MIDI, NPZ and PNG out, primes, bad input."""
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import REPO_ROOT, compose
+from pipeline.drums import DrumMap
+from pipeline.midi import read_midi, write_midi
+from tests.tiny_run import OVERRIDES, SPB, make_checkpoint, make_store
+from train.generate import load_for_inference, resolve_checkpoint, run, sample
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("gen")
+    return make_checkpoint(d / "run" / "last.pt", make_store(d / "store.zarr"), train_steps=20)
+
+
+def _cfg(ckpt, out, *extra):
+    return compose(OVERRIDES + [f"checkpoint={ckpt}", f"generate.out_dir={out}", *extra], config_name="generate")
+
+
+def _cli(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "train.generate", *OVERRIDES, f"hydra.run.dir={tmp_path}/hydra",
+                           *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_writes_midi_npz_png_per_sample_and_says_where(ckpt, tmp_path):
+    out = tmp_path / "gen"
+    proc = _cli(tmp_path, f"checkpoint={ckpt.parent}", f"generate.out_dir={out}", "generate.num_samples=3",
+                "generate.bars=2", "generate.seed=7", "generate.bpm=96", f"generate.report={tmp_path}/none.md")
+    assert proc.returncode == 0, proc.stderr
+    for i in range(3):
+        for suffix in (".mid", ".npz", ".png"):
+            assert (out / f"sample_{i:03d}{suffix}").is_file()
+    assert (out / "sheet.png").is_file()
+    assert f"{out}/sample_*.mid" in proc.stdout and f"{out}/sheet.png" in proc.stdout
+    assert "Report:" in proc.stdout and "96 bpm" in proc.stdout
+    dm = DrumMap.default()
+    for i in range(3):
+        with np.load(out / f"sample_{i:03d}.npz", allow_pickle=False) as npz:
+            seq = npz["sequence"]
+        assert seq.shape == (2 * SPB, dm.num_drums) and seq.dtype == np.uint8
+        assert set(np.unique(seq)) <= {0, 100}
+        # MIDI out parses back to the same hits, at the canonical GM pitches, with the fixed velocity
+        roll = read_midi(out / f"sample_{i:03d}.mid", dm, 4)
+        back = np.zeros_like(seq)
+        back[: len(roll.hits)] = roll.hits
+        np.testing.assert_array_equal(back, (seq > 0).astype(np.uint8))
+        np.testing.assert_array_equal(roll.velocity[roll.hits > 0], 100)
+        assert roll.bpm == pytest.approx(96) and roll.steps_per_bar == SPB
+        png = plt.imread(out / f"sample_{i:03d}.png")
+        assert png.ndim == 3 and png.shape[0] > 50 and png.shape[1] > 100
+
+
+def test_same_seed_same_drums_other_seed_other_drums(ckpt):
+    model, _, _ = load_for_inference(ckpt)
+    a, b, c = (sample(model, 3, 32, num_drums=9, seed=s, batch_size=2) for s in (3, 3, 4))
+    assert a.shape == (3, 32, 9) and set(np.unique(a)) <= {0, 1}
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.sum() > 0
+
+
+def test_prime_from_npz_and_midi_is_kept_and_continued(ckpt, tmp_path):
+    dm = DrumMap.default()
+    rng = np.random.default_rng(0)
+    groove = (rng.random((3 * SPB, dm.num_drums)) < 0.3).astype(np.uint8)
+    np.savez(tmp_path / "prime.npz", sequence=groove * 80)
+    write_midi(tmp_path / "prime.mid", groove, drum_map=dm, bpm=101.0)
+    for prime in ("prime.npz", "prime.mid"):
+        res = run(_cfg(ckpt, tmp_path / f"out_{prime}", f"generate.prime={tmp_path / prime}", "generate.prime_bars=2",
+                       "generate.bars=1", "generate.num_samples=1"))
+        assert res["rolls"].shape == (1, 3 * SPB, dm.num_drums)
+        np.testing.assert_array_equal(res["rolls"][0, : 2 * SPB], groove[: 2 * SPB])
+        assert res["prime_steps"] == 2 * SPB
+    assert res["bpm"] == pytest.approx(101.0)   # the MIDI prime's tempo when none is given
+
+
+def test_bad_prime_and_unsafe_checkpoint_fail_with_a_message(ckpt, tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.npz: not a readable NPZ"):
+        run(_cfg(ckpt, tmp_path / "o", f"generate.prime={tmp_path}/bad.npz"))
+    with pytest.raises(ValueError, match=r"prime\.txt: a prime must be"):
+        (tmp_path / "prime.txt").write_text("x")
+        run(_cfg(ckpt, tmp_path / "o", f"generate.prime={tmp_path}/prime.txt"))
+    np.savez(tmp_path / "wide.npz", sequence=np.ones((16, 4)))
+    with pytest.raises(ValueError, match=r"wide\.npz.*expected \[steps, 9\]"):
+        run(_cfg(ckpt, tmp_path / "o", f"generate.prime={tmp_path}/wide.npz"))
+    # A checkpoint that needs pickled code is refused (weights_only), never executed.
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"model": {}, "hook": Path("x")}, unsafe)
+    proc = _cli(tmp_path, f"checkpoint={unsafe}", f"generate.out_dir={tmp_path}/o")
+    assert proc.returncode == 1 and "unsafe.pt" in proc.stderr and "not a loadable checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o" / "sample_000.mid").exists()
+
+
+def test_resolve_checkpoint_prefers_the_best_file(tmp_path):
+    for name in ("last.pt", "best_epoch_3_loss_0.5000.pt", "best_epoch_7_loss_0.4000.pt", "epoch_7.pt"):
+        (tmp_path / name).write_bytes(b"")
+    assert resolve_checkpoint(tmp_path).name == "best_epoch_7_loss_0.4000.pt"
+    (tmp_path / "best_epoch_3_loss_0.5000.pt").unlink()
+    (tmp_path / "best_epoch_7_loss_0.4000.pt").unlink()
+    assert resolve_checkpoint(tmp_path).name == "last.pt"
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        resolve_checkpoint(tmp_path / "missing")

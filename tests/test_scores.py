@@ -1,0 +1,90 @@
+"""Scores: NLL/BCE/F1 on known cases; overlapping area and KL of identical and disjoint sets."""
+import numpy as np
+
+from train.scores import (ScoreAccumulator, compare_sets, inter_set_distances, intra_set_distances,
+                          kl_divergence, nll_bits_per_step, overlap_area)
+
+
+def test_nll_and_bce_of_a_coin_are_one_bit_per_drum():
+    rng = np.random.default_rng(0)
+    steps = (rng.random((3, 20, 4)) < 0.5).astype(np.float32)
+    acc = ScoreAccumulator(4)
+    acc.update(np.full(steps.shape, 0.5), steps)
+    res = acc.result(0.5)
+    assert res["nll_bits_per_step"] == 4.0
+    np.testing.assert_allclose(res["bce"], np.log(2.0))
+    assert res["scored_steps"] == 3 * 19
+
+
+def test_nll_matches_the_formula_and_ignores_masked_and_first_steps():
+    rng = np.random.default_rng(1)
+    steps = (rng.random((2, 10, 3)) < 0.4).astype(np.float32)
+    probs = rng.uniform(0.05, 0.95, steps.shape)
+    mask = np.ones((2, 10), bool)
+    mask[1, 6:] = False
+    p, y, m = probs[:, :-1], steps[:, 1:], mask[:, 1:]
+    expected = -(y * np.log2(p) + (1 - y) * np.log2(1 - p)).sum(-1)[m].mean()
+    np.testing.assert_allclose(nll_bits_per_step(probs, steps, mask), expected, rtol=1e-12)
+
+
+def test_precision_recall_f1_per_drum_and_threshold_choice():
+    # targets at steps 1..4 of one window, 2 drums; predictions for them sit in probs[:, 0..3]
+    steps = np.zeros((1, 5, 2), np.float32)
+    steps[0, 1:, 0] = [1, 1, 0, 0]
+    steps[0, 1:, 1] = [1, 0, 1, 0]
+    probs = np.zeros((1, 5, 2))
+    probs[0, :4, 0] = [0.9, 0.4, 0.3, 0.1]
+    probs[0, :4, 1] = [0.8, 0.7, 0.2, 0.6]
+    acc = ScoreAccumulator(2)
+    acc.update(probs, steps)
+    res = acc.result(0.5, ["kick", "snare"])
+    # tau = 0.5: kick predicts {1}: TP1 FP0 FN1; snare predicts {1,2,4}: TP1 FP2 FN1
+    assert res["per_drum"]["kick"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    assert res["per_drum"]["snare"]["precision"] == 1 / 3
+    assert res["per_drum"]["snare"]["recall"] == 0.5
+    np.testing.assert_allclose(res["precision"], 2 / 4)
+    np.testing.assert_allclose(res["recall"], 2 / 4)
+    # best overall F1: tau in (0.1, 0.2] predicts kick {1,2,3}, snare {1,2,3,4} -> 4 TP, 3 FP, 0 FN
+    # (F1 8/11; every other range is lower, e.g. (0.2, 0.3]: 3 TP, 3 FP, 1 FN -> 0.6)
+    tau = acc.best_threshold()
+    assert 0.1 < tau <= 0.2
+    np.testing.assert_allclose(acc.result(tau)["f1"], 2 * 4 / (2 * 4 + 3 + 0))
+    np.testing.assert_allclose(acc.result(0.25)["f1"], 2 * 3 / (2 * 3 + 3 + 1))
+
+
+def test_overlap_area_identical_is_one_disjoint_is_zero():
+    rng = np.random.default_rng(2)
+    a = rng.normal(0, 1, 300)
+    np.testing.assert_allclose(overlap_area(a, a.copy()), 1.0, atol=1e-9)
+    assert overlap_area(a, a + 1000.0) < 1e-6
+    # partially overlapping lies strictly between
+    assert 0.2 < overlap_area(a, a + 1.0) < 0.9
+    # degenerate sets with no spread: equal -> 1, different -> 0
+    np.testing.assert_allclose(overlap_area(np.ones(10), np.ones(5)), 1.0, atol=1e-9)
+    assert overlap_area(np.zeros(10), np.ones(10)) < 1e-6
+
+
+def test_kl_of_identical_is_zero_and_grows_with_distance():
+    rng = np.random.default_rng(3)
+    a = rng.normal(0, 1, 300)
+    assert kl_divergence(a, a.copy()) == 0.0
+    near, far = kl_divergence(a, a + 0.5), kl_divergence(a, a + 3.0)
+    assert 0 < near < far
+
+
+def test_set_distances():
+    x = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    np.testing.assert_allclose(sorted(intra_set_distances(x)), [1.0, np.sqrt(18), 5.0])
+    np.testing.assert_allclose(inter_set_distances(x[:1], x[1:]), [5.0, 1.0])
+
+
+def test_compare_sets_prefers_a_generator_that_matches_the_data():
+    rng = np.random.default_rng(4)
+    real = {"density": rng.normal(0.3, 0.05, 200), "pattern": rng.normal(0, 1, (200, 3))}
+    good = {"density": rng.normal(0.3, 0.05, 200), "pattern": rng.normal(0, 1, (200, 3))}
+    bad = {"density": rng.normal(0.8, 0.05, 200), "pattern": rng.normal(3, 1, (200, 3))}
+    g, b = compare_sets(real, good), compare_sets(real, bad)
+    for name in real:
+        assert g[name]["overlap_area"] > 0.8 > b[name]["overlap_area"]
+        assert g[name]["kl_divergence"] < b[name]["kl_divergence"]
+    np.testing.assert_allclose(g["density"]["real_mean"], real["density"].mean())

@@ -1,0 +1,211 @@
+"""Scores of next-step drum predictions, and the comparison of generated with real metric sets.
+
+Teacher-forced scores take `probs` [B, L, D] in the model's layout (`probs[:, t]` is the
+probability of each drum at step t+1), the windows `steps` [B, L, D] and `mask` [B, L]. The targets
+are y = steps[:, 1:], scored where mask[:, 1:] is True (a real step); step 0 of a window has no
+prediction. With N scored steps and D drums:
+
+- NLL in bits per step:  NLL = -(1/N) * sum_{t,d} [ y log2 p + (1 - y) log2 (1 - p) ]
+  (the code length of a step's whole drum pattern; 0 is perfect, D bits is a coin per drum).
+- BCE:  -(1/(N D)) * sum_{t,d} [ y ln p + (1 - y) ln (1 - p) ]   (nats per drum-step, the
+  training loss).
+- Onsets at threshold tau: a hit is predicted where p >= tau. precision = TP / (TP + FP),
+  recall = TP / (TP + FN), F1 = 2 P R / (P + R) (each 0 when its denominator is 0), per drum and
+  overall (micro: counts pooled over drums). tau maximises overall F1 on the validation split,
+  searched over the edges of `NUM_BINS` equal bins of [0, 1].
+
+Generated vs real (Yang & Lerch, "On the evaluation of generative models in music", Neural
+Computing and Applications 32, 2020): for a metric with values x_i (real set R) and y_j
+(generated set G), each value a vector (a scalar metric is a 1-vector),
+- intra-set distances of R:  { ||x_i - x_j|| : i < j },
+- inter-set distances:       { ||x_i - y_j|| : all i, j },
+each smoothed into a probability density with a Gaussian kernel density estimate (bandwidth by
+Scott's rule, h = 1.06 * std * n^(-1/5); sets of more than `max_points` distances are subsampled
+deterministically), evaluated on a common grid. Then
+- overlapping area   OA(p, q) = integral of min(p(x), q(x)) dx     (1 = same, 0 = disjoint),
+- KL divergence      KL(p || q) = integral of p(x) ln(p(x) / q(x)) dx  (nats, 0 = same),
+with p the density of the intra-set distances of R and q that of the inter-set distances: a
+generator whose samples lie among the real ones as the real ones lie among each other gives a
+high OA and a low KL.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NUM_BINS = 200
+PROB_FLOOR = 1e-12
+
+
+def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tp, fp, fn = (np.asarray(a, np.float64) for a in (tp, fp, fn))
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
+                   where=(precision + recall) > 0)
+    return precision, recall, f1
+
+
+class ScoreAccumulator:
+    """Accumulates teacher-forced scores over batches of windows (memory independent of the split).
+
+    Probabilities are binned (NUM_BINS equal bins) separately for target hits and non-hits per drum,
+    so TP/FP/FN at every candidate threshold come from cumulative sums.
+    """
+
+    def __init__(self, num_drums: int, num_bins: int = NUM_BINS):
+        self.num_drums, self.num_bins = int(num_drums), int(num_bins)
+        self.nll_bits = 0.0
+        self.steps = 0
+        self.pos = np.zeros((num_drums, num_bins), np.int64)   # target hits per probability bin
+        self.neg = np.zeros((num_drums, num_bins), np.int64)   # target rests per probability bin
+
+    def update(self, probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> None:
+        p = np.clip(np.asarray(probs, np.float64)[:, :-1], PROB_FLOOR, 1.0 - PROB_FLOOR)
+        y = np.asarray(steps)[:, 1:] > 0
+        m = np.ones(y.shape[:2], bool) if mask is None else np.asarray(mask, bool)[:, 1:]
+        p, y = p[m], y[m]                                   # [N, D]
+        self.nll_bits -= float(np.where(y, np.log2(p), np.log2(1.0 - p)).sum())
+        self.steps += int(p.shape[0])
+        bins = np.minimum((p * self.num_bins).astype(np.int64), self.num_bins - 1)
+        for d in range(self.num_drums):
+            self.pos[d] += np.bincount(bins[y[:, d], d], minlength=self.num_bins)
+            self.neg[d] += np.bincount(bins[~y[:, d], d], minlength=self.num_bins)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """TP, FP, FN [num_bins, D]; row b is the threshold tau_b = b / num_bins (hit where p >= tau_b)."""
+        tp = self.pos[:, ::-1].cumsum(1)[:, ::-1].T      # hits with p in a bin >= b
+        fp = self.neg[:, ::-1].cumsum(1)[:, ::-1].T
+        fn = self.pos.sum(1)[None, :] - tp
+        return tp, fp, fn
+
+    def thresholds(self) -> np.ndarray:
+        return np.arange(self.num_bins) / self.num_bins
+
+    def best_threshold(self) -> float:
+        """The threshold that maximises overall (micro) F1; the lowest such one on ties."""
+        tp, fp, fn = self.counts()
+        _, _, f1 = _prf(tp.sum(1), fp.sum(1), fn.sum(1))
+        return float(self.thresholds()[int(np.argmax(f1[1:])) + 1])  # tau = 0 predicts every step
+
+    def result(self, threshold: float, drum_names: list[str] | None = None) -> dict:
+        """NLL, BCE and onset precision/recall/F1 (overall and per drum) at `threshold`."""
+        if self.steps == 0:
+            raise ValueError("no scored steps (every window is shorter than 2 steps?)")
+        names = drum_names or [f"drum{d}" for d in range(self.num_drums)]
+        b = int(np.clip(np.ceil(threshold * self.num_bins - 1e-9), 0, self.num_bins - 1))
+        tp, fp, fn = (a[b] for a in self.counts())
+        p, r, f = _prf(tp, fp, fn)
+        po, ro, fo = _prf(tp.sum(), fp.sum(), fn.sum())
+        nll = self.nll_bits / self.steps
+        return {
+            "nll_bits_per_step": nll,
+            "bce": nll * np.log(2.0) / self.num_drums,
+            "threshold": float(b / self.num_bins),
+            "precision": float(po), "recall": float(ro), "f1": float(fo),
+            "scored_steps": self.steps,
+            "per_drum": {n: {"precision": float(p[d]), "recall": float(r[d]), "f1": float(f[d]),
+                             "support": int(tp[d] + fn[d])} for d, n in enumerate(names)},
+        }
+
+
+def nll_bits_per_step(probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """NLL in bits per step of one batch (see the module docstring)."""
+    acc = ScoreAccumulator(np.asarray(steps).shape[-1])
+    acc.update(probs, steps, mask)
+    return acc.nll_bits / acc.steps
+
+
+# ---------------------------------------------------------------- generated vs real (Yang & Lerch)
+
+def _subsample(x: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    if len(x) <= max_points:
+        return x
+    return np.random.default_rng(seed).choice(x, size=max_points, replace=False)
+
+
+def _bandwidth(x: np.ndarray, span: float) -> float:
+    """Scott's rule; a small positive width for a set with no spread (all values equal)."""
+    h = 1.06 * float(np.std(x)) * len(x) ** (-0.2)
+    return h if h > 0 else max(1e-3 * span, 1e-6)
+
+
+def _kde(x: np.ndarray, grid: np.ndarray, h: float) -> np.ndarray:
+    z = (grid[:, None] - x[None, :]) / h
+    pdf = np.exp(-0.5 * z * z).sum(1)
+    area = np.trapezoid(pdf, grid)
+    return pdf / area if area > 0 else pdf
+
+
+def densities(a: np.ndarray, b: np.ndarray, *, grid_size: int = 1024, max_points: int = 4000
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian KDEs of two 1-D samples on one grid: (grid, p_a, p_b), each integrating to 1."""
+    a = _subsample(np.asarray(a, np.float64).ravel(), max_points)
+    b = _subsample(np.asarray(b, np.float64).ravel(), max_points)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("cannot compare an empty set of values")
+    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+    span = hi - lo
+    ha, hb = _bandwidth(a, span), _bandwidth(b, span)
+    pad = 5 * max(ha, hb)
+    grid = np.linspace(lo - pad, hi + pad, grid_size)
+    return grid, _kde(a, grid, ha), _kde(b, grid, hb)
+
+
+def overlap_area(a: np.ndarray, b: np.ndarray, **kw) -> float:
+    """OA = integral of min(p_a, p_b) over the KDEs of two 1-D samples; in [0, 1]."""
+    grid, pa, pb = densities(a, b, **kw)
+    return float(np.clip(np.trapezoid(np.minimum(pa, pb), grid), 0.0, 1.0))
+
+
+def kl_divergence(a: np.ndarray, b: np.ndarray, **kw) -> float:
+    """KL(p_a || p_b) = integral of p_a ln(p_a / p_b) over the KDEs of two 1-D samples, in nats."""
+    grid, pa, pb = densities(a, b, **kw)
+    pa, pb = np.maximum(pa, PROB_FLOOR), np.maximum(pb, PROB_FLOOR)
+    return float(max(np.trapezoid(pa * np.log(pa / pb), grid), 0.0))
+
+
+def _vectors(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x.reshape(len(x), -1)
+
+
+def intra_set_distances(x: np.ndarray) -> np.ndarray:
+    """||x_i - x_j|| for i < j (rows of x are samples)."""
+    v = _vectors(x)
+    i, j = np.triu_indices(len(v), k=1)
+    return np.linalg.norm(v[i] - v[j], axis=1)
+
+
+def inter_set_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """||x_i - y_j|| for every pair of a row of x and a row of y."""
+    vx, vy = _vectors(x), _vectors(y)
+    return np.linalg.norm(vx[:, None, :] - vy[None, :, :], axis=2).ravel()
+
+
+def compare_sets(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
+                 max_samples: int = 500) -> dict[str, dict]:
+    """Per metric: means and stds of both sets, and OA and KL of intra-real vs inter-set distances.
+
+    `real[name]` and `generated[name]` are [N, ...] arrays of one metric (row = sample). Sets are
+    capped at `max_samples` rows (deterministic subsample) to bound the O(N^2) distances.
+    """
+    out = {}
+    for name in real:
+        if name not in generated:
+            continue
+        x, y = _vectors(real[name]), _vectors(generated[name])
+        if len(x) < 2 or len(y) < 1:
+            continue
+        rng = np.random.default_rng(0)
+        if len(x) > max_samples:
+            x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
+        if len(y) > max_samples:
+            y = y[np.sort(rng.choice(len(y), max_samples, replace=False))]
+        intra, inter = intra_set_distances(x), inter_set_distances(x, y)
+        out[name] = {
+            "real_mean": float(x.mean()), "real_std": float(x.std()),
+            "generated_mean": float(y.mean()), "generated_std": float(y.std()),
+            "overlap_area": overlap_area(intra, inter),
+            "kl_divergence": kl_divergence(intra, inter),
+        }
+    return out
