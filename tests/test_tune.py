@@ -120,6 +120,15 @@ def test_a_bad_trial_is_pruned_by_the_median_pruner(study3, tiny):
     assert len(_val_losses(study_dir / "trials" / "0003")) < len(_val_losses(study_dir / "trials" / "0000"))
 
 
+def test_objective_can_add_the_generated_vs_validation_metric_distance(tiny, tmp_path):
+    study = tune.run_study(_overrides(tiny, tmp_path / "s", "tune.n_trials=1", "tune.objective.generated.weight=0.5"))
+    t = study.trials[0]
+    distance = t.user_attrs["generated_distance"]
+    assert 0.0 < distance <= 1.0
+    assert t.user_attrs["best_epoch_value"] == min(t.intermediate_values.values())
+    assert t.value == pytest.approx(t.user_attrs["best_epoch_value"] + 0.5 * distance, rel=1e-12)
+
+
 def _wait_for(pred, proc, timeout=120):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

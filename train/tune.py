@@ -277,6 +277,30 @@ class Objective:
         return self.better(self.values.values())
 
 
+def generated_distance(cfg: DictConfig, spec: DictConfig) -> float:
+    """How far the trial's samples are from the data: mean over `spec.metrics` of (1 − OA), OA the
+    overlapping area of the intra-set (validation) and inter-set (validation × generated) distance
+    distributions of a window metric (Yang & Lerch 2020, as `python -m train.evaluate` reports it).
+    0 = generated windows indistinguishable from validation windows, 1 = disjoint. Samples: windows
+    of seq_len generated from nothing by the run's best checkpoint (temperature 1, seed spec.seed)."""
+    from pipeline.store import Store
+    from train.evaluate import generated_vs_real, split_windows
+    from train.generate import load_for_inference
+
+    model, _, _ = load_for_inference(cfg.trainer.checkpoint_dir)
+    store = Store(cfg.paths.store)
+    seq_len = int(cfg.window.seq_len)
+    windows = split_windows(store, "validation", seq_len, seq_len)
+    ecfg = OmegaConf.create({"window": cfg.window, "metrics": cfg.metrics, "evaluate": {"generated": {
+        "max_samples": int(spec.num_samples), "temperature": 1.0, "top_p": None, "seed": int(spec.seed),
+        "max_set_size": 500}}})
+    comparison, *_ = generated_vs_real(ecfg, model, windows, store.num_drums)
+    missing = [m for m in spec.metrics if m not in comparison]
+    if missing:
+        raise KeyError(f"tune.objective.generated.metrics: {missing} not among the compared metrics {sorted(comparison)}")
+    return float(sum(1.0 - comparison[m]["overlap_area"] for m in spec.metrics) / len(spec.metrics))
+
+
 def run_training(cfg: DictConfig, on_validation: Callable[[int, Mapping[str, Any]], None]) -> dict:
     """The trainer's entry function, the same one `python -m train` calls (one process per trial)."""
     from train.trainer import fit
@@ -348,6 +372,7 @@ def run_trial(cfg: DictConfig, study: optuna.Study, base_overrides: list[str]) -
         objective = start_trial(cfg, study, trial, params, base_overrides)
         with heartbeat(study, trial):
             run_training(objective.config, objective)
+            value = final_value(cfg, trial, objective)
     except (optuna.TrialPruned, FloatingPointError) as e:  # FloatingPointError: the trainer saw a NaN/inf loss
         log.info("trial %d pruned: %s", trial.number, e)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -361,9 +386,21 @@ def run_trial(cfg: DictConfig, study: optuna.Study, base_overrides: list[str]) -
     except BaseException:  # Ctrl-C: record the trial as failed, then stop
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
-    study.tell(trial, objective.best())
-    log.info("trial %d: objective %.6g", trial.number, objective.best())
+    study.tell(trial, value)
+    log.info("trial %d: objective %.6g", trial.number, value)
     return True
+
+
+def final_value(cfg: DictConfig, trial: optuna.Trial, objective: Objective) -> float:
+    """The trial's value: its best epoch, plus weight · generated_distance when that term is on."""
+    value = objective.best()
+    gen = cfg.tune.objective.get("generated")
+    if gen is not None and float(gen.weight) != 0.0:  # judged once, on the finished run's best checkpoint
+        distance = generated_distance(objective.config, gen)
+        trial.set_user_attr("best_epoch_value", value)
+        trial.set_user_attr("generated_distance", distance)
+        value += float(gen.weight) * distance
+    return value
 
 
 def worker(cfg: DictConfig, base_overrides: list[str]) -> None:
@@ -455,6 +492,7 @@ def write_plots(study: optuna.Study, out: Path) -> dict[str, Path]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.filterwarnings("ignore", "The number of trials is too small")  # equal bars say it
                 ax = plot()
         except Exception as e:  # e.g. importances need ≥ 2 complete trials that differ
             log.warning("plot %s skipped: %s", name, e)
