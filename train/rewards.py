@@ -98,6 +98,18 @@ def validate(rl_cfg, window) -> None:
                               f"steps_per_bar={spb}, sample_steps > 0, and together ≤ window.seq_len={L}")
         if not 0.0 <= float(rl_cfg.baseline_momentum) < 1.0:
             raise ConfigError(f"rl.baseline_momentum={rl_cfg.baseline_momentum}: must lie in [0, 1)")
+        normalize_mode(rl_cfg.get("normalize", True))
+
+
+NORMALIZE = ("batch", "running", "none")
+
+
+def normalize_mode(value) -> str:
+    """rl.normalize: batch | running | none (true/false, the older spelling, mean batch/none)."""
+    mode = {True: "batch", False: "none"}.get(value, value) if isinstance(value, bool) else str(value)
+    if mode not in NORMALIZE:
+        raise ConfigError(f"rl.normalize={value!r}: one of {list(NORMALIZE)}")
+    return mode
 
 
 # --- expected (differentiable) metrics -----------------------------------------------------
@@ -147,16 +159,30 @@ class RewardShaper:
         self.spb, self.bpb = int(window.steps_per_bar), int(window.get("beats_per_bar", 4))
         self.max_gap = int(rl_cfg.get("max_gap", 2 * self.spb))
         self.prime, self.sample = int(rl_cfg.prime_steps), int(rl_cfg.sample_steps)
-        self.momentum, self.normalize = float(rl_cfg.baseline_momentum), bool(rl_cfg.normalize)
+        self.momentum = float(rl_cfg.baseline_momentum)
+        self.normalize = normalize_mode(rl_cfg.get("normalize", True))
         self.reduce_mean = reduce_mean or (lambda x: x)
         self.baseline: float | None = None
+        self.var: float | None = None  # running reward variance (normalize=running)
 
-    # running-mean baseline is training state: it goes into the checkpoint
+    # running baseline and variance are training state: they go into the checkpoint
     def state_dict(self) -> dict:
-        return {"baseline": self.baseline}
+        return {"baseline": self.baseline, "var": self.var}
 
     def load_state_dict(self, state: dict) -> None:
-        self.baseline = state.get("baseline")
+        self.baseline, self.var = state.get("baseline"), state.get("var")
+
+    def advantage(self, reward: torch.Tensor, baseline: float) -> torch.Tensor:
+        """R − b, scaled per `rl.normalize`: batch → / std of this batch's R; running → / √(EMA of
+        (R − b)², momentum baseline_momentum, all ranks pooled); none → unscaled."""
+        adv = reward - baseline
+        if self.normalize == "batch" and reward.numel() > 1:
+            adv = adv / (reward.std(unbiased=False) + EPS)
+        elif self.normalize == "running":
+            batch_var = float(self.reduce_mean((adv.detach() ** 2).mean()))
+            self.var = batch_var if self.var is None else self.momentum * self.var + (1 - self.momentum) * batch_var
+            adv = adv / (self.var ** 0.5 + EPS)
+        return adv
 
     def _target(self, term: Term, batch: dict, like: torch.Tensor) -> torch.Tensor | None:
         if term.target is None:
@@ -247,9 +273,7 @@ class RewardShaper:
         reward, logs = self._combine({k: v.to(step.device) for k, v in values.items()}, batch)
         mean_r = float(self.reduce_mean(reward.mean().detach()))
         b = mean_r if self.baseline is None else self.baseline
-        adv = reward - b
-        if self.normalize:
-            adv = adv / (reward.std(unbiased=False) + EPS) if reward.numel() > 1 else adv
+        adv = self.advantage(reward, b)
         self.baseline = self.momentum * b + (1 - self.momentum) * mean_r
         loss = -(adv.detach() * logp).mean() / self.sample
         logs.update({"reward/total": float(reward.mean()), "reward/baseline": self.baseline})
