@@ -128,3 +128,14 @@ def test_per_term_starting_weights():
         UncertaintyWeighting(["a", "b"], init_log_var=[0.0])
     with pytest.raises(ValueError, match="term 'b'"):
         UncertaintyWeighting(["a", "b"], init_log_var=[0.0, 3.0], max_log_var=BOUND)
+
+
+def test_optuna_space_entry_from_the_docs_reaches_the_trainer(tiny):
+    from train.tune import check_space, param_overrides
+
+    space = {"learn_weights": {"path": "rl.learn_weights", "type": "categorical", "choices": [False, True]}}
+    base = compose(tiny + ["rl=surrogate"])
+    check_space(base, space)
+    cfg = compose(tiny + ["rl=surrogate", *param_overrides(space, {"learn_weights": True})])
+    assert cfg.rl.learn_weights is True
+    validate_config(cfg)
