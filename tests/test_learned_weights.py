@@ -139,3 +139,13 @@ def test_optuna_space_entry_from_the_docs_reaches_the_trainer(tiny):
     cfg = compose(tiny + ["rl=surrogate", *param_overrides(space, {"learn_weights": True})])
     assert cfg.rl.learn_weights is True
     validate_config(cfg)
+
+
+def test_reinforce_learns_the_weights_too(tiny, tmp_path):
+    summary = fit(compose(tiny + ["rl=reinforce", "rl.learn_weights=true", f"rl.max_log_var={BOUND}",
+                                  "rl.prime_steps=32", "rl.sample_steps=32", "rl.terms.syncopation.weight=0.5",
+                                  f"trainer.run_dir={tmp_path}", "trainer.max_epochs=1",
+                                  "trainer.limit_train_batches=4", "trainer.resume=never"]))
+    for name, start in (("density", 1.0), ("syncopation", 0.5)):
+        w = summary[f"reward/weight/{name}"]
+        assert math.exp(-BOUND) < w < math.exp(BOUND) and abs(w - start) > 1e-3, (name, w)
