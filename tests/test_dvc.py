@@ -1,5 +1,7 @@
-"""`dvc repro` for real, in a fresh copy of the repository with no remote: first run builds the store,
-a second run is a no-op, and editing a config reruns exactly the stages that read it."""
+"""`dvc repro` for real, in a fresh copy of the repository with no remote: the first run goes from the
+built-in corpus to generated MIDI, a second run is a no-op, and editing a config reruns exactly the
+stages that read it."""
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +37,10 @@ def fresh_clone(tmp_path):
     text = builtin.read_text()
     assert "num_songs: 400" in text
     builtin.write_text(text.replace("num_songs: 400", "num_songs: 6"))  # a tiny corpus for CI
+    params = repo / "params.yaml"
+    text = params.read_text()
+    assert "trainer: default" in text
+    params.write_text(text.replace("trainer: default", "trainer: tiny"))  # seconds, not minutes
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -49,10 +55,14 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     repo, env = fresh_clone
     dvc = [sys.executable, "-m", "dvc"]
     first = _run(dvc + ["repro"], repo, env)
-    assert "Running stage 'ingest'" in first and "Running stage 'build'" in first
+    for stage in ("ingest", "build", "metrics", "export", "train", "evaluate", "generate"):
+        assert f"Running stage '{stage}'" in first
     store = Store(repo / "data" / "store.zarr")
     assert store.num_songs == 6 and store.attrs["num_steps"] > 0
     assert (repo / "data" / "ingest_report.json").exists()
+    assert (repo / "runs" / "default" / "checkpoints" / "best.pt").exists()
+    assert json.loads((repo / "data" / "eval" / "metrics.json").read_text())
+    assert any(p.suffix == ".mid" for p in (repo / "data" / "generated").iterdir())
 
     second = _run(dvc + ["repro"], repo, env)
     assert "Running stage" not in second
@@ -62,6 +72,6 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     # a store-layout edit reruns build only; the store keeps its songs with the new chunking
     cfg = repo / "conf" / "store" / "default.yaml"
     cfg.write_text(cfg.read_text().replace("chunk_steps: 65536", "chunk_steps: 512"))
-    third = _run(dvc + ["repro"], repo, env)
+    third = _run(dvc + ["repro", "build"], repo, env)
     assert "Running stage 'build'" in third and "Running stage 'ingest'" not in third
     assert Store(repo / "data" / "store.zarr").hits.chunks == (512, 9)

@@ -220,7 +220,7 @@ def test_dvc_repro_runs_metrics_and_a_metrics_config_edit_reruns_only_metrics(fr
     dvc = [sys.executable, "-m", "dvc"]
 
     def repro():
-        r = subprocess.run(dvc + ["repro"], cwd=repo, env=env, capture_output=True, text=True)
+        r = subprocess.run(dvc + ["repro", "metrics"], cwd=repo, env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout + r.stderr
 

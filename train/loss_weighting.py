@@ -15,7 +15,7 @@ rather than a raw reward) for the weights to mean something.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -28,19 +28,26 @@ class UncertaintyWeighting(nn.Module):
     i.e. every weight to 1). `weights()` returns the current exp(−s_i) for logging.
     """
 
-    def __init__(self, names: Iterable[str], init_log_var: float = 0.0, max_log_var: float = 5.0):
+    def __init__(self, names: Iterable[str], init_log_var: float | Sequence[float] = 0.0,
+                 max_log_var: float = 5.0):
+        """`init_log_var`: one starting s for every term, or one per term (in `names` order)."""
         super().__init__()
         self.names = list(names)
         if not self.names:
             raise ValueError("UncertaintyWeighting needs at least one loss term name")
         if max_log_var <= 0:
             raise ValueError(f"max_log_var must be > 0, got {max_log_var}")
-        if abs(init_log_var) >= max_log_var:
-            raise ValueError(f"init_log_var {init_log_var} must lie inside (−{max_log_var}, {max_log_var})")
+        init = ([float(init_log_var)] * len(self.names) if isinstance(init_log_var, (int, float))
+                else [float(v) for v in init_log_var])
+        if len(init) != len(self.names):
+            raise ValueError(f"init_log_var has {len(init)} values for {len(self.names)} terms {self.names}")
+        for name, s0 in zip(self.names, init):
+            if abs(s0) >= max_log_var:
+                raise ValueError(f"init_log_var {s0} of term {name!r} must lie inside (−{max_log_var}, {max_log_var})")
         self.max_log_var = float(max_log_var)
         # u is the free parameter; s = s_max·tanh(u/s_max) starts at init_log_var.
-        u0 = self.max_log_var * torch.atanh(torch.tensor(init_log_var / self.max_log_var))
-        self.raw = nn.Parameter(torch.full((len(self.names),), float(u0)))
+        u0 = self.max_log_var * torch.atanh(torch.tensor(init, dtype=torch.float32) / self.max_log_var)
+        self.raw = nn.Parameter(u0)
 
     def log_vars(self) -> torch.Tensor:
         """s_i, bounded to (−max_log_var, max_log_var)."""
