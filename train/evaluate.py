@@ -20,7 +20,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -350,11 +349,8 @@ def _img(pictures: dict, key: str, out_dir: Path) -> str:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with pipeline.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError):
         result = evaluate(cfg)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"evaluate: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     out = Path(cfg.evaluate.out_dir)
     for name, r in result["scores"].items():
         print(f"{name:>12}: NLL {r['nll_bits_per_step']:.4f} bits/step  F1 {r['f1']:.3f} (threshold {r['threshold']:.3f})")
