@@ -230,7 +230,8 @@ def test_thread_workers_are_joined_at_epoch_end_on_break_and_on_error(ready):
     assert loader.threaded and loader.num_workers == 0       # no torch worker processes
     it = iter(loader)
     next(it)
-    assert len(_loader_threads()) == 2                       # prefetching while the loop works
+    assert 1 <= len(_loader_threads()) <= 2                  # prefetching while the loop works (the pool
+                                                             # starts a second thread only if the first is busy)
     assert len(list(it)) == len(loader) - 1
     assert _loader_threads() == []                           # end of epoch
     for n, _ in enumerate(loader):
