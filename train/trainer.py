@@ -131,7 +131,8 @@ def build_data(cfg, d: Dist):
     val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
     # A private generator: creating a loader iterator must not draw from the global torch RNG,
     # or a run resumed mid-epoch would see a different random stream than an uninterrupted one.
-    loader_kw = dict(num_workers=int(tc.num_workers), num_replicas=d.world_size, rank=d.rank,
+    loader_kw = dict(num_workers=int(tc.num_workers), worker_type=str(tc.get("worker_type", "thread")),
+                     num_replicas=d.world_size, rank=d.rank,
                      generator=torch.Generator().manual_seed(int(tc.seed)))
     train = make_loader(train_ds, int(tc.batch_size), shuffle=True, seed=int(tc.seed), drop_last=True, **loader_kw)
     val = make_loader(val_ds, int(tc.batch_size), shuffle=False, drop_last=False, **loader_kw)
