@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dvc repro
-	@$(BIN)/python -m pipeline.summary
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@echo
+	@echo "Done. Generated drums (MIDI, NPZ, piano-roll PNGs): data/generated/"
+	@echo "      Evaluation report: data/eval/report.md (scores: data/eval/metrics.json)"
+	@echo "      Checkpoints and TensorBoard logs: runs/default/  (tensorboard --logdir runs)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,7 +6,10 @@ Builds a real store (write_store), its metrics (the real `metrics` stage) and th
 in a temp dir, then times, for batch 64 x seq_len 512 x D 9 with every metric:
   floor      fancy-index gather of the same bytes straight from np.memmap (hits, velocity, metric rows)
   get_batch  CompleteHierarchicalDrumDataset.get_batch (gather + float step + bar/phrase means, tensors)
-  loader_wN  make_loader(..., num_workers=N) delivering collated torch batches (after a warm-up batch)
+  loader_w0  make_loader(..., num_workers=0) delivering collated torch batches (after warm-up batches)
+  loader_w2_thread / loader_w2_process  the same with 2 prefetch threads / 2 torch worker processes
+  step_only / *_with_step  a stand-in training step (--step-k 256x256 matmuls, 1 torch thread) alone,
+             and after each batch of the loader: how much of the gather the workers hide behind the step
   ipc_ceiling_w2_empty_buffer  a DataLoader with 2 workers handing over an empty shared buffer of one
              batch's tensor bytes, computing nothing: what worker hand-over alone allows here
 MB/s counts the bytes gathered (uint8 rows + metric rows), the same for every line. Each line is the
@@ -97,8 +100,26 @@ def time_get_batch(ds, batches: list[np.ndarray]) -> float:
     return time.perf_counter() - t0
 
 
-def time_loader(ds, n: int, repeats: int, workers: int) -> list[float]:
-    loader = make_loader(ds, BATCH, seed=0, num_workers=workers)
+def busy_step(a: torch.Tensor, k: int) -> None:
+    """A stand-in training step: k single-threaded 256x256 matmuls (torch releases the GIL in them)."""
+    for _ in range(k):
+        a = a @ a
+        a.clamp_(-1, 1)
+
+
+def time_step_only(n: int, repeats: int, k: int) -> list[float]:
+    a = torch.rand(256, 256) / 256
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            busy_step(a, k)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_loader(ds, n: int, repeats: int, workers: int, worker_type: str = "thread", step_k: int = 0) -> list[float]:
+    loader = make_loader(ds, BATCH, seed=0, num_workers=workers, worker_type=worker_type)
 
     def epochs():
         for epoch in range(10**6):
@@ -108,11 +129,14 @@ def time_loader(ds, n: int, repeats: int, workers: int) -> list[float]:
     it = epochs()
     for _ in range(2 * max(workers, 1)):
         next(it)                    # start-up (worker spawn, numba cache load, first maps) is not throughput
+    a = torch.rand(256, 256) / 256
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(n):
             next(it)
+            if step_k:
+                busy_step(a, step_k)
         times.append(time.perf_counter() - t0)
     del it, loader
     return times
@@ -158,7 +182,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batches", type=int, default=150, help="batches per timed repeat")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--step-k", type=int, default=4, help="matmuls per stand-in training step (0: skip)")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         export_s = build(root, args.songs, args.steps)
@@ -177,8 +203,15 @@ def main() -> None:
             get_t.append(time_get_batch(ds, chunk))
         results = {"floor_memmap_gather": _rate(n, floor_t, batch_bytes),
                    "get_batch": _rate(n, get_t, batch_bytes)}
-        for workers in (0, 2):
-            results[f"loader_w{workers}"] = _rate(n, time_loader(ds, n, args.repeats, workers), batch_bytes)
+        results["loader_w0"] = _rate(n, time_loader(ds, n, args.repeats, 0), batch_bytes)
+        for kind in ("thread", "process"):
+            results[f"loader_w2_{kind}"] = _rate(n, time_loader(ds, n, args.repeats, 2, kind), batch_bytes)
+        if args.step_k:
+            torch.set_num_threads(1)            # as the trainer's default (trainer.num_threads=1)
+            results["step_only"] = _rate(n, time_step_only(n, args.repeats, args.step_k), batch_bytes)
+            for name, workers, kind in (("w0", 0, "thread"), ("w2_thread", 2, "thread"), ("w2_process", 2, "process")):
+                results[f"loader_{name}_with_step"] = _rate(
+                    n, time_loader(ds, n, args.repeats, workers, kind, args.step_k), batch_bytes)
         packed = sum(v.numel() * v.element_size() for k, v in ds.get_batch(batches[0]).items() if k != "metrics")
         packed += sum(v.numel() * v.element_size() for v in ds.get_batch(batches[0])["metrics"].values())
         results["ipc_ceiling_w2_empty_buffer"] = _rate(n, time_ipc_ceiling(packed, n, args.repeats), batch_bytes)
@@ -187,12 +220,16 @@ def main() -> None:
         base = results["floor_memmap_gather"]["batches_per_s"]
         for v in list(results.values())[1:]:
             v["vs_floor"] = round(v["batches_per_s"] / base, 3)
+        for k, v in results.items():        # 1.0: the loader costs the loop nothing beyond the step
+            if k.endswith("_with_step"):
+                v["vs_step_only"] = round(v["batches_per_s"] / results["step_only"]["batches_per_s"], 3)
         print(json.dumps({
             "benchmark": "loader", "batch": BATCH, "seq_len": SEQ, "drums": D, "stride": STRIDE,
-            "windows": len(ds), "steps": args.songs * args.steps, "metrics": len(ds.metric_names),
+            "step_k": args.step_k, "windows": len(ds), "steps": args.songs * args.steps, "metrics": len(ds.metric_names),
             "bytes_per_batch": batch_bytes, "tensor_bytes_per_batch": packed, "export_s": round(export_s, 2),
             "store_MB": round(_du(root / "store.zarr") / 1e6, 2), "ready_MB": round(_du(ready) / 1e6, 2), "results": results,
-            "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}, "
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {load_before:.1f} before / "
+                       f"{os.getloadavg()[0]:.1f} after, "
                        f"python {platform.python_version()}",
         }, indent=1))
 

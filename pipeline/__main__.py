@@ -1,27 +1,23 @@
-"""`python -m pipeline [overrides]`: the data stages in order (ingest, build, metrics), outside DVC.
+"""`python -m pipeline [overrides]`: the data stages in order (ingest, build, metrics, export), outside DVC.
 
 The one command for the Groove MIDI Dataset:  python -m pipeline data=groove   (-> data/groove/)
 """
 from __future__ import annotations
-
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.build import build
+from pipeline.export import export
 from pipeline.ingest import IngestError, ingest
 from pipeline.metrics import run as compute_metrics
 
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with pipeline.config.exit_on("ingest", IngestError):
         report = ingest(cfg)
-    except IngestError as exc:
-        print(f"ingest failed: {exc}", file=sys.stderr)
-        sys.exit(1)
     summary = build(cfg)
     print(f"{summary['songs']} songs, {summary['steps']} steps, {summary['hits']} hits, "
           f"{report['notes_mapped']} notes mapped, dropped per unmapped pitch {report['notes_dropped']}, "
@@ -29,6 +25,10 @@ def main(cfg: DictConfig) -> None:
     metrics = compute_metrics(cfg)
     print(f"{metrics['windows']} windows of {metrics['songs']} songs, "
           f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
+    with pipeline.config.exit_on("export", FileNotFoundError, ValueError):
+        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
+               seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
+    print(f"training arrays -> {cfg.paths.ready}")
 
 
 if __name__ == "__main__":

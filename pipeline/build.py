@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -101,11 +100,8 @@ def _meta_song(r: dict) -> Song:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with pipeline.config.exit_on("build", FileNotFoundError):
         build(cfg)
-    except FileNotFoundError as exc:
-        print(f"build failed: {exc}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """One place that knows where the Hydra config lives, for CLIs and for code/tests that compose it."""
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -18,3 +21,14 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+@contextlib.contextmanager
+def exit_on(stage: str, *errors: type[BaseException], code: int = 1) -> Iterator[None]:
+    """In a CLI, report expected failures (bad input, missing files, bad config) as one line
+    `stage: reason` on stderr and exit with `code`, rather than a traceback."""
+    try:
+        yield
+    except errors as exc:
+        print(f"{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(code) from None

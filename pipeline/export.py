@@ -158,11 +158,9 @@ def _attrs_hash(attrs: dict) -> str:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with pipeline.config.exit_on("export", FileNotFoundError, ValueError):
         export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
                seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"export: {err}") from err
 
 
 if __name__ == "__main__":

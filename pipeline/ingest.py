@@ -20,7 +20,6 @@ import csv
 import hashlib
 import json
 import logging
-import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -310,11 +309,8 @@ def _report(cfg, where, results, songs, skipped) -> dict:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with pipeline.config.exit_on("ingest", IngestError):
         ingest(cfg)
-    except IngestError as exc:
-        print(f"ingest failed: {exc}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,3 +15,38 @@ def groove_dir() -> Path:
     if not (GROOVE_DIR / "info.csv").exists():
         pytest.fail(f"Groove MIDI Dataset not found at {GROOVE_DIR} (set HIERDRUMS_GROOVE)")
     return GROOVE_DIR
+
+
+def _run(cmd, cwd, env):
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture
+def fresh_clone(tmp_path):
+    """The repository's files (tracked + untracked-not-ignored) in a new git repo, no DVC cache or remote."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    repo = tmp_path / "repo"
+    for f in filter(None, files):
+        src = REPO_ROOT / f
+        if src.is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / f)
+    builtin = repo / "conf" / "data" / "builtin.yaml"
+    text = builtin.read_text()
+    assert "num_songs: 400" in text
+    builtin.write_text(text.replace("num_songs: 400", "num_songs: 6"))  # a tiny corpus for CI
+    params = repo / "params.yaml"
+    text = params.read_text()
+    assert "trainer: default" in text
+    params.write_text(text.replace("trainer: default", "trainer: tiny"))  # seconds, not minutes
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "fresh clone"], repo, env)
+    assert not (repo / ".dvc" / "cache").exists()
+    return repo, env

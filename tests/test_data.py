@@ -1,7 +1,10 @@
 """The memory-mapped data path: export stage, dataset items/batches, augmentation, workers."""
+import gc
 import json
 import logging
+import multiprocessing
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -199,18 +202,78 @@ def test_dataset_pickles_small_and_reopens(ready):
     np.testing.assert_array_equal(clone[[3, 4]]["step"], ds[[3, 4]]["step"])
 
 
-def test_two_workers_give_the_same_batches_as_none(ready):
+def test_thread_and_process_workers_give_the_same_batches_as_none(ready):
     ds = _dataset(ready, augment=True, velocity_jitter=0.2)
     runs = []
-    for workers in (0, 2):
-        loader = make_loader(ds, batch_size=16, shuffle=True, seed=5, num_workers=workers)
+    for workers, worker_type in ((0, "thread"), (2, "thread"), (2, "process")):
+        loader = make_loader(ds, batch_size=16, shuffle=True, seed=5, num_workers=workers, worker_type=worker_type)
         loader.sampler.set_epoch(2)
         runs.append(list(loader))
-    assert len(runs[0]) == len(runs[1]) == 5
-    for a, b in zip(*runs):
-        for k in ("step", "velocity", "mask", "song", "start"):
-            assert torch.equal(a[k], b[k])
-        assert torch.equal(a["metrics"]["drum_density"], b["metrics"]["drum_density"])
+    assert [len(r) for r in runs] == [5, 5, 5]
+    for a, *others in zip(*runs):
+        for b in others:
+            for k in ("step", "velocity", "bar", "phrase", "mask", "bar_mask", "song", "start"):
+                assert torch.equal(a[k], b[k]), k
+            for k in a["metrics"]:
+                assert torch.equal(a["metrics"][k], b["metrics"][k]), k
+    # the thread batches are private tensors: one batch's storage is not reused for the next
+    thread_run = runs[1]
+    assert thread_run[0]["step"].untyped_storage().data_ptr() != thread_run[1]["step"].untyped_storage().data_ptr()
+
+
+def _loader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("WindowLoader")]
+
+
+def test_thread_workers_are_joined_at_epoch_end_on_break_and_on_error(ready):
+    loader = make_loader(_dataset(ready), batch_size=8, seed=2, num_workers=2)
+    assert loader.threaded and loader.num_workers == 0       # no torch worker processes
+    it = iter(loader)
+    next(it)
+    assert 1 <= len(_loader_threads()) <= 2                  # prefetching while the loop works (the pool
+                                                             # starts a second thread only if the first is busy)
+    assert len(list(it)) == len(loader) - 1
+    assert _loader_threads() == []                           # end of epoch
+    for n, _ in enumerate(loader):
+        if n == 1:
+            break
+    assert _loader_threads() == []                           # break closes the iterator
+    with pytest.raises(RuntimeError, match="training step failed"):
+        for n, _ in enumerate(loader):
+            if n == 2:
+                raise RuntimeError("training step failed")
+    assert _loader_threads() == []
+    # the break left the epoch at 2 batches, the failed loop resumed there and took 3: delivered, not prefetched
+    assert loader.sampler.position == 5
+
+
+def test_a_failing_gather_in_a_thread_reaches_the_loop_and_stops_the_threads(ready):
+    ds = _dataset(ready)
+    loader = make_loader(ds, batch_size=8, seed=2, num_workers=2)
+    loader.sampler.num_windows = len(ds) + 50                # batches past the end: IndexError in a thread
+    with pytest.raises(IndexError, match="window index out of range"):
+        list(loader)
+    assert _loader_threads() == []
+
+
+def test_process_workers_end_with_the_loader_after_an_error(ready):
+    gc.collect()
+    before = set(multiprocessing.active_children())
+    loader = make_loader(_dataset(ready), batch_size=8, seed=2, num_workers=2, worker_type="process")
+    with pytest.raises(RuntimeError, match="training step failed"):
+        for n, _ in enumerate(loader):
+            if n == 1:
+                raise RuntimeError("training step failed")
+    workers = set(multiprocessing.active_children()) - before
+    assert len(workers) == 2                                 # persistent workers, for the next epoch
+    del loader
+    gc.collect()
+    assert not workers & set(multiprocessing.active_children())
+
+
+def test_unknown_worker_type_is_refused(ready):
+    with pytest.raises(ValueError, match="worker_type must be one of"):
+        make_loader(_dataset(ready), batch_size=8, num_workers=2, worker_type="fiber")
 
 
 def test_get_complete_rl_dataloader_from_a_store(ready):

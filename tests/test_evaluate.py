@@ -3,7 +3,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +158,33 @@ def test_bad_checkpoint_or_other_drums_fail_clearly(tiny, tmp_path):
     with pytest.raises(ValueError, match="trained on drums"):
         evaluate(_cfg(store, tmp_path / "other.pt", tmp_path))
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_songs_of_another_meter_are_left_out_as_in_training(tiny, tmp_path):
+    """3/4 songs (12 steps a bar) are not in the trainer's windows: evaluation leaves them out
+    for every row, fitting included, and says how many."""
+    store, ckpt = tiny
+    src = Store(store)
+    hits = np.asarray(src.hits[:])
+    songs = [Song(name=str(src.meta["name"][i]), hits=hits[src.song_slice(i)],
+                  velocity=hits[src.song_slice(i)] * np.uint8(90), split=str(src.meta["split"][i]),
+                  steps_per_bar=SPB) for i in range(src.num_songs)]
+    waltz = np.zeros((12 * 16, 9), np.uint8)
+    waltz[::12, 0] = waltz[6::12, 1] = waltz[::3, 2] = 1
+    songs += [Song(name="waltz_val", hits=waltz, velocity=waltz * np.uint8(90), split="validation", steps_per_bar=12),
+              Song(name="waltz_train", hits=waltz, velocity=waltz * np.uint8(90), split="train", steps_per_bar=12)]
+    mixed = tmp_path / "mixed.zarr"
+    write_store(mixed, songs, {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "mixed"})
+    res = evaluate(_cfg(mixed, ckpt, tmp_path / "out", "evaluate.generated.enabled=false"))
+    alone = evaluate(_cfg(store, ckpt, tmp_path / "alone", "evaluate.generated.enabled=false"))
+    # 192 steps of 3/4 at seq_len 64 would be 3 windows: left out, counted
+    assert (res["excluded_songs"], res["excluded_windows"]) == (1, 3)
+    assert (alone["excluded_songs"], alone["excluded_windows"]) == (0, 0)
+    assert res["windows"] == alone["windows"] == 7
+    for row in ROWS:                      # same windows scored, and the baselines fitted on 4/4 only
+        assert res["scores"][row]["scored_steps"] == alone["scores"][row]["scored_steps"]
+        np.testing.assert_allclose(res["scores"][row]["nll_bits_per_step"],
+                                   alone["scores"][row]["nll_bits_per_step"], rtol=1e-12)
+    assert "1 songs (3 windows) of other meters left out" in (tmp_path / "out" / "report.md").read_text()
+    w = split_windows(Store(mixed), "validation", SEQ_LEN, SEQ_LEN, steps_per_bar=12)
+    assert len(w) == 3 and set(w.steps_per_bar) == {12} and w.excluded_songs == 4

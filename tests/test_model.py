@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from pipeline.config import compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi
-from train.model import HierarchicalDrumModel, compute_loss, sample_hits
+from train.model import HierarchicalDrumModel, compute_loss, lookback_features, sample_hits
 
 # tiny models on a shared 2-core machine: OpenMP threads only spin against each other
 torch.set_num_threads(1)
@@ -39,9 +39,11 @@ def rolls(B: int, L: int, seed: int, p: float = 0.3) -> torch.Tensor:
     return (torch.rand(B, L, D, generator=g, dtype=torch.float64) < p).double()
 
 
-@pytest.fixture(scope="module", params=list(BACKENDS))
+@pytest.fixture(scope="module", params=[(b, lb) for b in BACKENDS for lb in (0, 2)],
+                ids=lambda p: f"{p[0]}-lookback{p[1]}")
 def model(request):
-    return tiny(request.param)
+    backend, lookback = request.param
+    return tiny(backend, lookback_bars=lookback)
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -96,18 +98,46 @@ def test_bar_state_reaches_steps_only_after_the_bar_completes():
 
 
 # ----------------------------------------------------------------------------- incremental path
+@pytest.mark.parametrize("lookback", [0, 1, 2])
 @pytest.mark.parametrize("hierarchy", [True, False])
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_incremental_step_equals_full_forward(backend, hierarchy):
+def test_incremental_step_equals_full_forward(backend, hierarchy, lookback):
     # max_context 6 < L: the ring-buffer cache must match the banded attention of forward
-    m = tiny(backend, hierarchy, **({"max_context": 6} if backend == "transformer" else {}))
+    m = tiny(backend, hierarchy, lookback_bars=lookback,
+             **({"max_context": 6} if backend == "transformer" else {}))
     L = 3 * SPB * BPP + 2
     x = rolls(3, L, 11)
+    x[:, 2 * SPB:3 * SPB] = x[:, SPB:2 * SPB]        # exact repeats: the lookback flags fire
     start = torch.tensor([0, 1, 5])
     full = m(x, start=start)[0]
     state = m.init_state(3, start=start)
     inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
     torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+
+
+def test_lookback_features_read_one_and_two_bars_back():
+    x = rolls(2, 3 * SPB + 1, 4)
+    x[:, 2 * SPB] = x[:, SPB]                      # step 2·spb repeats one bar ago
+    f = lookback_features(x, SPB, 2)               # [hits t+1−spb, flag 1, hits t+1−2spb, flag 2]
+    assert f.shape == (2, 3 * SPB + 1, 2 * (D + 1))
+    for t in range(3 * SPB + 1):
+        for k, off in ((1, 0), (2, D + 1)):
+            j = t + 1 - k * SPB
+            want = x[:, j] if j >= 0 else torch.zeros(2, D, dtype=x.dtype)
+            torch.testing.assert_close(f[:, t, off:off + D], want, rtol=0, atol=0)
+            same = t - k * SPB >= 0 and bool((x[:, t] == x[:, t - k * SPB]).all(-1).all())
+            assert bool((f[:, t, off + D] == 1).all()) == same
+    assert f[:, 2 * SPB, D].eq(1).all()
+    assert f[:, SPB - 1, D].eq(0).all()            # silent or not, nothing before the start repeats
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_generation_with_lookback_follows_forward(backend):
+    m = tiny(backend, lookback_bars=2, max_context=5)
+    start = torch.tensor([1, 6])
+    out = m.generate(rolls(2, 3, 2), 5 * SPB, temperature=0, seed=0, start=start)
+    logits = m(out, start=start)[0]                 # 5 bars: the ring wraps around twice
+    assert torch.equal(out[:, 3:], (logits[:, 2:-1] > 0).double())
 
 
 def test_transformer_window_bounds_the_context():

@@ -39,13 +39,16 @@ def _poll_checkpoint(path, proc, want_step):
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
+    # the uninterrupted run loads in the loop, the broken one with 2 prefetching threads: the
+    # checkpoint must count batches trained on, not prefetched, and the batches must be the same
+    threads = ["trainer.num_workers=2", "trainer.worker_type=thread"]
     whole = tmp_path / "whole"
     subprocess.run(_cmd(tiny + ["trainer.resume=never"], whole), cwd=REPO_ROOT, check=True,
                    capture_output=True, timeout=300)
 
     broken = tmp_path / "broken"
     last = broken / "checkpoints" / "last.pt"
-    proc = subprocess.Popen(_cmd(tiny, broken), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(tiny + threads, broken), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _poll_checkpoint(last, proc, want_step=BATCHES + 2)       # inside the second epoch
     os.kill(proc.pid, signal.SIGKILL)
@@ -54,7 +57,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
     killed_at = load_checkpoint(last)
     assert killed_at["global_step"] < EPOCHS * BATCHES        # it really was stopped early
 
-    out = subprocess.run(_cmd(tiny + ["trainer.resume=auto"], broken), cwd=REPO_ROOT,
+    out = subprocess.run(_cmd(tiny + threads + ["trainer.resume=auto"], broken), cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"step {killed_at['global_step']}" in out.stdout   # "resumed from …" line

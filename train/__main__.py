@@ -7,7 +7,6 @@ Examples:
 """
 from __future__ import annotations
 
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -20,11 +19,8 @@ from train.optim import ConfigError
 def main(cfg: DictConfig) -> None:
     from train.trainer import fit
 
-    try:
+    with pipeline.config.exit_on("train", ConfigError, code=2):
         fit(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The trainer never parses or computes here: `data/ready/` (written by `pipeline.e
 store's rows and the precomputed window metrics as `.npy` files. A batch is one fancy-index gather
 of `[B, seq_len]` rows from the mapped arrays plus one gather per metric, no per-item Python loop:
 
-    loader = make_loader(dataset, batch_size=64, num_workers=2)    # sampler: loader.sampler
+    loader = make_loader(dataset, batch_size=64, num_workers=2)    # 2 prefetch threads; sampler: loader.sampler
     # which is DataLoader(dataset, batch_size=None, sampler=WindowBatchSampler(len(dataset), 64),
     #                     collate_fn=collate) plus one-buffer hand-over from workers and exact resume
 
@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -419,27 +422,85 @@ class WindowLoader(DataLoader):
     Workers fetch ahead of the training loop, so the sampler alone would count prefetched batches
     as seen; this loader sets `sampler.position` to the batches actually delivered, so a
     checkpoint taken between batches resumes with exactly the unseen windows.
+
+    worker_type="thread" (default): `workers` threads of this process prefetch the next
+    `workers * prefetch_factor` batches into fresh private tensors. The gather is a numba kernel
+    compiled `nogil=True`, so threads overlap with the training loop and nothing crosses a process
+    boundary (a process worker pays for a fresh shared-memory buffer per batch, as long as the
+    gather itself; benchmarks/README.md "Loader"). Threads start with each epoch's iteration and are
+    joined when it ends, breaks or raises. worker_type="process": torch's worker processes (for
+    per-batch work that holds the GIL); batches cross as one shared buffer (PackedBatch).
     """
+
+    def __init__(self, dataset, *, num_workers: int = 0, worker_type: str = "thread",
+                 prefetch_factor: int | None = None, **kwargs):
+        if worker_type not in WORKER_TYPES:
+            raise ValueError(f"worker_type must be one of {WORKER_TYPES}, got {worker_type!r}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.workers, self.worker_type = int(num_workers), worker_type
+        self.prefetch_factor_threads = int(prefetch_factor or 2)
+        if worker_type == "process" and num_workers > 0:
+            kwargs.setdefault("persistent_workers", True)
+            super().__init__(dataset, num_workers=num_workers, prefetch_factor=prefetch_factor, **kwargs)
+        else:   # torch's loop runs in this process; threads (if any) are ours
+            kwargs.pop("persistent_workers", None)
+            super().__init__(dataset, num_workers=0, **kwargs)
+
+    @property
+    def threaded(self) -> bool:
+        return self.worker_type == "thread" and self.workers > 0
 
     def __iter__(self):
         sampler = self.sampler
         start = sampler.start_position()
-        for n, batch in enumerate(super().__iter__(), start=1):
+        batches = self._thread_batches() if self.threaded else super().__iter__()
+        for n, batch in enumerate(batches, start=1):
             sampler.position = start + n
             yield unpack(*batch) if isinstance(batch, PackedBatch) else batch
 
+    def _fetch(self, request):
+        batch = self.collate_fn(self.dataset[request])
+        return _pin(batch) if self.pin_memory and torch.cuda.is_available() else batch
+
+    def _thread_batches(self):
+        """The sampler's batches in order, each gathered on a pool thread, `depth` in flight."""
+        if hasattr(self.dataset, "_open"):
+            self.dataset._open()            # map the files once, before threads race to do it
+        requests = iter(self.sampler)
+        depth = self.workers * self.prefetch_factor_threads
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="WindowLoader")
+        pending: deque = deque()
+        try:
+            pending.extend(pool.submit(self._fetch, r) for r in itertools.islice(requests, depth))
+            while pending:
+                batch = pending.popleft().result()
+                pending.extend(pool.submit(self._fetch, r) for r in itertools.islice(requests, 1))
+                yield batch
+        finally:            # end of epoch, a break (generator closed) or an exception: join the threads
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+WORKER_TYPES = ("thread", "process")
+
+
+def _pin(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: _pin(v) if isinstance(v, dict) else v.pin_memory() for k, v in batch.items()}
+
 
 def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, shuffle: bool = True,
-                seed: int = 0, drop_last: bool = False, num_workers: int = 0, pin_memory: bool = False,
-                num_replicas: int | None = None, rank: int | None = None, **kwargs) -> WindowLoader:
-    """The loader the trainer uses: one gather per batch, sharded and resumable (`loader.sampler`)."""
+                seed: int = 0, drop_last: bool = False, num_workers: int = 0, worker_type: str = "thread",
+                pin_memory: bool = False, num_replicas: int | None = None, rank: int | None = None,
+                **kwargs) -> WindowLoader:
+    """The loader the trainer uses: one gather per batch, sharded and resumable (`loader.sampler`).
+
+    num_workers prefetching workers of `worker_type` ("thread", default, or "process"); see WindowLoader.
+    """
     sampler = WindowBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                  num_replicas=num_replicas, rank=rank)
-    sampler.pack = num_workers > 0
-    if num_workers > 0:
-        kwargs.setdefault("persistent_workers", True)
+    sampler.pack = num_workers > 0 and worker_type == "process"
     return WindowLoader(dataset, batch_size=None, sampler=sampler, collate_fn=collate,
-                        num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+                        num_workers=num_workers, worker_type=worker_type, pin_memory=pin_memory, **kwargs)
 
 
 def _npz_cache_key(npz_dir: Path, **window) -> str:
@@ -494,7 +555,8 @@ def _run_stages(npz_dir: Path, root: Path, window: dict) -> None:
 
 def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512, steps_per_bar: int = 16,
                                bars_per_phrase: int = 4, batch_size: int = 16, shuffle: bool = True,
-                               augment: bool = False, num_workers: int = 0, *, split: str = "train",
+                               augment: bool = False, num_workers: int = 0, *, worker_type: str = "thread",
+                               split: str = "train",
                                stride: int | None = None, seed: int = 0, drop_last: bool = False,
                                cache_dir: str | Path | None = None, **dataset_kwargs) -> WindowLoader:
     """The seed's one-call entry point: a loader of hierarchical batches from an NPZ folder or a store.
@@ -513,4 +575,4 @@ def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512,
     dataset = CompleteHierarchicalDrumDataset(path, split, seq_len, stride, steps_per_bar, bars_per_phrase,
                                               augment, seed=seed, **dataset_kwargs)
     return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                       num_workers=num_workers)
+                       num_workers=num_workers, worker_type=worker_type)

@@ -2,7 +2,10 @@
 
 1. Windows of the split, cut from `data/store.zarr` as the metrics stage cuts them (starts 0,
    stride, 2·stride, … while start + seq_len <= T; a shorter song is one padded, masked window),
-   with `evaluate.stride` (default seq_len: every step scored once).
+   with `evaluate.stride` (default seq_len: every step scored once). As in training
+   (train.data.ReadyDataset), songs whose steps_per_bar differs from `window.steps_per_bar`
+   (e.g. 3/4 songs) are left out, for the model and the baselines alike (fitting included), and
+   the counts left out are reported.
 2. Teacher-forced scores (train.scores) of the model and of the three baselines (train.baselines,
    fitted on the train split) on exactly those windows; each one's onset threshold is chosen on
    the validation split and reported with its scores.
@@ -17,7 +20,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,8 @@ class Windows:
     song: np.ndarray
     start: np.ndarray
     steps_per_bar: np.ndarray      # the bar length of each window's song (its meter)
+    excluded_songs: int = 0        # songs of the split left out for their meter
+    excluded_windows: int = 0      # ... and the windows they would have given
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -69,13 +73,33 @@ def split_songs_ids(store: Store, split: str) -> np.ndarray:
     return np.arange(store.num_songs) if split == "all" else store.songs_in_split(split)
 
 
-def split_windows(store: Store, split: str, seq_len: int, stride: int, hits: np.ndarray | None = None) -> Windows:
+def same_meter(store: Store, ids: np.ndarray, steps_per_bar: int | None) -> np.ndarray:
+    """Bool per song id: its steps_per_bar is the training window's (the trainer's rule); all True
+    for steps_per_bar None."""
+    if steps_per_bar is None:
+        return np.ones(len(ids), bool)
+    return store.meta["steps_per_bar"][np.asarray(ids, np.int64)] == int(steps_per_bar)
+
+
+def _num_steps(store: Store, i) -> int:
+    sl = store.song_slice(int(i))
+    return sl.stop - sl.start
+
+
+def split_windows(store: Store, split: str, seq_len: int, stride: int, hits: np.ndarray | None = None,
+                  steps_per_bar: int | None = None) -> Windows:
+    """The split's windows; with `steps_per_bar`, only songs of that bar length (others counted)."""
     songs = split_songs_ids(store, split)
     if len(songs) == 0:
         raise ValueError(f"{store.path}: no song in split {split!r} (splits: {store.attrs.get('splits')})")
+    keep = same_meter(store, songs, steps_per_bar)
+    if not keep.any():
+        raise ValueError(f"{store.path}: no song of split {split!r} has steps_per_bar={steps_per_bar} "
+                         f"(the model's window); nothing to score")
+    excluded_windows = sum(len(window_starts(_num_steps(store, i), seq_len, stride)) for i in songs[~keep])
     hits = np.asarray(store.hits[:]) if hits is None else hits
     rows, masks, song_ids, starts = [], [], [], []
-    for i in songs:
+    for i in songs[keep]:
         sl = store.song_slice(int(i))
         song = hits[sl]
         for a in window_starts(len(song), seq_len, stride):
@@ -87,12 +111,16 @@ def split_windows(store: Store, split: str, seq_len: int, stride: int, hits: np.
             rows.append(w), masks.append(m), song_ids.append(int(i)), starts.append(a)
     song_ids = np.array(song_ids, np.int64)
     return Windows(np.stack(rows), np.stack(masks), song_ids, np.array(starts, np.int64),
-                   store.meta["steps_per_bar"][song_ids].astype(np.int64))
+                   store.meta["steps_per_bar"][song_ids].astype(np.int64),
+                   int((~keep).sum()), int(excluded_windows))
 
 
-def split_songs(store: Store, split: str, hits: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
-    """The split's whole songs and their bar lengths (what the baselines are fitted on)."""
+def split_songs(store: Store, split: str, hits: np.ndarray,
+                steps_per_bar: int | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """The split's whole songs and their bar lengths (what the baselines are fitted on); with
+    `steps_per_bar`, only the songs of that bar length, as the trainer reads them."""
     ids = store.songs_in_split(split)
+    ids = ids[same_meter(store, ids, steps_per_bar)]
     return [hits[store.song_slice(int(i))] for i in ids], [int(store.meta["steps_per_bar"][i]) for i in ids]
 
 
@@ -186,7 +214,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if [str(n) for n in ckpt["drum_names"]] != names:
         raise ValueError(f"{ckpt_path}: trained on drums {list(ckpt['drum_names'])}, but {store.path} holds {names}")
     hits = np.asarray(store.hits[:])
-    windows = split_windows(store, cfg.split, seq_len, int(ecfg.stride), hits)
+    windows = split_windows(store, cfg.split, seq_len, int(ecfg.stride), hits, spb)
     # The reference store's train split fits the baselines and its validation split picks thresholds:
     # the store itself by default, the training data's store when scoring a store built elsewhere.
     ref_path = Path(ecfg.reference_store or cfg.paths.store)
@@ -197,8 +225,8 @@ def evaluate(cfg: DictConfig) -> dict:
         if ref.drum_names != names:
             raise ValueError(f"{ref.path} holds drums {ref.drum_names}, {store.path} holds {names}")
     validation = windows if same and cfg.split == "validation" else split_windows(
-        ref, "validation", seq_len, int(ecfg.stride), ref_hits)
-    train_songs, train_bars = split_songs(ref, "train", ref_hits)
+        ref, "validation", seq_len, int(ecfg.stride), ref_hits, spb)
+    train_songs, train_bars = split_songs(ref, "train", ref_hits, spb)
     if not train_songs:
         raise ValueError(f"{ref.path}: no song in the train split to fit the baselines on")
 
@@ -230,7 +258,8 @@ def evaluate(cfg: DictConfig) -> dict:
     pictures = {"scores": save_score_bars(plots / "scores.png", scores)}
     result = {
         "checkpoint": str(ckpt_path), "split": cfg.split, "store": str(store.path), "reference_store": str(ref.path),
-        "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
+        "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride), "steps_per_bar": spb,
+        "excluded_songs": windows.excluded_songs, "excluded_windows": windows.excluded_windows,
         "scores": scores,
         "ngram_selection": ngram_grid,
         "model_beats_baselines_nll": all(scores[MODEL_ROW]["nll_bits_per_step"] < s["nll_bits_per_step"]
@@ -273,7 +302,10 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
              f"Checkpoint `{result['checkpoint']}`, store `{result['store']}`: {result['windows']} windows of "
              f"{result['seq_len']} steps (stride {result['stride']}), "
              f"{s[MODEL_ROW]['scored_steps']} scored steps. Baselines fitted on the train split and "
-             f"thresholds chosen on the validation split of `{result['reference_store']}`.", "",
+             f"thresholds chosen on the validation split of `{result['reference_store']}`. "
+             f"As in training, only songs of {result['steps_per_bar']} steps a bar are scored: "
+             f"{result['excluded_songs']} songs ({result['excluded_windows']} windows) of other meters "
+             f"left out.", "",
              "## Next-step prediction (teacher forced)", "",
              "Lower NLL is better; the onset threshold of each row is the one that maximises its F1 on the "
              "validation split.", "",
@@ -317,11 +349,8 @@ def _img(pictures: dict, key: str, out_dir: Path) -> str:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with pipeline.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError):
         result = evaluate(cfg)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"evaluate: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     out = Path(cfg.evaluate.out_dir)
     for name, r in result["scores"].items():
         print(f"{name:>12}: NLL {r['nll_bits_per_step']:.4f} bits/step  F1 {r['f1']:.3f} (threshold {r['threshold']:.3f})")

@@ -13,7 +13,6 @@ Config: `conf/generate.yaml` (its own config_name, including the root config).
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import hydra
@@ -187,11 +186,8 @@ def summary(result: dict, report: str | None) -> str:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with pipeline.config.exit_on("generate", FileNotFoundError, ValueError, KeyError):
         result = run(cfg)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"generate: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     print(summary(result, cfg.generate.get("report")))
 
 

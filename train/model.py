@@ -7,6 +7,8 @@ phase of each step comes from `start` through the position-in-bar embeddings.
 
 Causality: `step_logits[:, t]` (hits of step t+1) depends only on `step[:, :t+1]`;
 `bar_preds[:, k]` (mean pattern of bar k+1) only on bars ≤ k; `phrase_preds[:, j]` likewise.
+The lookback input of step t (K = lookback_bars) reads step[t+1−k·spb] and step[t−k·spb] for
+k = 1..K, all ≤ t, so it keeps this causality.
 """
 from __future__ import annotations
 
@@ -148,6 +150,26 @@ class GenerationState:
     bars_done: int = 0
     bar_ctx: Tensor | None = None        # [B, H] projected state of the last complete bar
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
+    history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
+
+
+# --------------------------------------------------------------------------- lookback input
+def lookback_features(step: Tensor, steps_per_bar: int, bars: int) -> Tensor:
+    """Lookback RNN input (Waite et al., 2016) for every step t of `step` [B, L, D]:
+    for k = 1..bars, the hits of the step being predicted k bars ago, step[t+1−k·spb], and a flag
+    rep_k[t] = 1 if step[t] equals step[t−k·spb] (the step just read repeats k bars ago).
+    Steps before the sequence's start are zeros (flag 0). Returns [B, L, bars·(D+1)]."""
+    B, L, D = step.shape
+    span = bars * steps_per_bar
+    padded = torch.cat([step.new_zeros(B, span, D), step], 1)       # padded[:, span + j] = step[:, j]
+    t = torch.arange(L, device=step.device)
+    feats = []
+    for k in range(1, bars + 1):
+        ago = span - k * steps_per_bar
+        feats.append(padded[:, ago + 1:ago + 1 + L])                   # step[t+1−k·spb]
+        same = (step == padded[:, ago:ago + L]).all(-1) & (t >= k * steps_per_bar)
+        feats.append(same.to(step.dtype)[..., None])                   # step[t] == step[t−k·spb]
+    return torch.cat(feats, -1)
 
 
 # --------------------------------------------------------------------------- the model
@@ -165,20 +187,24 @@ class HierarchicalDrumModel(nn.Module):
                  phrase_hidden_dim: int = 128, num_layers: int = 2, dropout: float = 0.1,
                  use_transformer: bool = False, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
-                 max_context: int = 512):
+                 max_context: int = 512, lookback_bars: int = 0):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
                             num_layers=int(num_layers), dropout=float(dropout),
                             use_transformer=bool(use_transformer), steps_per_bar=int(steps_per_bar),
                             bars_per_phrase=int(bars_per_phrase), rnn_type=str(rnn_type),
-                            nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context))
+                            nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context),
+                            lookback_bars=int(lookback_bars))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
         self.hierarchy, self.use_transformer = bool(hierarchy), bool(use_transformer)
+        self.lookback_bars = int(lookback_bars)
 
         self.input = nn.Linear(D, H)
+        if self.lookback_bars:      # its own layer: a lookback-free checkpoint keeps its keys
+            self.lookback = nn.Linear(self.lookback_bars * (D + 1), H)
         self.in_pos = nn.Embedding(steps_per_bar, H)    # phase of the step read
         self.out_pos = nn.Embedding(steps_per_bar, H)   # phase of the step predicted
         self.drop = nn.Dropout(dropout)
@@ -203,6 +229,8 @@ class HierarchicalDrumModel(nn.Module):
         c = self._config
         if c["num_drums"] < 1 or c["steps_per_bar"] < 1 or c["bars_per_phrase"] < 1:
             raise ValueError(f"num_drums, steps_per_bar and bars_per_phrase must be ≥ 1, got {c}")
+        if c["lookback_bars"] < 0:
+            raise ValueError(f"lookback_bars must be ≥ 0 (0 disables), got {c['lookback_bars']}")
         if c["use_transformer"]:
             for key in ("step_hidden_dim", "bar_hidden_dim", "phrase_hidden_dim"):
                 if c[key] % c["nhead"]:
@@ -237,7 +265,10 @@ class HierarchicalDrumModel(nn.Module):
         t = torch.arange(L, device=step.device)
         start = step.new_zeros(B, dtype=torch.long) if start is None else start.to(step.device).long()
         phase = (start[:, None] + t) % spb                                    # [B, L]
-        h = self.step_rnn(self.drop(self.input(step) + self.in_pos(phase)))  # [B, L, H]
+        x = self.input(step) + self.in_pos(phase)
+        if self.lookback_bars:
+            x = x + self.lookback(lookback_features(step, spb, self.lookback_bars))
+        h = self.step_rnn(self.drop(x))                                        # [B, L, H]
         z = h + self.out_pos((phase + 1) % spb)
         if not self.hierarchy:
             return self.output_layer(self.drop(z)), None, None
@@ -265,6 +296,8 @@ class HierarchicalDrumModel(nn.Module):
         like = next(self.parameters())
         start = torch.as_tensor(start, dtype=torch.long, device=like.device).expand(batch_size).clone()
         state = GenerationState(t=t, start=start, step=self.step_rnn.init_state(batch_size, like))
+        if self.lookback_bars:
+            state.history = like.new_zeros(batch_size, self.lookback_bars * self.steps_per_bar, self.num_drums)
         if self.hierarchy:
             H, D = self._config["step_hidden_dim"], self.num_drums
             state.bar = self.bar_rnn.init_state(batch_size, like)
@@ -281,7 +314,10 @@ class HierarchicalDrumModel(nn.Module):
         forward(...)[0][:, t] on the same prefix (see tests/test_model.py)."""
         spb = self.steps_per_bar
         phase = (state.start + state.t) % spb
-        h, state.step = self.step_rnn.step(self.drop(self.input(x) + self.in_pos(phase)), state.step)
+        inp = self.input(x) + self.in_pos(phase)
+        if self.lookback_bars:
+            inp = inp + self.lookback(self._lookback_step(x, state))
+        h, state.step = self.step_rnn.step(self.drop(inp), state.step)
         z = h + self.out_pos((phase + 1) % spb)
         if self.hierarchy:
             if state.t >= 0:
@@ -289,6 +325,22 @@ class HierarchicalDrumModel(nn.Module):
             z = z + state.bar_ctx + state.phrase_ctx
         state.t += 1
         return self.output_layer(self.drop(z))
+
+    def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
+        """`lookback_features` of step t = state.t from the ring of the last K·spb inputs
+        (slot j mod K·spb holds step j); indices < 0, the lead-in step included, are zeros."""
+        spb, t, ring = self.steps_per_bar, state.t, state.history
+        n = ring.shape[1]
+        # flags first: step t−K·spb shares its slot with step t, which is written next
+        same = [(x == ring[:, (t - k * spb) % n]).all(-1) & (t - k * spb >= 0)
+                for k in range(1, self.lookback_bars + 1)]
+        if t >= 0:
+            ring[:, t % n] = x
+        feats = []
+        for k in range(1, self.lookback_bars + 1):
+            j = t + 1 - k * spb
+            feats += [ring[:, j % n] if j >= 0 else torch.zeros_like(x), same[k - 1].to(x.dtype)[:, None]]
+        return torch.cat(feats, -1)
 
     def _advance_bars(self, h: Tensor, x: Tensor, state: GenerationState) -> None:
         """Accumulate the step into its bar; when a bar (phrase) completes, run its level once."""

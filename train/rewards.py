@@ -22,10 +22,20 @@ Two modes:
   numba kernels the metrics stage uses (`kernels.window_metrics`), and trained by policy gradient
       A = (R − b) / (std_batch(R) + ε),   b ← μ·b + (1 − μ)·mean(R),
       loss = −mean_b(A · log π(sample)) / sample_steps,   total = step loss + weight · loss.
+
+Learned term weights (`rl.learn_weights: true`, off by default): the fixed w_i give way to
+uncertainty weighting (train/loss_weighting.py) of the distances d_i = |m_i − target_i| ≥ 0,
+      L_rl = Σ_i exp(−s_i) · mean_b(d_i) + s_i,    s_i ∈ (−max_log_var, max_log_var), s_i(0) = −log w_i,
+so the configured w_i is each term's starting weight. `surrogate`: total = step loss + weight · L_rl
+(the model and the s_i learn from it together). `reinforce`: R = −Σ_i exp(−s_i)·d_i with the current
+(detached) weights, and weight · L_rl with d_i detached is added so only the s_i learn from it
+(towards exp(−s_i) = 1 / mean d_i: every term on the same scale). The s_i are trained by the model's
+optimizer (own param group, no weight decay), all-reduced across ranks, and saved in checkpoints.
 """
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from train.loss_weighting import UncertaintyWeighting
 from train.optim import ConfigError
 
 BUILTINS = ("avg_hits", "syncopation", "ioi_var")
@@ -90,6 +101,8 @@ def validate(rl_cfg, window) -> None:
         raise ConfigError(f"rl.mode={rl_cfg.mode!r}: one of {list(MODES)}")
     if not build_terms(rl_cfg):
         raise ConfigError("rl.enabled=true but no rl.terms entry has a non-zero weight")
+    if rl_cfg.get("learn_weights", False):
+        _validate_learned(rl_cfg)
     if rl_cfg.mode == "reinforce":
         spb, L = int(window.steps_per_bar), int(window.seq_len)
         p, g = int(rl_cfg.prime_steps), int(rl_cfg.sample_steps)
@@ -98,6 +111,33 @@ def validate(rl_cfg, window) -> None:
                               f"steps_per_bar={spb}, sample_steps > 0, and together ≤ window.seq_len={L}")
         if not 0.0 <= float(rl_cfg.baseline_momentum) < 1.0:
             raise ConfigError(f"rl.baseline_momentum={rl_cfg.baseline_momentum}: must lie in [0, 1)")
+        normalize_mode(rl_cfg.get("normalize", True))
+
+
+def _validate_learned(rl_cfg) -> None:
+    """Learned weights need a distance (≥ 0) per term and a starting weight inside the bounds."""
+    bound = float(rl_cfg.get("max_log_var", 5.0))
+    if bound <= 0:
+        raise ConfigError(f"rl.max_log_var={bound}: must be > 0")
+    for t in build_terms(rl_cfg):
+        if t.target is None:
+            raise ConfigError(f"rl.terms.{t.name}.target=null with rl.learn_weights=true: a maximised "
+                              "metric has no scale to learn (its weight would run to the bound); "
+                              "give a target ('window' or a number)")
+        if not math.exp(-bound) < t.weight < math.exp(bound):
+            raise ConfigError(f"rl.terms.{t.name}.weight={t.weight}: the starting weight of a learned "
+                              f"term must lie in (exp(−{bound}), exp({bound})) (rl.max_log_var={bound})")
+
+
+NORMALIZE = ("batch", "running", "none")
+
+
+def normalize_mode(value) -> str:
+    """rl.normalize: batch | running | none (true/false, the older spelling, mean batch/none)."""
+    mode = {True: "batch", False: "none"}.get(value, value) if isinstance(value, bool) else str(value)
+    if mode not in NORMALIZE:
+        raise ConfigError(f"rl.normalize={value!r}: one of {list(NORMALIZE)}")
+    return mode
 
 
 # --- expected (differentiable) metrics -----------------------------------------------------
@@ -147,16 +187,67 @@ class RewardShaper:
         self.spb, self.bpb = int(window.steps_per_bar), int(window.get("beats_per_bar", 4))
         self.max_gap = int(rl_cfg.get("max_gap", 2 * self.spb))
         self.prime, self.sample = int(rl_cfg.prime_steps), int(rl_cfg.sample_steps)
-        self.momentum, self.normalize = float(rl_cfg.baseline_momentum), bool(rl_cfg.normalize)
+        self.momentum = float(rl_cfg.baseline_momentum)
+        self.normalize = normalize_mode(rl_cfg.get("normalize", True))
         self.reduce_mean = reduce_mean or (lambda x: x)
         self.baseline: float | None = None
+        self.var: float | None = None  # running reward variance (normalize=running)
+        self.weighting: UncertaintyWeighting | None = None
+        if rl_cfg.get("learn_weights", False):
+            self.weighting = UncertaintyWeighting([t.name for t in self.terms],
+                                                  init_log_var=[-math.log(t.weight) for t in self.terms],
+                                                  max_log_var=float(rl_cfg.get("max_log_var", 5.0)))
 
-    # running-mean baseline is training state: it goes into the checkpoint
+    # running baseline, variance and learned weights are training state: they go into the checkpoint
     def state_dict(self) -> dict:
-        return {"baseline": self.baseline}
+        out = {"baseline": self.baseline, "var": self.var}
+        if self.weighting is not None:
+            out["weighting"] = self.weighting.state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
-        self.baseline = state.get("baseline")
+        self.baseline, self.var = state.get("baseline"), state.get("var")
+        if self.weighting is not None and "weighting" in state:
+            self.weighting.load_state_dict(state["weighting"])
+
+    # --- learned term weights (rl.learn_weights) ----------------------------------------------
+    def to(self, device) -> "RewardShaper":
+        if self.weighting is not None:
+            self.weighting.to(device)
+        return self
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer param groups of the learned weights ([] when fixed): no weight decay, which
+        would pull every s_i to 0 (every weight to 1)."""
+        if self.weighting is None:
+            return []
+        return [{"params": list(self.weighting.parameters()), "weight_decay": 0.0}]
+
+    def sync_grads(self) -> None:
+        """Average the learned weights' gradients over ranks, as DDP does for the model's (call
+        after the last micro-batch's backward). The identity for one process."""
+        if self.weighting is not None:
+            for p in self.weighting.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(self.reduce_mean(p.grad))
+
+    def learned_weights(self) -> dict[str, float]:
+        """{"reward/weight/<term>": exp(−s_i)} for logging; {} with fixed weights."""
+        if self.weighting is None:
+            return {}
+        return {f"reward/weight/{k}": v for k, v in self.weighting.weights().items()}
+
+    def advantage(self, reward: torch.Tensor, baseline: float) -> torch.Tensor:
+        """R − b, scaled per `rl.normalize`: batch → / std of this batch's R; running → / √(EMA of
+        (R − b)², momentum baseline_momentum, all ranks pooled); none → unscaled."""
+        adv = reward - baseline
+        if self.normalize == "batch" and reward.numel() > 1:
+            adv = adv / (reward.std(unbiased=False) + EPS)
+        elif self.normalize == "running":
+            batch_var = float(self.reduce_mean((adv.detach() ** 2).mean()))
+            self.var = batch_var if self.var is None else self.momentum * self.var + (1 - self.momentum) * batch_var
+            adv = adv / (self.var ** 0.5 + EPS)
+        return adv
 
     def _target(self, term: Term, batch: dict, like: torch.Tensor) -> torch.Tensor | None:
         if term.target is None:
@@ -171,15 +262,22 @@ class RewardShaper:
         return torch.full_like(like, term.target)
 
     def _combine(self, values: dict[str, torch.Tensor], batch: dict):
-        total, logs = 0.0, {}
+        """(R per window, logs, {term: r_i per window}); R weighs r_i by the fixed or learned w_i."""
+        learned = self.weighting.weights() if self.weighting is not None else {}
+        total, logs, rs = 0.0, {}, {}
         for term in self.terms:
             v = values[term.name]
             tgt = self._target(term, batch, v)
             r = v if tgt is None else -(v - tgt).abs()
-            total = total + term.weight * r
+            total = total + learned.get(term.name, term.weight) * r
+            rs[term.name] = r
             logs[f"reward/{term.name}"] = float(v.detach().mean())
             logs[f"reward/{term.name}_r"] = float(r.detach().mean())
-        return total, logs
+        return total, logs, rs
+
+    def _learned_loss(self, rs: dict[str, torch.Tensor], detach: bool) -> torch.Tensor:
+        """Σ_i exp(−s_i)·mean_b(d_i) + s_i with d_i = −r_i = |m_i − target_i|."""
+        return self.weighting({k: (-r.detach() if detach else -r).mean() for k, r in rs.items()})
 
     # --- surrogate ---------------------------------------------------------------------------
     def surrogate(self, step_logits: torch.Tensor, batch: dict):
@@ -200,8 +298,10 @@ class RewardShaper:
             else:
                 values[term.name] = term.fn(p * mask.unsqueeze(-1), start=start + 1,
                                             steps_per_bar=self.spb, beats_per_bar=self.bpb)
-        reward, logs = self._combine(values, batch)
+        reward, logs, rs = self._combine(values, batch)
         logs["reward/total"] = float(reward.detach().mean())
+        if self.weighting is not None:
+            return self._learned_loss(rs, detach=False), logs
         return -reward.mean(), logs
 
     # --- REINFORCE ---------------------------------------------------------------------------
@@ -244,14 +344,14 @@ class RewardShaper:
         cont_logits = logits[:, self.prime - 1:].float()                # logits[:, t] predict step t+1
         logp = -F.binary_cross_entropy_with_logits(cont_logits, cont.float(), reduction="none").sum((1, 2))
         values = self._score(cont, start + self.prime)
-        reward, logs = self._combine({k: v.to(step.device) for k, v in values.items()}, batch)
+        reward, logs, rs = self._combine({k: v.to(step.device) for k, v in values.items()}, batch)
         mean_r = float(self.reduce_mean(reward.mean().detach()))
         b = mean_r if self.baseline is None else self.baseline
-        adv = reward - b
-        if self.normalize:
-            adv = adv / (reward.std(unbiased=False) + EPS) if reward.numel() > 1 else adv
+        adv = self.advantage(reward, b)
         self.baseline = self.momentum * b + (1 - self.momentum) * mean_r
         loss = -(adv.detach() * logp).mean() / self.sample
+        if self.weighting is not None:   # the s_i learn each term's scale; the model's gradient is the PG's
+            loss = loss + self._learned_loss(rs, detach=True)
         logs.update({"reward/total": float(reward.mean()), "reward/baseline": self.baseline})
         return loss, logs
 

@@ -131,7 +131,8 @@ def build_data(cfg, d: Dist):
     val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
     # A private generator: creating a loader iterator must not draw from the global torch RNG,
     # or a run resumed mid-epoch would see a different random stream than an uninterrupted one.
-    loader_kw = dict(num_workers=int(tc.num_workers), num_replicas=d.world_size, rank=d.rank,
+    loader_kw = dict(num_workers=int(tc.num_workers), worker_type=str(tc.get("worker_type", "thread")),
+                     num_replicas=d.world_size, rank=d.rank,
                      generator=torch.Generator().manual_seed(int(tc.seed)))
     train = make_loader(train_ds, int(tc.batch_size), shuffle=True, seed=int(tc.seed), drop_last=True, **loader_kw)
     val = make_loader(val_ds, int(tc.batch_size), shuffle=False, drop_last=False, **loader_kw)
@@ -226,8 +227,9 @@ def drum_info(cfg, ready: Path) -> dict:
 class RunLog:
     """Rank 0's outputs: TensorBoard scalars, metrics.csv (DVC plots), metrics.json (DVC metrics)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resumed_epoch: int):
+    def __init__(self, run_dir: Path, enabled: bool, resumed_epoch: int, extra_fields: list[str] = ()):
         self.enabled, self.run_dir = enabled, run_dir
+        self.fields = CSV_FIELDS + list(extra_fields)   # e.g. the learned reward weights
         self.tb = None
         if not enabled:
             return
@@ -240,7 +242,7 @@ class RunLog:
             with open(self.csv_path) as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resumed_epoch]
         with open(self.csv_path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, CSV_FIELDS)
+            writer = csv.DictWriter(fh, self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -252,7 +254,7 @@ class RunLog:
     def epoch_row(self, row: dict) -> None:
         if self.enabled:
             with open(self.csv_path, "a", newline="") as fh:
-                csv.DictWriter(fh, CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+                csv.DictWriter(fh, self.fields).writerow({k: row.get(k, "") for k in self.fields})
 
     def summary(self, values: dict) -> None:
         if self.enabled:
@@ -312,13 +314,18 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
     total_steps = int(tc.max_steps) if int(tc.max_steps) > 0 else steps_per_epoch * int(tc.max_epochs)
     max_epochs = int(tc.max_epochs) if int(tc.max_epochs) > 0 else math.ceil(total_steps / steps_per_epoch)
-    optimizer = build_optimizer(raw_model.parameters(), tc.optimizer)
+    shaper = rewards.build(cfg.rl, cfg.window, reduce_mean=lambda x: all_reduce_mean(d, x))
+    if shaper is not None:
+        shaper.to(d.device)
+    # rl.learn_weights: the learned reward-term weights train with the model, in their own group
+    optimizer = build_optimizer([{"params": list(raw_model.parameters())},
+                                 *(shaper.param_groups() if shaper else [])], tc.optimizer)
     scheduler = build_scheduler(optimizer, tc.scheduler, total_steps)
     precision = str(tc.precision)
     amp_dtype = PRECISIONS[precision]
     autocast = lambda: torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
     scaler = torch.amp.GradScaler(d.device.type, enabled=precision == "16-mixed")
-    shaper = rewards.build(cfg.rl, cfg.window, reduce_mean=lambda x: all_reduce_mean(d, x))
+    learned_weights = shaper.learned_weights if shaper else dict   # {} unless rl.learn_weights
     weights = OmegaConf.to_container(tc.loss_weights, resolve=True)
     monitor = str(tc.monitor).removeprefix("val/")   # the validation term that picks best / top-k
     info = drum_info(cfg, train_ds.ready)
@@ -352,7 +359,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (ckpt_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (ckpt_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1))
-    runlog = RunLog(run_dir, d.is_main, resumed_epoch=epoch)
+    runlog = RunLog(run_dir, d.is_main, resumed_epoch=epoch, extra_fields=list(learned_weights()))
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
 
     def checkpoint(val: dict | None = None) -> dict:
@@ -418,6 +425,8 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                         scaler.scale(loss * share / micro).backward()
                     for k, v in {"loss": loss, **terms}.items():
                         step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) / micro
+                if shaper is not None:
+                    shaper.sync_grads()   # learned reward weights sit outside DDP: average them here
                 scaler.unscale_(optimizer)
                 clip = float(tc.gradient_clip_val)
                 grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip if clip > 0 else math.inf)
@@ -449,7 +458,8 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                                for j, k in enumerate(keys)}
                     scalars.update({"lr": lr, "grad_norm": float(grad_norm),
                                     "perf/samples_per_s": samples / max(time_sum, 1e-9),
-                                    "perf/data_wait_fraction": wait_sum / max(time_sum, 1e-9)})
+                                    "perf/data_wait_fraction": wait_sum / max(time_sum, 1e-9),
+                                    **learned_weights()})
                     runlog.scalars(scalars, global_step)
                     log_acc = {}
                 if not math.isfinite(step_logs["loss"]):
@@ -491,7 +501,8 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
             epoch, batch_in_epoch = done_epoch, 0
             save(names, val_metrics)
             runlog.epoch_row({"epoch": done_epoch, "global_step": global_step, "train_loss": train_loss,
-                              "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], **epoch_stats})
+                              "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], **epoch_stats,
+                              **learned_weights()})
             if d.is_main:
                 flag = " (best)" if improved else ""
                 print(f"epoch {done_epoch}/{max_epochs}  step {global_step}  train {train_loss:.4f}  "
@@ -507,7 +518,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
 
     summary = {"best_val_loss": best["loss"], "best_epoch": best["epoch"], "val_loss": val_metrics.get("loss"),
                "val": val_metrics, "epochs": epoch, "global_step": global_step, **epoch_stats,
-               "world_size": d.world_size, "checkpoint_dir": str(ckpt_dir)}
+               "world_size": d.world_size, "checkpoint_dir": str(ckpt_dir), **learned_weights()}
     runlog.summary(summary)
     runlog.close()
     return summary

@@ -1,0 +1,246 @@
+"""The Optuna study driver on the real trainer and a tiny real store (store -> metrics -> export).
+
+Every trial is a real `train.trainer.fit` run (tiny model, 2 epochs of a few batches, deterministic
+CPU); studies live in SQLite files under tmp_path; the CLI tests run `python -m train.tune` as
+separate processes, as a user would.
+"""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from pipeline.config import REPO_ROOT
+from tests.trainer_data import build_tiny_ready
+from train import tune
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_ready(tmp_path_factory.mktemp("tiny"))
+
+
+def _overrides(tiny, study_dir, *extra):
+    return [*tiny, "tune=small", f"tune.dir={study_dir}", *extra]
+
+
+def _cli(tiny, study_dir, *extra):
+    hydra_dir = study_dir.parent / f"hydra-{study_dir.name}-{time.monotonic_ns()}"
+    return [sys.executable, "-m", "train.tune", *_overrides(tiny, study_dir, *extra),
+            f"hydra.run.dir={hydra_dir}"]
+
+
+def _load(study_dir, name="small"):
+    with tune.study_lock(study_dir):  # the lock the workers take to create the storage
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}")
+
+
+def _val_losses(run_dir):
+    with open(run_dir / "metrics.csv") as fh:
+        return [float(r["val_loss"]) for r in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def study3(tiny, tmp_path_factory):
+    """A finished 3-trial study, run in-process."""
+    study_dir = tmp_path_factory.mktemp("study3") / "s"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = tune.run_study(_overrides(tiny, study_dir, "tune.n_trials=3"))
+    return study, study_dir
+
+
+def test_study_of_tiny_trials_runs_to_completion(study3):
+    study, study_dir = study3
+    trials = study.trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state in FINISHED for t in trials)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) >= 2
+    for t in trials:
+        run_dir = study_dir / "trials" / f"{t.number:04d}"
+        assert t.user_attrs["run_dir"] == str(run_dir)
+        assert (run_dir / "checkpoints" / "last.pt").is_file()
+        # every validation of the run reached the pruner, epoch by epoch, with the trainer's numbers
+        assert list(t.intermediate_values.values()) == pytest.approx(_val_losses(run_dir), rel=1e-12)
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+        assert 0.0 < t.params["dropout"] <= 0.3 and 1e-3 <= t.params["lr"] <= 3e-2
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == min(t.intermediate_values.values())
+            assert json.loads((run_dir / "metrics.json").read_text())["best_val_loss"] == pytest.approx(t.value)
+    # the trials differ: the sampled values reached the trainer
+    assert len({t.value for t in trials}) == 3
+
+    with open(study_dir / "trials.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["number"]), r["state"]) for r in rows] == [(t.number, t.state.name) for t in trials]
+    assert [float(r["params_lr"]) for r in rows] == [t.params["lr"] for t in trials]
+    for png in ("history.png", "importances.png"):
+        assert (study_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = (study_dir / "best" / "config.yaml").read_text()
+    assert f"lr: {study.best_params['lr']}" in best and "tune:" not in best
+    # config-group options for params.yaml / dvc exp run, named after the study
+    groups = study_dir / "best" / "conf"
+    assert OmegaConf.load(groups / "trainer" / "small.yaml").optimizer.config.lr == study.best_params["lr"]
+    assert OmegaConf.load(groups / "model" / "small.yaml").dropout == study.best_params["dropout"]
+    assert (groups / "rl" / "small.yaml").is_file()
+
+
+def test_best_config_retrains_to_the_trials_validation_loss(study3, tmp_path):
+    study, study_dir = study3
+    best_dir = study_dir / "best"
+    proc = subprocess.run([sys.executable, "-m", "train", "--config-path", str(best_dir), "--config-name", "config",
+                           f"hydra.run.dir={tmp_path / 'hydra'}"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((best_dir / "run" / "metrics.json").read_text())
+    assert summary["best_val_loss"] == study.best_value  # deterministic CPU: bit for bit
+    assert _val_losses(best_dir / "run") == list(study.best_trial.intermediate_values.values())
+
+
+def test_a_bad_trial_is_pruned_by_the_median_pruner(study3, tiny):
+    study, study_dir = study3
+    # lr far outside the space (widened for this trial): the first validation is far above the median
+    bad = {"lr": 5.0, "dropout": 0.0}
+    study.enqueue_trial(bad)
+    study = tune.run_study(_overrides(tiny, study_dir, "tune.n_trials=4", "tune.space.lr.high=10.0"))
+    trial = study.trials[3]
+    assert trial.params == bad
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    completed = [t for t in study.trials[:3] if t.state == optuna.trial.TrialState.COMPLETE]
+    if trial.intermediate_values:  # pruned by the median rule after epoch 1 (not by a NaN loss)
+        assert list(trial.intermediate_values) == [1]
+        assert trial.intermediate_values[1] > max(t.intermediate_values[1] for t in completed)
+    assert len(_val_losses(study_dir / "trials" / "0003")) < len(_val_losses(study_dir / "trials" / "0000"))
+
+
+def test_objective_can_add_the_generated_vs_validation_metric_distance(tiny, tmp_path):
+    study = tune.run_study(_overrides(tiny, tmp_path / "s", "tune.n_trials=1", "tune.objective.generated.weight=0.5"))
+    t = study.trials[0]
+    distance = t.user_attrs["generated_distance"]
+    assert 0.0 < distance <= 1.0
+    assert t.user_attrs["best_epoch_value"] == min(t.intermediate_values.values())
+    assert t.value == pytest.approx(t.user_attrs["best_epoch_value"] + 0.5 * distance, rel=1e-12)
+
+
+def _wait_for(pred, proc, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"the study exited early:\n{proc.stdout.read()[-3000:]}")
+        try:
+            if pred():
+                return
+        except Exception:  # storage or table not created yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the study")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_killed_study_resumes_without_repeating_finished_trials(tiny, tmp_path):
+    study_dir = tmp_path / "s"
+    # 3 epochs: trial 1 (which the median pruner cannot stop: one complete trial before it) spends
+    # two epochs between its first report and its end, time enough for the poll below to see it
+    cmd = _cli(tiny, study_dir, "tune.n_trials=3", "trainer.max_epochs=3")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def mid_second_trial():
+        ts = _load(study_dir).trials
+        return len(ts) >= 2 and ts[1].state == optuna.trial.TrialState.RUNNING and ts[1].intermediate_values
+
+    _wait_for(mid_second_trial, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t for t in _load(study_dir).trials}
+    assert before[0].state in FINISHED and before[1].state == optuna.trial.TrialState.RUNNING
+
+    again = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=170)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = _load(study_dir).trials
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == 3
+    # trial 0 was not run again: same record, and no other finished trial trained in its directory
+    assert trials[0].datetime_complete == before[0].datetime_complete and trials[0].value == before[0].value
+    run_dirs = [t.user_attrs["run_dir"] for t in finished]
+    assert len(set(run_dirs)) == 3
+    # the killed trial 1 was failed by its stale heartbeat and re-queued with the same params; the retry
+    # resumed in trial 1's directory, keeping the epoch it had reported
+    assert trials[1].state == optuna.trial.TrialState.FAIL
+    retry = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 1]
+    assert len(retry) == 1 and retry[0].state in FINISHED
+    assert retry[0].params == trials[1].params
+    assert retry[0].user_attrs["run_dir"] == trials[1].user_attrs["run_dir"]
+    assert retry[0].intermediate_values[1] == trials[1].intermediate_values[1]
+    assert f"resumed from {trials[1].user_attrs['run_dir']}/checkpoints/last.pt" in again.stdout
+
+
+def test_two_processes_share_one_sqlite_study(tiny, tmp_path):
+    study_dir = tmp_path / "s"
+    # the first command also spawns a second worker process of its own (tune.n_jobs=2)
+    procs = [subprocess.Popen(_cli(tiny, study_dir, "tune.n_trials=3", f"tune.n_jobs={n}"), cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (2, 1)]
+    outs = [p.communicate(timeout=170)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    trials = _load(study_dir).trials
+    assert [t.number for t in trials] == [0, 1, 2]  # the requested count, no duplicates, no extras
+    assert all(t.state in FINISHED for t in trials)
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 3
+    assert len({t.params["lr"] for t in trials}) == 3  # different sampler seeds in the processes
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the work was shared
+
+
+def test_bad_search_space_is_named_before_any_trial(tiny, tmp_path):
+    with pytest.raises(ValueError, match=r"tune.space.oops: config path 'trainer.no_such_key'"):
+        tune.run_study(_overrides(tiny, tmp_path / "s", "+tune.space.oops={path: trainer.no_such_key, type: int, low: 1, high: 2}"))
+    with pytest.raises(ValueError, match="type must be float, int or categorical"):
+        tune.run_study(_overrides(tiny, tmp_path / "s", "tune.space.lr.type=uniform"))
+
+
+def test_override_formatting_round_trips_through_hydra():
+    from pipeline.config import compose
+
+    cfg = compose(tune.param_overrides(
+        {"lr": {"path": "trainer.optimizer.config.lr"}, "h": {"path": ["model.step_hidden_dim", "model.bar_hidden_dim"]},
+         "b": {"path": "model"}, "n": {"path": "rl.normalize"}},
+        {"lr": 1.2345678901234567e-05, "h": 96, "b": "lstm", "n": False}))
+    assert cfg.trainer.optimizer.config.lr == 1.2345678901234567e-05
+    assert cfg.model.step_hidden_dim == cfg.model.bar_hidden_dim == 96
+    assert cfg.model.rnn_type == "lstm" and cfg.rl.normalize is False
+
+
+def test_reward_normalisation_modes_are_reachable_from_the_search():
+    import torch
+
+    from pipeline.config import compose
+    from train.rewards import RewardShaper
+
+    space = {"reward_norm": {"path": "rl.normalize", "type": "categorical", "choices": ["batch", "running", "none"]}}
+    reward = torch.tensor([1.0, 3.0])
+    advs, shapers = {}, {}
+    for mode in ("batch", "running", "none"):
+        cfg = compose(tune.param_overrides(space, {"reward_norm": mode}) + ["rl=reinforce"])
+        shapers[mode] = RewardShaper(cfg.rl, cfg.window)
+        assert shapers[mode].normalize == mode
+        advs[mode] = shapers[mode].advantage(reward, baseline=1.0)
+    assert advs["none"].tolist() == [0.0, 2.0]
+    assert advs["batch"].tolist() == pytest.approx([0.0, 2.0])  # ÷ std of [1, 3] = 1
+    assert advs["running"].tolist() == pytest.approx([0.0, 2.0 / 2 ** 0.5])  # ÷ √mean((R − b)²) = √2
+    # running: an exponential moving average across batches, with rl.baseline_momentum
+    shaper = shapers["running"]
+    m = shaper.momentum
+    shaper.advantage(torch.tensor([5.0, 5.0]), baseline=1.0)
+    assert shaper.var == pytest.approx(m * 2.0 + (1 - m) * 16.0)
+    # the older boolean spelling still works; a wrong value is named before training
+    from train.optim import ConfigError
+    from train.rewards import normalize_mode
+
+    assert (normalize_mode(True), normalize_mode(False)) == ("batch", "none")
+    with pytest.raises(ConfigError, match="rl.normalize='sometimes'"):
+        normalize_mode("sometimes")
