@@ -32,6 +32,7 @@ def build(backend: str, args) -> HierarchicalDrumModel:
     return HierarchicalDrumModel(args.drums, args.hidden, args.hidden, args.hidden,
                                  num_layers=args.layers, dropout=0.1, steps_per_bar=16,
                                  bars_per_phrase=4, nhead=4, max_context=args.context,
+                                 lookback_bars=0 if backend == "transformer" else args.lookback,
                                  **BACKENDS[backend]).eval()
 
 
@@ -73,6 +74,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--drums", type=int, default=9)
+    p.add_argument("--lookback", type=int, default=2, help="lookback_bars of the RNNs (as conf/model/gru.yaml)")
     p.add_argument("--context", type=int, default=256, help="Transformer max_context (= window.seq_len)")
     args = p.parse_args()
     torch.set_num_threads(1)
