@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mido
 import numpy as np
-import symusic
 
 from pipeline.drums import DrumMap
 
@@ -131,17 +130,27 @@ def write_midi(path: str | Path, hits: np.ndarray, velocity: np.ndarray | None =
         raise ValueError(f"ticks_per_quarter {ticks_per_quarter} not divisible by {steps_per_quarter}")
 
     steps, cls = np.nonzero(hits > 0)
-    pitches = np.asarray(drum_map.pitches, np.int8)
-    score = symusic.Score(ticks_per_quarter, ttype="tick")
-    score.tempos.append(symusic.Tempo(0, float(bpm), ttype="tick"))
-    score.time_signatures.append(symusic.TimeSignature(0, int(beats_per_bar), int(beat_unit), ttype="tick"))
-    track = symusic.Track("drums", program=0, is_drum=True, ttype="tick")
-    track.notes = symusic.Note.from_numpy(
-        time=(steps * ticks_per_step).astype(np.int32),
-        duration=np.full(len(steps), ticks_per_step, np.int32),
-        pitch=pitches[cls], velocity=vel[steps, cls], ttype="tick")
-    score.tracks.append(track)
+    pitches = np.asarray(drum_map.pitches)[cls]
+    # (tick, order, message): at one tick, note-offs go before note-ons, so a class hit on two
+    # consecutive steps closes its first note before the second starts.
+    events = [(int(s) * ticks_per_step, 1, mido.Message("note_on", channel=DRUM_CHANNEL, note=int(p),
+                                                        velocity=int(vel[s, c])))
+              for s, c, p in zip(steps, cls, pitches)]
+    events += [((int(s) + 1) * ticks_per_step, 0, mido.Message("note_off", channel=DRUM_CHANNEL, note=int(p),
+                                                               velocity=0))
+               for s, p in zip(steps, pitches)]
+    events.sort(key=lambda e: (e[0], e[1]))
+    track = mido.MidiTrack([
+        mido.MetaMessage("track_name", name="drums", time=0),
+        mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(float(bpm)), time=0),
+        mido.MetaMessage("time_signature", numerator=int(beats_per_bar), denominator=int(beat_unit), time=0),
+    ])
+    now = 0
+    for tick, _, msg in events:
+        track.append(msg.copy(time=tick - now))
+        now = tick
+    track.append(mido.MetaMessage("end_of_track", time=0))
     path = Path(path)
     with atomic_path(path) as tmp:
-        score.dump_midi(str(tmp))
+        mido.MidiFile(type=0, ticks_per_beat=ticks_per_quarter, tracks=[track]).save(str(tmp))
     return path
