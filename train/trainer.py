@@ -176,7 +176,7 @@ def real_steps(batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, raw_model, loader, limit: int, weights: dict, d: Dist, autocast) -> dict:
+def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dict:
     """Mean validation loss per term over (at most `limit` batches of) the split, all ranks pooled."""
     model.eval()
     # from the first batch every time (a `limit` cut leaves the sampler mid-epoch)
@@ -188,7 +188,7 @@ def evaluate(model, raw_model, loader, limit: int, weights: dict, d: Dist, autoc
             break
         batch = to_device(batch, d.device)
         with autocast():
-            total, terms, _ = forward_loss(model, raw_model, batch, weights)
+            total, terms, _ = forward_loss(model, model, batch, weights)
         n = float(real_steps(batch))
         for k, v in {"loss": total, **terms}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -418,7 +418,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                             loss, terms, step_logits = forward_loss(model, raw_model, batch, weights)
                             if shaper is not None:
                                 rl_loss, rl_logs = (shaper.surrogate(step_logits, batch) if shaper.mode == "surrogate"
-                                                    else shaper.reinforce(raw_model, raw_model, batch))
+                                                    else shaper.reinforce(raw_model, batch))
                                 loss = loss + shaper.weight * rl_loss
                                 terms = {**terms, "rl": rl_loss}
                                 step_logs.update(rl_logs)
@@ -466,7 +466,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                     raise FloatingPointError(f"loss is {step_logs['loss']} at step {global_step}; lower "
                                              "trainer.optimizer.config.lr or set trainer.gradient_clip_val")
                 if int(tc.val_every_n_steps) > 0 and global_step % int(tc.val_every_n_steps) == 0:
-                    val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
+                    val_metrics = evaluate(raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
                     runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
                 stop = global_step >= total_steps
                 if int(tc.save_every_n_steps) > 0 and global_step % int(tc.save_every_n_steps) == 0 \
@@ -478,7 +478,7 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
             done_epoch = epoch + 1  # 1-based number of the epoch just finished
             validated = done_epoch % int(tc.check_val_every_n_epoch) == 0 or stop or done_epoch == max_epochs
             if validated:
-                val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
+                val_metrics = evaluate(raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
                 runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
             train_loss = float(all_reduce_mean(d, torch.tensor(loss_sum / max(loss_n, 1), dtype=torch.float64)))
             epoch_stats = {"samples_per_s": samples / max(time_sum, 1e-9),
