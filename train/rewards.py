@@ -324,19 +324,18 @@ class RewardShaper:
                                                    beats_per_bar=self.bpb), dtype=torch.float32).cpu()
         return out
 
-    def reinforce(self, model: torch.nn.Module, sampler_model: torch.nn.Module, batch: dict):
-        """(loss, logs): policy gradient on continuations sampled after the first prime steps.
-
-        `model` computes log-probabilities with gradients (the raw module, so DDP sees a single
-        forward per step); `sampler_model` generates (no gradients).
+    def reinforce(self, model: torch.nn.Module, batch: dict):
+        """(loss, logs): policy gradient on continuations that `model` samples (no gradients) after
+        the first prime steps, then scores with gradients. Pass the raw module, not a DDP wrapper:
+        DDP then sees a single forward per step.
         """
         step = batch["step"]
         prime = step[:, :self.prime]
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,)))               # from the (saved) torch RNG
-        was_training = sampler_model.training
+        was_training = model.training
         with torch.no_grad():
-            seq = sampler_model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed)
-        sampler_model.train(was_training)
+            seq = model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed)
+        model.train(was_training)
         seq = seq[:, :self.prime + self.sample].to(step.dtype)
         start = batch.get("start", torch.zeros(step.shape[0], dtype=torch.long)).to(step.device)
         logits = model(seq[:, :-1], start=start)[0] if _accepts_start(model) else model(seq[:, :-1])[0]

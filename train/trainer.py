@@ -23,6 +23,7 @@ import platform
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -176,7 +177,7 @@ def real_steps(batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, raw_model, loader, limit: int, weights: dict, d: Dist, autocast) -> dict:
+def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dict:
     """Mean validation loss per term over (at most `limit` batches of) the split, all ranks pooled."""
     model.eval()
     # from the first batch every time (a `limit` cut leaves the sampler mid-epoch)
@@ -188,7 +189,7 @@ def evaluate(model, raw_model, loader, limit: int, weights: dict, d: Dist, autoc
             break
         batch = to_device(batch, d.device)
         with autocast():
-            total, terms, _ = forward_loss(model, raw_model, batch, weights)
+            total, terms, _ = forward_loss(model, model, batch, weights)
         n = float(real_steps(batch))
         for k, v in {"loss": total, **terms}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -274,31 +275,73 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
     return Path(resume)
 
 
-# --- the loop ----------------------------------------------------------------------------------
+# --- the loop's pieces: what one run holds, and the steps `_fit` calls in order -----------------
 
-def fit(cfg: DictConfig, on_validation: Callable[[int, dict], None] | None = None) -> dict:
-    """Train as configured; returns the run summary (also written to run_dir/metrics.json).
-
-    `on_validation(epoch, val_metrics)` is called on every rank after each validation (Optuna's
-    pruning hook); an exception from it ends the run cleanly.
-    """
-    validate_config(cfg)
-    d = distributed.setup(int(cfg.trainer.num_gpus))
-    try:
-        return _fit(cfg, d, on_validation)
-    finally:
-        distributed.cleanup(d)
+def new_best() -> dict:
+    return {"loss": math.inf, "epoch": 0, "top": [], "bad_epochs": 0}
 
 
-def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
+@dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint so a resumed run continues exactly here."""
+    epoch: int = 0            # epochs finished
+    global_step: int = 0      # optimizer steps taken
+    batch_in_epoch: int = 0   # micro-batches of the current epoch consumed
+    best: dict = field(default_factory=new_best)   # best monitored val loss, its epoch, top-k, patience
+
+
+@dataclass
+class Parts:
+    """Everything `_fit` builds once: data, model (raw and wrapped), optimizer and friends."""
+    train_loader: object
+    val_loader: object
+    raw_model: torch.nn.Module
+    model: torch.nn.Module             # raw_model, maybe compiled, maybe DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    shaper: object                     # rewards.RewardShaper or None
+    autocast: Callable
+    weights: dict                      # trainer.loss_weights
+    info: dict                         # drum names/pitches for the checkpoint
+    plain_cfg: dict
+    batches_per_epoch: int
+    total_steps: int
+    max_epochs: int
+
+    @property
+    def sampler(self):
+        return self.train_loader.sampler
+
+    def learned_weights(self) -> dict:   # {} unless rl.learn_weights
+        return self.shaper.learned_weights() if self.shaper else {}
+
+
+@dataclass
+class EpochStats:
+    """Per-epoch sums for the epoch row and progress bar, and per-log-interval sums for TensorBoard."""
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    wait_sum: float = 0.0
+    time_sum: float = 0.0
+    samples: int = 0
+    log_acc: dict = field(default_factory=dict)
+
+    def add(self, step_logs: dict, wait: float, dt: float, samples: int) -> None:
+        self.wait_sum, self.time_sum, self.samples = self.wait_sum + wait, self.time_sum + dt, self.samples + samples
+        self.loss_sum, self.loss_n = self.loss_sum + step_logs["loss"], self.loss_n + 1
+        for k, v in step_logs.items():
+            self.log_acc[k] = self.log_acc.get(k, 0.0) + v
+
+    def perf(self) -> dict:
+        return {"samples_per_s": self.samples / max(self.time_sum, 1e-9),
+                "data_wait_fraction": self.wait_sum / max(self.time_sum, 1e-9)}
+
+
+def setup(cfg: DictConfig, d: Dist) -> Parts:
+    """Data, model, optimizer, schedule, scaler, reward shaping."""
     tc = cfg.trainer
-    set_threads(int(tc.num_threads))
-    seed_everything(int(tc.seed), bool(tc.deterministic))
-    run_dir, ckpt_dir = Path(tc.run_dir), Path(tc.checkpoint_dir)
-
-    # data, model, optimizer, schedule, scaler, reward shaping
     train_ds, train_loader, val_loader = build_data(cfg, d)
-    sampler = train_loader.sampler
     raw_model = build_model(cfg, train_ds.num_drums).to(d.device)
     torch.manual_seed(int(tc.seed) + d.rank)  # per-rank streams (dropout, sampling) after a shared init
     model = raw_model
@@ -320,205 +363,266 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
     # rl.learn_weights: the learned reward-term weights train with the model, in their own group
     optimizer = build_optimizer([{"params": list(raw_model.parameters())},
                                  *(shaper.param_groups() if shaper else [])], tc.optimizer)
-    scheduler = build_scheduler(optimizer, tc.scheduler, total_steps)
-    precision = str(tc.precision)
-    amp_dtype = PRECISIONS[precision]
-    autocast = lambda: torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
-    scaler = torch.amp.GradScaler(d.device.type, enabled=precision == "16-mixed")
-    learned_weights = shaper.learned_weights if shaper else dict   # {} unless rl.learn_weights
-    weights = OmegaConf.to_container(tc.loss_weights, resolve=True)
-    monitor = str(tc.monitor).removeprefix("val/")   # the validation term that picks best / top-k
-    info = drum_info(cfg, train_ds.ready)
+    amp_dtype = PRECISIONS[str(tc.precision)]
+    return Parts(
+        train_loader=train_loader, val_loader=val_loader, raw_model=raw_model, model=model,
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, tc.scheduler, total_steps),
+        scaler=torch.amp.GradScaler(d.device.type, enabled=str(tc.precision) == "16-mixed"), shaper=shaper,
+        autocast=lambda: torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+        weights=OmegaConf.to_container(tc.loss_weights, resolve=True), info=drum_info(cfg, train_ds.ready),
+        plain_cfg=OmegaConf.to_container(cfg, resolve=True), batches_per_epoch=batches_per_epoch,
+        total_steps=total_steps, max_epochs=max_epochs)
 
-    # state, and resume
-    epoch, global_step, batch_in_epoch = 0, 0, 0
-    best = {"loss": math.inf, "epoch": 0, "top": [], "bad_epochs": 0}
-    resume_path = resolve_resume(str(tc.resume), ckpt_dir)
-    if resume_path is not None:
-        ck = load_checkpoint(resume_path, map_location=d.device)
-        if ck["model_config"] != raw_model.config:
-            raise ConfigError(f"{resume_path}: model config {ck['model_config']} differs from the "
-                              f"configured {raw_model.config}; use trainer.resume=never or match it")
-        raw_model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None and ck.get("scheduler"):
-            scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        if shaper is not None:
-            shaper.load_state_dict(ck.get("rewards") or {})
-        epoch, global_step, batch_in_epoch = ck["epoch"], ck["global_step"], ck["batch_in_epoch"]
-        best = ck["best"]
-        sampler.load_state_dict(ck["sampler"])
-        rngs = ck["rng"]
-        set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
-        if d.is_main:
-            print(f"resumed from {resume_path}: epoch {epoch + 1}, step {global_step}", flush=True)
 
-    # rank 0 writes: run dir, composed config and package versions beside the checkpoints
+def restore(p: Parts, path: Path, d: Dist) -> Progress:
+    """Load a checkpoint into the parts (model, optimizer, schedule, scaler, rewards, sampler, RNG)."""
+    ck = load_checkpoint(path, map_location=d.device)
+    if ck["model_config"] != p.raw_model.config:
+        raise ConfigError(f"{path}: model config {ck['model_config']} differs from the "
+                          f"configured {p.raw_model.config}; use trainer.resume=never or match it")
+    p.raw_model.load_state_dict(ck["model"])
+    p.optimizer.load_state_dict(ck["optimizer"])
+    if p.scheduler is not None and ck.get("scheduler"):
+        p.scheduler.load_state_dict(ck["scheduler"])
+    p.scaler.load_state_dict(ck["scaler"])
+    if p.shaper is not None:
+        p.shaper.load_state_dict(ck.get("rewards") or {})
+    state = Progress(ck["epoch"], ck["global_step"], ck["batch_in_epoch"], ck["best"])
+    p.sampler.load_state_dict(ck["sampler"])
+    rngs = ck["rng"]
+    set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
     if d.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (ckpt_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1))
-    runlog = RunLog(run_dir, d.is_main, resumed_epoch=epoch, extra_fields=list(learned_weights()))
-    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+        print(f"resumed from {path}: epoch {state.epoch + 1}, step {state.global_step}", flush=True)
+    return state
 
-    def checkpoint(val: dict | None = None) -> dict:
-        return {"model": raw_model.state_dict(), "model_config": raw_model.config, "config": plain_cfg,
-                **info, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict(), "epoch": epoch, "global_step": global_step,
-                "batch_in_epoch": batch_in_epoch, "sampler": sampler.state_dict(),
-                "rng": rngs_now, "best": best, "rewards": shaper.state_dict() if shaper else {},
-                "val": val or {}}
 
-    def save(names: list[str], val: dict | None = None) -> None:
-        nonlocal rngs_now
-        rngs_now = distributed.all_gather_object(d, rng_state())  # every rank's RNG, for exact resume
-        distributed.barrier(d)
+def write_run_files(cfg: DictConfig, ckpt_dir: Path) -> None:
+    """The composed config and package versions beside the checkpoints (rank 0 only)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (ckpt_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1))
+
+
+def checkpoint_dict(p: Parts, state: Progress, rngs: list, val: dict | None) -> dict:
+    return {"model": p.raw_model.state_dict(), "model_config": p.raw_model.config, "config": p.plain_cfg,
+            **p.info, "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
+            "scaler": p.scaler.state_dict(), "epoch": state.epoch, "global_step": state.global_step,
+            "batch_in_epoch": state.batch_in_epoch, "sampler": p.sampler.state_dict(),
+            "rng": rngs, "best": state.best, "rewards": p.shaper.state_dict() if p.shaper else {},
+            "val": val or {}}
+
+
+def save(p: Parts, state: Progress, ckpt_dir: Path, names: list[str], d: Dist, val: dict | None = None) -> None:
+    """Write one checkpoint under each name (rank 0), holding every rank's RNG for exact resume."""
+    rngs = distributed.all_gather_object(d, rng_state())
+    distributed.barrier(d)
+    if d.is_main:
+        ck = checkpoint_dict(p, state, rngs, val)
+        for name in names:
+            save_checkpoint(ckpt_dir / name, ck)
+    distributed.barrier(d)
+
+
+def train_step(p: Parts, batches, micro: int, clip: float, d: Dist) -> tuple[dict, torch.Tensor, float]:
+    """One optimizer step over `micro` micro-batches; returns (mean logs per term, grad norm, data wait s).
+
+    Gradients sync across ranks only on the last micro-batch (`no_sync` before it).
+    """
+    wait = 0.0
+    step_logs: dict[str, float] = {}
+    for i in range(micro):
+        tw = time.perf_counter()
+        batch = to_device(next(batches), d.device)
+        wait += time.perf_counter() - tw
+        n_local = real_steps(batch)
+        share = n_local / all_reduce_mean(d, n_local) if d.enabled else 1.0   # see the module docstring
+        sync = i == micro - 1 or not d.enabled
+        with (contextlib.nullcontext() if sync else p.model.no_sync()):
+            with p.autocast():
+                loss, terms, step_logits = forward_loss(p.model, p.raw_model, batch, p.weights)
+                if p.shaper is not None:
+                    loss, terms = shape_rewards(p, loss, terms, step_logits, batch, step_logs)
+            p.scaler.scale(loss * share / micro).backward()
+        for k, v in {"loss": loss, **terms}.items():
+            step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) / micro
+    if p.shaper is not None:
+        p.shaper.sync_grads()   # learned reward weights sit outside DDP: average them here
+    p.scaler.unscale_(p.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(p.raw_model.parameters(), clip if clip > 0 else math.inf)
+    p.scaler.step(p.optimizer)
+    p.scaler.update()
+    p.optimizer.zero_grad(set_to_none=True)
+    if p.scheduler is not None:
+        p.scheduler.step()
+    return step_logs, grad_norm, wait
+
+
+def shape_rewards(p: Parts, loss, terms: dict, step_logits, batch: dict, step_logs: dict):
+    """Add the weighted reward loss (`rl` term) to the model's; its reward logs go into step_logs."""
+    shaper = p.shaper
+    rl_loss, rl_logs = (shaper.surrogate(step_logits, batch) if shaper.mode == "surrogate"
+                        else shaper.reinforce(p.raw_model, batch))
+    step_logs.update(rl_logs)
+    return loss + shaper.weight * rl_loss, {**terms, "rl": rl_loss}
+
+
+def log_step(p: Parts, stats: EpochStats, runlog: RunLog, global_step: int, log_interval: int,
+             grad_norm: torch.Tensor, d: Dist) -> None:
+    """Every log_interval steps: the mean of each term over the interval (all ranks), lr, perf."""
+    if global_step % log_interval != 0:
+        return
+    keys = sorted(stats.log_acc)
+    means = all_reduce_mean(d, torch.tensor([stats.log_acc[k] for k in keys], dtype=torch.float64))
+    n_logged = global_step % log_interval or log_interval
+    scalars = {(k if k.startswith("reward/") else f"train/{k}"): float(means[j]) / n_logged
+               for j, k in enumerate(keys)}
+    perf = stats.perf()
+    scalars.update({"lr": p.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                    "perf/samples_per_s": perf["samples_per_s"],
+                    "perf/data_wait_fraction": perf["data_wait_fraction"], **p.learned_weights()})
+    runlog.scalars(scalars, global_step)
+    stats.log_acc = {}
+
+
+def validate(p: Parts, tc, runlog: RunLog, global_step: int, d: Dist) -> dict:
+    val_metrics = evaluate(p.raw_model, p.val_loader, int(tc.limit_val_batches), p.weights, d, p.autocast)
+    runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
+    return val_metrics
+
+
+def end_of_epoch(p: Parts, tc, state: Progress, stats: EpochStats, val_metrics: dict, stop: bool,
+                 runlog: RunLog, ckpt_dir: Path, d: Dist) -> dict:
+    """Validate (when due), update best / top-k / patience, checkpoint, log the epoch row and line;
+    returns the latest val metrics."""
+    done_epoch = state.epoch + 1  # 1-based number of the epoch just finished
+    validated = done_epoch % int(tc.check_val_every_n_epoch) == 0 or stop or done_epoch == p.max_epochs
+    if validated:
+        val_metrics = validate(p, tc, runlog, state.global_step, d)
+    train_loss = float(all_reduce_mean(d, torch.tensor(stats.loss_sum / max(stats.loss_n, 1), dtype=torch.float64)))
+    val_loss = val_metrics.get(str(tc.monitor).removeprefix("val/"), math.nan) if validated else math.nan
+    best = state.best
+    improved = math.isfinite(val_loss) and val_loss < best["loss"] - float(tc.early_stopping.min_delta)
+    if improved:
+        best.update(loss=val_loss, epoch=done_epoch, bad_epochs=0)
+    elif validated:
+        best["bad_epochs"] += 1
+    names = ["last.pt"]  # only rank 0 writes, so only its list matters
+    if int(tc.save_every_n_epochs) > 0 and done_epoch % int(tc.save_every_n_epochs) == 0:
+        names.append(f"epoch_{done_epoch}.pt")
+    if d.is_main and validated:
+        best["top"], keep = update_top_k(ckpt_dir, best["top"], done_epoch, val_loss, int(tc.save_top_k))
+        if keep:
+            names.append(best_name(done_epoch, val_loss))
+    if improved:
+        names.append("best.pt")
+    state.epoch, state.batch_in_epoch = done_epoch, 0
+    save(p, state, ckpt_dir, names, d, val_metrics)
+    perf = stats.perf()
+    runlog.epoch_row({"epoch": done_epoch, "global_step": state.global_step, "train_loss": train_loss,
+                      "val_loss": val_loss, "lr": p.optimizer.param_groups[0]["lr"], **perf,
+                      **p.learned_weights()})
+    if d.is_main:
+        flag = " (best)" if improved else ""
+        print(f"epoch {done_epoch}/{p.max_epochs}  step {state.global_step}  train {train_loss:.4f}  "
+              f"val {val_loss:.4f}{flag}  {perf['samples_per_s']:.0f} samples/s  "
+              f"data wait {100 * perf['data_wait_fraction']:.1f}%", flush=True)
+    return val_metrics
+
+
+def early_stop(tc, state: Progress, d: Dist) -> bool:
+    patience = int(tc.early_stopping.patience)
+    if patience > 0 and state.best["bad_epochs"] >= patience:
         if d.is_main:
-            ck = checkpoint(val)
-            for name in names:
-                save_checkpoint(ckpt_dir / name, ck)
-        distributed.barrier(d)
+            print(f"early stopping: no improvement of val loss for {patience} epochs", flush=True)
+        return True
+    return False
 
-    rngs_now: list = []
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def fit(cfg: DictConfig, on_validation: Callable[[int, dict], None] | None = None) -> dict:
+    """Train as configured; returns the run summary (also written to run_dir/metrics.json).
+
+    `on_validation(epoch, val_metrics)` is called on every rank after each validation (Optuna's
+    pruning hook); an exception from it ends the run cleanly.
+    """
+    validate_config(cfg)
+    d = distributed.setup(int(cfg.trainer.num_gpus))
+    try:
+        return _fit(cfg, d, on_validation)
+    finally:
+        distributed.cleanup(d)
+
+
+def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
+    tc = cfg.trainer
+    set_threads(int(tc.num_threads))
+    seed_everything(int(tc.seed), bool(tc.deterministic))
+    run_dir, ckpt_dir = Path(tc.run_dir), Path(tc.checkpoint_dir)
+    p = setup(cfg, d)
+
+    # resume (model, optimizer, ..., sampler position and RNG), else start fresh
+    resume_path = resolve_resume(str(tc.resume), ckpt_dir)
+    state = restore(p, resume_path, d) if resume_path is not None else Progress()
+    if d.is_main:
+        write_run_files(cfg, ckpt_dir)
+    runlog = RunLog(run_dir, d.is_main, resumed_epoch=state.epoch, extra_fields=list(p.learned_weights()))
+
     profiler = _profiler(tc, run_dir) if tc.profile and d.is_main else contextlib.nullcontext()
-    samples_per_step = int(tc.batch_size) * d.world_size
+    accum, samples_per_step = int(tc.accumulate_grad_batches), int(tc.batch_size) * d.world_size
     val_metrics: dict = {}
-    epoch_stats = {"samples_per_s": 0.0, "data_wait_fraction": 0.0}
-    stop = global_step >= total_steps
+    stats = EpochStats()
+    stop = state.global_step >= p.total_steps
     from tqdm.auto import tqdm
 
     with profiler as prof:
-        while epoch < max_epochs and not stop:
-            sampler.set_epoch(epoch)
-            model.train()
-            batches = iter(train_loader)
-            bar = tqdm(total=batches_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{max_epochs}",
-                       dynamic_ncols=True, leave=False,
+        while state.epoch < p.max_epochs and not stop:
+            p.sampler.set_epoch(state.epoch)
+            p.model.train()
+            batches = iter(p.train_loader)
+            bar = tqdm(total=p.batches_per_epoch, initial=state.batch_in_epoch,
+                       desc=f"epoch {state.epoch + 1}/{p.max_epochs}", dynamic_ncols=True, leave=False,
                        # only on rank 0, and only on a terminal (a DVC log gets the epoch lines)
                        disable=not (d.is_main and tc.progress_bar and sys.stderr.isatty()))
-            loss_sum, loss_n, wait_sum, time_sum, samples = 0.0, 0, 0.0, 0.0, 0
-            log_acc: dict[str, float] = {}
-            while batch_in_epoch < batches_per_epoch and not stop:
-                # ---- one optimizer step: `micro` micro-batches, gradients synced on the last ----
-                micro = min(accum, batches_per_epoch - batch_in_epoch)
+            stats = EpochStats()
+            while state.batch_in_epoch < p.batches_per_epoch and not stop:
+                # one optimizer step over `micro` micro-batches (fewer at the epoch's end)
+                micro = min(accum, p.batches_per_epoch - state.batch_in_epoch)
                 t0 = time.perf_counter()
-                wait = 0.0
-                step_logs: dict[str, float] = {}
-                for i in range(micro):
-                    tw = time.perf_counter()
-                    batch = to_device(next(batches), d.device)
-                    wait += time.perf_counter() - tw
-                    n_local = real_steps(batch)
-                    share = n_local / all_reduce_mean(d, n_local) if d.enabled else 1.0
-                    sync = i == micro - 1 or not d.enabled
-                    with (contextlib.nullcontext() if sync else model.no_sync()):
-                        with autocast():
-                            loss, terms, step_logits = forward_loss(model, raw_model, batch, weights)
-                            if shaper is not None:
-                                rl_loss, rl_logs = (shaper.surrogate(step_logits, batch) if shaper.mode == "surrogate"
-                                                    else shaper.reinforce(raw_model, raw_model, batch))
-                                loss = loss + shaper.weight * rl_loss
-                                terms = {**terms, "rl": rl_loss}
-                                step_logs.update(rl_logs)
-                        scaler.scale(loss * share / micro).backward()
-                    for k, v in {"loss": loss, **terms}.items():
-                        step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) / micro
-                if shaper is not None:
-                    shaper.sync_grads()   # learned reward weights sit outside DDP: average them here
-                scaler.unscale_(optimizer)
-                clip = float(tc.gradient_clip_val)
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip if clip > 0 else math.inf)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if scheduler is not None:
-                    scheduler.step()
-                global_step += 1
-                batch_in_epoch += micro
+                step_logs, grad_norm, wait = train_step(p, batches, micro, float(tc.gradient_clip_val), d)
+                state.global_step += 1
+                state.batch_in_epoch += micro
                 if prof is not None:
                     prof.step()
+                stats.add(step_logs, wait, time.perf_counter() - t0, micro * samples_per_step)
 
-                # ---- bookkeeping and logging ----
-                dt = time.perf_counter() - t0
-                wait_sum, time_sum, samples = wait_sum + wait, time_sum + dt, samples + micro * samples_per_step
-                loss_sum, loss_n = loss_sum + step_logs["loss"], loss_n + 1
-                for k, v in step_logs.items():
-                    log_acc[k] = log_acc.get(k, 0.0) + v
-                lr = optimizer.param_groups[0]["lr"]
                 bar.update(micro)
-                bar.set_postfix(loss=f"{step_logs['loss']:.4f}", lr=f"{lr:.2e}",
-                                sps=f"{samples / max(time_sum, 1e-9):.0f}")
-                if global_step % int(tc.log_interval) == 0:
-                    keys = sorted(log_acc)
-                    means = all_reduce_mean(d, torch.tensor([log_acc[k] for k in keys], dtype=torch.float64))
-                    n_logged = global_step % int(tc.log_interval) or int(tc.log_interval)
-                    scalars = {(k if k.startswith("reward/") else f"train/{k}"): float(means[j]) / n_logged
-                               for j, k in enumerate(keys)}
-                    scalars.update({"lr": lr, "grad_norm": float(grad_norm),
-                                    "perf/samples_per_s": samples / max(time_sum, 1e-9),
-                                    "perf/data_wait_fraction": wait_sum / max(time_sum, 1e-9),
-                                    **learned_weights()})
-                    runlog.scalars(scalars, global_step)
-                    log_acc = {}
+                bar.set_postfix(loss=f"{step_logs['loss']:.4f}", lr=f"{p.optimizer.param_groups[0]['lr']:.2e}",
+                                sps=f"{stats.perf()['samples_per_s']:.0f}")
+                log_step(p, stats, runlog, state.global_step, int(tc.log_interval), grad_norm, d)
                 if not math.isfinite(step_logs["loss"]):
-                    raise FloatingPointError(f"loss is {step_logs['loss']} at step {global_step}; lower "
+                    raise FloatingPointError(f"loss is {step_logs['loss']} at step {state.global_step}; lower "
                                              "trainer.optimizer.config.lr or set trainer.gradient_clip_val")
-                if int(tc.val_every_n_steps) > 0 and global_step % int(tc.val_every_n_steps) == 0:
-                    val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
-                    runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
-                stop = global_step >= total_steps
-                if int(tc.save_every_n_steps) > 0 and global_step % int(tc.save_every_n_steps) == 0 \
-                        and batch_in_epoch < batches_per_epoch and not stop:
-                    save(["last.pt"])
+                if int(tc.val_every_n_steps) > 0 and state.global_step % int(tc.val_every_n_steps) == 0:
+                    val_metrics = validate(p, tc, runlog, state.global_step, d)
+                stop = state.global_step >= p.total_steps
+                # mid-epoch checkpoint, unless the end of the epoch (or run) is about to write one
+                if int(tc.save_every_n_steps) > 0 and state.global_step % int(tc.save_every_n_steps) == 0 \
+                        and state.batch_in_epoch < p.batches_per_epoch and not stop:
+                    save(p, state, ckpt_dir, ["last.pt"], d)
             bar.close()
 
-            # ---- end of epoch: validate, log, checkpoint, early stopping ----
-            done_epoch = epoch + 1  # 1-based number of the epoch just finished
-            validated = done_epoch % int(tc.check_val_every_n_epoch) == 0 or stop or done_epoch == max_epochs
-            if validated:
-                val_metrics = evaluate(raw_model, raw_model, val_loader, int(tc.limit_val_batches), weights, d, autocast)
-                runlog.scalars({f"val/{k}": v for k, v in val_metrics.items()}, global_step)
-            train_loss = float(all_reduce_mean(d, torch.tensor(loss_sum / max(loss_n, 1), dtype=torch.float64)))
-            epoch_stats = {"samples_per_s": samples / max(time_sum, 1e-9),
-                           "data_wait_fraction": wait_sum / max(time_sum, 1e-9)}
-            val_loss = val_metrics.get(monitor, math.nan) if validated else math.nan
-            improved = math.isfinite(val_loss) and val_loss < best["loss"] - float(tc.early_stopping.min_delta)
-            if improved:
-                best.update(loss=val_loss, epoch=done_epoch, bad_epochs=0)
-            elif validated:
-                best["bad_epochs"] += 1
-            names = ["last.pt"]  # only rank 0 writes, so only its list matters
-            if int(tc.save_every_n_epochs) > 0 and done_epoch % int(tc.save_every_n_epochs) == 0:
-                names.append(f"epoch_{done_epoch}.pt")
-            if d.is_main and validated:
-                best["top"], keep = update_top_k(ckpt_dir, best["top"], done_epoch, val_loss, int(tc.save_top_k))
-                if keep:
-                    names.append(best_name(done_epoch, val_loss))
-            if improved:
-                names.append("best.pt")
-            epoch, batch_in_epoch = done_epoch, 0
-            save(names, val_metrics)
-            runlog.epoch_row({"epoch": done_epoch, "global_step": global_step, "train_loss": train_loss,
-                              "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], **epoch_stats,
-                              **learned_weights()})
-            if d.is_main:
-                flag = " (best)" if improved else ""
-                print(f"epoch {done_epoch}/{max_epochs}  step {global_step}  train {train_loss:.4f}  "
-                      f"val {val_loss:.4f}{flag}  {epoch_stats['samples_per_s']:.0f} samples/s  "
-                      f"data wait {100 * epoch_stats['data_wait_fraction']:.1f}%", flush=True)
+            val_metrics = end_of_epoch(p, tc, state, stats, val_metrics, stop, runlog, ckpt_dir, d)
             if on_validation is not None and val_metrics:
-                on_validation(done_epoch, val_metrics)
-            patience = int(tc.early_stopping.patience)
-            if patience > 0 and best["bad_epochs"] >= patience:
-                if d.is_main:
-                    print(f"early stopping: no improvement of val loss for {patience} epochs", flush=True)
+                on_validation(state.epoch, val_metrics)
+            if early_stop(tc, state, d):
                 stop = True
 
-    summary = {"best_val_loss": best["loss"], "best_epoch": best["epoch"], "val_loss": val_metrics.get("loss"),
-               "val": val_metrics, "epochs": epoch, "global_step": global_step, **epoch_stats,
-               "world_size": d.world_size, "checkpoint_dir": str(ckpt_dir), **learned_weights()}
+    summary = {"best_val_loss": state.best["loss"], "best_epoch": state.best["epoch"],
+               "val_loss": val_metrics.get("loss"), "val": val_metrics, "epochs": state.epoch,
+               "global_step": state.global_step, **stats.perf(), "world_size": d.world_size,
+               "checkpoint_dir": str(ckpt_dir), **p.learned_weights()}
     runlog.summary(summary)
     runlog.close()
     return summary
