@@ -146,9 +146,10 @@ def _wait_for(pred, proc, timeout=120):
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_killed_study_resumes_without_repeating_finished_trials(tiny, tmp_path):
     study_dir = tmp_path / "s"
-    # 3 epochs: trial 1 (which the median pruner cannot stop: one complete trial before it) spends
-    # two epochs between its first report and its end, time enough for the poll below to see it
-    cmd = _cli(tiny, study_dir, "tune.n_trials=3", "trainer.max_epochs=3")
+    # 12 epochs: trial 1 (which the median pruner cannot stop: one complete trial before it) spends
+    # eleven epochs between its first report and its end. A tiny epoch takes ~0.2 s, so with 3 epochs
+    # the 0.2 s poll below could miss the whole window on a busy machine and the test raced.
+    cmd = _cli(tiny, study_dir, "tune.n_trials=3", "trainer.max_epochs=12")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def mid_second_trial():
