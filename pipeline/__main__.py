@@ -18,11 +18,13 @@ from pipeline.metrics import run as compute_metrics
 def main(cfg: DictConfig) -> None:
     with pipeline.config.exit_on("ingest", IngestError):
         report = ingest(cfg)
-    summary = build(cfg)
+    with pipeline.config.exit_on("build", FileNotFoundError):
+        summary = build(cfg)
     print(f"{summary['songs']} songs, {summary['steps']} steps, {summary['hits']} hits, "
           f"{report['notes_mapped']} notes mapped, dropped per unmapped pitch {report['notes_dropped']}, "
           f"{report['skipped_count']} files skipped -> {summary['store']}")
-    metrics = compute_metrics(cfg)
+    with pipeline.config.exit_on("metrics", FileNotFoundError, ValueError):
+        metrics = compute_metrics(cfg)
     print(f"{metrics['windows']} windows of {metrics['songs']} songs, "
           f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
     with pipeline.config.exit_on("export", FileNotFoundError, ValueError):

@@ -32,7 +32,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             # A directory cannot be replaced in one rename: move the old one aside first.
             old = _tmp_sibling(path)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous output back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

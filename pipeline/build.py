@@ -37,8 +37,12 @@ def load_manifest(interim: Path) -> dict:
 
 
 def source_hash(manifest: dict) -> str:
-    """sha256 over the drum map, grid and every song's metadata and content digest (sha1 of its rows)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    """sha256 over the drum map, grid and every song's metadata and content digest (sha1 of its rows).
+
+    The interim file names are left out: they depend on how ingest batched its tasks
+    (`ingest.files_per_task`), not on the data, and must not make derived outputs look stale."""
+    songs = [{k: v for k, v in r.items() if k != "file"} for r in manifest.get("songs", [])]
+    return hashlib.sha256(json.dumps({**manifest, "songs": songs}, sort_keys=True).encode()).hexdigest()
 
 
 def _write_chunk(root: zarr.Group, songs_dir: Path, records: list[dict], offsets: np.ndarray,

@@ -18,7 +18,6 @@ See docs/data-path.md for the measured cost.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,8 +29,7 @@ from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.atomic import atomic_path
-from pipeline.metrics import store_hash
-from pipeline.store import SPLITS, Store
+from pipeline.store import SPLITS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def _check_windows(metrics_path: Path, store: Store, song: np.ndarray, start: np
 
 
 def _copy_rows(src: zarr.Array, dst_path: Path, block: int) -> None:
-    """Stream a [N, D] Zarr array into an .npy file chunk by chunk: memory bounded by `block` rows."""
+    """Stream a [N, ...] Zarr array into an .npy file chunk by chunk: memory bounded by `block` rows."""
     out = np.lib.format.open_memmap(dst_path, mode="w+", dtype=src.dtype, shape=src.shape)
     for a in range(0, src.shape[0], block):
         out[a:a + block] = src[a:a + block]
@@ -101,9 +99,9 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
                          f"stride={mattrs['stride']}, but seq_len={seq_len}, stride={stride} were "
                          "requested; rerun `dvc repro metrics` with the same window config")
     seq_len, stride = int(mattrs["seq_len"]), int(mattrs["stride"])
-    if mattrs.get("store_hash") != store_hash(store):
+    if mattrs.get("store_hash") != store.hash:
         raise ValueError(f"{metrics_path}: computed from a store with hash {mattrs.get('store_hash')!r}, "
-                         f"but {store_path} has {store_hash(store)!r}; rerun `dvc repro metrics`")
+                         f"but {store_path} has {store.hash!r}; rerun `dvc repro metrics`")
     win = metrics["window"]
     song, start, length = (np.asarray(win[k][:], np.int64) for k in _WINDOW_KEYS)
     missing = _check_windows(metrics_path, store, song, start, length, seq_len, stride)
@@ -130,12 +128,13 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
         (tmp / "metrics").mkdir()
         shapes = {}
         for name in names:
-            arr = np.asarray(win[name][:])
+            arr = win[name]
             if arr.shape[:1] != (len(song),):
                 raise ValueError(f"{metrics_path}: window/{name} has {arr.shape[0]} rows, "
                                  f"window/song has {len(song)}")
-            np.save(tmp / "metrics" / f"{name}.npy", np.ascontiguousarray(arr))
-            shapes[name] = {"shape": list(arr.shape[1:]), "dtype": arr.dtype.str}
+            # streamed like the rows: a [W, D, D] table at stride 1 can be gigabytes
+            _copy_rows(arr, tmp / "metrics" / f"{name}.npy", max(1, int(arr.chunks[0])))
+            shapes[name] = {"shape": list(arr.shape[1:]), "dtype": np.dtype(arr.dtype).str}
         manifest = {
             "format_version": FORMAT_VERSION, "seq_len": seq_len, "stride": stride,
             "bars_per_phrase": int(mattrs.get("bars_per_phrase", 0)),
@@ -143,17 +142,13 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "num_windows": int(len(song)), "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
-            "store": str(store_path), "store_hash": store_hash(store),
-            "metrics_hash": _attrs_hash(mattrs),
+            "store": str(store_path), "store_hash": store.hash,
+            "metrics_hash": attrs_hash(mattrs)[:16],
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     log.info("export: %d steps, %d windows (%s), %d metrics -> %s", manifest["num_steps"],
              manifest["num_windows"], counts, len(names), out_dir)
     return manifest
-
-
-def _attrs_hash(attrs: dict) -> str:
-    return hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")

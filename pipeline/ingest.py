@@ -115,7 +115,10 @@ def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, m
                 style=meta.get("style", ""), drummer=meta.get("drummer", ""),
                 beat_type=meta.get("beat_type", ""), split=meta.get("split", ""))
     if meta.get("bpm"):
-        song.bpm = float(meta["bpm"])
+        try:
+            song.bpm = float(meta["bpm"])
+        except ValueError:
+            raise BadInput(f"{path}: info.csv gives bpm {meta['bpm']!r}, not a number") from None
     return validate_song(song, str(path)), roll.notes_mapped, roll.unmapped
 
 
@@ -190,11 +193,11 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
     if source == "builtin":
         # Each task generates its own songs (song i depends only on seed and i): parallel, and the
         # driver never holds the corpus.
-        from pipeline.corpus import _check_drum_map, generate_song
+        from pipeline.corpus import check_drum_map, generate_song
 
         opts = OmegaConf.to_container(data.corpus, resolve=True)
         num_songs, seed = int(opts.pop("num_songs")), int(opts.pop("seed"))
-        _check_drum_map()
+        check_drum_map(drum_map.names)   # the configured map: it labels the store's columns
 
         def load(i):
             song = validate_song(generate_song(i, seed, **opts), f"builtin song {i}")

@@ -12,7 +12,6 @@ written to a temporary sibling and renamed into place (pipeline.atomic.atomic_pa
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import kernels
 from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
                           empty_window_outputs, window_grid)
 from pipeline.atomic import atomic_path
-from pipeline.config import CONF_DIR
+from pipeline.config import CONF_DIR, exit_on
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
@@ -120,8 +119,8 @@ def _blocks(offsets: np.ndarray, windows: np.ndarray, block_steps: int, block_wi
 
 
 def store_hash(store: Store) -> str:
-    """sha256 of the store's attributes: which store (inputs + build settings) these came from."""
-    return hashlib.sha256(json.dumps(store.attrs, sort_keys=True, default=str).encode()).hexdigest()
+    """Which store (inputs + build settings) the metrics came from (`Store.hash`)."""
+    return store.hash
 
 
 class _Writer:
@@ -257,7 +256,8 @@ def _write_songs(root: zarr.Group, results: list[SongResult], D: int) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    summary = run(cfg)
+    with exit_on("metrics", FileNotFoundError, ValueError):
+        summary = run(cfg)
     print(json.dumps(summary))
 
 

@@ -16,6 +16,8 @@ Songs are concatenated along time; a window never crosses a song boundary (song_
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,5 +160,15 @@ class Store:
         sec = self.sections[self.section_offsets[i]:self.section_offsets[i + 1]]
         return Song(hits=self.hits[sl], velocity=self.velocity[sl], sections=sec, **kw)
 
+    @property
+    def hash(self) -> str:
+        """sha256 of the attributes: which store (inputs + build settings) derived data came from."""
+        return attrs_hash(self.attrs)
+
     def songs_in_split(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.meta["split"] == split)
+
+
+def attrs_hash(attrs: dict) -> str:
+    """sha256 of a Zarr group's attributes (sorted JSON): the identity stages use to detect stale outputs."""
+    return hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()

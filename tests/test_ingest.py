@@ -129,6 +129,21 @@ def test_info_csv_metadata_and_split(tmp_path):
     assert songs["d1/2"]["bpm"] == 100.0 and songs["d1/2"]["drummer"] == ""
 
 
+def test_info_csv_bad_bpm_skips_that_file_only(tmp_path):
+    inp = tmp_path / "in"
+    (inp / "d1").mkdir(parents=True)
+    hits = np.zeros((16, 9), np.uint8)
+    hits[0, 0] = 1
+    for i in range(2):
+        write_midi(inp / "d1" / f"{i}.mid", hits, drum_map=DM, bpm=100)
+    (inp / "info.csv").write_text("drummer,style,bpm,beat_type,time_signature,midi_filename,split\n"
+                                  "drummer7,funk,fast,beat,4-4,d1/0.mid,train\n")
+    report = ingest(_cfg(tmp_path, "midi", inp))
+    assert [s["file"] for s in report["skipped"]] == [str(inp / "d1" / "0.mid")]
+    assert "bpm 'fast'" in report["skipped"][0]["reason"]
+    assert [r["name"] for r in _manifest(tmp_path)["songs"]] == ["d1/1"]
+
+
 def test_hash_split_is_deterministic_and_follows_ratios():
     ratios = {"train": 0.7, "validation": 0.15, "test": 0.15}
     ids = [f"drummer{i % 10}/session{i % 7}/{i}" for i in range(6000)]

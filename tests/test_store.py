@@ -31,6 +31,29 @@ def test_store_round_trip(tmp_path):
     assert store.drum_names[0] == "kick"
 
 
+def test_atomic_path_puts_the_old_directory_back_if_the_final_rename_fails(tmp_path, monkeypatch):
+    import os
+
+    target = tmp_path / "out.zarr"
+    target.mkdir()
+    (target / "old").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def flaky_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:          # old moved aside, then the new one fails to move in
+            raise OSError("disk went away")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="disk went away"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "new").write_text("new")
+    assert (target / "old").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
+
+
 def test_atomic_path_keeps_old_output_on_failure(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
