@@ -99,12 +99,20 @@ def test_bad_prime_and_unsafe_checkpoint_fail_with_a_message(ckpt, tmp_path):
     assert proc.returncode == 1 and "unsafe.pt" in proc.stderr and "not a loadable checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o" / "sample_000.mid").exists()
+    # A loadable file that is no model checkpoint is named, not a KeyError.
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match=r"foreign\.pt: not a hierdrums model checkpoint"):
+        run(_cfg(ckpt, tmp_path / "o", f"checkpoint={foreign}"))
 
 
 def test_resolve_checkpoint_prefers_the_best_file(tmp_path):
     for name in ("last.pt", "best_epoch_3_loss_0.5000.pt", "best_epoch_7_loss_0.4000.pt", "epoch_7.pt"):
         (tmp_path / name).write_bytes(b"")
     assert resolve_checkpoint(tmp_path).name == "best_epoch_7_loss_0.4000.pt"
+    (tmp_path / "best.pt").write_bytes(b"")   # the trainer's stable name for the best (save_top_k=0 too)
+    assert resolve_checkpoint(tmp_path).name == "best.pt"
+    (tmp_path / "best.pt").unlink()
     (tmp_path / "best_epoch_3_loss_0.5000.pt").unlink()
     (tmp_path / "best_epoch_7_loss_0.4000.pt").unlink()
     assert resolve_checkpoint(tmp_path).name == "last.pt"

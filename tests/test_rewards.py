@@ -54,6 +54,15 @@ def test_user_reward_function_by_import_path():
         rewards.build(OmegaConf.merge(cfg.rl, {"terms": {"kick": {"metric": "no_such_module:f"}}}), cfg.window)
 
 
+def test_reinforce_needs_a_prime_of_at_least_one_bar():
+    cfg = compose(["rl=reinforce"])
+    rewards.build(cfg.rl, cfg.window)   # the shipped config is valid
+    for prime, sample in ((0, 32), (16, 0), (8, 32)):
+        bad = OmegaConf.merge(cfg.rl, {"prime_steps": prime, "sample_steps": sample})
+        with pytest.raises(ConfigError, match=f"rl.prime_steps={prime}, rl.sample_steps={sample}"):
+            rewards.build(bad, cfg.window)
+
+
 def kick_rate(roll, *, start, steps_per_bar, beats_per_bar):
     return roll[..., 0].mean(1)
 

@@ -47,8 +47,14 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     from train.model import HierarchicalDrumModel
 
     ckpt = load_checkpoint(path, map_location)
+    if not isinstance(ckpt, dict) or not {"model", "model_config"} <= ckpt.keys():
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: not a hierdrums model checkpoint (needs 'model' and 'model_config'; has {keys})")
     model = HierarchicalDrumModel.from_config(ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit its model_config ({e})") from e
     return model.to(map_location).eval(), ckpt
 
 

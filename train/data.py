@@ -65,10 +65,9 @@ def resolve_ready_dir(path: str | Path) -> Path:
 
 
 def _check_store_hash(store: Path, ready: Path) -> None:
-    from pipeline.metrics import store_hash
     from pipeline.store import Store
 
-    current = store_hash(Store(store))
+    current = Store(store).hash
     manifest = json.loads((ready / "manifest.json").read_text())
     if current != manifest.get("store_hash", ""):
         raise ValueError(f"{ready}: exported from a store with hash {manifest.get('store_hash')!r}, "

@@ -209,6 +209,10 @@ def evaluate(cfg: DictConfig) -> dict:
     ecfg = cfg.evaluate
     seq_len, spb = int(cfg.window.seq_len), int(cfg.window.steps_per_bar)
     model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
+    for key in ("steps_per_bar", "bars_per_phrase"):   # score on the grid the model was trained on
+        if key in model.config and int(model.config[key]) != int(cfg.window[key]):
+            raise ValueError(f"{ckpt_path}: trained with {key}={model.config[key]}, but window.{key}="
+                             f"{cfg.window[key]}; evaluate with window.{key}={model.config[key]}")
     store = Store(cfg.paths.store)
     names = store.drum_names
     if [str(n) for n in ckpt["drum_names"]] != names:

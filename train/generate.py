@@ -12,7 +12,6 @@ Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import hydra
@@ -23,33 +22,31 @@ from omegaconf import DictConfig
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
-
-_BEST = re.compile(r"best_epoch_(\d+)_loss_([0-9.]+)\.pt$")
-
+from train.checkpoint import BEST_RE, load_model
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A .pt file as is; a run directory -> its best_epoch_*_loss_*.pt of lowest loss, else last.pt."""
+    """A .pt file as is; a run directory -> its best.pt, else its best_epoch_*_loss_*.pt of lowest
+    loss, else last.pt."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
+        if (path / "best.pt").is_file():
+            return path / "best.pt"
         best = [(float(m.group(2).rstrip(".")), p) for p in path.glob("best_epoch_*_loss_*.pt")
-                if (m := _BEST.search(p.name))]
+                if (m := BEST_RE.search(p.name))]
         if best:
             return min(best)[1]
         if (path / "last.pt").is_file():
             return path / "last.pt"
-        raise FileNotFoundError(f"{path}: no best_epoch_*_loss_*.pt or last.pt checkpoint in this directory")
+        raise FileNotFoundError(f"{path}: no best.pt, best_epoch_*_loss_*.pt or last.pt checkpoint in this directory")
     raise FileNotFoundError(f"{path}: no such checkpoint file or run directory (train first: `dvc repro train`)")
 
 
 def load_for_inference(path: str | Path):
     """(model in eval mode, checkpoint dict, resolved path); weights_only loading via train.checkpoint."""
-    from train.checkpoint import load_model
-
     path = resolve_checkpoint(path)
     model, ckpt = load_model(path)
-    model.eval()
     return model, ckpt, path
 
 

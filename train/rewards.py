@@ -106,9 +106,9 @@ def validate(rl_cfg, window) -> None:
     if rl_cfg.mode == "reinforce":
         spb, L = int(window.steps_per_bar), int(window.seq_len)
         p, g = int(rl_cfg.prime_steps), int(rl_cfg.sample_steps)
-        if p % spb or g <= 0 or g % spb or p + g > L:
-            raise ConfigError(f"rl.prime_steps={p}, rl.sample_steps={g}: both must be multiples of "
-                              f"steps_per_bar={spb}, sample_steps > 0, and together ≤ window.seq_len={L}")
+        if p % spb or p < spb or g <= 0 or g % spb or p + g > L:
+            raise ConfigError(f"rl.prime_steps={p}, rl.sample_steps={g}: both must be whole bars of "
+                              f"steps_per_bar={spb} (at least one bar each) and together ≤ window.seq_len={L}")
         if not 0.0 <= float(rl_cfg.baseline_momentum) < 1.0:
             raise ConfigError(f"rl.baseline_momentum={rl_cfg.baseline_momentum}: must lie in [0, 1)")
         normalize_mode(rl_cfg.get("normalize", True))
@@ -332,13 +332,11 @@ class RewardShaper:
         step = batch["step"]
         prime = step[:, :self.prime]
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,)))               # from the (saved) torch RNG
-        was_training = model.training
-        with torch.no_grad():
-            seq = model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed)
-        model.train(was_training)
-        seq = seq[:, :self.prime + self.sample].to(step.dtype)
         start = batch.get("start", torch.zeros(step.shape[0], dtype=torch.long)).to(step.device)
-        logits = model(seq[:, :-1], start=start)[0] if _accepts_start(model) else model(seq[:, :-1])[0]
+        with torch.no_grad():   # sampled under the same bar phase (start) as it is scored below
+            seq = model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed, start=start)
+        seq = seq[:, :self.prime + self.sample].to(step.dtype)
+        logits = model(seq[:, :-1], start=start)[0]
         cont = seq[:, self.prime:]
         cont_logits = logits[:, self.prime - 1:].float()                # logits[:, t] predict step t+1
         logp = -F.binary_cross_entropy_with_logits(cont_logits, cont.float(), reduction="none").sum((1, 2))
@@ -353,16 +351,6 @@ class RewardShaper:
             loss = loss + self._learned_loss(rs, detach=True)
         logs.update({"reward/total": float(reward.mean()), "reward/baseline": self.baseline})
         return loss, logs
-
-
-def _accepts_start(model) -> bool:
-    import inspect
-
-    fwd = getattr(model, "forward", model)
-    try:
-        return "start" in inspect.signature(fwd).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def build(rl_cfg, window, reduce_mean=None) -> RewardShaper | None:

@@ -290,7 +290,7 @@ def generated_distance(cfg: DictConfig, spec: DictConfig) -> float:
     model, _, _ = load_for_inference(cfg.trainer.checkpoint_dir)
     store = Store(cfg.paths.store)
     seq_len = int(cfg.window.seq_len)
-    windows = split_windows(store, "validation", seq_len, seq_len)
+    windows = split_windows(store, "validation", seq_len, seq_len, steps_per_bar=int(cfg.window.steps_per_bar))
     ecfg = OmegaConf.create({"window": cfg.window, "metrics": cfg.metrics, "evaluate": {"generated": {
         "max_samples": int(spec.num_samples), "temperature": 1.0, "top_p": None, "seed": int(spec.seed),
         "max_set_size": 500}}})
