@@ -165,6 +165,15 @@ def test_other_bar_lengths_are_excluded_with_a_logged_count(tmp_path, caplog):
     assert set(ds.windows[:, 1].tolist()) == {0, 2} and len(ds) == 9 + 1
 
 
+def test_augmentation_shift_respects_its_bound(ready):
+    idx = np.arange(len(_dataset(ready)))
+    still = _dataset(ready, augment=True, max_shift_bars=0).get_batch(idx, seed=(7, 1))
+    assert (still["start"].numpy() == _dataset(ready).windows[idx][:, 2]).all()
+    one = _dataset(ready, augment=True, max_shift_bars=1).get_batch(np.tile(idx, 4), seed=(7, 1))
+    shift = one["start"].numpy() - _dataset(ready).windows[np.tile(idx, 4)][:, 2]
+    assert set(np.unique(shift).tolist()) <= {-SPB, 0, SPB} and (shift != 0).any()
+
+
 def test_augmentation_shifts_whole_bars_within_the_song(ready):
     store = Store(ready / "store.zarr")
     ds = _dataset(ready, augment=True, velocity_jitter=0.3, max_shift_bars=4)

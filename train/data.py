@@ -224,7 +224,9 @@ class CompleteHierarchicalDrumDataset(Dataset):
     def _shift(self, idx: np.ndarray, rng: np.random.Generator, m: dict) -> np.ndarray:
         """Whole-bar re-windowing: another stored window of the same song, k bar-units away."""
         unit = math.lcm(self.steps_per_bar, self.stride)            # steps: whole bars and whole strides
-        max_units = max(1, self.max_shift_bars * self.steps_per_bar // unit)
+        max_units = self.max_shift_bars * self.steps_per_bar // unit   # |shift| ≤ max_shift_bars bars
+        if max_units == 0:
+            return idx
         k = rng.integers(-max_units, max_units + 1, size=len(idx))
         j = idx + k * (unit // self.stride)
         ok = (j >= m["first"][idx]) & (j <= m["last"][idx])
