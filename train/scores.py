@@ -153,13 +153,19 @@ def densities(a: np.ndarray, b: np.ndarray, *, grid_size: int = 1024, max_points
 
 def overlap_area(a: np.ndarray, b: np.ndarray, **kw) -> float:
     """OA = integral of min(p_a, p_b) over the KDEs of two 1-D samples; in [0, 1]."""
-    grid, pa, pb = densities(a, b, **kw)
-    return float(np.clip(np.trapezoid(np.minimum(pa, pb), grid), 0.0, 1.0))
+    return _overlap(*densities(a, b, **kw))
 
 
 def kl_divergence(a: np.ndarray, b: np.ndarray, **kw) -> float:
     """KL(p_a || p_b) = integral of p_a ln(p_a / p_b) over the KDEs of two 1-D samples, in nats."""
-    grid, pa, pb = densities(a, b, **kw)
+    return _kl(*densities(a, b, **kw))
+
+
+def _overlap(grid: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> float:
+    return float(np.clip(np.trapezoid(np.minimum(pa, pb), grid), 0.0, 1.0))
+
+
+def _kl(grid: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> float:
     pa, pb = np.maximum(pa, PROB_FLOOR), np.maximum(pb, PROB_FLOOR)
     return float(max(np.trapezoid(pa * np.log(pa / pb), grid), 0.0))
 
@@ -201,11 +207,10 @@ def compare_sets(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
             x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
         if len(y) > max_samples:
             y = y[np.sort(rng.choice(len(y), max_samples, replace=False))]
-        intra, inter = intra_set_distances(x), inter_set_distances(x, y)
+        kde = densities(intra_set_distances(x), inter_set_distances(x, y))   # once for OA and KL
         out[name] = {
             "real_mean": float(x.mean()), "real_std": float(x.std()),
             "generated_mean": float(y.mean()), "generated_std": float(y.std()),
-            "overlap_area": overlap_area(intra, inter),
-            "kl_divergence": kl_divergence(intra, inter),
+            "overlap_area": _overlap(*kde), "kl_divergence": _kl(*kde),
         }
     return out
