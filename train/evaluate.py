@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import pipeline.config
 from pipeline.atomic import atomic_path
+from kernels.spec import window_grid
 from pipeline.store import Store
 from train.baselines import NGramBaseline, make_baselines, select_ngram
 from train.generate import load_for_inference, sample
@@ -60,12 +61,8 @@ class Windows:
 
 
 def window_starts(num_steps: int, seq_len: int, stride: int) -> list[int]:
-    """The metrics stage's rule: 0, stride, … while start + seq_len <= T; one window if 0 < T < seq_len."""
-    if num_steps <= 0:
-        return []
-    if num_steps < seq_len:
-        return [0]
-    return list(range(0, num_steps - seq_len + 1, stride))
+    """The metrics stage's rule (`kernels.window_grid`), so scored windows are the stored ones."""
+    return window_grid(num_steps, seq_len, stride)[0].tolist()
 
 
 def split_songs_ids(store: Store, split: str) -> np.ndarray:

@@ -21,9 +21,11 @@ REAL_COLOR, GEN_COLOR = "#1f77b4", "#ff7f0e"
 
 def _save(fig, path: str | Path, tight: bool = True) -> Path:
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight" if tight else None)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(fig)   # also when saving fails: figures otherwise pile up in a long run
     return path
 
 
