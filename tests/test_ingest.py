@@ -108,17 +108,21 @@ def test_midi_folder_bad_files_and_unmapped_pitches(tmp_path):
     assert report["unmapped_by_file"] == [{"file": "mixed.midi", "pitches": {"39": 3, "54": 1}}]
 
 
-def test_info_csv_metadata_and_split(tmp_path):
+def _groove_like_folder(tmp_path, num_files: int, info_rows: str):
+    """d1/0.mid … one-kick MIDI files at 100 bpm, with an info.csv holding `info_rows`."""
     inp = tmp_path / "in"
     (inp / "d1").mkdir(parents=True)
     hits = np.zeros((16, 9), np.uint8)
     hits[0, 0] = 1
-    for i in range(3):
+    for i in range(num_files):
         write_midi(inp / "d1" / f"{i}.mid", hits, drum_map=DM, bpm=100)
-    (inp / "info.csv").write_text(
-        "drummer,style,bpm,beat_type,time_signature,midi_filename,split\n"
-        "drummer7,funk/groove,97,fill,4-4,d1/0.mid,validation\n"
-        "drummer8,jazz,140,beat,4-4,d1/1.mid,test\n")
+    (inp / "info.csv").write_text("drummer,style,bpm,beat_type,time_signature,midi_filename,split\n" + info_rows)
+    return inp
+
+
+def test_info_csv_metadata_and_split(tmp_path):
+    inp = _groove_like_folder(tmp_path, 3, "drummer7,funk/groove,97,fill,4-4,d1/0.mid,validation\n"
+                                           "drummer8,jazz,140,beat,4-4,d1/1.mid,test\n")
     ingest(_cfg(tmp_path, "midi", inp))
     songs = {r["name"]: r for r in _manifest(tmp_path)["songs"]}
     assert (songs["d1/0"]["drummer"], songs["d1/0"]["style"], songs["d1/0"]["beat_type"],
@@ -130,14 +134,7 @@ def test_info_csv_metadata_and_split(tmp_path):
 
 
 def test_info_csv_bad_bpm_skips_that_file_only(tmp_path):
-    inp = tmp_path / "in"
-    (inp / "d1").mkdir(parents=True)
-    hits = np.zeros((16, 9), np.uint8)
-    hits[0, 0] = 1
-    for i in range(2):
-        write_midi(inp / "d1" / f"{i}.mid", hits, drum_map=DM, bpm=100)
-    (inp / "info.csv").write_text("drummer,style,bpm,beat_type,time_signature,midi_filename,split\n"
-                                  "drummer7,funk,fast,beat,4-4,d1/0.mid,train\n")
+    inp = _groove_like_folder(tmp_path, 2, "drummer7,funk,fast,beat,4-4,d1/0.mid,train\n")
     report = ingest(_cfg(tmp_path, "midi", inp))
     assert [s["file"] for s in report["skipped"]] == [str(inp / "d1" / "0.mid")]
     assert "bpm 'fast'" in report["skipped"][0]["reason"]
