@@ -11,11 +11,18 @@ import pipeline.config
 from pipeline.build import build
 from pipeline.export import export
 from pipeline.ingest import IngestError, ingest
+from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.metrics import run as compute_metrics
 
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # one lock for the four stages: nobody else writes (or reads half-replaced) data between them
+    with pipeline.config.exit_on("pipeline", LockHeld), data_dir_lock(cfg, "pipeline"):
+        _stages(cfg)
+
+
+def _stages(cfg: DictConfig) -> None:
     with pipeline.config.exit_on("ingest", IngestError):
         report = ingest(cfg)
     with pipeline.config.exit_on("build", FileNotFoundError):

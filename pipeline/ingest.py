@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
+from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.midi import MidiError, read_midi
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STR_FIELDS, Song
 
@@ -347,7 +348,7 @@ def ingest(cfg: DictConfig) -> dict:
         raise IngestError(f"{where}: no input files found for source {cfg.data.source!r}")
 
     interim = Path(cfg.paths.interim)
-    with atomic_path(interim) as tmp:
+    with atomic_path(interim, marker="ingest") as tmp:
         songs_dir = tmp / "songs"
         songs_dir.mkdir(parents=True)
         per_task = max(1, int(cfg.ingest.files_per_task))
@@ -420,7 +421,7 @@ def _report(cfg, where, results, songs, skipped) -> dict:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("ingest", IngestError):
+    with pipeline.config.exit_on("ingest", IngestError, LockHeld), data_dir_lock(cfg, "ingest"):
         ingest(cfg)
 
 
