@@ -61,8 +61,10 @@ def validate_song(song: Song, where: str) -> Song:
         raise BadInput(f"{where}: zero length (no time steps)")
     if h.shape[1] == 0:
         raise BadInput(f"{where}: no drum columns")
-    song.hits = (h > 0).astype(np.uint8)
-    song.velocity = np.where(song.hits > 0, np.clip(np.asarray(song.velocity), 1, 127), 0).astype(np.uint8)
+    hits = h > 0
+    vel = np.clip(np.asarray(song.velocity), 1, 127).astype(np.uint8, copy=False)  # a new array
+    vel[~hits] = 0
+    song.hits, song.velocity = hits.view(np.uint8), vel   # the view: one temporary less (bool is 1 byte)
     sec = np.asarray(song.sections, np.int64).reshape(-1, 2)
     if len(sec) and (sec[:, 0].min() < 0 or sec[:, 1].max() > h.shape[0] or (sec[:, 1] <= sec[:, 0]).any()):
         raise BadInput(f"{where}: sections must be [start, end) pairs with 0 <= start < end <= {h.shape[0]}")
@@ -161,7 +163,7 @@ def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps:
         raise BadInput(f"{path}: 'sections' must be an integer [K, 2] array")
     vel = _to_velocity(seq, _velocity_scale(path, seq))
     del seq
-    song = Song(name=_song_id(rel), hits=vel > 0, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
+    song = Song(name=_song_id(rel), hits=vel, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
                 beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections)
     return validate_song(song, str(path))
 
@@ -244,7 +246,9 @@ def _record(song: Song, file: str, notes_mapped: int, unmapped: dict) -> dict:
     rec = {f: getattr(song, f) for f in STR_FIELDS}
     rec.update({f: int(getattr(song, f)) for f in INT_FIELDS})
     rec.update({f: float(getattr(song, f)) for f in FLOAT_FIELDS})
-    digest = hashlib.sha1(song.hits.tobytes() + song.velocity.tobytes()).hexdigest()
+    digest = hashlib.sha1(song.hits)   # = sha1 of hits bytes + velocity bytes, without copying them
+    digest.update(song.velocity)
+    digest = digest.hexdigest()
     rec.update(file=file, num_steps=song.num_steps, num_drums=int(song.hits.shape[1]),
                sections=song.sections.tolist(), sha1=digest, notes_mapped=notes_mapped,
                unmapped={str(p): n for p, n in unmapped.items()})
