@@ -106,7 +106,7 @@ def two_writers(repo: Path, out: Path) -> dict:
     a = start(400)
     time.sleep(1.0)
     b = start(50)
-    (_, ea), (_, eb) = a.communicate(), b.communicate()
+    (_, _), (_, eb) = a.communicate(), b.communicate()
     songs = json.loads((out / "ingest_report.json").read_text())["songs"] if (out / "ingest_report.json").exists() else None
     last = [ln for ln in eb.splitlines() if ln.strip()]
     return {"first_exit": a.returncode, "second_exit": b.returncode, "songs_in_the_data_dir": songs,
