@@ -121,12 +121,12 @@ def time_step_only(n: int, repeats: int, k: int) -> list[float]:
 def time_loader(ds, n: int, repeats: int, workers: int, worker_type: str = "thread", step_k: int = 0) -> list[float]:
     loader = make_loader(ds, BATCH, seed=0, num_workers=workers, worker_type=worker_type)
 
-    def epochs():
+    def epochs(loader):
         for epoch in range(10**6):
             loader.sampler.set_epoch(epoch)
             yield from loader
 
-    it = epochs()
+    it = epochs(loader)
     for _ in range(2 * max(workers, 1)):
         next(it)                    # start-up (worker spawn, numba cache load, first maps) is not throughput
     a = torch.rand(256, 256) / 256

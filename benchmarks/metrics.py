@@ -90,9 +90,9 @@ def main():
     results = {}
     for seq_len in args.seq_lens:
         W = len(window_grid(args.steps, seq_len, 1)[0])
-        k_s, k_wall = best_of(lambda: kernels.window_metrics(roll, seq_len=seq_len), args.repeat)
+        k_s, k_wall = best_of(lambda seq_len=seq_len: kernels.window_metrics(roll, seq_len=seq_len), args.repeat)
         floor_s, _ = best_of(memory_floor(W, args.drums, seq_len // 16, 16), args.repeat)
-        r_s, _ = best_of(lambda: ref.window_metrics(roll[:seq_len + args.ref_windows], seq_len=seq_len,
+        r_s, _ = best_of(lambda seq_len=seq_len: ref.window_metrics(roll[:seq_len + args.ref_windows], seq_len=seq_len,
                                                     max_windows=args.ref_windows), 1)
         k_wps, r_wps = W / k_s, args.ref_windows / r_s
         results[seq_len] = {

@@ -8,12 +8,15 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.config
+from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.stages import run_all
 
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run_all(cfg, echo=print, cli=True)
+    # one lock for the four stages: nobody else writes (or reads half-replaced) data between them
+    with pipeline.config.exit_on("pipeline", LockHeld), data_dir_lock(cfg, "pipeline"):
+        run_all(cfg, echo=print, cli=True)
 
 
 if __name__ == "__main__":

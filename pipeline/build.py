@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.atomic import atomic_path
+from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.store import Song, create_store, write_metadata
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def build(cfg: DictConfig) -> dict:
     attrs = {k: manifest[k] for k in ("drum_names", "drum_pitches", "mapping", "steps_per_quarter")}
     attrs["source_hash"] = source_hash(manifest)
 
-    with atomic_path(cfg.paths.store) as tmp:
+    with atomic_path(cfg.paths.store, marker="build") as tmp:
         root = create_store(tmp, num_songs=len(records), num_steps=total, num_drums=num_drums,
                             chunk_steps=chunk, compressor=cfg.store.compressor)
         # partial: dask would otherwise walk the song records once per task looking for collections
@@ -121,7 +122,7 @@ def _meta_song(r: dict) -> Song:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("build", FileNotFoundError):
+    with pipeline.config.exit_on("build", FileNotFoundError, LockHeld), data_dir_lock(cfg, "build"):
         build(cfg)
 
 

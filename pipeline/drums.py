@@ -17,7 +17,7 @@ class DrumMap:
         return len(self.names)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig | dict) -> "DrumMap":
+    def from_config(cls, cfg: DictConfig | dict) -> DrumMap:
         cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
         names, pitches, mapping = [], [], {}
         for column, entry in enumerate(cfg["classes"]):
@@ -30,7 +30,7 @@ class DrumMap:
         return cls(tuple(names), tuple(pitches), mapping)
 
     @classmethod
-    def default(cls) -> "DrumMap":
+    def default(cls) -> DrumMap:
         from pipeline.config import CONF_DIR
 
         return cls.from_config(OmegaConf.load(CONF_DIR / "drums" / "gmd9.yaml"))

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 import pipeline.config
 from kernels.spec import corpus_windows
 from pipeline.atomic import atomic_path
+from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.store import SPLITS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
                     "see its log); they are not training windows", missing, store_path)
     names = sorted(k for k in win.array_keys() if k not in _WINDOW_KEYS)
 
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, marker="export") as tmp:
         tmp.mkdir()
         block = max(1, int(store.hits.chunks[0]))
         _copy_rows(store.hits, tmp / "hits.npy", block)
@@ -140,7 +141,8 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("export", FileNotFoundError, ValueError):
+    with pipeline.config.exit_on("export", FileNotFoundError, ValueError, LockHeld), \
+            data_dir_lock(cfg, "export"):
         export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
                seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
 

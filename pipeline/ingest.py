@@ -20,6 +20,8 @@ import csv
 import hashlib
 import json
 import logging
+import math
+import os
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -32,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
+from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.midi import MidiError, read_midi
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STR_FIELDS, Song
 
@@ -58,8 +61,10 @@ def validate_song(song: Song, where: str) -> Song:
         raise BadInput(f"{where}: zero length (no time steps)")
     if h.shape[1] == 0:
         raise BadInput(f"{where}: no drum columns")
-    song.hits = (h > 0).astype(np.uint8)
-    song.velocity = np.where(song.hits > 0, np.clip(np.asarray(song.velocity), 1, 127), 0).astype(np.uint8)
+    hits = h > 0
+    vel = np.clip(np.asarray(song.velocity), 1, 127).astype(np.uint8, copy=False)  # a new array
+    vel[~hits] = 0
+    song.hits, song.velocity = hits.view(np.uint8), vel   # the view: one temporary less (bool is 1 byte)
     sec = np.asarray(song.sections, np.int64).reshape(-1, 2)
     if len(sec) and (sec[:, 0].min() < 0 or sec[:, 1].max() > h.shape[0] or (sec[:, 1] <= sec[:, 0]).any()):
         raise BadInput(f"{where}: sections must be [start, end) pairs with 0 <= start < end <= {h.shape[0]}")
@@ -67,59 +72,157 @@ def validate_song(song: Song, where: str) -> Song:
     return song
 
 
-def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float) -> Song:
+MAX_DRUMS = 128        # one class per MIDI pitch at most: more columns is not a drum roll
+_BLOCK_VALUES = 1 << 20  # values converted per block: temporaries stay small beside the array
+
+
+def _npz_header(path: Path, name: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of member `name` read from its .npy header, before anything is decompressed."""
+    with zipfile.ZipFile(path) as zf:
+        if f"{name}.npy" not in zf.namelist():
+            raise BadInput(f"{path}: no '{name}' array (has {sorted(n[:-4] for n in zf.namelist())})")
+        with zf.open(f"{name}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = {(1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read is None:
+                raise BadInput(f"{path}: '{name}' has .npy format version {version}, expected 1.0 or 2.0")
+            shape, _, dtype = read(fh)
+    return shape, dtype
+
+
+def _check_sequence_header(path: Path, shape: tuple, dtype: np.dtype, max_steps: int) -> None:
+    """Refuse a `sequence` by its header alone, so a tiny compressed file cannot demand gigabytes."""
+    if len(shape) != 2:
+        raise BadInput(f"{path}: 'sequence' must be 2-D [time_steps, num_drums], got shape {shape}")
+    if dtype.kind not in "biuf":
+        raise BadInput(f"{path}: 'sequence' has non-numeric dtype {dtype}")
+    if shape[0] == 0:
+        raise BadInput(f"{path}: zero length (no time steps)")
+    if shape[1] == 0:
+        raise BadInput(f"{path}: no drum columns (shape {shape})")
+    if shape[1] > MAX_DRUMS:
+        raise BadInput(f"{path}: {shape[1]} drum columns, more than {MAX_DRUMS} (one per MIDI pitch)")
+    if shape[0] > max_steps:
+        raise BadInput(f"{path}: {shape[0]} steps, more than max_steps={max_steps} (ingest.max_steps)")
+
+
+def _blocks(seq: np.ndarray):
+    rows = max(1, _BLOCK_VALUES // seq.shape[1])
+    for a in range(0, seq.shape[0], rows):
+        yield a, seq[a:a + rows]
+
+
+def _velocity_scale(path: Path, seq: np.ndarray) -> float:
+    """127 when the values are 0-1 (fractions of full velocity), 1 when they are 0-127 velocities.
+
+    Checked block by block in the array's own dtype (no float64 copy of the whole song)."""
+    top, fraction = 0, None
+    for _, b in _blocks(seq):
+        if b.dtype.kind == "f" and not np.isfinite(b).all():
+            raise BadInput(f"{path}: 'sequence' holds NaN or inf values")
+        if b.min() < 0:
+            raise BadInput(f"{path}: 'sequence' holds negative values (min {b.min():g})")
+        top = max(top, b.max())
+        if b.dtype.kind == "f" and fraction is None:
+            odd = b[b != np.rint(b)]
+            fraction = odd[0] if len(odd) else None
+    if top > 127:
+        raise BadInput(f"{path}: 'sequence' values up to {top:g}; expected hits/velocities in 0-1 or 0-127")
+    if top > 1 and fraction is not None:
+        raise BadInput(f"{path}: 'sequence' mixes values above 1 (max {top:g}: 0-127 velocities) with "
+                       f"non-whole values (e.g. {fraction:g}); use 0-1 throughout or whole 0-127 velocities")
+    return 127.0 if top <= 1 else 1.0
+
+
+def _to_velocity(seq: np.ndarray, scale: float) -> np.ndarray:
+    vel = np.empty(seq.shape, np.uint8)
+    for a, b in _blocks(seq):
+        vel[a:a + len(b)] = np.rint(b * scale) if b.dtype.kind == "f" or scale != 1 else b
+    return vel
+
+
+def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps: int) -> Song:
     """An NPZ with `sequence` [time_steps, num_drums]: > 0 is a hit; values 0-1 scale to velocity
-    1..127, values 0-127 are velocities as they are. Optional `sections` [K, 2] (start, end) steps."""
+    1..127, whole values 0-127 are velocities as they are. Optional `sections` [K, 2] (start, end) steps.
+
+    Memory: the sequence in its own dtype plus two uint8 arrays of its shape; sizes are checked from
+    the .npy header before the array is decompressed."""
     if not zipfile.is_zipfile(path):
         raise BadInput(f"{path}: not an NPZ file (not a zip archive)")
     try:
+        _check_sequence_header(path, *_npz_header(path, "sequence"), max_steps)
         with np.load(path, allow_pickle=False) as z:
-            if "sequence" not in z.files:
-                raise BadInput(f"{path}: no 'sequence' array (has {sorted(z.files)})")
             seq = z["sequence"]
             sections = z["sections"] if "sections" in z.files else np.zeros((0, 2), np.int64)
     except BadInput:
         raise
     except Exception as exc:  # corrupt member, object arrays (pickle refused), ...
         raise BadInput(f"{path}: unreadable NPZ ({type(exc).__name__}: {exc})") from exc
-    if seq.ndim != 2:
-        raise BadInput(f"{path}: 'sequence' must be 2-D [time_steps, num_drums], got shape {seq.shape}")
-    if seq.dtype.kind not in "biuf":
-        raise BadInput(f"{path}: 'sequence' has non-numeric dtype {seq.dtype}")
-    if seq.shape[0] == 0:
-        raise BadInput(f"{path}: zero length (no time steps)")
-    seq = seq.astype(np.float64)
-    if not np.isfinite(seq).all():
-        raise BadInput(f"{path}: 'sequence' holds NaN or inf values")
-    if (seq < 0).any():
-        raise BadInput(f"{path}: 'sequence' holds negative values (min {seq.min():g})")
-    top = seq.max()
-    if top > 127:
-        raise BadInput(f"{path}: 'sequence' values up to {top:g}; expected hits/velocities in 0-1 or 0-127")
     if np.asarray(sections).dtype.kind not in "iu" or np.asarray(sections).size % 2:
         raise BadInput(f"{path}: 'sections' must be an integer [K, 2] array")
-    vel = np.rint(seq * 127) if top <= 1 else np.rint(seq)
-    song = Song(name=_song_id(rel), hits=seq > 0, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
+    vel = _to_velocity(seq, _velocity_scale(path, seq))
+    del seq
+    song = Song(name=_song_id(rel), hits=vel, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
                 beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections)
     return validate_song(song, str(path))
 
 
-def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, meta: dict):
+def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, meta: dict,
+              max_steps: int | None = None):
     """A drum MIDI file -> (Song, notes_mapped, unmapped pitch counts); `meta` from info.csv if any."""
+    bpm, split = _info_bpm(path, meta), meta.get("split", "")
+    if split not in ("", *SPLITS):
+        raise BadInput(f"{path}: info.csv gives split {split!r}, expected one of {', '.join(SPLITS)} "
+                       "(or empty for a hash split)")
     try:
-        roll = read_midi(path, drum_map, steps_per_quarter)
+        roll = read_midi(path, drum_map, steps_per_quarter, max_steps=max_steps)
     except MidiError as exc:
         raise BadInput(str(exc)) from exc
     song = Song(name=_song_id(rel), hits=roll.hits, velocity=roll.velocity, source=rel,
-                steps_per_bar=roll.steps_per_bar, beats_per_bar=roll.beats_per_bar, bpm=roll.bpm,
+                steps_per_bar=roll.steps_per_bar, beats_per_bar=roll.beats_per_bar, bpm=bpm or roll.bpm,
                 style=meta.get("style", ""), drummer=meta.get("drummer", ""),
-                beat_type=meta.get("beat_type", ""), split=meta.get("split", ""))
-    if meta.get("bpm"):
-        try:
-            song.bpm = float(meta["bpm"])
-        except ValueError:
-            raise BadInput(f"{path}: info.csv gives bpm {meta['bpm']!r}, not a number") from None
+                beat_type=meta.get("beat_type", ""), split=split)
     return validate_song(song, str(path)), roll.notes_mapped, roll.unmapped
+
+
+def _info_bpm(path: Path, meta: dict) -> float | None:
+    """info.csv's tempo for this file (None when it gives none): a positive, finite number."""
+    if not meta.get("bpm"):
+        return None
+    try:
+        bpm = float(meta["bpm"])
+    except ValueError:
+        raise BadInput(f"{path}: info.csv gives bpm {meta['bpm']!r}, not a number") from None
+    if not (math.isfinite(bpm) and bpm > 0):
+        raise BadInput(f"{path}: info.csv gives bpm {meta['bpm']!r}, must be a positive finite number")
+    return bpm
+
+
+def check_entry(path: Path) -> None:
+    """A directory entry that looks like an input must be a readable, non-empty regular file."""
+    if path.is_symlink() and not path.exists():
+        raise BadInput(f"{path}: broken symbolic link (to {os.readlink(path)})")
+    if path.is_dir():
+        kind = "symbolic link to a folder (not followed)" if path.is_symlink() else "a folder, not a file"
+        raise BadInput(f"{path}: {kind}")
+    if not path.is_file():
+        raise BadInput(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path}: empty file")
+
+
+def scan_folder(root: Path, suffixes: set[str]) -> list[Path]:
+    """Every entry under `root` whose name ends in one of `suffixes`, plus every symlinked folder,
+    in sorted order. Symlinked folders are reported, not followed (loops, files outside the input);
+    load() refuses what is not a regular file, so each such entry appears in the report."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if Path(name).suffix.lower() in suffixes or (name in dirnames and p.is_symlink()):
+                found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def _song_id(rel: str) -> str:
@@ -143,7 +246,9 @@ def _record(song: Song, file: str, notes_mapped: int, unmapped: dict) -> dict:
     rec = {f: getattr(song, f) for f in STR_FIELDS}
     rec.update({f: int(getattr(song, f)) for f in INT_FIELDS})
     rec.update({f: float(getattr(song, f)) for f in FLOAT_FIELDS})
-    digest = hashlib.sha1(song.hits.tobytes() + song.velocity.tobytes()).hexdigest()
+    digest = hashlib.sha1(song.hits)   # = sha1 of hits bytes + velocity bytes, without copying them
+    digest.update(song.velocity)
+    digest = digest.hexdigest()
     rec.update(file=file, num_steps=song.num_steps, num_drums=int(song.hits.shape[1]),
                sections=song.sections.tolist(), sha1=digest, notes_mapped=notes_mapped,
                unmapped={str(p): n for p, n in unmapped.items()})
@@ -153,20 +258,25 @@ def _record(song: Song, file: str, notes_mapped: int, unmapped: dict) -> dict:
 def _run_part(part: int, items: list, load, songs_dir: Path, fail_fast: bool) -> list[dict]:
     """Load one partition of inputs and write each good song as an NPZ; return one result per input.
 
-    fail_fast (on_error=fail): raise at the first bad file; dask then stops scheduling new tasks.
+    Any exception while reading one file is that file's error: the files beside it go on. With
+    fail_fast (on_error=fail) the partition stops at its first bad file; the driver then reports the
+    first bad file of all partitions in sorted order (partitions are contiguous runs of the sorted list).
     """
     out = []
     for j, item in enumerate(items):
         try:
             song, notes_mapped, unmapped = load(item)
         except BadInput as exc:
-            if fail_fast:
-                raise IngestError(str(exc)) from exc
             out.append({"source": _label(item), "error": str(exc)})
+        except Exception as exc:  # a reader bug or a case nobody foresaw: still one file's problem
+            out.append({"source": _label(item), "error": f"{_label(item)}: {type(exc).__name__}: {exc}"})
+        else:
+            file = f"p{part:05d}_{j:05d}.npz"
+            np.savez(songs_dir / file, hits=song.hits, velocity=song.velocity)
+            out.append(_record(song, file, notes_mapped, unmapped))
             continue
-        file = f"p{part:05d}_{j:05d}.npz"
-        np.savez(songs_dir / file, hits=song.hits, velocity=song.velocity)
-        out.append(_record(song, file, notes_mapped, unmapped))
+        if fail_fast:
+            break
     return out
 
 
@@ -208,20 +318,23 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
     root = Path(data.path)
     if not root.is_dir():
         raise IngestError(f"{root}: input folder does not exist (set data.path)")
+    max_steps = int(cfg.ingest.max_steps)
     if source == "npz":
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".npz" and p.is_file())
+        files = scan_folder(root, {".npz"})
         spb, bpm = int(data.get("steps_per_bar", 16)), float(data.get("bpm", 120.0))
 
         def load(item):
             path, rel = item
-            return load_npz(path, rel, steps_per_bar=spb, bpm=bpm), 0, {}
+            check_entry(path)
+            return load_npz(path, rel, steps_per_bar=spb, bpm=bpm, max_steps=max_steps), 0, {}
     elif source == "midi":
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+        files = scan_folder(root, MIDI_SUFFIXES)
         info = read_info_csv(root)
 
         def load(item):
             path, rel = item
-            return load_midi(path, rel, drum_map, spq, info.get(rel, {}))
+            check_entry(path)
+            return load_midi(path, rel, drum_map, spq, info.get(rel, {}), max_steps)
     else:
         raise IngestError(f"data.source must be builtin, npz or midi, got {source!r}")
     items = [(p, p.relative_to(root).as_posix()) for p in files]
@@ -239,7 +352,7 @@ def ingest(cfg: DictConfig) -> dict:
         raise IngestError(f"{where}: no input files found for source {cfg.data.source!r}")
 
     interim = Path(cfg.paths.interim)
-    with atomic_path(interim) as tmp:
+    with atomic_path(interim, marker="ingest") as tmp:
         songs_dir = tmp / "songs"
         songs_dir.mkdir(parents=True)
         per_task = max(1, int(cfg.ingest.files_per_task))
@@ -312,7 +425,7 @@ def _report(cfg, where, results, songs, skipped) -> dict:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("ingest", IngestError):
+    with pipeline.config.exit_on("ingest", IngestError, LockHeld), data_dir_lock(cfg, "ingest"):
         ingest(cfg)
 
 

@@ -29,6 +29,7 @@ from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sect
                           empty_window_outputs, window_grid)
 from pipeline.atomic import atomic_path
 from pipeline.config import CONF_DIR, exit_on
+from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def run(cfg: DictConfig) -> dict:
                        np.int64)
     per_song, errors = [], []
     out_path = Path(cfg.paths.metrics)
-    with atomic_path(out_path) as tmp, _scheduler(cfg.metrics) as compute:
+    with atomic_path(out_path, marker="metrics") as tmp, _scheduler(cfg.metrics) as compute:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         writer = _Writer(root, int(windows.sum()), D, p, int(cfg.metrics.chunk_windows))
         blocks = list(_blocks(offsets, windows, int(cfg.metrics.block_steps),
@@ -256,7 +257,7 @@ def _write_songs(root: zarr.Group, results: list[SongResult], D: int) -> None:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on("metrics", FileNotFoundError, ValueError):
+    with exit_on("metrics", FileNotFoundError, ValueError, LockHeld), data_dir_lock(cfg, "metrics"):
         summary = run(cfg)
     print(json.dumps(summary))
 

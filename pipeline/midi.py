@@ -70,14 +70,16 @@ def _drum_onsets(path: Path):
     return ev[:, 0], ev[:, 1], ev[:, 2], timesigs, tempos, int(mf.ticks_per_beat)
 
 
-def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4) -> MidiRoll:
+def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4,
+              max_steps: int | None = None) -> MidiRoll:
     """Quantise the drum notes of a MIDI file onto a grid of `steps_per_quarter` steps per quarter note.
 
     Note onsets in ticks become quarter-note positions (tick / ticks_per_quarter), so the grid follows
     the tempo map; position * steps_per_quarter is rounded to the nearest step. Several notes of one
     class on one step make one hit with the largest velocity. Notes whose pitch is not in the map are
     counted per pitch in `unmapped`. The roll ends at the bar holding the last hit (whole bars, from the
-    first time signature; 4/4 when the file has none).
+    first time signature; 4/4 when the file has none). A roll longer than `max_steps` is refused
+    before anything is allocated: a 37-byte file with one note at tick 2**28 would ask for gigabytes.
     """
     path = Path(path)
     onset, pitch, vel, timesigs, tempos, tpq = _drum_onsets(path)
@@ -95,11 +97,17 @@ def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4) -
 
     num, den = min(timesigs)[1:] if timesigs else (4, 4)
     spb = steps_per_bar_for(num, den, steps_per_quarter, str(path))
-    bpm = float(mido.tempo2bpm(min(tempos)[1])) if tempos else 120.0
+    tempo = min(tempos)[1] if tempos else mido.bpm2tempo(120)
+    if tempo <= 0:
+        raise MidiError(f"{path}: tempo {tempo} microseconds per quarter (must be positive)")
+    bpm = float(mido.tempo2bpm(tempo))
 
     step = np.rint(onset[mapped] * steps_per_quarter / tpq).astype(np.int64)
     cls, v = cls[mapped], np.clip(vel[mapped], 1, 127)
     num_steps = (int(step.max()) // spb + 1) * spb
+    if max_steps is not None and num_steps > max_steps:
+        raise MidiError(f"{path}: {num_steps} steps (last note at tick {int(onset[mapped].max())}), "
+                        f"more than max_steps={max_steps} (ingest.max_steps)")
     velocity = np.zeros((num_steps, drum_map.num_drums), np.uint8)
     np.maximum.at(velocity, (step, cls), v.astype(np.uint8))
     return MidiRoll(hits=(velocity > 0).astype(np.uint8), velocity=velocity, steps_per_bar=spb,

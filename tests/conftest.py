@@ -50,3 +50,13 @@ def fresh_clone(tmp_path):
     _run(["git", "commit", "-qm", "fresh clone"], repo, env)
     assert not (repo / ".dvc" / "cache").exists()
     return repo, env
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> list[str]:
+    """One tiny real dataset for every trainer-side test (store -> metrics stage -> export, built once
+    per session): the overrides that point the trainer at it with a tiny model (tests/trainer_data.py).
+    Tests give their own trainer.run_dir, so runs never share a folder."""
+    from tests.trainer_data import build_tiny_ready
+
+    return build_tiny_ready(tmp_path_factory.mktemp("tiny_ready"))

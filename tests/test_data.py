@@ -68,7 +68,7 @@ def test_batch_equals_store_slices_and_metric_rows(ready):
     idx = np.arange(len(ds))[::-1].copy()
     batch = make_loader(ds, batch_size=len(ds), shuffle=False).dataset[idx]
     win_song, win_start = metrics["window/song"][:], metrics["window/start"][:]
-    for b, i in enumerate(idx):
+    for b in range(len(idx)):
         song, start = int(batch["song"][b]), int(batch["start"][b])
         hits, vel, n = _expected(store, song, start)
         np.testing.assert_array_equal(batch["step"][b], hits.astype(np.float32))

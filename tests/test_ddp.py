@@ -8,17 +8,11 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.config import REPO_ROOT
-from tests.trainer_data import build_tiny_ready
 from train.training.checkpoint import load_checkpoint
 from train.training.trainer import build_model
 
 STEPS, GLOBAL_BATCH = 4, 8
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
 
 
 @pytest.fixture(scope="module")

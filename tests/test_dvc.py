@@ -36,9 +36,43 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     assert "Data and pipelines are up to date" in second
     assert "up to date" in _run(dvc + ["status"], repo, env)
 
+    _config_edits_touch_only_the_stages_that_read_them(repo, env)
+
     # a store-layout edit reruns build only; the store keeps its songs with the new chunking
     cfg = repo / "conf" / "store" / "default.yaml"
     cfg.write_text(cfg.read_text().replace("chunk_steps: 65536", "chunk_steps: 512"))
     third = _run(dvc + ["repro", "build"], repo, env)
     assert "Running stage 'build'" in third and "Running stage 'ingest'" not in third
     assert Store(repo / "data" / "store.zarr").hits.chunks == (512, 9)
+
+
+def _changed_stages(repo, env) -> set[str]:
+    out = _run([sys.executable, "-m", "dvc", "status", "--json"], repo, env)
+    return set(json.loads(out[out.index("{"):]))
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+    return text
+
+
+def _config_edits_touch_only_the_stages_that_read_them(repo, env):
+    """Parallelism knobs rerun nothing; the window reruns metrics and what follows, not ingest/build."""
+    root, store, metrics = (repo / "conf" / p for p in ("config.yaml", "store/default.yaml",
+                                                          "metrics/default.yaml"))
+    saved = {p: p.read_text() for p in (root, store, metrics)}
+    _edit(root, "  workers: 2", "  workers: 1")
+    _edit(root, "files_per_task: 64", "files_per_task: 7")
+    _edit(store, "workers: 2", "workers: 1")
+    _edit(metrics, "num_workers: null", "num_workers: 1")
+    assert _changed_stages(repo, env) == set()
+    _edit(root, "stride: 16", "stride: 32")
+    assert _changed_stages(repo, env) == {"metrics", "export", "train", "evaluate", "generate"}
+    root.write_text(saved[root])
+    _edit(root, "max_steps: 65536", "max_steps: 60000")
+    assert _changed_stages(repo, env) == {"ingest"}
+    for p, text in saved.items():
+        p.write_text(text)
+    assert _changed_stages(repo, env) == set()

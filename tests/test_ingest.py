@@ -54,7 +54,7 @@ def _npz_folder(root: Path) -> dict[str, str]:
     return {"text.npz": "not an NPZ file", "nokey.npz": "no 'sequence' array", "ndim3.npz": "must be 2-D",
             "nan.npz": "NaN or inf", "inf.npz": "NaN or inf", "negative.npz": "negative values",
             "fivedrums.npz": "5 drum columns, the other files have 9", "empty.npz": "zero length",
-            "pickled.npz": "unreadable NPZ", "badsections.npz": "sections must be"}
+            "pickled.npz": "non-numeric dtype object", "badsections.npz": "sections must be"}
 
 
 def test_npz_folder_skips_each_bad_file_with_its_reason(tmp_path):

@@ -1,6 +1,8 @@
 """The compiled kernels against their numpy definition (kernels.reference), plus invariants."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -13,7 +15,8 @@ from kernels.codes import ngram_ids, pattern_ids
 from kernels.spec import WINDOW_SCHEMA
 
 METERS = [(16, 4), (12, 3), (12, 4), (8, 2), (4, 4)]   # 4/4 and 3/4 at 16ths, 12/8, small bars
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# tests/test_kernels_nojit.py reruns this file with the kernels as plain Python, on fewer examples
+SETTINGS = settings(max_examples=int(os.environ.get("HIERDRUMS_KERNEL_EXAMPLES", "120")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite

@@ -14,7 +14,6 @@ import torch
 
 from pipeline.config import REPO_ROOT, compose
 from tests.test_ddp import TORCHRUN, _free_port
-from tests.trainer_data import build_tiny_ready
 from train.training.checkpoint import load_checkpoint
 from train.training.optim import ConfigError
 from train.training.trainer import fit, validate_config
@@ -25,11 +24,6 @@ LEARNED = ["rl=surrogate", "rl.learn_weights=true", f"rl.max_log_var={BOUND}", "
            "rl.terms.syncopation.weight=0.5", "rl.terms.ioi_var.weight=2.0", "rl.max_gap=8"]
 START = {"density": 1.0, "syncopation": 0.5, "ioi_var": 2.0}
 COLUMNS = [f"reward/weight/{k}" for k in START]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
 
 
 @pytest.fixture(scope="module")

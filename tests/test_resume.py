@@ -5,19 +5,12 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from pipeline.config import REPO_ROOT
-from tests.trainer_data import build_tiny_ready
 from train.training.checkpoint import load_checkpoint
 
 EPOCHS, BATCHES = 3, 8
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
 
 
 def _cmd(overrides, run_dir):

@@ -69,13 +69,6 @@ def kick_rate(roll, *, start, steps_per_bar, beats_per_bar):
 
 # --- end to end: reward shaping moves what it rewards ------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from tests.trainer_data import build_tiny_ready
-
-    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
-
-
 def _train_and_generate(tiny, run_dir, extra):
     from train.training.checkpoint import load_model
     from train.training.trainer import fit

@@ -34,10 +34,14 @@ def test_store_round_trip(tmp_path):
 def test_atomic_path_puts_the_old_directory_back_if_the_final_rename_fails(tmp_path, monkeypatch):
     import os
 
+    import pipeline.atomic
+
     target = tmp_path / "out.zarr"
     target.mkdir()
     (target / "old").write_text("old")
+    (target / pipeline.atomic.MARKER).write_text("build")
     real_replace, calls = os.replace, []
+    monkeypatch.setattr(pipeline.atomic, "exchange", lambda a, b: False)  # the two-rename fallback
 
     def flaky_replace(src, dst):
         calls.append((src, dst))
@@ -47,7 +51,7 @@ def test_atomic_path_puts_the_old_directory_back_if_the_final_rename_fails(tmp_p
 
     monkeypatch.setattr(os, "replace", flaky_replace)
     with pytest.raises(OSError, match="disk went away"):
-        with atomic_path(target) as tmp:
+        with atomic_path(target, marker="build") as tmp:
             tmp.mkdir()
             (tmp / "new").write_text("new")
     assert (target / "old").read_text() == "old"

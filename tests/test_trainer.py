@@ -151,13 +151,6 @@ def test_top_k_keeps_the_best_k_and_deletes_the_rest(tmp_path):
 
 # --- whole runs on a real tiny store -------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from tests.trainer_data import build_tiny_ready
-
-    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
-
-
 def test_run_writes_top_k_checkpoints_logs_config_and_versions(tiny, tmp_path):
     import csv
     import json

@@ -17,15 +17,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.config import REPO_ROOT
-from tests.trainer_data import build_tiny_ready
 from train.tune import study as tune
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_ready(tmp_path_factory.mktemp("tiny"))
 
 
 def _overrides(tiny, study_dir, *extra):

@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.config
+from pipeline.lock import LockHeld
 from train.training.optim import ConfigError
 
 
@@ -19,7 +20,7 @@ from train.training.optim import ConfigError
 def main(cfg: DictConfig) -> None:
     from train.training.trainer import fit
 
-    with pipeline.config.exit_on("train", ConfigError, code=2):
+    with pipeline.config.exit_on("train", ConfigError, code=2), pipeline.config.exit_on("train", LockHeld):
         fit(cfg)
 
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.lock import run_dir_lock
 from train.training import distributed, rewards
 from train.training.checkpoint import (best_name, load_checkpoint, rng_state, save_checkpoint,
                               set_rng_state, update_top_k)
@@ -37,6 +39,7 @@ from train.training.runlog import EpochStats, RunLog, write_run_files
 from train.training.optim import ConfigError, build_optimizer, build_scheduler, optimizer_class
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")   # one folder name: no '/', '..' or hidden
 
 
 # --- config checks: every bad value gets a message before any work starts ---------------------
@@ -67,6 +70,9 @@ def validate_config(cfg: DictConfig) -> None:
          "training windows are the windows whose metrics were precomputed; set window.seq_len")
     need(int(tc.save_top_k) >= -1, f"trainer.save_top_k={tc.save_top_k}: -1 (all), 0 (none) or k ≥ 1")
     need(int(tc.log_interval) >= 1, f"trainer.log_interval={tc.log_interval}: must be ≥ 1")
+    need(RUN_NAME.fullmatch(str(tc.run_name)) is not None,
+         f"trainer.run_name={tc.run_name!r}: letters, digits, '.', '_', '-', not starting with '.' "
+         "(it names a folder under paths.runs; use trainer.run_dir for another place)")
     need(int(tc.check_val_every_n_epoch) >= 1,
          f"trainer.check_val_every_n_epoch={tc.check_val_every_n_epoch}: must be ≥ 1")
     need(int(tc.early_stopping.patience) >= 0,
@@ -467,11 +473,14 @@ def fit(cfg: DictConfig, on_validation: Callable[[int, dict], None] | None = Non
     pruning hook); an exception from it ends the run cleanly.
     """
     validate_config(cfg)
-    d = distributed.setup(int(cfg.trainer.num_gpus))
-    try:
-        return _fit(cfg, d, on_validation)
-    finally:
-        distributed.cleanup(d)
+    # rank 0 locks the run directory: a second run with the same run_name stops here, naming the holder
+    first_rank = int(os.environ.get("RANK", "0")) == 0
+    with run_dir_lock(cfg.trainer.run_dir) if first_rank else contextlib.nullcontext():
+        d = distributed.setup(int(cfg.trainer.num_gpus))
+        try:
+            return _fit(cfg, d, on_validation)
+        finally:
+            distributed.cleanup(d)
 
 
 def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:

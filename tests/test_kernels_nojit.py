@@ -1,0 +1,27 @@
+"""The kernels' Python bodies (NUMBA_DISABLE_JIT=1) against their numpy twins: what numba compiles is
+then ordinary Python, visible to coverage and debuggers, and an error numba's typing would hide in
+compiled code (or a branch only the interpreter takes) fails here. A fresh interpreter, because
+numba reads the variable at import."""
+import os
+import subprocess
+import sys
+
+from pipeline.config import REPO_ROOT
+
+NOJIT = {**os.environ, "NUMBA_DISABLE_JIT": "1", "HIERDRUMS_KERNEL_EXAMPLES": "6",
+         "PYTHONPATH": str(REPO_ROOT)}
+
+
+def test_kernels_are_plain_python_under_numba_disable_jit():
+    code = ("import kernels.codes as c, kernels.song as s\n"
+            "assert not hasattr(c.densify, 'py_func') and not hasattr(s._entropy_of_ids, 'py_func')\n"
+            "print('python')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=NOJIT, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "python", r.stderr
+
+
+def test_kernel_vs_reference_tests_pass_with_the_python_bodies():
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                        "tests/test_kernels.py"], cwd=REPO_ROOT, env=NOJIT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout

@@ -1,0 +1,12 @@
+"""`ruff check` ([tool.ruff] in pyproject.toml) over the repository: unused and undefined names,
+loop-variable closures, mutable defaults ... fail the suite like any other test."""
+import subprocess
+import sys
+
+from pipeline.config import REPO_ROOT
+
+
+def test_ruff_finds_nothing():
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "."],
+                       cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
