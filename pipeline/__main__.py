@@ -28,8 +28,9 @@ def main(cfg: DictConfig) -> None:
     print(f"{metrics['windows']} windows of {metrics['songs']} songs, "
           f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
     with pipeline.config.exit_on("export", FileNotFoundError, ValueError):
-        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
-               seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
+        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
+               stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
+               scheduler=cfg.export.scheduler, workers=cfg.export.workers)
     print(f"training arrays -> {cfg.paths.ready}")
 
 

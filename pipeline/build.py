@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.ingest import read_shard
+from pipeline.parallel import dask_scheduler
 from pipeline.store import STEP_ARRAYS, Song, create_store, write_metadata
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def build(cfg: DictConfig) -> dict:
         # partial: dask would otherwise walk the song records once per task looking for collections
         write = dask.delayed(partial(_write_chunk, root, interim / "shards", records, offsets))
         tasks = [write(s, min(s + chunk, total)) for s in range(0, total, chunk)]
-        hit_counts = dask.compute(*tasks, scheduler=cfg.store.scheduler, num_workers=int(cfg.store.workers))
+        with dask_scheduler(cfg.store.scheduler, cfg.store.workers) as where_to_run:
+            hit_counts = dask.compute(*tasks, **where_to_run)
         write_metadata(root, meta_songs, attrs)
         root.attrs["num_hits"] = int(sum(hit_counts))
     summary = {"songs": len(records), "steps": total, "hits": int(sum(hit_counts)), "chunks": len(tasks),

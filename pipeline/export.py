@@ -5,11 +5,18 @@ Layout of `data/ready/` (every file a plain `.npy`, loadable with `np.load(mmap_
     hits.npy, velocity.npy   uint8 [N, D]   the store's rows, uncompressed, C order
     song_offsets.npy         int64 [S + 1]
     song_steps_per_bar.npy   int32 [S]
-    windows_<split>.npy      int64 [W_split, 5]  columns WINDOW_COLUMNS: metrics row, song, start,
-                                                 length, global row offset (= song_offsets[song] + start)
-    metrics/<name>.npy       [W, ...]       row w = window/<name> of metrics.zarr (all splits)
+    windows_<split>.npy      [W_split, 5]   columns WINDOW_COLUMNS: metrics row, song, start,
+                                            length, global row offset (= song_offsets[song] + start);
+                                            int32 when every value fits, else int64
+    metrics/<name>.npy       [W, ...]       row w = window/<name> of metrics.zarr (all splits), only
+                                            the metrics named by `export.metrics` (what training
+                                            reads: the rl terms' window targets), each in the
+                                            narrowest dtype that holds its values exactly
     manifest.json            seq_len, stride, bars_per_phrase, drum names, metric names/shapes/dtypes,
-                             store and metrics hashes, window counts per split
+                             store and metrics hashes and paths, window counts per split
+
+Everything else (the other window metrics, song/section/bar/phrase tables) stays in the compressed
+metrics store, for analysis and for the dataset's optional levels (train.data).
 
 Why a copy and not the Zarr chunks themselves: the store is zstd-compressed (small on disk, fast to
 build), and a compressed chunk cannot be memory-mapped. One sequential pass here turns it into
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -29,11 +37,12 @@ from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.atomic import atomic_path
-from pipeline.store import SPLITS, Store, attrs_hash
+from pipeline.parallel import executor, ordered_map
+from pipeline.store import SPLITS, STEP_ARRAYS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WINDOW_COLUMNS = ("row", "song", "start", "length", "offset")
 _WINDOW_KEYS = ("song", "start", "length")   # window/<key> arrays that index, not metrics
 
@@ -70,20 +79,54 @@ def _check_windows(metrics_path: Path, store: Store, song: np.ndarray, start: np
     return missing
 
 
-def _copy_rows(src: zarr.Array, dst_path: Path, block: int) -> None:
-    """Stream a [N, ...] Zarr array into an .npy file chunk by chunk: memory bounded by `block` rows."""
-    out = np.lib.format.open_memmap(dst_path, mode="w+", dtype=src.dtype, shape=src.shape)
-    for a in range(0, src.shape[0], block):
-        out[a:a + block] = src[a:a + block]
+def _new_npy(src: zarr.Array, dst_path: Path, dtype=None) -> None:
+    """An .npy of src's shape and `dtype` (default src's), its rows still to be filled by `_fill`."""
+    out = np.lib.format.open_memmap(dst_path, mode="w+", dtype=dtype or src.dtype, shape=src.shape)
+    del out
+
+
+def _fill(job: tuple) -> None:
+    """Copy rows [a, b) of a Zarr array (by path) into an existing .npy: one task of the copy, run
+    on local threads or a dask.distributed worker (which opens both files itself)."""
+    src, dst, a, b = job
+    out = np.load(dst, mmap_mode="r+")
+    out[a:b] = zarr.open_array(src, mode="r")[a:b]
     out.flush()
     del out
 
 
+def _copy_jobs(src: zarr.Array, src_path: Path, dst_path: Path, block: int) -> list[tuple]:
+    return [(str(src_path), str(dst_path), a, min(a + block, src.shape[0]))
+            for a in range(0, src.shape[0], block)]
+
+
+def narrowest_dtype(src: zarr.Array, block: int) -> np.dtype:
+    """The smallest dtype that holds every value of `src` exactly: integers by their range (one
+    streamed pass), floats and bools as they are."""
+    dt = np.dtype(src.dtype)
+    if dt.kind not in "iu" or src.shape[0] == 0:
+        return dt
+    lo, hi = 0, 0
+    for a in range(0, src.shape[0], block):
+        part = src[a:a + block]
+        lo, hi = min(lo, int(part.min())), max(hi, int(part.max()))
+    for cand in ("uint8", "int8", "uint16", "int16", "int32", "int64"):
+        info = np.iinfo(cand)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(cand)
+    return dt
+
+
 def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path, *,
-           seq_len: int | None = None, stride: int | None = None) -> dict:
+           seq_len: int | None = None, stride: int | None = None,
+           metric_names: list[str] | tuple[str, ...] | None = None,
+           scheduler: str | None = None, workers: int | None = None) -> dict:
     """Write data/ready/ (see the module docstring) atomically; return its manifest.
 
     `seq_len`/`stride`, when given, must be those the metrics were computed with (checked first).
+    `metric_names`: the window metrics to copy (None: every one, as format 1 did).
+    The row copies run as tasks of one chunk each on `scheduler` (pipeline.parallel: threads by
+    default, or a dask.distributed address whose workers see the same file system).
     """
     store_path, metrics_path, out_dir = Path(store_path), Path(metrics_path), Path(out_dir)
     store = Store(store_path)
@@ -108,22 +151,30 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
     if missing:
         log.warning("export: %d songs of %s have no metric windows (skipped by the metrics stage, "
                     "see its log); they are not training windows", missing, store_path)
-    names = sorted(k for k in win.array_keys() if k not in _WINDOW_KEYS)
+    available = sorted(k for k in win.array_keys() if k not in _WINDOW_KEYS)
+    names = available if metric_names is None else sorted(set(metric_names))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"export.metrics names {unknown}, which {metrics_path} does not hold "
+                         f"(window metrics: {available})")
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         block = max(1, int(store.hits.chunks[0]))
-        _copy_rows(store.hits, tmp / "hits.npy", block)
-        _copy_rows(store.velocity, tmp / "velocity.npy", block)
+        jobs = []
+        for name in STEP_ARRAYS:
+            _new_npy(store.root[name], tmp / f"{name}.npy")
+            jobs += _copy_jobs(store.root[name], store_path / name, tmp / f"{name}.npy", block)
         np.save(tmp / "song_offsets.npy", store.song_offsets.astype(np.int64))
         np.save(tmp / "song_steps_per_bar.npy", store.meta["steps_per_bar"].astype(np.int32))
         offset = store.song_offsets[song] + start
         table = np.stack([np.arange(len(song), dtype=np.int64), song, start, length, offset], axis=1)
+        table_dtype = np.int32 if table.size == 0 or table.max() <= np.iinfo(np.int32).max else np.int64
         split_of_window = store.meta["split"][song] if len(song) else np.zeros(0, str)
         counts = {}
         for split in SPLITS:
             rows = table[split_of_window == split] if len(song) else table
-            np.save(tmp / f"windows_{split}.npy", np.ascontiguousarray(rows, dtype=np.int64))
+            np.save(tmp / f"windows_{split}.npy", np.ascontiguousarray(rows, dtype=table_dtype))
             counts[split] = int(len(rows))
         (tmp / "metrics").mkdir()
         shapes = {}
@@ -133,8 +184,14 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
                 raise ValueError(f"{metrics_path}: window/{name} has {arr.shape[0]} rows, "
                                  f"window/song has {len(song)}")
             # streamed like the rows: a [W, D, D] table at stride 1 can be gigabytes
-            _copy_rows(arr, tmp / "metrics" / f"{name}.npy", max(1, int(arr.chunks[0])))
-            shapes[name] = {"shape": list(arr.shape[1:]), "dtype": np.dtype(arr.dtype).str}
+            block = max(1, int(arr.chunks[0]))
+            dtype = narrowest_dtype(arr, block)
+            _new_npy(arr, tmp / "metrics" / f"{name}.npy", dtype)
+            jobs += _copy_jobs(arr, metrics_path / "window" / name, tmp / "metrics" / f"{name}.npy", block)
+            shapes[name] = {"shape": list(arr.shape[1:]), "dtype": dtype.str, "stored_dtype": np.dtype(arr.dtype).str}
+        with executor(scheduler or "threads", workers) as pool:
+            for _ in ordered_map(pool, _fill, jobs, 4 * (int(workers or 0) or os.cpu_count() or 1)):
+                pass
         manifest = {
             "format_version": FORMAT_VERSION, "seq_len": seq_len, "stride": stride,
             "bars_per_phrase": int(mattrs.get("bars_per_phrase", 0)),
@@ -142,7 +199,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "num_windows": int(len(song)), "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
-            "store": str(store_path), "store_hash": store.hash,
+            "store": str(store_path), "store_hash": store.hash, "metrics_store": str(metrics_path),
             "metrics_hash": attrs_hash(mattrs)[:16],
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -154,8 +211,9 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with pipeline.config.exit_on("export", FileNotFoundError, ValueError):
-        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
-               seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
+        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
+               stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
+               scheduler=cfg.export.scheduler, workers=cfg.export.workers)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
+from pipeline.parallel import dask_scheduler
 from pipeline.midi import MidiError, read_midi
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song, compressors
 
@@ -271,8 +272,9 @@ def ingest(cfg: DictConfig) -> dict:
         parts = [items[i:i + per_task] for i in range(0, len(items), per_task)]
         bag = db.from_sequence(list(enumerate(parts)), npartitions=len(parts))
         fail_fast = on_error == "fail"
-        results = bag.map(lambda pi: _run_part(pi[0], pi[1], load, shards_dir, fail_fast)).flatten().compute(
-            scheduler=cfg.ingest.scheduler, num_workers=int(cfg.ingest.workers))
+        with dask_scheduler(cfg.ingest.scheduler, cfg.ingest.workers) as where_to_run:
+            results = bag.map(lambda pi: _run_part(pi[0], pi[1], load, shards_dir, fail_fast)).flatten().compute(
+                **where_to_run)
         results = _reject_odd_drum_counts(results)
         skipped = [{"file": r["source"], "reason": r["error"]} for r in results if "error" in r]
         if skipped and on_error == "fail":

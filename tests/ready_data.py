@@ -35,9 +35,12 @@ def write_metrics(store_path: Path, metrics_path: Path, *, seq_len: int, stride:
     return compute_metrics(cfg)
 
 
-def build_ready(root: Path, songs: list[Song], *, seq_len: int, stride: int, chunk_steps: int = 64) -> Path:
+def build_ready(root: Path, songs: list[Song], *, seq_len: int, stride: int, chunk_steps: int = 64,
+                metric_names: list[str] | None = None) -> Path:
+    """metric_names: the window metrics exported (None: all of them, so tests can check any)."""
     attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "test-hash"}
     write_store(root / "store.zarr", songs, attrs, chunk_steps=chunk_steps)
     write_metrics(root / "store.zarr", root / "metrics.zarr", seq_len=seq_len, stride=stride)
-    export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=seq_len, stride=stride)
+    export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=seq_len, stride=stride,
+           metric_names=metric_names)
     return root / "ready"
