@@ -61,22 +61,62 @@ def expected_windows(song_offsets: np.ndarray, seq_len: int, stride: int) -> tup
     return song, start
 
 
-def _check_windows(metrics_path: Path, store: Store, song: np.ndarray, start: np.ndarray,
-                   length: np.ndarray, seq_len: int, stride: int) -> int:
-    """Every song with windows has exactly its expected windows; returns how many songs have none
-    although they should (the metrics stage skips a song whose kernels failed, and says why)."""
-    exp_song, exp_start = expected_windows(store.song_offsets, seq_len, stride)
-    song_len = np.diff(store.song_offsets)
-    present = np.isin(exp_song, np.unique(song))
-    missing = len(np.unique(exp_song[~present]))
-    exp_song, exp_start = exp_song[present], exp_start[present]
-    if (len(exp_song) != len(song) or not np.array_equal(exp_song, song)
-            or not np.array_equal(exp_start, start)
-            or not np.array_equal(np.minimum(song_len[song], seq_len), length)):
-        raise ValueError(f"{metrics_path}: its windows ({len(song)}) are not the windows of "
-                         f"{store.path} at seq_len={seq_len}, stride={stride} ({len(exp_song)} expected); "
-                         "the metrics are stale: rerun the metrics stage (`dvc repro metrics`)")
-    return missing
+def _window_blocks(win: zarr.Group):
+    """(first row, song, start, length) of the window tables, one chunk of rows at a time."""
+    W, block = win["song"].shape[0], max(1, int(win["song"].chunks[0]))
+    for a in range(0, W, block):
+        yield (a, *(np.asarray(win[k][a:a + block], np.int64) for k in _WINDOW_KEYS))
+
+
+def _check_windows(metrics_path: Path, store: Store, win: zarr.Group, seq_len: int, stride: int) -> np.ndarray:
+    """Every song with windows has exactly its expected windows (docs/architecture.md), checked one
+    chunk of window rows at a time; returns the number of windows of each song (0 for a song the
+    metrics stage skipped, which it reports)."""
+    lengths = np.diff(store.song_offsets)
+    expected = np.where(lengths >= seq_len, (lengths - seq_len) // stride + 1, (lengths > 0).astype(np.int64))
+    counts = np.zeros(len(lengths), np.int64)
+    prev_song, first_row = -1, 0          # the song the previous chunk ended in, and its first row
+    for a, song, start, length in _window_blocks(win):
+        rows = a + np.arange(len(song))
+        ordered = np.all(np.diff(np.r_[prev_song, song]) >= 0) and (len(song) == 0 or song.max() < len(lengths))
+        if not ordered:
+            raise ValueError(_stale(metrics_path, store, seq_len, stride, "windows out of song order"))
+        new = np.r_[song[0] != prev_song, song[1:] != song[:-1]] if len(song) else np.zeros(0, bool)
+        firsts = np.maximum.accumulate(np.where(new, rows, first_row if len(song) and not new[0] else 0))
+        if (not np.array_equal(start, (rows - firsts) * stride)
+                or not np.array_equal(length, np.minimum(lengths[song], seq_len))):
+            raise ValueError(_stale(metrics_path, store, seq_len, stride, "window starts or lengths off the grid"))
+        counts += np.bincount(song, minlength=len(lengths))
+        if len(song):
+            prev_song, first_row = int(song[-1]), int(firsts[-1])
+    if np.any((counts != expected) & (counts != 0)):
+        raise ValueError(_stale(metrics_path, store, seq_len, stride, "a song's window count differs"))
+    return counts
+
+
+def _stale(metrics_path: Path, store: Store, seq_len: int, stride: int, why: str) -> str:
+    return (f"{metrics_path}: its windows are not the windows of {store.path} at seq_len={seq_len}, "
+            f"stride={stride} ({why}); the metrics are stale: rerun the metrics stage (`dvc repro metrics`)")
+
+
+def _write_tables(tmp: Path, store: Store, win: zarr.Group, counts: np.ndarray) -> dict[str, int]:
+    """windows_<split>.npy, filled one chunk of window rows at a time; returns the rows per split."""
+    split_of_song = store.meta["split"]
+    sizes = {s: int(counts[split_of_song == s].sum()) for s in SPLITS}
+    W, N = int(counts.sum()), int(store.song_offsets[-1])
+    dtype = np.int32 if max(W, N) <= np.iinfo(np.int32).max else np.int64
+    out = {s: np.lib.format.open_memmap(tmp / f"windows_{s}.npy", mode="w+", dtype=dtype, shape=(n, 5))
+           for s, n in sizes.items()}
+    pos = dict.fromkeys(SPLITS, 0)
+    for a, song, start, length in _window_blocks(win):
+        table = np.stack([a + np.arange(len(song)), song, start, length, store.song_offsets[song] + start], axis=1)
+        for s in SPLITS:
+            rows = table[split_of_song[song] == s]
+            out[s][pos[s]:pos[s] + len(rows)] = rows
+            pos[s] += len(rows)
+    for arr in out.values():
+        arr.flush()
+    return sizes
 
 
 def _new_npy(src: zarr.Array, dst_path: Path, dtype=None) -> None:
@@ -146,8 +186,10 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
         raise ValueError(f"{metrics_path}: computed from a store with hash {mattrs.get('store_hash')!r}, "
                          f"but {store_path} has {store.hash!r}; rerun `dvc repro metrics`")
     win = metrics["window"]
-    song, start, length = (np.asarray(win[k][:], np.int64) for k in _WINDOW_KEYS)
-    missing = _check_windows(metrics_path, store, song, start, length, seq_len, stride)
+    per_song = _check_windows(metrics_path, store, win, seq_len, stride)
+    lengths = np.diff(store.song_offsets)
+    missing = int(((per_song == 0) & (lengths > 0)).sum())
+    W = int(per_song.sum())
     if missing:
         log.warning("export: %d songs of %s have no metric windows (skipped by the metrics stage, "
                     "see its log); they are not training windows", missing, store_path)
@@ -167,22 +209,14 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             jobs += _copy_jobs(store.root[name], store_path / name, tmp / f"{name}.npy", block)
         np.save(tmp / "song_offsets.npy", store.song_offsets.astype(np.int64))
         np.save(tmp / "song_steps_per_bar.npy", store.meta["steps_per_bar"].astype(np.int32))
-        offset = store.song_offsets[song] + start
-        table = np.stack([np.arange(len(song), dtype=np.int64), song, start, length, offset], axis=1)
-        table_dtype = np.int32 if table.size == 0 or table.max() <= np.iinfo(np.int32).max else np.int64
-        split_of_window = store.meta["split"][song] if len(song) else np.zeros(0, str)
-        counts = {}
-        for split in SPLITS:
-            rows = table[split_of_window == split] if len(song) else table
-            np.save(tmp / f"windows_{split}.npy", np.ascontiguousarray(rows, dtype=table_dtype))
-            counts[split] = int(len(rows))
+        counts = _write_tables(tmp, store, win, per_song)
         (tmp / "metrics").mkdir()
         shapes = {}
         for name in names:
             arr = win[name]
-            if arr.shape[:1] != (len(song),):
+            if arr.shape[:1] != (W,):
                 raise ValueError(f"{metrics_path}: window/{name} has {arr.shape[0]} rows, "
-                                 f"window/song has {len(song)}")
+                                 f"window/song has {W}")
             # streamed like the rows: a [W, D, D] table at stride 1 can be gigabytes
             block = max(1, int(arr.chunks[0]))
             dtype = narrowest_dtype(arr, block)
@@ -196,7 +230,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "format_version": FORMAT_VERSION, "seq_len": seq_len, "stride": stride,
             "bars_per_phrase": int(mattrs.get("bars_per_phrase", 0)),
             "num_steps": int(store.hits.shape[0]), "num_songs": store.num_songs,
-            "num_windows": int(len(song)), "windows": counts, "window_columns": list(WINDOW_COLUMNS),
+            "num_windows": W, "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
             "store": str(store_path), "store_hash": store.hash, "metrics_store": str(metrics_path),

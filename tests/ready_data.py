@@ -28,10 +28,10 @@ def make_songs(lengths, *, seed=0, splits=None, steps_per_bar=None, num_drums=9)
     return out
 
 
-def write_metrics(store_path: Path, metrics_path: Path, *, seq_len: int, stride: int) -> dict:
+def write_metrics(store_path: Path, metrics_path: Path, *, seq_len: int, stride: int, extra=()) -> dict:
     """The real metrics stage over `store_path` (local threads), window seq_len/stride."""
     cfg = compose([f"paths.store='{store_path}'", f"paths.metrics='{metrics_path}'",
-                   f"window.seq_len={seq_len}", f"window.stride={stride}", "metrics.num_workers=1"])
+                   f"window.seq_len={seq_len}", f"window.stride={stride}", "metrics.num_workers=1", *extra])
     return compute_metrics(cfg)
 
 
