@@ -30,7 +30,7 @@ from tqdm import tqdm
 import kernels
 from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
                           empty_window_outputs, window_grid)
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, is_url, join
 from pipeline.config import CONF_DIR, exit_on
 from pipeline.parallel import executor, ordered_map
 from pipeline.store import Store
@@ -174,7 +174,7 @@ def _partition_args(store: Store, b0: int, b1: int, p: Params) -> tuple:
     """What the task for songs b0..b1-1 needs, as plain values: where their rows are, their meters
     and sections (small), so a worker opens just the hits array."""
     off, so = store.song_offsets, store.section_offsets
-    return (str(store.path / "hits"), off[b0:b1 + 1].copy(), b0,
+    return (str(join(store.path, "hits")), off[b0:b1 + 1].copy(), b0,
             store.meta["steps_per_bar"][b0:b1].copy(), store.meta["beats_per_bar"][b0:b1].copy(),
             [store.sections[so[i]:so[i + 1]] for i in range(b0, b1)], p)
 
@@ -230,7 +230,7 @@ def run(cfg: DictConfig) -> dict:
     windows = np.array([len(window_grid(int(T), p.seq_len, p.stride)[0]) for T in np.diff(offsets)],
                        np.int64)
     errors = []
-    out_path = Path(cfg.paths.metrics)
+    out_path = cfg.paths.metrics if is_url(cfg.paths.metrics) else Path(cfg.paths.metrics)
     blocks = list(_blocks(offsets, windows, int(m.block_steps), int(m.block_windows)))
     workers = m.num_workers or os.cpu_count() or 1
     with atomic_path(out_path) as tmp, executor(m.scheduler or "threads", workers) as pool:

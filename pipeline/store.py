@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from pipeline.atomic import exists, is_url, join
+
 SCHEMA_VERSION = 1
 SPLITS = ("train", "validation", "test")
 STR_FIELDS = ("name", "source", "style", "split", "drummer", "beat_type")
@@ -125,8 +127,8 @@ class Store:
     """Read access to a built store. Arrays are read lazily; metadata is loaded once."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").exists():
+        self.path = path if is_url(path) else Path(path)     # a local folder or an fsspec URL
+        if not exists(join(self.path, "zarr.json")):
             raise FileNotFoundError(f"{self.path}: no Zarr store here (run `dvc repro build`)")
         self.root = zarr.open_group(str(self.path), mode="r")
         version = self.root.attrs.get("schema_version")
