@@ -39,8 +39,11 @@ elif stage == "build":
 elif stage == "metrics":
     from pipeline.metrics import run; run(cfg)
 elif stage == "export":
+    import inspect
     from pipeline.export import export
-    export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready)
+    new = "metric_names" in inspect.signature(export).parameters    # this tree: the configured metrics only
+    export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
+           **({"metric_names": list(cfg.export.metrics)} if new else {}))
 print(json.dumps({"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
