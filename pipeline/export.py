@@ -105,17 +105,25 @@ def _write_tables(tmp: Path, store: Store, win: zarr.Group, counts: np.ndarray) 
     sizes = {s: int(counts[split_of_song == s].sum()) for s in SPLITS}
     W, N = int(counts.sum()), int(store.song_offsets[-1])
     dtype = np.int32 if max(W, N) <= np.iinfo(np.int32).max else np.int64
-    out = {s: np.lib.format.open_memmap(tmp / f"windows_{s}.npy", mode="w+", dtype=dtype, shape=(n, 5))
-           for s, n in sizes.items()}
-    pos = dict.fromkeys(SPLITS, 0)
-    for a, song, start, length in _window_blocks(win):
-        table = np.stack([a + np.arange(len(song)), song, start, length, store.song_offsets[song] + start], axis=1)
-        for s in SPLITS:
-            rows = table[split_of_song[song] == s]
-            out[s][pos[s]:pos[s] + len(rows)] = rows
-            pos[s] += len(rows)
-    for arr in out.values():
-        arr.flush()
+    out = {}
+    for s, n in sizes.items():
+        # the .npy header now; rows are then appended through a file handle, not a long-lived map,
+        # whose written pages would stay resident until the end (memory growing with the corpus)
+        header = np.lib.format.open_memmap(tmp / f"windows_{s}.npy", mode="w+", dtype=dtype, shape=(n, 5))
+        out[s] = (open(tmp / f"windows_{s}.npy", "r+b"), header.offset)
+        del header
+    try:
+        pos = dict.fromkeys(SPLITS, 0)
+        for a, song, start, length in _window_blocks(win):
+            table = np.stack([a + np.arange(len(song)), song, start, length, store.song_offsets[song] + start], axis=1)
+            for s, (fh, offset) in out.items():
+                rows = np.ascontiguousarray(table[split_of_song[song] == s], dtype)
+                fh.seek(offset + pos[s] * 5 * rows.itemsize)
+                fh.write(rows.tobytes())
+                pos[s] += len(rows)
+    finally:
+        for fh, _ in out.values():
+            fh.close()
     return sizes
 
 
