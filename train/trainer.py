@@ -130,9 +130,12 @@ def build_data(cfg, d: Dist):
     common = dict(seq_len=int(tc.seq_len), stride=int(w.stride), steps_per_bar=int(w.steps_per_bar),
                   bars_per_phrase=int(w.bars_per_phrase), metrics=rewards.window_metrics_needed(cfg.rl),
                   fields=tuple(tc.get("fields", ())), levels=tuple(tc.get("levels", ())))
-    train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
-                                               seed=int(tc.seed), **common)
-    val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
+    try:    # a window that differs from the export's, a metric it lacks: config errors (exit 2)
+        train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
+                                                   seed=int(tc.seed), **common)
+        val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     # A private generator: creating a loader iterator must not draw from the global torch RNG,
     # or a run resumed mid-epoch would see a different random stream than an uninterrupted one.
     loader_kw = dict(num_workers=int(tc.num_workers), num_replicas=d.world_size, rank=d.rank,
