@@ -7,7 +7,7 @@ in a temp dir, then times, for batch 64 x seq_len 512 x D 9 with every metric:
   floor      fancy-index gather of the same bytes straight from np.memmap (hits, velocity, metric rows)
   get_batch  CompleteHierarchicalDrumDataset.get_batch (gather + float step + bar/phrase means, tensors)
   loader_w0  make_loader(..., num_workers=0) delivering collated torch batches (after warm-up batches)
-  loader_w2_thread / loader_w2_process  the same with 2 prefetch threads / 2 torch worker processes
+  loader_w2_thread  the same with 2 prefetch threads (process workers were removed: they bought nothing)
   step_only / *_with_step  a stand-in training step (--step-k 256x256 matmuls, 1 torch thread) alone,
              and after each batch of the loader: how much of the gather the workers hide behind the step
   ipc_ceiling_w2_empty_buffer  a DataLoader with 2 workers handing over an empty shared buffer of one
@@ -118,8 +118,8 @@ def time_step_only(n: int, repeats: int, k: int) -> list[float]:
     return times
 
 
-def time_loader(ds, n: int, repeats: int, workers: int, worker_type: str = "thread", step_k: int = 0) -> list[float]:
-    loader = make_loader(ds, BATCH, seed=0, num_workers=workers, worker_type=worker_type)
+def time_loader(ds, n: int, repeats: int, workers: int, step_k: int = 0) -> list[float]:
+    loader = make_loader(ds, BATCH, seed=0, num_workers=workers)
 
     def epochs(loader):
         for epoch in range(10**6):
@@ -189,7 +189,8 @@ def main() -> None:
         root = Path(tmp)
         export_s = build(root, args.songs, args.steps)
         ready = root / "ready"
-        ds = CompleteHierarchicalDrumDataset(ready, "train", SEQ, STRIDE, SPB, BPP)
+        ds = CompleteHierarchicalDrumDataset(ready, "train", SEQ, STRIDE, SPB, BPP,   # as gathered before: all
+                                             fields=("velocity",), levels=("bar", "phrase"))
         batches = [b.indices for b in WindowBatchSampler(len(ds), BATCH, seed=0)]
         n = min(args.batches, len(batches))
         metric_bytes = sum(np.load(ready / "metrics" / f"{k}.npy", mmap_mode="r")[0].nbytes
@@ -204,14 +205,13 @@ def main() -> None:
         results = {"floor_memmap_gather": _rate(n, floor_t, batch_bytes),
                    "get_batch": _rate(n, get_t, batch_bytes)}
         results["loader_w0"] = _rate(n, time_loader(ds, n, args.repeats, 0), batch_bytes)
-        for kind in ("thread", "process"):
-            results[f"loader_w2_{kind}"] = _rate(n, time_loader(ds, n, args.repeats, 2, kind), batch_bytes)
+        results["loader_w2_thread"] = _rate(n, time_loader(ds, n, args.repeats, 2), batch_bytes)
         if args.step_k:
             torch.set_num_threads(1)            # as the trainer's default (trainer.num_threads=1)
             results["step_only"] = _rate(n, time_step_only(n, args.repeats, args.step_k), batch_bytes)
-            for name, workers, kind in (("w0", 0, "thread"), ("w2_thread", 2, "thread"), ("w2_process", 2, "process")):
+            for name, workers in (("w0", 0), ("w2_thread", 2)):
                 results[f"loader_{name}_with_step"] = _rate(
-                    n, time_loader(ds, n, args.repeats, workers, kind, args.step_k), batch_bytes)
+                    n, time_loader(ds, n, args.repeats, workers, args.step_k), batch_bytes)
         packed = sum(v.numel() * v.element_size() for k, v in ds.get_batch(batches[0]).items() if k != "metrics")
         packed += sum(v.numel() * v.element_size() for v in ds.get_batch(batches[0])["metrics"].values())
         results["ipc_ceiling_w2_empty_buffer"] = _rate(n, time_ipc_ceiling(packed, n, args.repeats), batch_bytes)

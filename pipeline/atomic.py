@@ -87,6 +87,47 @@ def check_replaceable(path: Path, marker: str | None) -> None:
                             "output. Choose another path, or remove it yourself if it is an old output")
 
 
+def is_url(path) -> bool:
+    """An fsspec URL (s3://bucket/store.zarr, gs://…, memory://…) rather than a local path."""
+    return "://" in str(path)
+
+
+def join(base, *names: str):
+    """`base / names` for a local path (a Path) or a URL (a str)."""
+    if is_url(base):
+        return "/".join([str(base).rstrip("/"), *names])
+    return Path(base).joinpath(*names)
+
+
+def exists(path) -> bool:
+    if is_url(path):
+        import fsspec
+        fs, root = fsspec.core.url_to_fs(str(path))
+        return fs.exists(root)
+    return Path(path).exists()
+
+
+@contextlib.contextmanager
+def atomic_url(url: str) -> Iterator[str]:
+    """atomic_path for object storage, which has no rename: the output is written under a temporary
+    sibling prefix, and only once complete copied onto `url` (any old output there removed first)
+    and the temporary deleted. A failure before that leaves `url` untouched."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    parent, name = root.rstrip("/").rsplit("/", 1)
+    tmp_root = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield fs.unstrip_protocol(tmp_root)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+        for f in fs.find(tmp_root):      # file by file: object stores have no directory keys to copy
+            fs.copy(f, root + f[len(tmp_root):])
+    finally:
+        if fs.exists(tmp_root):
+            fs.rm(tmp_root, recursive=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it onto `path` (file or directory).
@@ -94,7 +135,12 @@ def atomic_path(path: str | os.PathLike, marker: str | None = None) -> Iterator[
     `marker`: the stage name a directory output carries (written into it as MARKER); an existing
     directory at `path` is replaced only when it carries the same one. On an exception the
     temporary is removed and any existing `path` is left untouched.
+    An fsspec URL (`s3://…`) goes through `atomic_url` and yields a URL string.
     """
+    if is_url(path):
+        with atomic_url(str(path)) as tmp:
+            yield tmp
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path)

@@ -3,7 +3,7 @@
     python -m pipeline.build [data=...] [store.chunk_steps=...]
 
 The store is created empty at a temporary sibling path, then one dask task per chunk along time
-loads just the songs that overlap its rows and writes that chunk. Tasks never share a chunk, so they
+reads the interim shards holding the songs that overlap its rows and writes that chunk. Tasks never share a chunk, so they
 write in parallel without locks, and a task holds one chunk plus the songs crossing it: memory is
 bounded by the chunk size, not by the dataset. The temporary store is renamed onto
 `paths.store` only when complete.
@@ -24,10 +24,13 @@ from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.atomic import atomic_path
+from pipeline.ingest import read_shard
 from pipeline.lock import LockHeld, data_dir_lock
-from pipeline.store import Song, create_store, write_metadata
+from pipeline.parallel import dask_scheduler
+from pipeline.store import STEP_ARRAYS, Song, create_store, write_metadata
 
 log = logging.getLogger(__name__)
+_PLACEMENT = ("shard", "row")   # manifest keys that say where a song's rows are, not what they are
 
 
 def load_manifest(interim: Path) -> dict:
@@ -40,30 +43,35 @@ def load_manifest(interim: Path) -> dict:
 def source_hash(manifest: dict) -> str:
     """sha256 over the drum map, grid and every song's metadata and content digest (sha1 of its rows).
 
-    The interim file names are left out: they depend on how ingest batched its tasks
+    Where a song lies in the interim shards is left out: it depends on how ingest batched its tasks
     (`ingest.files_per_task`), not on the data, and must not make derived outputs look stale."""
-    songs = [{k: v for k, v in r.items() if k != "file"} for r in manifest.get("songs", [])]
+    songs = [{k: v for k, v in r.items() if k not in _PLACEMENT} for r in manifest.get("songs", [])]
     return hashlib.sha256(json.dumps({**manifest, "songs": songs}, sort_keys=True).encode()).hexdigest()
 
 
-def _write_chunk(root: zarr.Group, songs_dir: Path, records: list[dict], offsets: np.ndarray,
+def _write_chunk(root: zarr.Group, shards_dir: Path, records: list[dict], offsets: np.ndarray,
                  start: int, stop: int) -> int:
-    """Fill rows [start, stop) of hits and velocity from the songs overlapping them."""
+    """Fill rows [start, stop) of every per-step array from the songs overlapping them; each shard
+    they live in is read once (a shard is one compressed chunk)."""
     first = int(np.searchsorted(offsets, start, side="right")) - 1
-    hits = np.zeros((stop - start, root["hits"].shape[1]), np.uint8)
-    vel = np.zeros_like(hits)
+    D = root["hits"].shape[1]
+    out = {name: np.zeros((stop - start, D), dtype) for name, dtype in STEP_ARRAYS.items()}
+    shards: dict[str, dict] = {}
     i = first
     while i < len(records) and offsets[i] < stop:
         a, b = int(offsets[i]), int(offsets[i + 1])
         if b > start:
             lo, hi = max(a, start), min(b, stop)
-            with np.load(songs_dir / records[i]["file"], allow_pickle=False) as z:
-                hits[lo - start:hi - start] = z["hits"][lo - a:hi - a]
-                vel[lo - start:hi - start] = z["velocity"][lo - a:hi - a]
+            rec = records[i]
+            if rec["shard"] not in shards:
+                shards[rec["shard"]] = read_shard(shards_dir / rec["shard"])
+            r0 = int(rec["row"]) - a
+            for name, arr in out.items():
+                arr[lo - start:hi - start] = shards[rec["shard"]][name][r0 + lo:r0 + hi]
         i += 1
-    root["hits"][start:stop] = hits
-    root["velocity"][start:stop] = vel
-    return int(hits.sum())
+    for name, arr in out.items():
+        root[name][start:stop] = arr
+    return int(out["hits"].sum())
 
 
 def _settled(fn, *args):
@@ -100,10 +108,10 @@ def build(cfg: DictConfig) -> dict:
         root = create_store(tmp, num_songs=len(records), num_steps=total, num_drums=num_drums,
                             chunk_steps=chunk, compressor=cfg.store.compressor)
         # partial: dask would otherwise walk the song records once per task looking for collections
-        write = dask.delayed(partial(_settled, _write_chunk, root, interim / "songs", records, offsets))
+        write = dask.delayed(partial(_settled, _write_chunk, root, interim / "shards", records, offsets))
         tasks = [write(s, min(s + chunk, total)) for s in range(0, total, chunk)]
-        hit_counts = _raise_first(dask.compute(*tasks, scheduler=cfg.store.scheduler,
-                                               num_workers=int(cfg.store.workers)))
+        with dask_scheduler(cfg.store.scheduler, cfg.store.workers) as where_to_run:
+            hit_counts = _raise_first(dask.compute(*tasks, **where_to_run))
         write_metadata(root, meta_songs, attrs)
         root.attrs["num_hits"] = int(sum(hit_counts))
     summary = {"songs": len(records), "steps": total, "hits": int(sum(hit_counts)), "chunks": len(tasks),

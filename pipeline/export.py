@@ -5,11 +5,18 @@ Layout of `data/ready/` (every file a plain `.npy`, loadable with `np.load(mmap_
     hits.npy, velocity.npy   uint8 [N, D]   the store's rows, uncompressed, C order
     song_offsets.npy         int64 [S + 1]
     song_steps_per_bar.npy   int32 [S]
-    windows_<split>.npy      int64 [W_split, 5]  columns WINDOW_COLUMNS: metrics row, song, start,
-                                                 length, global row offset (= song_offsets[song] + start)
-    metrics/<name>.npy       [W, ...]       row w = window/<name> of metrics.zarr (all splits)
+    windows_<split>.npy      [W_split, 5]   columns WINDOW_COLUMNS: metrics row, song, start,
+                                            length, global row offset (= song_offsets[song] + start);
+                                            int32 when every value fits, else int64
+    metrics/<name>.npy       [W, ...]       row w = window/<name> of metrics.zarr (all splits), only
+                                            the metrics named by `export.metrics` (what training
+                                            reads: the rl terms' window targets), each in the
+                                            narrowest dtype that holds its values exactly
     manifest.json            seq_len, stride, bars_per_phrase, drum names, metric names/shapes/dtypes,
-                             store and metrics hashes, window counts per split
+                             store and metrics hashes and paths, window counts per split
+
+Everything else (the other window metrics, song/section/bar/phrase tables) stays in the compressed
+metrics store, for analysis and for the dataset's optional levels (train.training.data).
 
 Why a copy and not the Zarr chunks themselves: the store is zstd-compressed (small on disk, fast to
 build), and a compressed chunk cannot be memory-mapped. One sequential pass here turns it into
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -28,50 +36,133 @@ import zarr
 from omegaconf import DictConfig
 
 import pipeline.config
-from kernels.spec import corpus_windows
+from kernels.spec import window_counts
 from pipeline.atomic import atomic_path
 from pipeline.lock import LockHeld, data_dir_lock
-from pipeline.store import SPLITS, Store, attrs_hash
+from pipeline.parallel import executor, ordered_map
+from pipeline.store import SPLITS, STEP_ARRAYS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WINDOW_COLUMNS = ("row", "song", "start", "length", "offset")
 _WINDOW_KEYS = ("song", "start", "length")   # window/<key> arrays that index, not metrics
 
 
-def _check_windows(metrics_path: Path, store: Store, song: np.ndarray, start: np.ndarray,
-                   length: np.ndarray, seq_len: int, stride: int) -> int:
-    """Every song with windows has exactly its expected windows; returns how many songs have none
-    although they should (the metrics stage skips a song whose kernels failed, and says why)."""
-    exp_song, exp_start = corpus_windows(store.song_offsets, seq_len, stride)
-    song_len = np.diff(store.song_offsets)
-    present = np.isin(exp_song, np.unique(song))
-    missing = len(np.unique(exp_song[~present]))
-    exp_song, exp_start = exp_song[present], exp_start[present]
-    if (len(exp_song) != len(song) or not np.array_equal(exp_song, song)
-            or not np.array_equal(exp_start, start)
-            or not np.array_equal(np.minimum(song_len[song], seq_len), length)):
-        raise ValueError(f"{metrics_path}: its windows ({len(song)}) are not the windows of "
-                         f"{store.path} at seq_len={seq_len}, stride={stride} ({len(exp_song)} expected); "
-                         "the metrics are stale: rerun the metrics stage (`dvc repro metrics`)")
-    return missing
+def _window_blocks(win: zarr.Group):
+    """(first row, song, start, length) of the window tables, one chunk of rows at a time."""
+    W, block = win["song"].shape[0], max(1, int(win["song"].chunks[0]))
+    for a in range(0, W, block):
+        yield (a, *(np.asarray(win[k][a:a + block], np.int64) for k in _WINDOW_KEYS))
 
 
-def _copy_rows(src: zarr.Array, dst_path: Path, block: int) -> None:
-    """Stream a [N, ...] Zarr array into an .npy file chunk by chunk: memory bounded by `block` rows."""
-    out = np.lib.format.open_memmap(dst_path, mode="w+", dtype=src.dtype, shape=src.shape)
-    for a in range(0, src.shape[0], block):
-        out[a:a + block] = src[a:a + block]
+def _check_windows(metrics_path: Path, store: Store, win: zarr.Group, seq_len: int, stride: int) -> np.ndarray:
+    """Every song with windows has exactly its expected windows (docs/architecture.md), checked one
+    chunk of window rows at a time; returns the number of windows of each song (0 for a song the
+    metrics stage skipped, which it reports)."""
+    lengths = np.diff(store.song_offsets)
+    expected = window_counts(lengths, seq_len, stride)
+    counts = np.zeros(len(lengths), np.int64)
+    prev_song, first_row = -1, 0          # the song the previous chunk ended in, and its first row
+    for a, song, start, length in _window_blocks(win):
+        rows = a + np.arange(len(song))
+        ordered = np.all(np.diff(np.r_[prev_song, song]) >= 0) and (len(song) == 0 or song.max() < len(lengths))
+        if not ordered:
+            raise ValueError(_stale(metrics_path, store, seq_len, stride, "windows out of song order"))
+        new = np.r_[song[0] != prev_song, song[1:] != song[:-1]] if len(song) else np.zeros(0, bool)
+        firsts = np.maximum.accumulate(np.where(new, rows, first_row if len(song) and not new[0] else 0))
+        if (not np.array_equal(start, (rows - firsts) * stride)
+                or not np.array_equal(length, np.minimum(lengths[song], seq_len))):
+            raise ValueError(_stale(metrics_path, store, seq_len, stride, "window starts or lengths off the grid"))
+        counts += np.bincount(song, minlength=len(lengths))
+        if len(song):
+            prev_song, first_row = int(song[-1]), int(firsts[-1])
+    if np.any((counts != expected) & (counts != 0)):
+        raise ValueError(_stale(metrics_path, store, seq_len, stride, "a song's window count differs"))
+    return counts
+
+
+def _stale(metrics_path: Path, store: Store, seq_len: int, stride: int, why: str) -> str:
+    return (f"{metrics_path}: its windows are not the windows of {store.path} at seq_len={seq_len}, "
+            f"stride={stride} ({why}); the metrics are stale: rerun the metrics stage (`dvc repro metrics`)")
+
+
+def _write_tables(tmp: Path, store: Store, win: zarr.Group, counts: np.ndarray) -> dict[str, int]:
+    """windows_<split>.npy, filled one chunk of window rows at a time; returns the rows per split."""
+    split_of_song = store.meta["split"]
+    sizes = {s: int(counts[split_of_song == s].sum()) for s in SPLITS}
+    W, N = int(counts.sum()), int(store.song_offsets[-1])
+    dtype = np.int32 if max(W, N) <= np.iinfo(np.int32).max else np.int64
+    out = {}
+    for s, n in sizes.items():
+        # the .npy header now; rows are then appended through a file handle, not a long-lived map,
+        # whose written pages would stay resident until the end (memory growing with the corpus)
+        header = np.lib.format.open_memmap(tmp / f"windows_{s}.npy", mode="w+", dtype=dtype, shape=(n, 5))
+        out[s] = (open(tmp / f"windows_{s}.npy", "r+b"), header.offset)
+        del header
+    try:
+        pos = dict.fromkeys(SPLITS, 0)
+        for a, song, start, length in _window_blocks(win):
+            table = np.stack([a + np.arange(len(song)), song, start, length, store.song_offsets[song] + start], axis=1)
+            for s, (fh, offset) in out.items():
+                rows = np.ascontiguousarray(table[split_of_song[song] == s], dtype)
+                fh.seek(offset + pos[s] * 5 * rows.itemsize)
+                fh.write(rows.tobytes())
+                pos[s] += len(rows)
+    finally:
+        for fh, _ in out.values():
+            fh.close()
+    return sizes
+
+
+def _new_npy(src: zarr.Array, dst_path: Path, dtype=None) -> None:
+    """An .npy of src's shape and `dtype` (default src's), its rows still to be filled by `_fill`."""
+    out = np.lib.format.open_memmap(dst_path, mode="w+", dtype=dtype or src.dtype, shape=src.shape)
+    del out
+
+
+def _fill(job: tuple) -> None:
+    """Copy rows [a, b) of a Zarr array (by path) into an existing .npy: one task of the copy, run
+    on local threads or a dask.distributed worker (which opens both files itself)."""
+    src, dst, a, b = job
+    out = np.load(dst, mmap_mode="r+")
+    out[a:b] = zarr.open_array(src, mode="r")[a:b]
     out.flush()
     del out
 
 
+def _copy_jobs(src: zarr.Array, src_path: Path, dst_path: Path, block: int) -> list[tuple]:
+    return [(str(src_path), str(dst_path), a, min(a + block, src.shape[0]))
+            for a in range(0, src.shape[0], block)]
+
+
+def narrowest_dtype(src: zarr.Array, block: int) -> np.dtype:
+    """The smallest dtype that holds every value of `src` exactly: integers by their range (one
+    streamed pass), floats and bools as they are."""
+    dt = np.dtype(src.dtype)
+    if dt.kind not in "iu" or src.shape[0] == 0:
+        return dt
+    lo, hi = 0, 0
+    for a in range(0, src.shape[0], block):
+        part = src[a:a + block]
+        lo, hi = min(lo, int(part.min())), max(hi, int(part.max()))
+    for cand in ("uint8", "int8", "uint16", "int16", "int32", "int64"):
+        info = np.iinfo(cand)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(cand)
+    return dt
+
+
 def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path, *,
-           seq_len: int | None = None, stride: int | None = None) -> dict:
+           seq_len: int | None = None, stride: int | None = None,
+           metric_names: list[str] | tuple[str, ...] | None = None,
+           scheduler: str | None = None, workers: int | None = None) -> dict:
     """Write data/ready/ (see the module docstring) atomically; return its manifest.
 
     `seq_len`/`stride`, when given, must be those the metrics were computed with (checked first).
+    `metric_names`: the window metrics to copy (None: every one, as format 1 did).
+    The row copies run as tasks of one chunk each on `scheduler` (pipeline.parallel: threads by
+    default, or a dask.distributed address whose workers see the same file system).
     """
     store_path, metrics_path, out_dir = Path(store_path), Path(metrics_path), Path(out_dir)
     store = Store(store_path)
@@ -91,46 +182,54 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
         raise ValueError(f"{metrics_path}: computed from a store with hash {mattrs.get('store_hash')!r}, "
                          f"but {store_path} has {store.hash!r}; rerun `dvc repro metrics`")
     win = metrics["window"]
-    song, start, length = (np.asarray(win[k][:], np.int64) for k in _WINDOW_KEYS)
-    missing = _check_windows(metrics_path, store, song, start, length, seq_len, stride)
+    per_song = _check_windows(metrics_path, store, win, seq_len, stride)
+    lengths = np.diff(store.song_offsets)
+    missing = int(((per_song == 0) & (lengths > 0)).sum())
+    W = int(per_song.sum())
     if missing:
         log.warning("export: %d songs of %s have no metric windows (skipped by the metrics stage, "
                     "see its log); they are not training windows", missing, store_path)
-    names = sorted(k for k in win.array_keys() if k not in _WINDOW_KEYS)
+    available = sorted(k for k in win.array_keys() if k not in _WINDOW_KEYS)
+    names = available if metric_names is None else sorted(set(metric_names))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"export.metrics names {unknown}, which {metrics_path} does not hold "
+                         f"(window metrics: {available})")
 
     with atomic_path(out_dir, marker="export") as tmp:
         tmp.mkdir()
         block = max(1, int(store.hits.chunks[0]))
-        _copy_rows(store.hits, tmp / "hits.npy", block)
-        _copy_rows(store.velocity, tmp / "velocity.npy", block)
+        jobs = []
+        for name in STEP_ARRAYS:
+            _new_npy(store.root[name], tmp / f"{name}.npy")
+            jobs += _copy_jobs(store.root[name], store_path / name, tmp / f"{name}.npy", block)
         np.save(tmp / "song_offsets.npy", store.song_offsets.astype(np.int64))
         np.save(tmp / "song_steps_per_bar.npy", store.meta["steps_per_bar"].astype(np.int32))
-        offset = store.song_offsets[song] + start
-        table = np.stack([np.arange(len(song), dtype=np.int64), song, start, length, offset], axis=1)
-        split_of_window = store.meta["split"][song] if len(song) else np.zeros(0, str)
-        counts = {}
-        for split in SPLITS:
-            rows = table[split_of_window == split] if len(song) else table
-            np.save(tmp / f"windows_{split}.npy", np.ascontiguousarray(rows, dtype=np.int64))
-            counts[split] = int(len(rows))
+        counts = _write_tables(tmp, store, win, per_song)
         (tmp / "metrics").mkdir()
         shapes = {}
         for name in names:
             arr = win[name]
-            if arr.shape[:1] != (len(song),):
+            if arr.shape[:1] != (W,):
                 raise ValueError(f"{metrics_path}: window/{name} has {arr.shape[0]} rows, "
-                                 f"window/song has {len(song)}")
+                                 f"window/song has {W}")
             # streamed like the rows: a [W, D, D] table at stride 1 can be gigabytes
-            _copy_rows(arr, tmp / "metrics" / f"{name}.npy", max(1, int(arr.chunks[0])))
-            shapes[name] = {"shape": list(arr.shape[1:]), "dtype": np.dtype(arr.dtype).str}
+            block = max(1, int(arr.chunks[0]))
+            dtype = narrowest_dtype(arr, block)
+            _new_npy(arr, tmp / "metrics" / f"{name}.npy", dtype)
+            jobs += _copy_jobs(arr, metrics_path / "window" / name, tmp / "metrics" / f"{name}.npy", block)
+            shapes[name] = {"shape": list(arr.shape[1:]), "dtype": dtype.str, "stored_dtype": np.dtype(arr.dtype).str}
+        with executor(scheduler or "threads", workers) as pool:
+            for _ in ordered_map(pool, _fill, jobs, 4 * (int(workers or 0) or os.cpu_count() or 1)):
+                pass
         manifest = {
             "format_version": FORMAT_VERSION, "seq_len": seq_len, "stride": stride,
             "bars_per_phrase": int(mattrs.get("bars_per_phrase", 0)),
             "num_steps": int(store.hits.shape[0]), "num_songs": store.num_songs,
-            "num_windows": int(len(song)), "windows": counts, "window_columns": list(WINDOW_COLUMNS),
+            "num_windows": W, "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
-            "store": str(store_path), "store_hash": store.hash,
+            "store": str(store_path), "store_hash": store.hash, "metrics_store": str(metrics_path),
             "metrics_hash": attrs_hash(mattrs)[:16],
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -143,8 +242,9 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
 def main(cfg: DictConfig) -> None:
     with pipeline.config.exit_on("export", FileNotFoundError, ValueError, LockHeld), \
             data_dir_lock(cfg, "export"):
-        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
-               seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
+        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
+               stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
+               scheduler=cfg.export.scheduler, workers=cfg.export.workers)
 
 
 if __name__ == "__main__":

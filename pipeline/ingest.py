@@ -4,11 +4,12 @@
     python -m pipeline.ingest data=npz data.path=/my/rolls
     python -m pipeline.ingest data=groove          # Groove MIDI Dataset, metadata from info.csv
 
-Files are parsed in parallel with a dask bag; each task writes its songs as one NPZ per song, so the
-driver only ever holds metadata. Output (written atomically):
+Files are parsed in parallel with a dask bag; each task writes its songs as one compressed shard, so
+the driver only ever holds metadata. Output (written atomically):
 
-    data/interim/manifest.json    drum map, grid, and one record per song (metadata + its NPZ file)
-    data/interim/songs/*.npz      hits, velocity (uint8 [T, D]) per song
+    data/interim/manifest.json    drum map, grid, and one record per song (metadata, shard, first row)
+    data/interim/shards/pNNNNN_dD one Zarr group per task: hits, velocity (STEP_ARRAYS) [rows, D] of
+                                  its songs concatenated along time, zstd like the store
     data/ingest_report.json       files seen, songs kept, each skipped file and why, note counts
 
 A bad file is skipped with its reason (`ingest.on_error=skip`, default) or stops the stage with exit
@@ -29,14 +30,16 @@ from pathlib import Path
 import dask.bag as db
 import hydra
 import numpy as np
+import zarr
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
 from pipeline.lock import LockHeld, data_dir_lock
+from pipeline.parallel import dask_scheduler
 from pipeline.midi import MidiError, read_midi
-from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STR_FIELDS, Song
+from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song, compressors
 
 log = logging.getLogger(__name__)
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -242,28 +245,33 @@ def read_info_csv(root: Path) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- the stage
 
-def _record(song: Song, file: str, notes_mapped: int, unmapped: dict) -> dict:
+def _record(song: Song, shard: str, row: int, notes_mapped: int, unmapped: dict) -> dict:
     rec = {f: getattr(song, f) for f in STR_FIELDS}
     rec.update({f: int(getattr(song, f)) for f in INT_FIELDS})
     rec.update({f: float(getattr(song, f)) for f in FLOAT_FIELDS})
-    digest = hashlib.sha1(song.hits)   # = sha1 of hits bytes + velocity bytes, without copying them
-    digest.update(song.velocity)
+    digest = hashlib.sha1()
+    for name in STEP_ARRAYS:   # every per-step array's bytes in turn, without joining copies of them
+        digest.update(np.ascontiguousarray(getattr(song, name)))
     digest = digest.hexdigest()
-    rec.update(file=file, num_steps=song.num_steps, num_drums=int(song.hits.shape[1]),
+    rec.update(shard=shard, row=row, num_steps=song.num_steps, num_drums=int(song.hits.shape[1]),
                sections=song.sections.tolist(), sha1=digest, notes_mapped=notes_mapped,
                unmapped={str(p): n for p, n in unmapped.items()})
     return rec
 
 
-def _run_part(part: int, items: list, load, songs_dir: Path, fail_fast: bool) -> list[dict]:
-    """Load one partition of inputs and write each good song as an NPZ; return one result per input.
+def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -> list[dict]:
+    """Load one partition of inputs and write its good songs as one shard; one result per input.
 
+    A shard is a Zarr group holding the partition's songs concatenated along time, one array per
+    per-step field (STEP_ARRAYS), zstd-compressed like the store: one write per task instead of one
+    file per song. Songs with another drum count go to a sibling shard (`_reject_odd_drum_counts`
+    decides later which count is kept).
     Any exception while reading one file is that file's error: the files beside it go on. With
     fail_fast (on_error=fail) the partition stops at its first bad file; the driver then reports the
     first bad file of all partitions in sorted order (partitions are contiguous runs of the sorted list).
     """
-    out = []
-    for j, item in enumerate(items):
+    out, songs = [], {}
+    for item in items:
         try:
             song, notes_mapped, unmapped = load(item)
         except BadInput as exc:
@@ -271,13 +279,32 @@ def _run_part(part: int, items: list, load, songs_dir: Path, fail_fast: bool) ->
         except Exception as exc:  # a reader bug or a case nobody foresaw: still one file's problem
             out.append({"source": _label(item), "error": f"{_label(item)}: {type(exc).__name__}: {exc}"})
         else:
-            file = f"p{part:05d}_{j:05d}.npz"
-            np.savez(songs_dir / file, hits=song.hits, velocity=song.velocity)
-            out.append(_record(song, file, notes_mapped, unmapped))
+            shard = f"p{part:05d}_d{song.hits.shape[1]}"
+            rows = songs.setdefault(shard, [])
+            row = sum(s.num_steps for s in rows)
+            rows.append(song)
+            out.append(_record(song, shard, row, notes_mapped, unmapped))
             continue
         if fail_fast:
             break
+    for shard, rows in songs.items():
+        _write_shard(shards_dir / shard, rows)
     return out
+
+
+def _write_shard(path: Path, songs: list[Song]) -> None:
+    grp = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for name, dtype in STEP_ARRAYS.items():
+        data = np.concatenate([getattr(s, name) for s in songs]).astype(dtype)
+        grp.create_array(name, data=data, chunks=data.shape, compressors=compressors("zstd"))
+
+
+def read_shard(path: Path) -> dict[str, np.ndarray]:
+    """All per-step arrays of one interim shard (what build reads)."""
+    if not (Path(path) / "zarr.json").exists():
+        raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)")
+    grp = zarr.open_group(str(path), mode="r")
+    return {name: grp[name][:] for name in STEP_ARRAYS}
 
 
 def _label(item) -> str:
@@ -353,15 +380,16 @@ def ingest(cfg: DictConfig) -> dict:
 
     interim = Path(cfg.paths.interim)
     with atomic_path(interim, marker="ingest") as tmp:
-        songs_dir = tmp / "songs"
-        songs_dir.mkdir(parents=True)
+        shards_dir = tmp / "shards"
+        shards_dir.mkdir(parents=True)
         per_task = max(1, int(cfg.ingest.files_per_task))
         parts = [items[i:i + per_task] for i in range(0, len(items), per_task)]
         bag = db.from_sequence(list(enumerate(parts)), npartitions=len(parts))
         fail_fast = on_error == "fail"
-        results = bag.map(lambda pi: _run_part(pi[0], pi[1], load, songs_dir, fail_fast)).flatten().compute(
-            scheduler=cfg.ingest.scheduler, num_workers=int(cfg.ingest.workers))
-        results = _reject_odd_drum_counts(results, songs_dir)
+        with dask_scheduler(cfg.ingest.scheduler, cfg.ingest.workers) as where_to_run:
+            results = bag.map(lambda pi: _run_part(pi[0], pi[1], load, shards_dir, fail_fast)).flatten().compute(
+                **where_to_run)
+        results = _reject_odd_drum_counts(results)
         skipped = [{"file": r["source"], "reason": r["error"]} for r in results if "error" in r]
         if skipped and on_error == "fail":
             raise IngestError(skipped[0]["reason"])
@@ -391,8 +419,9 @@ def ingest(cfg: DictConfig) -> dict:
     return report
 
 
-def _reject_odd_drum_counts(results: list[dict], songs_dir: Path) -> list[dict]:
-    """All songs share one drum count: the most common one; files with another are bad input."""
+def _reject_odd_drum_counts(results: list[dict]) -> list[dict]:
+    """All songs share one drum count: the most common one; files with another are bad input
+    (their rows stay in a shard of their own that no record points to)."""
     counts = Counter(r["num_drums"] for r in results if "error" not in r)
     if len(counts) <= 1:
         return results
@@ -400,7 +429,6 @@ def _reject_odd_drum_counts(results: list[dict], songs_dir: Path) -> list[dict]:
     out = []
     for r in results:
         if "error" not in r and r["num_drums"] != keep:
-            (songs_dir / r["file"]).unlink()
             r = {"source": r["source"], "error": f"{r['source']}: {r['num_drums']} drum columns, "
                                                 f"the other files have {keep}"}
         out.append(r)

@@ -4,20 +4,23 @@
 
 Layout (docs/architecture.md, "Metrics"): window/{song,start,length,<metric>}, song/<metric>,
 section/{song,start,end,<metric>}, bar/{offsets,mean}, phrase/{offsets,mean}, attrs.
-Songs are processed in blocks of consecutive songs: one contiguous read from the store, the
-songs of a block as parallel dask tasks (threads; numba kernels release the GIL, or a
-dask.distributed cluster), then the block's rows are appended in order. The whole output is
-written to a temporary sibling and renamed into place (pipeline.atomic.atomic_path).
+Songs are processed in partitions of consecutive songs (`metrics.block_steps`/`block_windows`):
+one task per partition (one contiguous read from the store, then its songs one after the other),
+on local threads (numba kernels release the GIL) or a dask.distributed cluster
+(`metrics.scheduler=<address>`). Each partition's rows are appended in song order as soon as it
+and the ones before it are done, whole Zarr chunks at a time (pipeline.parallel.ordered_map), so
+memory does not grow with the corpus. The whole output is written to a temporary sibling and
+renamed into place (pipeline.atomic.atomic_path).
 """
 from __future__ import annotations
 
-import contextlib
+import collections
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import hydra
 import numpy as np
 import zarr
@@ -27,9 +30,10 @@ from tqdm import tqdm
 import kernels
 from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
                           empty_window_outputs, window_grid)
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, is_url, join
 from pipeline.config import CONF_DIR, exit_on
 from pipeline.lock import LockHeld, data_dir_lock
+from pipeline.parallel import executor, ordered_map
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
@@ -124,135 +128,146 @@ def store_hash(store: Store) -> str:
     return store.hash
 
 
-class _Writer:
-    """Appends rows to the window/* arrays of the output group, block after block."""
+class _Table:
+    """One output array written in row order, whole chunks at a time: it holds less than one
+    chunk of rows between writes, and no chunk is ever read back and rewritten."""
 
-    def __init__(self, root: zarr.Group, W: int, D: int, p: Params, chunk: int):
-        grp = root.create_group("window")
-        rows = max(1, min(chunk, max(W, 1)))
-        self.arrays = {name: grp.create_array(name, shape=(W,), dtype="int64", chunks=(rows,))
-                       for name in ("song", "start", "length")}
-        for name, (dtype, shape) in WINDOW_SCHEMA.items():
-            tail = shape(D, p.num_bars, p.steps_per_bar)
-            self.arrays[name] = grp.create_array(name, shape=(W, *tail), dtype=dtype,
-                                                 chunks=(rows, *tail), fill_value=0)
-        self.pos = 0
+    def __init__(self, grp: zarr.Group, name: str, dtype, tail: tuple, rows: int):
+        self.arr = grp.create_array(name, shape=(0, *tail), dtype=dtype, chunks=(rows, *tail),
+                                    fill_value=0)
+        self.rows, self.pending = rows, []
 
-    def append(self, block: dict[str, np.ndarray]) -> None:
-        n = len(block["song"])
-        if n:
-            for name, arr in self.arrays.items():
-                arr[self.pos:self.pos + n] = block[name]
-            self.pos += n
+    def append(self, data: np.ndarray) -> None:
+        if len(data):
+            self.pending.append(np.asarray(data, self.arr.dtype))
+        if sum(len(d) for d in self.pending) >= self.rows:
+            self._flush(whole_chunks=True)
 
-    def finish(self) -> None:
-        # Skipped songs have no windows: shrink the preallocated tables to the rows written.
-        for arr in self.arrays.values():
-            if arr.shape[0] != self.pos:
-                arr.resize((self.pos, *arr.shape[1:]))
+    def close(self) -> None:
+        self._flush(whole_chunks=False)
+
+    def _flush(self, whole_chunks: bool) -> None:
+        if not self.pending:
+            return
+        data = np.concatenate(self.pending)
+        n = len(data) // self.rows * self.rows if whole_chunks else len(data)
+        a = self.arr.shape[0]
+        self.arr.resize((a + n, *self.arr.shape[1:]))
+        self.arr[a:a + n] = data[:n]
+        self.pending = [data[n:]] if n < len(data) else []
 
 
-@contextlib.contextmanager
-def _scheduler(m: DictConfig):
-    """Yields compute(tasks) -> results: on a dask.distributed cluster if metrics.scheduler is
-    an address (one connection for the whole run), else on local threads."""
-    if m.scheduler:
-        from dask.distributed import Client
-        with Client(str(m.scheduler)) as client:
-            yield lambda tasks: client.gather(client.compute(tasks))
-    else:
-        yield lambda tasks: list(dask.compute(*tasks, scheduler="threads", num_workers=m.num_workers))
+def _tables(root: zarr.Group, D: int, p: Params, rows: int) -> dict[str, _Table]:
+    """Every output array ("group/name" -> _Table), in the layout of the module docstring."""
+    spec = {f"window/{k}": ("int64", ()) for k in ("song", "start", "length")}
+    spec.update({f"window/{k}": (dt, sh(D, p.num_bars, p.steps_per_bar)) for k, (dt, sh) in WINDOW_SCHEMA.items()})
+    spec.update({f"song/{k}": (dt, sh(D)) for k, (dt, sh) in SONG_SCHEMA.items()})
+    spec.update({f"section/{k}": ("int64", ()) for k in ("song", "start", "end")})
+    spec.update({f"section/{k}": (dt, sh(D)) for k, (dt, sh) in SECTION_SCHEMA.items()})
+    for level in ("bar", "phrase"):
+        spec.update({f"{level}/offsets": ("int64", ()), f"{level}/mean": ("float32", (D,))})
+    groups = {g: root.create_group(g) for g in ("window", "song", "section", "bar", "phrase")}
+    return {key: _Table(groups[key.split("/")[0]], key.split("/")[1], dt, tail, rows)
+            for key, (dt, tail) in spec.items()}
+
+
+def _partition_args(store: Store, b0: int, b1: int, p: Params) -> tuple:
+    """What the task for songs b0..b1-1 needs, as plain values: where their rows are, their meters
+    and sections (small), so a worker opens just the hits array."""
+    off, so = store.song_offsets, store.section_offsets
+    return (str(join(store.path, "hits")), off[b0:b1 + 1].copy(), b0,
+            store.meta["steps_per_bar"][b0:b1].copy(), store.meta["beats_per_bar"][b0:b1].copy(),
+            [store.sections[so[i]:so[i + 1]] for i in range(b0, b1)], p)
+
+
+def _partition(args: tuple) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+    """All output rows of one partition of consecutive songs (one contiguous read), and their errors.
+
+    A module-level function of plain arguments, so that it runs the same on local threads,
+    processes or a dask.distributed worker (which reads the store itself)."""
+    hits_path, off, b0, spb, bpb, sections, p = args
+    rows = zarr.open_array(hits_path, mode="r")[int(off[0]):int(off[-1])]
+    parts: dict[str, list] = collections.defaultdict(list)
+    errors = []
+    for j, sec in enumerate(sections):
+        roll = rows[off[j] - off[0]:off[j + 1] - off[0]]
+        r = _safe_song(roll, sec, int(spb[j]), int(bpb[j]), p)
+        if r.error:
+            errors.append((b0 + j, r.error))
+        _add_song(parts, b0 + j, r)
+    return {k: np.concatenate(v) for k, v in parts.items()}, errors
+
+
+def _add_song(parts: dict, i: int, r: SongResult) -> None:
+    """One song's rows of every table (bar/phrase offsets: row counts, summed by the driver)."""
+    parts["window/song"].append(np.full(len(r.starts), i, np.int64))
+    parts["window/start"].append(r.starts)
+    parts["window/length"].append(np.full(len(r.starts), r.length, np.int64))
+    for name in WINDOW_SCHEMA:
+        parts[f"window/{name}"].append(r.windows[name])
+    for name in SONG_SCHEMA:
+        parts[f"song/{name}"].append(np.asarray(r.song[name])[None])
+    parts["section/song"].append(np.full(len(r.sections), i, np.int64))
+    parts["section/start"].append(r.sections[:, 0])
+    parts["section/end"].append(r.sections[:, 1])
+    for name in SECTION_SCHEMA:
+        parts[f"section/{name}"].append(r.section[name])
+    for level, means in (("bar", r.bars), ("phrase", r.phrases)):
+        parts[f"{level}/mean"].append(means)
+        parts[f"{level}/offsets"].append(np.array([len(means)], np.int64))
 
 
 def run(cfg: DictConfig) -> dict:
-    """Compute and write data/metrics.zarr; returns a summary (songs, windows, errors, path)."""
-    p = Params.from_config(cfg.metrics)
+    """Compute and write data/metrics.zarr; returns a summary (songs, windows, errors, path).
+
+    Partitions of consecutive songs (metrics.block_steps / block_windows) run as tasks on the
+    scheduler; their rows are appended in song order as they come back, whole chunks at a time,
+    so memory is a few partitions and one chunk per table, whatever the corpus size."""
+    m = cfg.metrics
+    p = Params.from_config(m)
     store = Store(cfg.paths.store)
     S, D = store.num_songs, store.num_drums
     offsets = store.song_offsets
     windows = np.array([len(window_grid(int(T), p.seq_len, p.stride)[0]) for T in np.diff(offsets)],
                        np.int64)
-    per_song, errors = [], []
-    out_path = Path(cfg.paths.metrics)
-    with atomic_path(out_path, marker="metrics") as tmp, _scheduler(cfg.metrics) as compute:
+    errors = []
+    out_path = cfg.paths.metrics if is_url(cfg.paths.metrics) else Path(cfg.paths.metrics)
+    blocks = list(_blocks(offsets, windows, int(m.block_steps), int(m.block_windows)))
+    workers = m.num_workers or os.cpu_count() or 1
+    with atomic_path(out_path, marker="metrics") as tmp, executor(m.scheduler or "threads", workers) as pool:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        writer = _Writer(root, int(windows.sum()), D, p, int(cfg.metrics.chunk_windows))
-        blocks = list(_blocks(offsets, windows, int(cfg.metrics.block_steps),
-                                  int(cfg.metrics.block_windows)))
-        for b0, b1 in tqdm(blocks, desc="metrics", unit="block", disable=len(blocks) < 2):
-            block = compute(_block_tasks(store, b0, b1, p))
-            for i, r in zip(range(b0, b1), block):
-                if r.error:
-                    msg = f"song {i} ({store.meta['name'][i]}, {store.meta['source'][i]}): {r.error}"
-                    log.error("metrics: skipped %s", msg)
-                    errors.append(msg)
-            writer.append(_window_rows(range(b0, b1), block))
-            per_song.extend(block)
-            for r in block:
-                r.windows = None          # rows are on disk; keep only the small per-song parts
-        writer.finish()
-        _write_songs(root, per_song, D)
-        root.attrs.update({
-            "seq_len": p.seq_len, "stride": p.stride, "steps_per_bar": p.steps_per_bar,
-            "bars_per_phrase": p.bars_per_phrase, "ngram_n": p.ngram_n,
-            "fast_threshold": p.fast_threshold, "dense_threshold": p.dense_threshold,
-            "store_hash": store_hash(store), "num_windows": writer.pos, "errors": errors,
-            "metric_names": {"window": list(WINDOW_SCHEMA), "song": list(SONG_SCHEMA),
-                             "section": list(SECTION_SCHEMA)}})
-    log.info("metrics: %d windows of %d songs -> %s (%d skipped)", writer.pos, S, out_path, len(errors))
-    return {"songs": S, "windows": writer.pos, "errors": errors, "path": str(out_path)}
+        tables = _tables(root, D, p, max(1, min(int(m.chunk_windows), max(int(windows.sum()), 1))))
+        tables["bar/offsets"].append(np.zeros(1, np.int64))
+        tables["phrase/offsets"].append(np.zeros(1, np.int64))
+        ends = {"bar": 0, "phrase": 0}
+        tasks = (_partition_args(store, b0, b1, p) for b0, b1 in blocks)
+        for rows, errs in tqdm(ordered_map(pool, _partition, tasks, 2 * int(workers)), total=len(blocks),
+                               desc="metrics", unit="block", disable=len(blocks) < 2):
+            for level in ends:   # per-song row counts -> running offsets
+                counts = rows[f"{level}/offsets"]
+                rows[f"{level}/offsets"] = ends[level] + np.cumsum(counts)
+                ends[level] += int(counts.sum())
+            for key, table in tables.items():
+                table.append(rows[key])
+            errors += [f"song {i} ({store.meta['name'][i]}, {store.meta['source'][i]}): {e}" for i, e in errs]
+        for table in tables.values():
+            table.close()
+        num_windows = int(tables["window/song"].arr.shape[0])
+        _finish(root, p, store, num_windows, errors)
+    for msg in errors:
+        log.error("metrics: skipped %s", msg)
+    log.info("metrics: %d windows of %d songs -> %s (%d skipped)", num_windows, S, out_path, len(errors))
+    return {"songs": S, "windows": num_windows, "errors": errors, "path": str(out_path)}
 
 
-def _block_tasks(store: Store, b0: int, b1: int, p: Params) -> list:
-    """One dask task per song of songs b0..b1-1, after one contiguous read of their rows."""
-    off = store.song_offsets
-    rows = store.hits[int(off[b0]):int(off[b1])]
-    spb, bpb = store.meta["steps_per_bar"], store.meta["beats_per_bar"]
-    tasks = []
-    for i in range(b0, b1):
-        roll = rows[off[i] - off[b0]:off[i + 1] - off[b0]]
-        sec = store.sections[store.section_offsets[i]:store.section_offsets[i + 1]]
-        tasks.append(dask.delayed(_safe_song)(roll, sec, int(spb[i]), int(bpb[i]), p))
-    return tasks
-
-
-def _window_rows(songs: range, block: list[SongResult]) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {name: [] for name in ("song", "start", "length", *WINDOW_SCHEMA)}
-    for i, r in zip(songs, block):
-        parts["song"].append(np.full(len(r.starts), i, np.int64))
-        parts["start"].append(r.starts)
-        parts["length"].append(np.full(len(r.starts), r.length, np.int64))
-        for name in WINDOW_SCHEMA:
-            parts[name].append(r.windows[name])
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def _offsets(sizes) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(list(sizes), dtype=np.int64)]).astype(np.int64)
-
-
-def _write_songs(root: zarr.Group, results: list[SongResult], D: int) -> None:
-    """song/*, section/*, bar/*, phrase/*: small per-song arrays, written once at the end."""
-    song = root.create_group("song")
-    for name, (dtype, shape) in SONG_SCHEMA.items():
-        data = np.stack([r.song[name] for r in results]) if results else np.zeros((0, *shape(D)), dtype)
-        song.create_array(name, data=data.astype(dtype))
-    section = root.create_group("section")
-    sec = np.concatenate([r.sections for r in results]) if results else np.zeros((0, 2), np.int64)
-    section.create_array("song", data=np.repeat(np.arange(len(results), dtype=np.int64),
-                                                [len(r.sections) for r in results]))
-    section.create_array("start", data=sec[:, 0].astype(np.int64))
-    section.create_array("end", data=sec[:, 1].astype(np.int64))
-    for name, (dtype, shape) in SECTION_SCHEMA.items():
-        parts = [r.section[name] for r in results]
-        section.create_array(name, data=np.concatenate(parts).astype(dtype) if parts
-                             else np.zeros((0, *shape(D)), dtype))
-    for level, attr in (("bar", "bars"), ("phrase", "phrases")):
-        grp = root.create_group(level)
-        means = [getattr(r, attr) for r in results]
-        grp.create_array("offsets", data=_offsets(len(m) for m in means))
-        grp.create_array("mean", data=np.concatenate(means).astype(np.float32) if means
-                         else np.zeros((0, D), np.float32))
+def _finish(root: zarr.Group, p: Params, store: Store, num_windows: int, errors: list[str]) -> None:
+    root.attrs.update({
+        "seq_len": p.seq_len, "stride": p.stride, "steps_per_bar": p.steps_per_bar,
+        "bars_per_phrase": p.bars_per_phrase, "ngram_n": p.ngram_n,
+        "fast_threshold": p.fast_threshold, "dense_threshold": p.dense_threshold,
+        "store_hash": store_hash(store), "num_windows": num_windows, "errors": errors,
+        "metric_names": {"window": list(WINDOW_SCHEMA), "song": list(SONG_SCHEMA),
+                         "section": list(SECTION_SCHEMA)}})
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -45,8 +45,9 @@ def run_all(cfg: DictConfig, echo=lambda line: None, cli: bool = False) -> dict:
     echo(f"{metrics['windows']} windows of {metrics['songs']} songs, "
          f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
     with exit_on("export", FileNotFoundError, ValueError):
-        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
-               seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
+        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
+               stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
+               scheduler=cfg.export.scheduler, workers=cfg.export.workers)
     echo(f"training arrays -> {cfg.paths.ready}")
     return {"ingest": report, "build": summary, "metrics": metrics, "ready": str(cfg.paths.ready)}
 

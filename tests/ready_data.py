@@ -28,16 +28,19 @@ def make_songs(lengths, *, seed=0, splits=None, steps_per_bar=None, num_drums=9)
     return out
 
 
-def write_metrics(store_path: Path, metrics_path: Path, *, seq_len: int, stride: int) -> dict:
+def write_metrics(store_path: Path, metrics_path: Path, *, seq_len: int, stride: int, extra=()) -> dict:
     """The real metrics stage over `store_path` (local threads), window seq_len/stride."""
     cfg = compose([f"paths.store='{store_path}'", f"paths.metrics='{metrics_path}'",
-                   f"window.seq_len={seq_len}", f"window.stride={stride}", "metrics.num_workers=1"])
+                   f"window.seq_len={seq_len}", f"window.stride={stride}", "metrics.num_workers=1", *extra])
     return compute_metrics(cfg)
 
 
-def build_ready(root: Path, songs: list[Song], *, seq_len: int, stride: int, chunk_steps: int = 64) -> Path:
+def build_ready(root: Path, songs: list[Song], *, seq_len: int, stride: int, chunk_steps: int = 64,
+                metric_names: list[str] | None = None) -> Path:
+    """metric_names: the window metrics exported (None: all of them, so tests can check any)."""
     attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "test-hash"}
     write_store(root / "store.zarr", songs, attrs, chunk_steps=chunk_steps)
     write_metrics(root / "store.zarr", root / "metrics.zarr", seq_len=seq_len, stride=stride)
-    export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=seq_len, stride=stride)
+    export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=seq_len, stride=stride,
+           metric_names=metric_names)
     return root / "ready"

@@ -1,10 +1,12 @@
 """Stage `build`: interim songs -> Zarr store with dask; contents, chunking, parallel = serial, atomicity."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import zarr
 
+import pipeline.build
 from pipeline.build import build
 from pipeline.config import compose
 from pipeline.ingest import ingest
@@ -82,7 +84,7 @@ def test_failed_build_keeps_previous_store(tmp_path):
     before = zarr.open_group(str(out / "store.zarr"), mode="r")["hits"][:]
     # break the interim data: one song's rows vanish mid-build
     manifest = json.loads((out / "interim" / "manifest.json").read_text())
-    (out / "interim" / "songs" / manifest["songs"][2]["file"]).unlink()
+    shutil.rmtree(out / "interim" / "shards" / manifest["songs"][2]["shard"])
     with pytest.raises(FileNotFoundError):
         build(cfg)
     np.testing.assert_array_equal(Store(out / "store.zarr").hits[:], before)
@@ -95,14 +97,15 @@ def test_build_without_ingest_says_what_to_run(tmp_path):
         build(cfg)
 
 
-def test_chunk_tasks_read_only_overlapping_songs(tmp_path, monkeypatch):
-    """Memory is bounded by chunk size: a chunk task opens only the songs that cross its rows."""
+def test_chunk_tasks_read_only_overlapping_shards(tmp_path, monkeypatch):
+    """Memory is bounded by chunk size: a chunk task reads only the shards of the songs crossing its
+    rows, each once (one song per shard here, so shards read = songs crossing)."""
     _npz_inputs(tmp_path / "in", [10] * 12)
-    cfg = _cfg(tmp_path, "store.chunk_steps=25", "store.scheduler=synchronous")
+    cfg = _cfg(tmp_path, "store.chunk_steps=25", "store.scheduler=synchronous", "ingest.files_per_task=1")
     ingest(cfg)
     opened = []
-    real_load = np.load
-    monkeypatch.setattr(np, "load", lambda f, *a, **k: opened.append(str(f)) or real_load(f, *a, **k))
+    real_read = pipeline.build.read_shard
+    monkeypatch.setattr(pipeline.build, "read_shard", lambda p: opened.append(str(p)) or real_read(p))
     build(cfg)
     # 120 rows in chunks of 25 -> 5 chunks; songs of 10 rows: chunk k opens the songs over [25k, 25k+25)
     expected = sum(len(range(25 * k // 10, (min(25 * k + 25, 120) - 1) // 10 + 1)) for k in range(5))

@@ -1,8 +1,6 @@
 """The memory-mapped data path: export stage, dataset items/batches, augmentation, workers."""
-import gc
 import json
 import logging
-import multiprocessing
 import pickle
 import threading
 
@@ -31,6 +29,8 @@ def ready(tmp_path_factory):
 
 
 def _dataset(root, split="train", **kw):
+    """Every field and the bar/phrase levels (most tests check them); the default gathers less."""
+    kw = {"fields": ("velocity",), "levels": ("bar", "phrase"), **kw}
     return CompleteHierarchicalDrumDataset(root / "store.zarr", split, SEQ, STRIDE, SPB, BPP, **kw)
 
 
@@ -211,23 +211,47 @@ def test_dataset_pickles_small_and_reopens(ready):
     np.testing.assert_array_equal(clone[[3, 4]]["step"], ds[[3, 4]]["step"])
 
 
-def test_thread_and_process_workers_give_the_same_batches_as_none(ready):
+def test_thread_workers_give_the_same_batches_as_none(ready):
     ds = _dataset(ready, augment=True, velocity_jitter=0.2)
     runs = []
-    for workers, worker_type in ((0, "thread"), (2, "thread"), (2, "process")):
-        loader = make_loader(ds, batch_size=16, shuffle=True, seed=5, num_workers=workers, worker_type=worker_type)
+    for workers in (0, 2):
+        loader = make_loader(ds, batch_size=16, shuffle=True, seed=5, num_workers=workers)
         loader.sampler.set_epoch(2)
         runs.append(list(loader))
-    assert [len(r) for r in runs] == [5, 5, 5]
-    for a, *others in zip(*runs):
-        for b in others:
-            for k in ("step", "velocity", "bar", "phrase", "mask", "bar_mask", "song", "start"):
-                assert torch.equal(a[k], b[k]), k
-            for k in a["metrics"]:
-                assert torch.equal(a["metrics"][k], b["metrics"][k]), k
+    assert [len(r) for r in runs] == [5, 5]
+    for a, b in zip(*runs):
+        for k in ("step", "velocity", "bar", "phrase", "mask", "bar_mask", "song", "start"):
+            assert torch.equal(a[k], b[k]), k
+        for k in a["metrics"]:
+            assert torch.equal(a["metrics"][k], b["metrics"][k]), k
     # the thread batches are private tensors: one batch's storage is not reused for the next
     thread_run = runs[1]
     assert thread_run[0]["step"].untyped_storage().data_ptr() != thread_run[1]["step"].untyped_storage().data_ptr()
+
+
+def test_a_batch_gathers_only_what_is_asked_for(ready):
+    """Default: step, mask, song, start and the window metrics named; levels and fields on request."""
+    plain = CompleteHierarchicalDrumDataset(ready / "store.zarr", "train", SEQ, STRIDE, SPB, BPP,
+                                            metrics=["avg_hits"])
+    batch = plain[[0, 5]]
+    assert set(batch) == {"step", "mask", "song", "start", "metrics"} and set(batch["metrics"]) == {"avg_hits"}
+    assert "velocity" not in plain._open()                       # not even mapped
+    full = _dataset(ready, levels=("bar", "phrase", "song"), metrics=[])
+    rich = full[[0, 5]]
+    torch.testing.assert_close(rich["step"], batch["step"])
+    assert rich["metrics"] == {} and {"velocity", "bar", "bar_mask", "phrase", "phrase_mask"} <= set(rich)
+    song_table = zarr.open_group(str(ready / "metrics.zarr"), mode="r")["song"]
+    for name in ("avg_hits", "step_entropy"):
+        np.testing.assert_array_equal(rich["song_metrics"][name], song_table[name][:][rich["song"].numpy()])
+    with pytest.raises(ValueError, match=r"levels \['section'\] unknown"):
+        _dataset(ready, levels=("section",))
+
+
+def test_a_metric_that_was_not_exported_is_a_clear_error(tmp_path):
+    build_ready(tmp_path, make_songs([300, 50]), seq_len=SEQ, stride=STRIDE, metric_names=["avg_hits"])
+    with pytest.raises(ValueError, match=r"\['ioi_var'\] were not exported.*export.metrics"):
+        CompleteHierarchicalDrumDataset(tmp_path / "ready", "train", SEQ, STRIDE, SPB, BPP,
+                                        metrics=["avg_hits", "ioi_var"])
 
 
 def _loader_threads() -> list[threading.Thread]:
@@ -263,26 +287,6 @@ def test_a_failing_gather_in_a_thread_reaches_the_loop_and_stops_the_threads(rea
     with pytest.raises(IndexError, match="window index out of range"):
         list(loader)
     assert _loader_threads() == []
-
-
-def test_process_workers_end_with_the_loader_after_an_error(ready):
-    gc.collect()
-    before = set(multiprocessing.active_children())
-    loader = make_loader(_dataset(ready), batch_size=8, seed=2, num_workers=2, worker_type="process")
-    with pytest.raises(RuntimeError, match="training step failed"):
-        for n, _ in enumerate(loader):
-            if n == 1:
-                raise RuntimeError("training step failed")
-    workers = set(multiprocessing.active_children()) - before
-    assert len(workers) == 2                                 # persistent workers, for the next epoch
-    del loader
-    gc.collect()
-    assert not workers & set(multiprocessing.active_children())
-
-
-def test_unknown_worker_type_is_refused(ready):
-    with pytest.raises(ValueError, match="worker_type must be one of"):
-        make_loader(_dataset(ready), batch_size=8, num_workers=2, worker_type="fiber")
 
 
 def test_get_complete_rl_dataloader_from_a_store(ready):

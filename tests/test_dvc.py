@@ -1,6 +1,7 @@
 """`dvc repro` for real, in a fresh copy of the repository with no remote: the first run goes from the
 built-in corpus to generated MIDI, a second run is a no-op, and editing a config reruns exactly the
 stages that read it."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -30,6 +31,11 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     assert (repo / "runs" / "default" / "checkpoints" / "best.pt").exists()
     assert json.loads((repo / "data" / "eval" / "metrics.json").read_text())
     assert any(p.suffix == ".mid" for p in (repo / "data" / "generated").iterdir())
+
+    # the interim staging area is tracked but not cached: DVC keeps no second copy of the songs
+    manifest_md5 = hashlib.md5((repo / "data" / "interim" / "manifest.json").read_bytes()).hexdigest()
+    cached = {p.parent.name + p.name for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()}
+    assert manifest_md5 not in cached and len(cached) > 0
 
     second = _run(dvc + ["repro"], repo, env)
     assert "Running stage" not in second

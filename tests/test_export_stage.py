@@ -45,3 +45,56 @@ def test_dvc_repro_export(tmp_path):
     assert bad.returncode != 0
     assert "metrics.zarr: metrics were computed with seq_len=128" in bad.stdout + bad.stderr
     assert not list((proj / "data").glob(".ready.*.tmp"))          # nothing half-written left behind
+
+
+def test_default_export_is_compact_and_exact(tmp_path):
+    """The configured metrics only, each in the narrowest exact dtype, int32 window tables:
+    ready/ within 1.5x the raw hit + velocity bytes; values equal to the metrics store's."""
+    import numpy as np
+    import zarr
+
+    from pipeline.config import compose
+    from pipeline.export import export
+
+    attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "h1"}
+    write_store(tmp_path / "store.zarr", make_songs([2000, 700, 300, 1500]), attrs)
+    write_metrics(tmp_path / "store.zarr", tmp_path / "metrics.zarr", seq_len=256, stride=16)
+    names = list(compose([]).export.metrics)
+    manifest = export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready",
+                      seq_len=256, stride=16, metric_names=names + ["max_hits", "bar_hits"])
+    ready = tmp_path / "ready"
+    assert sorted(p.stem for p in (ready / "metrics").iterdir()) == sorted(names + ["max_hits", "bar_hits"])
+    win = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r")["window"]
+    for name in manifest["metric_names"]:
+        got = np.load(ready / "metrics" / f"{name}.npy")
+        np.testing.assert_array_equal(got, win[name][:])          # exact, whatever the dtype
+        assert manifest["metrics"][name]["dtype"] == got.dtype.str
+    assert np.load(ready / "metrics" / "max_hits.npy").dtype == np.uint8     # int32 counts <= 9
+    assert np.load(ready / "metrics" / "bar_hits.npy").dtype == np.uint8     # uint16, <= 16 * 9 here
+    assert np.load(ready / "windows_train.npy").dtype == np.int32
+    raw = 2 * 4500 * 9
+    ready_bytes = sum(p.stat().st_size for p in ready.rglob("*") if p.is_file())
+    assert ready_bytes <= 1.5 * raw, (ready_bytes, raw)
+
+
+def test_window_tables_streamed_in_small_chunks_equal_one_chunk(tmp_path):
+    """The export checks and splits the window tables one Zarr chunk at a time: chunks of 5 rows
+    (songs crossing chunk boundaries, an empty song) give the same files as one chunk."""
+    import numpy as np
+
+    from pipeline.export import export
+
+    attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "h1"}
+    songs = make_songs([700, 100, 0, 300, 520, 64], splits=["train", "test", "train", "validation", "train", "test"])
+    write_store(tmp_path / "store.zarr", songs, attrs)
+    out = {}
+    for rows in (5, 65536):
+        write_metrics(tmp_path / "store.zarr", tmp_path / f"m{rows}.zarr", seq_len=128, stride=16,
+                      extra=[f"metrics.chunk_windows={rows}"])
+        m = export(tmp_path / "store.zarr", tmp_path / f"m{rows}.zarr", tmp_path / f"r{rows}", seq_len=128, stride=16)
+        out[rows] = {s: np.load(tmp_path / f"r{rows}" / f"windows_{s}.npy") for s in ("train", "validation", "test")}
+        assert m["windows"] == {"train": 36 + 25, "validation": 11, "test": 1 + 1}
+    for split, table in out[65536].items():
+        np.testing.assert_array_equal(out[5][split], table)
+    song, start = out[5]["train"][:, 1], out[5]["train"][:, 2]
+    np.testing.assert_array_equal(start[song == 4], np.arange(25) * 16)

@@ -59,6 +59,24 @@ def test_cli_writes_midi_npz_png_per_sample_and_says_where(ckpt, tmp_path):
         assert png.ndim == 3 and png.shape[0] > 50 and png.shape[1] > 100
 
 
+def test_plots_false_writes_no_pictures_and_never_imports_matplotlib(ckpt, tmp_path):
+    out = tmp_path / "gen"
+    code = ("import sys, runpy; sys.argv = sys.argv[1:]; "
+            "sys.modules.pop('matplotlib', None); "
+            "import atexit; atexit.register(lambda: print('matplotlib' in sys.modules))\n"
+            "runpy.run_module('train.generate', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, "train.generate", *OVERRIDES, f"hydra.run.dir={tmp_path}/h",
+                           f"checkpoint={ckpt}", f"generate.out_dir={out}", "generate.num_samples=2",
+                           "generate.bars=2", "generate.plots=false"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["sample_000.mid", "sample_000.npz", "sample_001.mid",
+                                                     "sample_001.npz"]
+    assert "Pictures:" not in proc.stdout and proc.stdout.strip().splitlines()[-1] == "False"
+    result = run(_cfg(ckpt, tmp_path / "again", "generate.plots=false", "generate.num_samples=1"))
+    assert result["sheet"] is None and result["timings"]["sample_s"] > 0 and result["timings"]["plots_s"] >= 0
+
+
 def test_same_seed_same_drums_other_seed_other_drums(ckpt):
     model, _, _ = load_for_inference(ckpt)
     a, b, c = (sample(model, 3, 32, num_drums=9, seed=s, batch_size=2) for s in (3, 3, 4))

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
-from pipeline.ingest import IngestError, hash_split, ingest
+from pipeline.ingest import IngestError, hash_split, ingest, read_shard
 from pipeline.midi import write_midi
 from tests.test_midi import _mido_file
 
@@ -71,15 +71,21 @@ def test_npz_folder_skips_each_bad_file_with_its_reason(tmp_path):
     songs = {r["name"]: r for r in _manifest(tmp_path)["songs"]}
     assert set(songs) == {"binary", "frac", "sub/velocity"}
     assert report["steps"] == 32 + 16 + 48
-    songs_dir = tmp_path / "out" / "interim" / "songs"
-    assert sorted(p.name for p in songs_dir.iterdir()) == sorted(r["file"] for r in songs.values())
-    with np.load(songs_dir / songs["frac"]["file"]) as z:
-        assert {(int(t), int(d)): int(z["velocity"][t, d]) for t, d in np.argwhere(z["hits"])} == \
-            {(0, 0): 127, (3, 2): 64, (5, 8): 1}
-    with np.load(songs_dir / songs["sub/velocity"]["file"]) as z:
-        assert int(z["velocity"][0, 1]) == 100 and int(z["velocity"][47, 3]) == 20 and z["hits"].sum() == 2
-    with np.load(songs_dir / songs["binary"]["file"]) as z:
-        assert set(np.unique(z["velocity"])) <= {0, 127}
+    shards = tmp_path / "out" / "interim" / "shards"
+
+    def rows(name):   # the song's rows in its interim shard
+        rec = songs[name]
+        z = read_shard(shards / rec["shard"])
+        return {k: v[rec["row"]:rec["row"] + rec["num_steps"]] for k, v in z.items()}
+    frac = rows("frac")
+    assert {(int(t), int(d)): int(frac["velocity"][t, d]) for t, d in np.argwhere(frac["hits"])} == \
+        {(0, 0): 127, (3, 2): 64, (5, 8): 1}
+    sub = rows("sub/velocity")
+    assert int(sub["velocity"][0, 1]) == 100 and int(sub["velocity"][47, 3]) == 20 and sub["hits"].sum() == 2
+    assert set(np.unique(rows("binary")["velocity"])) <= {0, 127}
+    # one shard per ingest task (plus the rejected 5-drum file's own), not one file per song
+    assert {r["shard"] for r in songs.values()} == {"p00000_d9"}
+    assert sorted(p.name for p in shards.iterdir()) == ["p00000_d5", "p00000_d9"]
     assert songs["sub/velocity"]["sections"] == [[0, 16], [16, 48]]
     assert all(r["split"] in ("train", "validation", "test") for r in songs.values())
 

@@ -34,7 +34,7 @@ def _poll_checkpoint(path, proc, want_step):
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
     # the uninterrupted run loads in the loop, the broken one with 2 prefetching threads: the
     # checkpoint must count batches trained on, not prefetched, and the batches must be the same
-    threads = ["trainer.num_workers=2", "trainer.worker_type=thread"]
+    threads = ["trainer.num_workers=2"]
     whole = tmp_path / "whole"
     subprocess.run(_cmd(tiny + ["trainer.resume=never"], whole), cwd=REPO_ROOT, check=True,
                    capture_output=True, timeout=300)

@@ -67,6 +67,25 @@ def kick_rate(roll, *, start, steps_per_bar, beats_per_bar):
     return roll[..., 0].mean(1)
 
 
+def test_batches_carry_exactly_the_enabled_window_targets(tiny, tmp_path):
+    """The trainer's batches hold the stored metrics enabled rl terms compare with, nothing else;
+    a term whose metric the export lacks stops the run before training, naming the fix."""
+    from train.training.distributed import Dist
+    from train.training.trainer import build_data, fit
+
+    off = compose(tiny)
+    assert rewards.window_metrics_needed(off.rl) == []
+    on = compose(tiny + ["rl=surrogate", "rl.terms.syncopation.weight=0.5"])
+    assert rewards.window_metrics_needed(on.rl) == ["avg_hits", "syncopation"]
+    _, train, _ = build_data(on, Dist())
+    batch = next(iter(train))
+    assert set(batch["metrics"]) == {"avg_hits", "syncopation"} and "velocity" not in batch and "bar" not in batch
+    bad = compose(tiny + ["rl=surrogate", "+rl.terms.kick.metric=tests.test_rewards:kick_rate",
+                          "+rl.terms.kick.target=window", f"trainer.run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"\['kick'\] were not exported.*export.metrics"):
+        fit(bad)
+
+
 # --- end to end: reward shaping moves what it rewards ------------------------------------------
 
 def _train_and_generate(tiny, run_dir, extra):

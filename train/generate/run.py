@@ -5,13 +5,14 @@ Per sample `generate.out_dir/sample_NNN.{mid,npz,png}` and one `sheet.png` of al
   `drum_pitches`), every hit at `generate.velocity` (the model predicts hits, not velocities);
 - NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), the input format
   `pipeline.ingest` reads;
-- PNG: drums x steps with bar lines and drum names.
+- PNG: drums x steps with bar lines and drum names (`generate.plots=false`: none, and no matplotlib).
 A prime (`generate.prime=groove.mid` or `.npz`) keeps its first `generate.prime_bars` bars and the
 model continues them; the outputs hold the prime followed by the continuation.
 Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import hydra
@@ -99,10 +100,15 @@ def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: D
 
 
 def run(cfg: DictConfig) -> dict:
-    """Generate and write every output; returns where they are (and what was generated)."""
-    from train.evaluate.plots import save_piano_roll, save_sheet
-
+    """Generate and write every output; returns where they are, what was generated, and the seconds
+    each phase took (`timings`: load, sample, write, plots)."""
     g = cfg.generate
+    clock = [time.perf_counter()]
+    timings = {}
+
+    def lap(name):
+        clock.append(time.perf_counter())
+        timings[f"{name}_s"] = round(clock[-1] - clock[-2], 4)
     model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
     drum_map = checkpoint_drum_map(ckpt, cfg.drums)
     spb = int(model.config.get("steps_per_bar", cfg.window.steps_per_bar))  # the grid it was trained on
@@ -118,12 +124,13 @@ def run(cfg: DictConfig) -> dict:
         prime, prime_bpm = load_prime(g.prime, drum_map, spq)
         prime = prime[: int(g.prime_bars) * spb]
     bpm = float(g.bpm or prime_bpm or 120.0)
+    lap("load")
     rolls = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
                    temperature=float(g.temperature), top_p=g.top_p, seed=int(g.seed))
+    lap("sample")
 
     out_dir = Path(g.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(drum_map.names)
     files = {"midi": [], "npz": [], "png": []}
     for i, hits in enumerate(rolls):
         velocity = hits * np.uint8(int(g.velocity))
@@ -131,13 +138,26 @@ def run(cfg: DictConfig) -> dict:
         save_midi(stem.with_suffix(".mid"), hits, velocity, drum_map=drum_map, bpm=bpm,
                   steps_per_quarter=spq, beats_per_bar=spb // spq)
         save_npz(stem.with_suffix(".npz"), velocity)
-        save_piano_roll(stem.with_suffix(".png"), hits, names, spb, title=f"sample {i}", velocity=velocity)
-        for kind, suffix in (("midi", ".mid"), ("npz", ".npz"), ("png", ".png")):
-            files[kind].append(stem.with_suffix(suffix))
-    sheet = save_sheet(out_dir / "sheet.png", list(rolls), names, spb,
-                       titles=[f"sample {i}" for i in range(len(rolls))])
+        files["midi"].append(stem.with_suffix(".mid"))
+        files["npz"].append(stem.with_suffix(".npz"))
+    lap("write")
+    sheet = _pictures(out_dir, rolls, int(g.velocity), list(drum_map.names), spb, files) if g.plots else None
+    lap("plots")
     return {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
-            "prime_steps": 0 if prime is None else len(prime), "length": length}
+            "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
+
+
+def _pictures(out_dir: Path, rolls: np.ndarray, velocity: int, names: list[str], spb: int, files: dict) -> Path:
+    """sample_NNN.png per sample and sheet.png; matplotlib is imported only here (about a second
+    of start-up that `generate.plots=false` skips)."""
+    from train.evaluate.plots import save_piano_roll, save_sheet
+
+    for i, hits in enumerate(rolls):
+        png = out_dir / f"sample_{i:03d}.png"
+        save_piano_roll(png, hits, names, spb, title=f"sample {i}", velocity=hits * np.uint8(velocity))
+        files["png"].append(png)
+    return save_sheet(out_dir / "sheet.png", list(rolls), names, spb,
+                      titles=[f"sample {i}" for i in range(len(rolls))])
 
 
 def summary(result: dict, report: str | None) -> str:
@@ -149,8 +169,9 @@ def summary(result: dict, report: str | None) -> str:
     lines = [f"Generated {n} drum sample(s) of {result['length']} steps{prime} at {result['bpm']:g} bpm "
              f"from {result['checkpoint']}",
              f"  MIDI files: {out_dir}/sample_*.mid ({n} files, e.g. {files['midi'][0]})",
-             f"  NPZ rolls:  {out_dir}/sample_*.npz (key `sequence`)",
-             f"  Pictures:   {out_dir}/sample_*.png and {result['sheet']} (all samples)"]
+             f"  NPZ rolls:  {out_dir}/sample_*.npz (key `sequence`)"]
+    if result["sheet"]:
+        lines.append(f"  Pictures:   {out_dir}/sample_*.png and {result['sheet']} (all samples)")
     if report:
         where = report if Path(report).is_file() else f"{report} (not there yet: run `python -m train.evaluate`)"
         lines.append(f"  Report:     {where}")

@@ -6,17 +6,18 @@ of `[B, seq_len]` rows from the mapped arrays plus one gather per metric, no per
 
     loader = make_loader(dataset, batch_size=64, num_workers=2)    # 2 prefetch threads; sampler: loader.sampler
     # which is DataLoader(dataset, batch_size=None, sampler=WindowBatchSampler(len(dataset), 64),
-    #                     collate_fn=collate) plus one-buffer hand-over from workers and exact resume
+    #                     collate_fn=collate) plus exact resume
 
-A batch (dict of tensors, B first):
+A batch (dict of tensors, B first) holds only what was asked for: always
     step     float32 [B, L, D]       hits 0/1, zero on padding
-    velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
-    bar      float32 [B, L//spb, D]  mean of each bar's spb steps (padding counts as silence)
-    phrase   float32 [B, L//(spb·bpp), D]
     mask     bool    [B, L]          True on real steps (a song shorter than L is padded, never dropped)
-    bar_mask, phrase_mask  bool      True where the bar / phrase lies wholly on real steps
-    metrics  dict name -> [B, ...]   the stored window metrics of each window (metrics.zarr rows)
+    metrics  dict name -> [B, ...]   the window metrics asked for (`metrics=`; default: all exported)
     song, start  int64 [B]           store song index and song-relative first step
+and with `fields=("velocity",)` / `levels=("bar", "phrase", "song")`:
+    velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
+    bar      float32 [B, L//spb, D]  mean of each bar's spb steps (padding counts as silence), + bar_mask
+    phrase   float32 [B, L//(spb·bpp), D]                                                   + phrase_mask
+    song_metrics  dict name -> [B, ...]  the window's song's row of metrics.zarr song/<name>
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ class BatchRequest(NamedTuple):
 
     indices: np.ndarray
     seed: tuple[int, ...]
-    pack: bool = False          # answer with a PackedBatch when in a worker (WindowLoader unpacks)
 
 
 def resolve_ready_dir(path: str | Path) -> Path:
@@ -89,7 +89,8 @@ class CompleteHierarchicalDrumDataset(Dataset):
     def __init__(self, store: str | Path, split: str = "train", seq_len: int = 256,
                  stride: int | None = None, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  augment: bool = False, *, max_shift_bars: int | None = None,
-                 velocity_jitter: float = 0.0, seed: int = 0):
+                 velocity_jitter: float = 0.0, seed: int = 0, metrics: list[str] | None = None,
+                 fields: tuple[str, ...] = (), levels: tuple[str, ...] = ()):
         self.ready = resolve_ready_dir(store)
         manifest = json.loads((self.ready / "manifest.json").read_text())
         if split not in manifest["windows"]:
@@ -107,7 +108,16 @@ class CompleteHierarchicalDrumDataset(Dataset):
         self.augment, self.velocity_jitter, self.seed = bool(augment), float(velocity_jitter), int(seed)
         self.max_shift_bars = int(bars_per_phrase if max_shift_bars is None else max_shift_bars)
         self.manifest = manifest
-        self.metric_names = list(manifest["metric_names"])
+        exported = list(manifest["metric_names"])
+        self.metric_names = exported if metrics is None else list(metrics)
+        missing = [n for n in self.metric_names if n not in exported]
+        if missing:
+            raise ValueError(f"{self.ready}: window metrics {missing} were not exported (it holds {exported}); "
+                             "add them to export.metrics and rerun `dvc repro export`")
+        self.fields, self.levels = tuple(fields), tuple(levels)
+        for name, value, allowed in (("fields", self.fields, FIELDS), ("levels", self.levels, LEVELS)):
+            if set(value) - set(allowed):
+                raise ValueError(f"{name} {sorted(set(value) - set(allowed))} unknown; choose from {allowed}")
         self.drum_names = list(manifest["drum_names"])
         self._maps: dict[str, Any] | None = None
         maps = self._open()
@@ -132,17 +142,33 @@ class CompleteHierarchicalDrumDataset(Dataset):
             end_song = np.r_[table[1:, SONG] != table[:-1, SONG], True] if len(table) else new_song
             last = np.minimum.accumulate(np.where(end_song, np.arange(len(table)), len(table))[::-1])[::-1]
             self._maps = {
-                "hits": load("hits.npy"), "velocity": load("velocity.npy"), "table": table,
-                "first": first, "last": last,
+                "hits": load("hits.npy"), "table": table, "first": first, "last": last,
                 "metrics": {n: load(f"metrics/{n}.npy") for n in self.metric_names},
                 "excluded_songs": int(len(np.unique(excluded[:, SONG]))),
                 "excluded_windows": int(len(excluded)),
             }
+            if "velocity" in self.fields:
+                self._maps["velocity"] = load("velocity.npy")
+            if "song" in self.levels:
+                self._maps["song_metrics"] = self._song_table()
         return self._maps
+
+    def _song_table(self) -> dict[str, np.ndarray]:
+        """metrics.zarr song/<name>, [S, ...] each: small (one row per song), read into memory."""
+        import zarr
+
+        path = Path(self.manifest.get("metrics_store", ""))
+        if not (path / "zarr.json").exists():
+            path = self.ready.parent / path.name         # the export moved with its data folder
+        if not (path / "zarr.json").exists():
+            raise FileNotFoundError(f"{self.ready}: levels=('song',) reads song metrics from "
+                                    f"{self.manifest.get('metrics_store')!r}, which is not there")
+        grp = zarr.open_group(str(path), mode="r")["song"]
+        return {name: grp[name][:] for name in sorted(grp.array_keys())}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_maps"] = None   # each worker maps the files itself: nothing big crosses the pipe
+        state["_maps"] = None   # a copy (another process) maps the files itself: nothing big is pickled
         return state
 
     def __len__(self) -> int:
@@ -163,7 +189,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
             batch = self.get_batch(np.array([int(key)]), seed=(self.seed, int(key)))
             return {k: _first(v) for k, v in batch.items()}
         if isinstance(key, BatchRequest):
-            return self.get_batch(np.asarray(key.indices, np.int64), seed=key.seed, pack=key.pack)
+            return self.get_batch(np.asarray(key.indices, np.int64), seed=key.seed)
         idx = np.asarray(key, np.int64)
         return self.get_batch(idx, seed=(self.seed, *idx.tolist()))
 
@@ -171,14 +197,12 @@ class CompleteHierarchicalDrumDataset(Dataset):
         """Batch fetch for `DataLoader(batch_sampler=…)`: the whole batch in one gather."""
         return self[list(indices)]
 
-    def get_batch(self, idx: np.ndarray, seed: tuple[int, ...] = (0,), pack: bool = False) -> dict[str, Any]:
+    def get_batch(self, idx: np.ndarray, seed: tuple[int, ...] = (0,)) -> dict[str, Any]:
         """The batch of windows `idx` as a dict of tensors (see the module docstring).
 
-        One compiled pass copies each window's contiguous rows and fills step, velocity, mask and
-        the bar sums at once; metrics are one `np.take` of rows per metric. All outputs are views
-        of one buffer; in a DataLoader worker it is one shared-memory segment, so handing the batch
-        to the main process copies nothing and passes one file descriptor, not one per tensor
-        (`pack`: return it as a PackedBatch, which WindowLoader unpacks).
+        One compiled pass copies each window's contiguous rows into step (and velocity) and fills
+        the mask; bar/phrase means are two reshapes of step; metrics are one `np.take` of rows per
+        metric. Nothing is gathered that was not asked for.
         """
         m = self._open()
         n = len(m["table"])
@@ -189,34 +213,43 @@ class CompleteHierarchicalDrumDataset(Dataset):
         rng = np.random.default_rng(list(seed)) if self.augment else None
         if rng is not None:
             idx = self._shift(idx, rng, m)
-        t = m["table"][idx]
+        t = m["table"][idx].astype(np.int64)
         B, L, D = len(idx), self.seq_len, self.num_drums
+        step = np.empty((B, L, D), np.float32)
+        mask = np.empty((B, L), np.bool_)
+        want_vel = "velocity" in self.fields
+        vel = np.empty((B, L, D) if want_vel else (0, L, D), np.uint8)
+        _gather_windows(m["hits"], m.get("velocity", m["hits"]), t[:, OFFSET].copy(), t[:, LENGTH].copy(),
+                        step, vel, mask)
+        out: dict[str, Any] = {"step": torch.from_numpy(step), "mask": torch.from_numpy(mask),
+                               "song": torch.from_numpy(t[:, SONG].copy()),
+                               "start": torch.from_numpy(t[:, START].copy())}
+        if want_vel:
+            if rng is not None and self.velocity_jitter > 0:
+                vel[:] = _jitter(vel, step, rng, self.velocity_jitter)
+            out["velocity"] = torch.from_numpy(vel)
+        self._levels(out, step, t)
+        out["metrics"] = {name: torch.from_numpy(_take(arr, t[:, ROW])) for name, arr in m["metrics"].items()}
+        return out
+
+    def _levels(self, out: dict, step: np.ndarray, t: np.ndarray) -> None:
+        """The levels asked for: bar/phrase means of the gathered steps (+ masks), song metrics."""
+        B, L, D = step.shape
         spb, bpp = self.steps_per_bar, self.bars_per_phrase
-        nb, nph = L // spb, L // (spb * bpp)
-        specs = [("step", (B, L, D), torch.float32), ("velocity", (B, L, D), torch.uint8),
-                 ("bar", (B, nb, D), torch.float32), ("phrase", (B, nph, D), torch.float32),
-                 ("mask", (B, L), torch.bool), ("bar_mask", (B, nb), torch.bool),
-                 ("phrase_mask", (B, nph), torch.bool), ("song", (B,), torch.int64), ("start", (B,), torch.int64)]
-        specs += [(f"metrics/{k}", (B, *a.shape[1:]), _TORCH_DTYPES[a.dtype.str]) for k, a in m["metrics"].items()]
-        in_worker = torch.utils.data.get_worker_info() is not None
-        buffer, layout = _arena(specs, shared=in_worker)
-        out = unpack(buffer, layout)
-        step, vel = out["step"].numpy(), out["velocity"].numpy()
-        _gather_windows(m["hits"], m["velocity"], t[:, OFFSET].copy(), t[:, LENGTH].copy(), spb, bpp,
-                        step, vel, out["bar"].numpy(), out["phrase"].numpy(), out["mask"].numpy())
-        if rng is not None and self.velocity_jitter > 0:
-            vel[:] = _jitter(vel, step, rng, self.velocity_jitter)
         length = t[:, LENGTH, None]
-        out["bar_mask"].numpy()[:] = (np.arange(1, nb + 1) * spb)[None, :] <= length
-        out["phrase_mask"].numpy()[:] = (np.arange(1, nph + 1) * spb * bpp)[None, :] <= length
-        out["song"].numpy()[:], out["start"].numpy()[:] = t[:, SONG], t[:, START]
-        for name, arr in m["metrics"].items():
-            dst = out["metrics"][name].numpy()
-            if dst.dtype == arr.dtype:
-                np.take(arr, t[:, ROW], axis=0, out=dst)
-            else:
-                dst[...] = arr[t[:, ROW]]          # widened (see _TORCH_DTYPES)
-        return PackedBatch(buffer, layout) if pack and in_worker else out
+        if "bar" in self.levels or "phrase" in self.levels:
+            bar = step.reshape(B, L // spb, spb, D).mean(2, dtype=np.float32)
+            if "bar" in self.levels:
+                out["bar"] = torch.from_numpy(bar)
+                out["bar_mask"] = torch.from_numpy((np.arange(1, L // spb + 1) * spb)[None, :] <= length)
+            if "phrase" in self.levels:
+                nph = L // (spb * bpp)
+                phrase = bar[:, :nph * bpp].reshape(B, nph, bpp, D).mean(2, dtype=np.float32)
+                out["phrase"] = torch.from_numpy(phrase)
+                out["phrase_mask"] = torch.from_numpy((np.arange(1, nph + 1) * spb * bpp)[None, :] <= length)
+        if "song" in self.levels:
+            out["song_metrics"] = {name: torch.from_numpy(_take(arr, t[:, SONG]))
+                                   for name, arr in self._open()["song_metrics"].items()}
 
     def _shift(self, idx: np.ndarray, rng: np.random.Generator, m: dict) -> np.ndarray:
         """Whole-bar re-windowing: another stored window of the same song, k bar-units away."""
@@ -230,84 +263,35 @@ class CompleteHierarchicalDrumDataset(Dataset):
         return np.where(ok, j, idx)
 
 
-# numpy dtype of a stored metric -> tensor dtype; unsigned wider than 8 bits widens to a signed
-# type (torch's uint16/uint32 support few ops), e.g. bar_hits uint16 -> int32.
-_TORCH_DTYPES = {np.dtype(d).str: getattr(torch, t) for d, t in [
-    ("float32", "float32"), ("float64", "float64"), ("int32", "int32"), ("int64", "int64"),
-    ("int16", "int16"), ("uint8", "uint8"), ("int8", "int8"), ("bool", "bool"), ("float16", "float16"),
-    ("uint16", "int32"), ("uint32", "int64")]}
+FIELDS = ("velocity",)                    # per-step arrays a batch may add to `step`
+LEVELS = ("bar", "phrase", "song")        # coarser levels a batch may carry (metrics: window level)
+
+# numpy dtypes torch handles as they are; other unsigned ones widen to a signed type (torch's
+# uint16/uint32 support few ops), e.g. bar_hits uint16 -> int32.
+_WIDEN = {np.dtype("uint16"): np.int32, np.dtype("uint32"): np.int64}
 
 
-class PackedBatch(NamedTuple):
-    """A batch as one byte buffer + (key, shape, dtype, offset) of each tensor in it; see `unpack`."""
-
-    buffer: torch.Tensor
-    layout: tuple
-
-
-_NUMPY_DTYPES = {getattr(torch, t): np.dtype(t) for t in (
-    "float32", "float64", "int32", "int64", "int16", "uint8", "int8", "bool", "float16")}
-
-
-def _arena(specs, shared: bool) -> tuple[torch.Tensor, tuple]:
-    layout, offset = [], 0
-    for key, shape, dtype in specs:
-        layout.append((key, tuple(shape), dtype, offset))
-        offset += -(-math.prod(shape) * dtype.itemsize // 64) * 64      # 64-byte aligned views
-    if shared:      # allocated in shared memory from the start: no copy when it is sent
-        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(offset, 1)))
-    else:
-        buffer = torch.empty(max(offset, 1), dtype=torch.uint8)
-    return buffer, tuple(layout)
-
-
-def unpack(buffer: torch.Tensor, layout) -> dict[str, Any]:
-    """Views of `buffer`: the batch dict (keys `metrics/<name>` go into the `metrics` dict)."""
-    out: dict[str, Any] = {"metrics": {}}
-    raw = buffer.numpy()        # numpy views are ~3x cheaper to make than torch views; same memory
-    for key, shape, dtype, offset in layout:
-        shape = tuple(shape)
-        np_dtype = _NUMPY_DTYPES[dtype]
-        nbytes = math.prod(shape) * np_dtype.itemsize
-        view = torch.from_numpy(raw[offset:offset + nbytes].view(np_dtype).reshape(shape))
-        if key.startswith("metrics/"):
-            out["metrics"][key[len("metrics/"):]] = view
-        else:
-            out[key] = view
-    return out
+def _take(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of a (mapped) metric array, as a dtype torch takes."""
+    out = np.take(arr, rows, axis=0)
+    return out.astype(_WIDEN[out.dtype]) if out.dtype in _WIDEN else out
 
 
 @njit(cache=True, nogil=True)
-def _gather_windows(hits, velocity, offsets, lengths, spb, bpp, step, vel, bar, phrase, mask):
-    """Copy window b = rows offsets[b] : offsets[b] + lengths[b] (zero padding after), and average bars/phrases.
-
-    bar[b, k] = (1/spb) · Σ_{t in bar k} step[b, t];  phrase[b, p] = (1/bpp) · Σ_{k in phrase p} bar[b, k].
-    """
+def _gather_windows(hits, velocity, offsets, lengths, step, vel, mask):
+    """Copy window b = rows offsets[b] : offsets[b] + lengths[b] into step (and vel when it has
+    rows: velocity was asked for), zero padding after; mask marks the real steps."""
     B, L, D = step.shape
+    want_vel = vel.shape[0] > 0
     for b in range(B):
         a, n = offsets[b], lengths[b]
-        for k in range(bar.shape[1]):
-            for d in range(D):
-                bar[b, k, d] = 0.0
         for t in range(L):
             real = t < n
             mask[b, t] = real
-            k = t // spb
             for d in range(D):
-                h = hits[a + t, d] if real else 0
-                step[b, t, d] = h
-                vel[b, t, d] = velocity[a + t, d] if real else 0
-                if k < bar.shape[1]:
-                    bar[b, k, d] += h
-        for k in range(bar.shape[1]):
-            for d in range(D):
-                bar[b, k, d] /= spb
-        for p in range(phrase.shape[1]):
-            for d in range(D):
-                acc = 0.0
-                for k in range(p * bpp, (p + 1) * bpp):
-                    acc += bar[b, k, d]
-                phrase[b, p, d] = acc / bpp
+                step[b, t, d] = hits[a + t, d] if real else 0
+                if want_vel:
+                    vel[b, t, d] = velocity[a + t, d] if real else 0
 
 
 def _jitter(vel: np.ndarray, hits: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -322,8 +306,6 @@ def _first(v):
 
 def collate(batch: dict[str, Any]) -> dict[str, Any]:
     """A batch dict -> flat tensors (metrics stay a flat dict name -> tensor); tensors pass as they are."""
-    if isinstance(batch, PackedBatch):
-        return batch                    # one buffer crossing from a worker; WindowLoader unpacks it
     out = {}
     for k, v in batch.items():
         if isinstance(v, dict):
@@ -366,7 +348,6 @@ class WindowBatchSampler:
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.epoch, self.position = 0, 0
-        self.pack = False       # set by make_loader when workers hand batches over
 
     def rank_indices(self, epoch: int) -> np.ndarray:
         """This rank's windows for `epoch`, in order."""
@@ -395,7 +376,7 @@ class WindowBatchSampler:
         batches = self.batches(self.epoch)
         for n in range(self.start_position(), len(batches)):
             self.position = n + 1
-            yield BatchRequest(batches[n], (self.seed, self.epoch, self.rank, n), self.pack)
+            yield BatchRequest(batches[n], (self.seed, self.epoch, self.rank, n))
 
     def set_epoch(self, epoch: int) -> None:
         if int(epoch) != self.epoch:
@@ -421,33 +402,23 @@ class WindowLoader(DataLoader):
     as seen; this loader sets `sampler.position` to the batches actually delivered, so a
     checkpoint taken between batches resumes with exactly the unseen windows.
 
-    worker_type="thread" (default): `workers` threads of this process prefetch the next
-    `workers * prefetch_factor` batches into fresh private tensors. The gather is a numba kernel
-    compiled `nogil=True`, so threads overlap with the training loop and nothing crosses a process
-    boundary (a process worker pays for a fresh shared-memory buffer per batch, as long as the
-    gather itself; benchmarks/README.md "Loader"). Threads start with each epoch's iteration and are
-    joined when it ends, breaks or raises. worker_type="process": torch's worker processes (for
-    per-batch work that holds the GIL); batches cross as one shared buffer (PackedBatch).
+    `num_workers` threads of this process prefetch the next `num_workers * prefetch_factor`
+    batches. The gather is a numba kernel compiled `nogil=True`, so threads overlap with the
+    training loop and nothing crosses a process boundary. (Process workers were measured to buy
+    nothing here — benchmarks/README.md "Loader" — and were removed; 0 workers is the default.)
     """
 
-    def __init__(self, dataset, *, num_workers: int = 0, worker_type: str = "thread",
-                 prefetch_factor: int | None = None, **kwargs):
-        if worker_type not in WORKER_TYPES:
-            raise ValueError(f"worker_type must be one of {WORKER_TYPES}, got {worker_type!r}")
+    def __init__(self, dataset, *, num_workers: int = 0, prefetch_factor: int | None = None, **kwargs):
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.workers, self.worker_type = int(num_workers), worker_type
+        self.workers = int(num_workers)
         self.prefetch_factor_threads = int(prefetch_factor or 2)
-        if worker_type == "process" and num_workers > 0:
-            kwargs.setdefault("persistent_workers", True)
-            super().__init__(dataset, num_workers=num_workers, prefetch_factor=prefetch_factor, **kwargs)
-        else:   # torch's loop runs in this process; threads (if any) are ours
-            kwargs.pop("persistent_workers", None)
-            super().__init__(dataset, num_workers=0, **kwargs)
+        kwargs.pop("persistent_workers", None)
+        super().__init__(dataset, num_workers=0, **kwargs)   # torch's loop runs here; threads are ours
 
     @property
     def threaded(self) -> bool:
-        return self.worker_type == "thread" and self.workers > 0
+        return self.workers > 0
 
     def __iter__(self):
         sampler = self.sampler
@@ -455,7 +426,7 @@ class WindowLoader(DataLoader):
         batches = self._thread_batches() if self.threaded else super().__iter__()
         for n, batch in enumerate(batches, start=1):
             sampler.position = start + n
-            yield unpack(*batch) if isinstance(batch, PackedBatch) else batch
+            yield batch
 
     def _fetch(self, request):
         batch = self.collate_fn(self.dataset[request])
@@ -479,32 +450,27 @@ class WindowLoader(DataLoader):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-WORKER_TYPES = ("thread", "process")
-
-
 def _pin(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: _pin(v) if isinstance(v, dict) else v.pin_memory() for k, v in batch.items()}
 
 
 def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, shuffle: bool = True,
-                seed: int = 0, drop_last: bool = False, num_workers: int = 0, worker_type: str = "thread",
+                seed: int = 0, drop_last: bool = False, num_workers: int = 0,
                 pin_memory: bool = False, num_replicas: int | None = None, rank: int | None = None,
                 **kwargs) -> WindowLoader:
     """The loader the trainer uses: one gather per batch, sharded and resumable (`loader.sampler`).
 
-    num_workers prefetching workers of `worker_type` ("thread", default, or "process"); see WindowLoader.
+    num_workers prefetching threads; see WindowLoader.
     """
     sampler = WindowBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                  num_replicas=num_replicas, rank=rank)
-    sampler.pack = num_workers > 0 and worker_type == "process"
     return WindowLoader(dataset, batch_size=None, sampler=sampler, collate_fn=collate,
-                        num_workers=num_workers, worker_type=worker_type, pin_memory=pin_memory, **kwargs)
+                        num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
 
 def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512, steps_per_bar: int = 16,
                                bars_per_phrase: int = 4, batch_size: int = 16, shuffle: bool = True,
-                               augment: bool = False, num_workers: int = 0, *, worker_type: str = "thread",
-                               split: str = "train",
+                               augment: bool = False, num_workers: int = 0, *, split: str = "train",
                                stride: int | None = None, seed: int = 0, drop_last: bool = False,
                                cache_dir: str | Path | None = None, **dataset_kwargs) -> WindowLoader:
     """The seed's one-call entry point: a loader of hierarchical batches from an NPZ folder or a store.
@@ -525,4 +491,4 @@ def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512,
     dataset = CompleteHierarchicalDrumDataset(path, split, seq_len, stride, steps_per_bar, bars_per_phrase,
                                               augment, seed=seed, **dataset_kwargs)
     return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                       num_workers=num_workers, worker_type=worker_type)
+                       num_workers=num_workers)

@@ -93,6 +93,14 @@ def build_terms(rl_cfg) -> list[Term]:
     return terms
 
 
+def window_metrics_needed(rl_cfg) -> list[str]:
+    """The stored window metrics the enabled terms compare with (target `window`): what the
+    dataset must gather into each batch's `metrics`; nothing when rl is off."""
+    if not rl_cfg.get("enabled", False):
+        return []
+    return sorted({t.metric if t.fn is None else t.name for t in build_terms(rl_cfg) if t.target == "window"})
+
+
 def validate(rl_cfg, window) -> None:
     """Raise ConfigError for values that cannot work (called before any training work)."""
     if not rl_cfg.get("enabled", False):

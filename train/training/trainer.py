@@ -129,15 +129,20 @@ def build_data(cfg, d: Dist):
     from train.training.data import CompleteHierarchicalDrumDataset, make_loader
 
     tc, w = cfg.trainer, cfg.window
+    # the batch carries what a consumer reads: the rl terms' window metrics, and the fields and
+    # levels (velocity; bar, phrase, song) the config asks for
     common = dict(seq_len=int(tc.seq_len), stride=int(w.stride), steps_per_bar=int(w.steps_per_bar),
-                  bars_per_phrase=int(w.bars_per_phrase))
-    train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
-                                               seed=int(tc.seed), **common)
-    val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
+                  bars_per_phrase=int(w.bars_per_phrase), metrics=rewards.window_metrics_needed(cfg.rl),
+                  fields=tuple(tc.get("fields", ())), levels=tuple(tc.get("levels", ())))
+    try:    # a window that differs from the export's, a metric it lacks: config errors (exit 2)
+        train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
+                                                   seed=int(tc.seed), **common)
+        val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     # A private generator: creating a loader iterator must not draw from the global torch RNG,
     # or a run resumed mid-epoch would see a different random stream than an uninterrupted one.
-    loader_kw = dict(num_workers=int(tc.num_workers), worker_type=str(tc.get("worker_type", "thread")),
-                     num_replicas=d.world_size, rank=d.rank,
+    loader_kw = dict(num_workers=int(tc.num_workers), num_replicas=d.world_size, rank=d.rank,
                      generator=torch.Generator().manual_seed(int(tc.seed)))
     train = make_loader(train_ds, int(tc.batch_size), shuffle=True, seed=int(tc.seed), drop_last=True, **loader_kw)
     val = make_loader(val_ds, int(tc.batch_size), shuffle=False, drop_last=False, **loader_kw)

@@ -1,0 +1,91 @@
+"""`python -m train.generate` end to end: how much of its wall time is sampling; prints JSON.
+
+    python benchmarks/startup.py [--bars 16] [--samples 4] [--repeat 3]
+
+A checkpoint of the default model config (conf/model/gru.yaml, untrained: sampling costs the same)
+is saved once; then `python -m train.generate … generate.bars=16` runs in a fresh interpreter per
+case, with and without pictures (`generate.plots`), `--repeat` times. The child reports its phase
+times (train.generate.run's `timings`) and how long the interpreter took to get there (imports,
+Hydra); the parent measures the whole process. Figures: benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+import hydra, train.generate as g
+from omegaconf import DictConfig
+import pipeline.config
+@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="generate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    t1 = time.perf_counter()
+    result = g.run(cfg)
+    print(json.dumps({"to_run_s": round(t1 - t0, 3), **result["timings"]}))
+sys.argv = ["generate", *sys.argv[1:]]
+main()
+"""
+
+
+def make_checkpoint(path: Path) -> Path:
+    import torch
+
+    from pipeline.config import compose
+    from pipeline.drums import DrumMap
+    from train.training.checkpoint import save_checkpoint
+    from train.training.trainer import build_model
+
+    cfg = compose([])
+    torch.manual_seed(0)
+    dm = DrumMap.default()
+    model = build_model(cfg, dm.num_drums)
+    from omegaconf import OmegaConf
+    ckpt = {"model": model.state_dict(), "model_config": model.config,
+            "config": OmegaConf.to_container(cfg, resolve=True), "drum_names": list(dm.names),
+            "drum_pitches": list(dm.pitches), "steps_per_quarter": 4, "epoch": 0, "global_step": 0}
+    return save_checkpoint(path, ckpt)
+
+
+def one(ckpt: Path, out: Path, bars: int, samples: int, plots: bool) -> dict:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", CHILD, f"checkpoint={ckpt}", f"generate.out_dir={out}",
+                        f"generate.bars={bars}", f"generate.num_samples={samples}", f"generate.plots={plots}",
+                        f"hydra.run.dir={out}/hydra"], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    child = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 3), **child,
+            "outside_sampling_fraction": round(1 - child["sample_s"] / wall, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bars", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    ckpt = make_checkpoint(work / "best.pt")
+    print(json.dumps({"load_avg": os.getloadavg(), "bars": args.bars, "samples": args.samples}))
+    for plots in (True, False):
+        runs = [one(ckpt, work / "out", args.bars, args.samples, plots) for _ in range(args.repeat)]
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(json.dumps({"plots": plots, "median": med, "runs": runs, "load_avg": os.getloadavg()}))
+
+
+if __name__ == "__main__":
+    main()
