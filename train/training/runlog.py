@@ -69,6 +69,10 @@ def check_loggers(tc) -> list[str]:
     return problems
 
 
+def plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -140,14 +144,14 @@ class WandbLogger(Logger):
     def __init__(self, run_dir: Path, config: dict, tc, run_id: str | None, **_):
         import wandb
 
-        wc = tc.get("wandb") or {}
+        wc = plain(tc.get("wandb"))
         mode = wc.get("mode") or os.environ.get("WANDB_MODE") or (
             "online" if os.environ.get("WANDB_API_KEY") else "offline")
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=wc.get("project") or "hierdrums", entity=wc.get("entity"),
                               name=str(tc.run_name), dir=str(run_dir), id=run_id,
                               resume="allow" if run_id else None, mode=mode, config=config,
-                              settings=wandb.Settings(**OmegaConf.to_container(wc.get("settings") or {})))
+                              settings=wandb.Settings(**(wc.get("settings") or {})))
         self.run_id = self.run.id
         # steps on their own axis: a resumed run repeats the steps after its checkpoint, which
         # wandb's own `step` would drop as going backwards
@@ -175,7 +179,7 @@ class MlflowLogger(Logger):
     def __init__(self, run_dir: Path, config: dict, tc, run_id: str | None, **_):
         from mlflow.tracking import MlflowClient
 
-        mc = tc.get("mlflow") or {}
+        mc = plain(tc.get("mlflow"))
         run_dir.mkdir(parents=True, exist_ok=True)
         uri = mc.get("tracking_uri") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)

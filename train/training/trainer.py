@@ -6,10 +6,10 @@ loop wraps the model in DDP (gloo on CPU, nccl on GPU). Per optimizer step:
   unscale → clip → optimizer step → scheduler step → log → (validate) → (checkpoint).
 Per epoch: validate, log, checkpoint (last / every n / best k), early-stopping check.
 
-Loss averaging across ranks: each rank's loss is a mean over its real (unmasked) steps; it is
-scaled by n_rank / mean_r(n_r) before backward, so DDP's gradient average equals the gradient of
-the mean over all real steps of the global batch (exact when ranks hold different amounts of
-padding, too).
+Loss averaging over micro-batches and ranks: each micro-batch's loss is a mean over its n_ri real
+(unmasked) steps; it is scaled by n_ri / mean_r(Σ_i n_ri) before backward, so the accumulated,
+DDP-averaged gradient is the gradient of the mean over all real steps of the global batch, however
+the padding falls across micro-batches and ranks (docs/training.md says what matches exactly).
 """
 from __future__ import annotations
 
@@ -461,25 +461,28 @@ def save(p: Parts, state: Progress, ckpt_dir: Path, names: list[str], d: Dist, v
 def train_step(p: Parts, batches, micro: int, clip: float, d: Dist) -> tuple[dict, torch.Tensor, float]:
     """One optimizer step over `micro` micro-batches; returns (mean logs per term, grad norm, data wait s).
 
-    Gradients sync across ranks only on the last micro-batch (`no_sync` before it).
+    Each micro-batch's loss (a mean over its real steps) is weighted by its share of the real steps
+    of the whole step (all micro-batches, all ranks), so the gradient is that of the mean over every
+    real step whatever the padding (module docstring). Gradients sync across ranks only on the
+    last micro-batch (`no_sync` before it).
     """
-    wait = 0.0
+    tw = time.perf_counter()
+    micro_batches = [to_device(next(batches), d.device) for _ in range(micro)]   # counts come first
+    wait = time.perf_counter() - tw
+    n = [real_steps(b) for b in micro_batches]
+    n_local = torch.stack(n).sum()
+    n_mean = all_reduce_mean(d, n_local) if d.enabled else n_local   # mean over ranks of Σ_i n_ri
     step_logs: dict[str, float] = {}
-    for i in range(micro):
-        tw = time.perf_counter()
-        batch = to_device(next(batches), d.device)
-        wait += time.perf_counter() - tw
-        n_local = real_steps(batch)
-        share = n_local / all_reduce_mean(d, n_local) if d.enabled else 1.0   # see the module docstring
+    for i, batch in enumerate(micro_batches):
         sync = i == micro - 1 or not d.enabled
         with (contextlib.nullcontext() if sync else p.model.no_sync()):
             with p.autocast():
                 loss, terms, step_logits = forward_loss(p.model, p.raw_model, batch, p.weights)
                 if p.shaper is not None:
                     loss, terms = shape_rewards(p, loss, terms, step_logits, batch, step_logs)
-            p.scaler.scale(loss * share / micro).backward()
-        for k, v in {"loss": loss, **terms}.items():
-            step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) / micro
+            p.scaler.scale(loss * (n[i] / n_mean)).backward()
+        for k, v in {"loss": loss, **terms}.items():   # this rank's mean over its real steps
+            step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) * float(n[i] / n_local.clamp_min(1))
     if p.shaper is not None:
         p.shaper.sync_grads()   # learned reward weights sit outside DDP: average them here
     p.scaler.unscale_(p.optimizer)
