@@ -293,3 +293,113 @@ def test_drum_info_reports_a_broken_manifest_and_survives_a_missing_store(tiny, 
     (ready / "manifest.json").write_text("{not json")
     with pytest.raises(ConfigError, match="manifest.json: unreadable"):
         trainer.drum_info(cfg, ready)
+
+
+# --- item 14: REINFORCE on-policy; ioi_var compares like with like --------------------------------
+
+def _rl(*extra):
+    from train.training import rewards
+
+    cfg = compose(["rl=reinforce", "window.seq_len=64", "rl.prime_steps=16", "rl.sample_steps=32",
+                   "rl.terms.density.weight=0", "rl.terms.ioi_var.weight=1.0", *extra])
+    return cfg, rewards.build(cfg.rl, cfg.window)
+
+
+def _real_batch(B=3, L=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    step = (torch.rand(B, L, 9, generator=g) < 0.2).float()
+    return {"step": step, "mask": torch.ones(B, L, dtype=torch.bool), "start": torch.zeros(B, dtype=torch.long),
+            "metrics": {"ioi_var": torch.full((B, 9), 99.0)}}     # a stored value far from any span's
+
+
+def test_reinforce_scores_log_probs_in_the_mode_it_sampled():
+    cfg, shaper = _rl("model.dropout=0.5", "model.step_hidden_dim=16", "model.bar_hidden_dim=8",
+                      "model.phrase_hidden_dim=8")
+    model = trainer.build_model(cfg, num_drums=9).train()
+    modes, forward = [], model.forward
+    model.forward = lambda *a, **k: (modes.append(model.training), forward(*a, **k))[1]
+    loss, _ = shaper.reinforce(model, _real_batch())
+    assert modes == [False]                # generate samples in eval mode: the scoring forward too
+    assert model.training and loss.requires_grad
+
+
+def test_ioi_var_window_target_is_the_same_measure_of_the_real_steps():
+    from kernels import window_metrics
+
+    cfg, shaper = _rl("model.step_hidden_dim=16", "model.bar_hidden_dim=8", "model.phrase_hidden_dim=8")
+    batch = _real_batch(B=1)
+    _, logs = shaper.reinforce(trainer.build_model(cfg, num_drums=9), batch)
+    span = batch["step"][0, 16:48].numpy().astype("uint8")       # the real steps the sample replaces
+    target = float(window_metrics(span, seq_len=32, stride=32, steps_per_bar=16, beats_per_bar=4)["ioi_var"][0].mean())
+    assert logs["reward/ioi_var_r"] == pytest.approx(-abs(logs["reward/ioi_var"] - target), rel=1e-5)
+
+    # surrogate: predictions equal to the real next steps are at distance 0, whatever is stored
+    cfg = compose(["rl=surrogate", "window.seq_len=64", "rl.terms.density.weight=0", "rl.terms.ioi_var.weight=1.0"])
+    from train.training import rewards
+
+    shaper = rewards.build(cfg.rl, cfg.window)
+    batch = _real_batch(B=2)
+    logits = torch.zeros(2, 64, 9)
+    logits[:, :-1] = 40 * (2 * batch["step"][:, 1:] - 1)           # logits[:, t] predict step t+1
+    _, logs = shaper.surrogate(logits, batch)
+    assert abs(logs["reward/ioi_var_r"]) < 1e-3 and logs["reward/ioi_var"] > 1
+
+
+# --- item 16: a MIDI prime in another meter -------------------------------------------------------
+
+def test_midi_prime_in_another_meter_is_an_error_naming_it(tmp_path):
+    import numpy as np
+
+    from pipeline.drums import DrumMap
+    from pipeline.midi import write_midi
+    from train.generate.run import load_prime
+
+    dm = DrumMap.default()
+    hits = np.zeros((48, dm.num_drums), np.uint8)
+    hits[::4, 0] = 1
+    waltz = write_midi(tmp_path / "waltz.mid", hits, drum_map=dm, beats_per_bar=3)
+    with pytest.raises(ValueError, match=r"waltz.mid: the prime is in 3-beat bars of 12 steps.*16 steps"):
+        load_prime(waltz, dm, steps_per_quarter=4, steps_per_bar=16)
+    four = write_midi(tmp_path / "four.mid", hits, drum_map=dm, beats_per_bar=4)
+    assert load_prime(four, dm, steps_per_quarter=4, steps_per_bar=16)[0].shape == (48, dm.num_drums)
+
+
+# --- item 18: the default tune space fits its objective -------------------------------------------
+
+def test_default_tune_space_matches_its_objective():
+    from train.tune import study
+
+    cfg = study.compose([])
+    study.check_space(cfg, cfg.tune.space)
+    paths = [p for spec in cfg.tune.space.values() for p in study.space_paths(spec)]
+    assert not [p for p in paths if p.startswith("rl")] and "rl.enabled=true" not in cfg.tune.trial_overrides
+    rewards_cfg = study.compose(["tune=rewards"])                 # reward weights: judged by generated windows
+    study.check_space(rewards_cfg, rewards_cfg.tune.space)
+    assert rewards_cfg.tune.objective.generated.weight > 0 and "rl_weight" in rewards_cfg.tune.space
+    bad = study.compose(["+tune.space.w={path: rl.weight, type: float, low: 0.0, high: 1.0}"])
+    with pytest.raises(ValueError, match=r"tune.space \['w'\] search reward shaping"):
+        study.check_space(bad, bad.tune.space)
+
+
+# --- issue 19: the rest of the trainer-config guide -----------------------------------------------
+
+def test_strict_deterministic_raises_where_deterministic_warns():
+    try:
+        trainer.seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        trainer.seed_everything(0, deterministic=False, strict=True)
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_model_structure_and_profiler_dir(tiny, tmp_path, capsys):
+    fit(_cfg(tiny, tmp_path / "run", "trainer.max_epochs=1", "trainer.log_model_structure=true",
+             "trainer.profile=true", f"trainer.profiler_dir={tmp_path / 'prof'}"))
+    out = capsys.readouterr().out
+    model = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    total = sum(t.numel() for t in model.values())
+    assert "HierarchicalDrumModel(" in out and f"parameters: {total:,} (step " in out
+    assert " bar " in out and " phrase " in out and " heads " in out
+    assert list((tmp_path / "prof").glob("*.pt.trace.json*"))           # the trace went where asked
+    assert not (tmp_path / "run" / "profile").exists()

@@ -2,7 +2,8 @@
 
 Each term compares a metric of what the model produces with a target:
 
-    r_i = −|m_i − target_i|      (target a number, or `window`: the window's own stored metric)
+    r_i = −|m_i − target_i|      (target a number, or `window`: the window's own stored metric;
+                                  for ioi_var the same measure of the real steps the output stands for)
     r_i = m_i                    (target null: maximise the metric)
     R   = Σ_i w_i · r_i          (per window)
 
