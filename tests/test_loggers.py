@@ -155,3 +155,13 @@ def test_a_missing_client_is_a_config_error_naming_the_extra(tiny, tmp_path, nam
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"pip install 'hierdrums[{name}]'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_mlflow_resume_into_a_store_without_the_run_starts_a_new_one(tiny, tmp_path, capsys):
+    from train.training.runlog import MlflowLogger
+
+    cfg = compose([*tiny, f"trainer.run_dir={tmp_path}"])
+    lg = MlflowLogger(run_dir=tmp_path, config={"a": {"b": 1}}, tc=cfg.trainer, run_id="0" * 32)
+    lg.close("FINISHED")
+    assert lg.run_id != "0" * 32 and f"MLflow run {'0' * 32} of the checkpoint is not in" in capsys.readouterr().err
+    assert lg.client.get_run(lg.run_id).data.params == {"a.b": "1"}

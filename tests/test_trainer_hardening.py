@@ -98,7 +98,7 @@ def _foreign_pickle(path):
 
 
 @pytest.mark.parametrize("make, expect", [
-    (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "not a readable checkpoint"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "truncated or not a torch file"),
     (_foreign_pickle, "Python objects beyond tensors"),
     (lambda p: torch.save({"model": {}}, p), "not a hierdrums training checkpoint"),
 ])

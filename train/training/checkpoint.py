@@ -43,12 +43,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         # torch's own message advises weights_only=False, which would run any code the file holds
         found = re.search(r"GLOBAL (\S+)|global (\S+)", str(e))
         what = f" (it references {next(g for g in found.groups() if g)})" if found else ""
-        raise ValueError(f"{path}: holds Python objects beyond tensors and plain data{what}, which a safe "
+        raise ValueError(f"{path}: not a loadable checkpoint: it holds Python objects beyond tensors and plain data{what}, which a safe "
                          "(weights-only) load refuses; it was not written by hierdrums, or is damaged. "
                          "Never load an untrusted file unsafely") from None
     except Exception as e:  # truncated, empty, not a torch file at all
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path}: not a readable checkpoint: truncated or not a torch file "
+        raise ValueError(f"{path}: not a loadable checkpoint: truncated or not a torch file "
                          f"({type(e).__name__}: {reason[:200]})") from None
 
 

@@ -188,15 +188,26 @@ class MlflowLogger(Logger):
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
             name, artifact_location=(run_dir / "mlartifacts").resolve().as_uri())
         params = {k: str(v)[:6000] for k, v in flatten(config).items()}
-        if run_id:                                   # a resumed run: the same MLflow run again
+        logged = self._logged_params(run_id, uri) if run_id else None
+        if logged is not None:                       # a resumed run: the same MLflow run again
             self.client.update_run(run_id, status="RUNNING")
-            logged = self.client.get_run(run_id).data.params
             params = {k: v for k, v in params.items() if k not in logged}   # MLflow params never change
         else:
             run_id = self.client.create_run(exp_id, run_name=str(tc.run_name)).info.run_id
         self.run_id = run_id
         self._log_params(params)
         self.client.set_tag(run_id, "checkpoint_dir", str(Path(tc.checkpoint_dir).resolve()))
+
+    def _logged_params(self, run_id: str, uri: str) -> dict | None:
+        """The params of the stored run, or None (with a warning) when this store does not hold it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).data.params
+        except MlflowException:
+            print(f"warning: MLflow run {run_id} of the checkpoint is not in {uri}: starting a new run",
+                  file=sys.stderr, flush=True)
+            return None
 
     def _log_params(self, params: dict) -> None:
         from mlflow.entities import Param
