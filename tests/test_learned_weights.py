@@ -128,7 +128,7 @@ def test_optuna_space_entry_from_the_docs_reaches_the_trainer(tiny):
     from train.tune.study import check_space, param_overrides
 
     space = {"learn_weights": {"path": "rl.learn_weights", "type": "categorical", "choices": [False, True]}}
-    base = compose(tiny + ["rl=surrogate"])
+    base = compose(tiny + ["rl=surrogate", "tune=rewards"])   # reward settings: the objective judging them
     check_space(base, space)
     cfg = compose(tiny + ["rl=surrogate", *param_overrides(space, {"learn_weights": True})])
     assert cfg.rl.learn_weights is True

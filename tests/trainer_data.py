@@ -16,12 +16,14 @@ from pipeline.store import Song, write_store
 SEQ_LEN, STRIDE = 64, 16
 
 
-def grooves(num_songs: int = 16, bars: int = 8, seed: int = 0) -> list[Song]:
+def grooves(num_songs: int = 16, bars: int = 8, seed: int = 0, short_bars: int = 0) -> list[Song]:
+    """`short_bars` > 0: every third song has that many bars only (with 64-step windows and
+    short_bars < 4, a padded window)."""
     rng = np.random.default_rng(seed)
     D, spb = 9, 16
     songs = []
     for i in range(num_songs):
-        T = bars * spb
+        T = (short_bars if short_bars and i % 3 == 0 else bars) * spb
         hits = np.zeros((T, D), np.uint8)
         hh_every = 2 if i % 2 else 4
         hits[::hh_every, 2] = 1                   # closed hi-hat
@@ -34,7 +36,7 @@ def grooves(num_songs: int = 16, bars: int = 8, seed: int = 0) -> list[Song]:
     return songs
 
 
-def build_tiny_ready(root: Path, num_songs: int = 16, bars: int = 8) -> list[str]:
+def build_tiny_ready(root: Path, num_songs: int = 16, bars: int = 8, short_bars: int = 0) -> list[str]:
     """Build root/{store.zarr,metrics.zarr,ready} with the real stage code; return the overrides
     that point the trainer at it (tiny model, tiny trainer)."""
     from pipeline.export import export
@@ -43,8 +45,8 @@ def build_tiny_ready(root: Path, num_songs: int = 16, bars: int = 8) -> list[str
     overrides = [f"paths.data_dir={root}", f"paths.runs={root}/runs", f"window.seq_len={SEQ_LEN}",
                  f"window.stride={STRIDE}", "metrics.num_workers=1"]
     if not (root / "ready" / "manifest.json").exists():
-        attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": f"tiny-{num_songs}-{bars}"}
-        write_store(root / "store.zarr", grooves(num_songs, bars), attrs, chunk_steps=256)
+        attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": f"tiny-{num_songs}-{bars}-{short_bars}"}
+        write_store(root / "store.zarr", grooves(num_songs, bars, short_bars=short_bars), attrs, chunk_steps=256)
         cfg = compose(overrides)
         run_metrics(cfg)
         export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=SEQ_LEN, stride=STRIDE)

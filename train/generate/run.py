@@ -37,8 +37,11 @@ def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
     return DrumMap(tuple(names), tuple(pitches), {p: i for i, p in enumerate(pitches)})
 
 
-def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int) -> tuple[np.ndarray, float | None]:
-    """Hits [T, D] (uint8 0/1) and the tempo (MIDI only) of a prime file."""
+def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
+               steps_per_bar: int | None = None) -> tuple[np.ndarray, float | None]:
+    """Hits [T, D] (uint8 0/1) and the tempo (MIDI only) of a prime file. A MIDI prime whose time
+    signature gives bars of another length than `steps_per_bar` (the model's) is an error: the
+    model would read it re-barred, its beats in the wrong places."""
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
@@ -60,6 +63,10 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int) -> t
         from pipeline.midi import read_midi
 
         roll = read_midi(path, drum_map, steps_per_quarter)
+        if steps_per_bar is not None and int(roll.steps_per_bar) != int(steps_per_bar):
+            raise ValueError(f"{path}: the prime is in {roll.beats_per_bar}-beat bars of {roll.steps_per_bar} "
+                             f"steps, the model was trained on bars of {steps_per_bar} steps; use a prime "
+                             "in the model's meter (or an NPZ prime, read as the model's bars)")
         bpm = getattr(roll, "bpm", None)
         return (np.asarray(roll.hits) > 0).astype(np.uint8), (float(bpm) if bpm else None)
     raise ValueError(f"{path}: a prime must be a .mid/.midi or .npz file")
@@ -121,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
                          f"num_samples={g.num_samples}, length={length}")
     prime, prime_bpm = None, None
     if g.prime:
-        prime, prime_bpm = load_prime(g.prime, drum_map, spq)
+        prime, prime_bpm = load_prime(g.prime, drum_map, spq, spb)
         prime = prime[: int(g.prime_bars) * spb]
     bpm = float(g.bpm or prime_bpm or 120.0)
     lap("load")

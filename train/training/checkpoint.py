@@ -8,6 +8,7 @@ optimizer, scheduler, scaler, epoch, global_step, batch_in_epoch, sampler, rng, 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -38,8 +39,17 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise FileNotFoundError(f"{path}: no checkpoint here")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which and why
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+    except pickle.UnpicklingError as e:
+        # torch's own message advises weights_only=False, which would run any code the file holds
+        found = re.search(r"GLOBAL (\S+)|global (\S+)", str(e))
+        what = f" (it references {next(g for g in found.groups() if g)})" if found else ""
+        raise ValueError(f"{path}: not a loadable checkpoint: it holds Python objects beyond tensors and plain data{what}, which a safe "
+                         "(weights-only) load refuses; it was not written by hierdrums, or is damaged. "
+                         "Never load an untrusted file unsafely") from None
+    except Exception as e:  # truncated, empty, not a torch file at all
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a loadable checkpoint: truncated or not a torch file "
+                         f"({type(e).__name__}: {reason[:200]})") from None
 
 
 def load_model(path: str | os.PathLike, map_location="cpu"):
@@ -113,18 +123,26 @@ def best_name(epoch: int, loss: float) -> str:
     return f"best_epoch_{epoch}_loss_{loss:.4f}.pt"
 
 
-def update_top_k(directory: Path, top: list, epoch: int, loss: float, k: int) -> tuple[list, bool]:
-    """Decide whether (epoch, loss) enters the best-k list; delete files that drop out.
+def rank_top_k(top: list, epoch: int, loss: float, k: int) -> tuple[list, bool, list[str]]:
+    """Decide whether (epoch, loss) enters the best-k list, deleting nothing.
 
-    `top` is a list of [loss, epoch, filename] sorted best first. Returns (new list, keep this one?).
-    The caller writes the new file when asked to; k = -1 keeps all, k = 0 none.
+    `top` is a list of [loss, epoch, filename] sorted best first. Returns (new list, keep this one?,
+    names of the files that dropped out: the caller deletes them once its new state is committed).
+    k = -1 keeps all, k = 0 none.
     """
     if k == 0 or not np.isfinite(loss):
-        return top, False
+        return top, False, []
     entry = [float(loss), int(epoch), best_name(epoch, loss)]
     new = sorted(top + [entry], key=lambda e: (e[0], e[1]))
+    dropped = []
     if k > 0:
         new, dropped = new[:k], new[k:]
-        for _, _, name in dropped:
-            (directory / name).unlink(missing_ok=True)
-    return new, entry in new
+    return new, entry in new, [name for _, _, name in dropped if name != entry[2]]
+
+
+def update_top_k(directory: Path, top: list, epoch: int, loss: float, k: int) -> tuple[list, bool]:
+    """rank_top_k, deleting the files that drop out at once. Returns (new list, keep this one?)."""
+    new, keep, dropped = rank_top_k(top, epoch, loss, k)
+    for name in dropped:
+        (directory / name).unlink(missing_ok=True)
+    return new, keep

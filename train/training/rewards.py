@@ -2,7 +2,8 @@
 
 Each term compares a metric of what the model produces with a target:
 
-    r_i = −|m_i − target_i|      (target a number, or `window`: the window's own stored metric)
+    r_i = −|m_i − target_i|      (target a number, or `window`: the window's own stored metric;
+                                  for ioi_var the same measure of the real steps the output stands for)
     r_i = m_i                    (target null: maximise the metric)
     R   = Σ_i w_i · r_i          (per window)
 
@@ -257,9 +258,11 @@ class RewardShaper:
             adv = adv / (self.var ** 0.5 + EPS)
         return adv
 
-    def _target(self, term: Term, batch: dict, like: torch.Tensor) -> torch.Tensor | None:
+    def _target(self, term: Term, batch: dict, like: torch.Tensor, real: dict) -> torch.Tensor | None:
         if term.target is None:
             return None
+        if term.target == "window" and term.name in real:   # the same measure of the real steps
+            return real[term.name].to(like.device, like.dtype)
         if term.target == "window":
             stored = batch.get("metrics", {}).get(term.metric if term.fn is None else term.name)
             if stored is None:
@@ -269,13 +272,14 @@ class RewardShaper:
             return stored.reshape(stored.shape[0], -1).mean(-1)
         return torch.full_like(like, term.target)
 
-    def _combine(self, values: dict[str, torch.Tensor], batch: dict):
-        """(R per window, logs, {term: r_i per window}); R weighs r_i by the fixed or learned w_i."""
+    def _combine(self, values: dict[str, torch.Tensor], batch: dict, real: dict | None = None):
+        """(R per window, logs, {term: r_i per window}); R weighs r_i by the fixed or learned w_i.
+        `real`: {term: the same metric of the real steps}, the `window` target of those terms."""
         learned = self.weighting.weights() if self.weighting is not None else {}
         total, logs, rs = 0.0, {}, {}
         for term in self.terms:
             v = values[term.name]
-            tgt = self._target(term, batch, v)
+            tgt = self._target(term, batch, v, real or {})
             r = v if tgt is None else -(v - tgt).abs()
             total = total + learned.get(term.name, term.weight) * r
             rs[term.name] = r
@@ -306,7 +310,11 @@ class RewardShaper:
             else:
                 values[term.name] = term.fn(p * mask.unsqueeze(-1), start=start + 1,
                                             steps_per_bar=self.spb, beats_per_bar=self.bpb)
-        reward, logs, rs = self._combine(values, batch)
+        # ioi_var's `window` target: the same capped expectation of the real next steps, not the
+        # stored metric of the whole window (which counts every gap, however long)
+        real = {t.name: expected_ioi_var(batch["step"][:, 1:L + 1].to(p.device, p.dtype), mask, self.max_gap)
+                for t in self.terms if t.metric == "ioi_var" and t.target == "window" and "step" in batch}
+        reward, logs, rs = self._combine(values, batch, real)
         logs["reward/total"] = float(reward.detach().mean())
         if self.weighting is not None:
             return self._learned_loss(rs, detach=False), logs
@@ -344,12 +352,29 @@ class RewardShaper:
         with torch.no_grad():   # sampled under the same bar phase (start) as it is scored below
             seq = model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed, start=start)
         seq = seq[:, :self.prime + self.sample].to(step.dtype)
-        logits = model(seq[:, :-1], start=start)[0]
+        # scored in the mode it was sampled in (generate runs in eval mode): with dropout on, the
+        # log-probabilities would be another policy's, and the gradient off-policy
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(seq[:, :-1], start=start)[0]
+        finally:
+            model.train(was_training)
         cont = seq[:, self.prime:]
         cont_logits = logits[:, self.prime - 1:].float()                # logits[:, t] predict step t+1
         logp = -F.binary_cross_entropy_with_logits(cont_logits, cont.float(), reduction="none").sum((1, 2))
         values = self._score(cont, start + self.prime)
-        reward, logs, rs = self._combine({k: v.to(step.device) for k, v in values.items()}, batch)
+        # ioi_var's `window` target: the kernel's ioi_var of the real steps of the sampled span
+        # (same length, same kernel), not of the whole stored window
+        like = [t for t in self.terms if t.metric == "ioi_var" and t.target == "window"]
+        real = {}
+        if like:
+            span = step[:, self.prime:self.prime + self.sample]
+            if "mask" in batch:
+                span = span * batch["mask"][:, self.prime:self.prime + self.sample, None].to(span.dtype)
+            real_values = self._score((span > 0).to(step.dtype), start + self.prime)
+            real = {t.name: real_values[t.name].to(step.device) for t in like}
+        reward, logs, rs = self._combine({k: v.to(step.device) for k, v in values.items()}, batch, real)
         mean_r = float(self.reduce_mean(reward.mean().detach()))
         b = mean_r if self.baseline is None else self.baseline
         adv = self.advantage(reward, b)

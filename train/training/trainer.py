@@ -6,10 +6,10 @@ loop wraps the model in DDP (gloo on CPU, nccl on GPU). Per optimizer step:
   unscale → clip → optimizer step → scheduler step → log → (validate) → (checkpoint).
 Per epoch: validate, log, checkpoint (last / every n / best k), early-stopping check.
 
-Loss averaging across ranks: each rank's loss is a mean over its real (unmasked) steps; it is
-scaled by n_rank / mean_r(n_r) before backward, so DDP's gradient average equals the gradient of
-the mean over all real steps of the global batch (exact when ranks hold different amounts of
-padding, too).
+Loss averaging over micro-batches and ranks: each micro-batch's loss is a mean over its n_ri real
+(unmasked) steps; it is scaled by n_ri / mean_r(Σ_i n_ri) before backward, so the accumulated,
+DDP-averaged gradient is the gradient of the mean over all real steps of the global batch, however
+the padding falls across micro-batches and ranks (docs/training.md says what matches exactly).
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.lock import run_dir_lock
 from train.training import distributed, rewards
-from train.training.checkpoint import (best_name, load_checkpoint, rng_state, save_checkpoint,
-                              set_rng_state, update_top_k)
+from train.training.checkpoint import (best_name, load_checkpoint, rank_top_k, rng_state, save_checkpoint,
+                                       set_rng_state)
 from train.training.distributed import Dist, all_reduce_mean
-from train.training.runlog import EpochStats, RunLog, write_run_files
+from train.training.runlog import EpochStats, LogWindow, RunLog, check_loggers, write_run_files, write_text
 from train.training.optim import ConfigError, build_optimizer, build_scheduler, optimizer_class
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -97,8 +97,37 @@ def validate_config(cfg: DictConfig) -> None:
             check()
         except ConfigError as e:
             problems.append(str(e))
+    problems += check_model(cfg) + check_loggers(tc)
     if problems:
         raise ConfigError("bad config:\n  - " + "\n  - ".join(problems))
+
+
+def model_kwargs(cfg, num_drums: int) -> tuple[dict, list[str]]:
+    """(constructor kwargs of the model from cfg.model and the window, unknown model.* keys)."""
+    from train.training.model import HierarchicalDrumModel
+
+    params = set(inspect.signature(HierarchicalDrumModel.__init__).parameters) - {"self"}
+    given = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs = {k: v for k, v in given.items() if k in params}
+    kwargs.update(num_drums=num_drums, steps_per_bar=int(cfg.window.steps_per_bar),
+                  bars_per_phrase=int(cfg.window.bars_per_phrase))
+    return kwargs, sorted(set(given) - params)
+
+
+def check_model(cfg) -> list[str]:
+    """Model config problems before any data is read: unknown keys (a typo would otherwise be
+    dropped silently) and values the model rejects (built on the meta device: no memory, no time)."""
+    from train.training.model import HierarchicalDrumModel
+
+    kwargs, unknown = model_kwargs(cfg, num_drums=1)
+    known = sorted(inspect.signature(HierarchicalDrumModel.__init__).parameters.keys() - {"self", "num_drums"})
+    problems = [f"model.{k}: unknown model key (known: {', '.join(known)})" for k in unknown]
+    try:
+        with torch.device("meta"):
+            HierarchicalDrumModel(**kwargs)
+    except (ValueError, TypeError, ArithmeticError, RuntimeError) as e:
+        problems.append(f"model: {e}")
+    return problems
 
 
 def _check_scheduler(tc) -> None:
@@ -115,13 +144,15 @@ def set_threads(num_threads: int) -> None:
         torch.set_num_threads(num_threads)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, strict: bool = False) -> None:
+    """Seed python, numpy and torch. `deterministic`: deterministic algorithms, warning where an
+    op has none; `strict`: the same, raising there instead."""
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
-    if deterministic:
+    if deterministic or strict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=not strict)
         torch.backends.cudnn.benchmark = False
 
 
@@ -158,11 +189,24 @@ def build_data(cfg, d: Dist):
 def build_model(cfg, num_drums: int) -> torch.nn.Module:
     from train.training.model import HierarchicalDrumModel
 
-    params = inspect.signature(HierarchicalDrumModel.__init__).parameters
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k in params}
-    kwargs.update(num_drums=num_drums, steps_per_bar=int(cfg.window.steps_per_bar),
-                  bars_per_phrase=int(cfg.window.bars_per_phrase))
-    return HierarchicalDrumModel(**{k: v for k, v in kwargs.items() if k in params})
+    return HierarchicalDrumModel(**model_kwargs(cfg, num_drums)[0])
+
+
+def model_structure(model: torch.nn.Module) -> str:
+    """The module tree and the parameter count per level (trainer.log_model_structure)."""
+    levels = {"step": ("input", "lookback", "in_pos", "out_pos", "step_rnn"),
+              "bar": ("step_to_bar", "bar_rnn", "bar_to_step", "bar_start"),
+              "phrase": ("bar_to_phrase", "phrase_rnn", "phrase_to_step", "phrase_start")}
+    counts = dict.fromkeys([*levels, "heads", "other"], 0)
+    for name, param in model.named_parameters():
+        top = name.split(".")[0]
+        level = next((lv for lv, tops in levels.items() if top in tops), None)
+        level = level or ("heads" if "head" in top or top.startswith("output") else "other")
+        counts[level] += param.numel()
+    total = sum(counts.values())
+    lines = [str(model), f"parameters: {total:,} (" + ", ".join(
+        f"{k} {v:,}" for k, v in counts.items() if v or k != "other") + ")"]
+    return "\n".join(lines)
 
 
 def forward_loss(model, raw_model, batch: dict, weights: dict):
@@ -210,14 +254,25 @@ def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dic
     return {k: float(vec[i] / max(vec[-1], 1e-12)) for i, k in enumerate(keys)}
 
 
-def drum_info(cfg, ready: Path) -> dict:
+def drum_info(cfg, ready: Path, is_main: bool = True) -> dict:
     """drum_names, drum_pitches, steps_per_quarter for the checkpoint, from the store's attributes."""
     from pipeline.drums import DrumMap
 
+    manifest_path = ready / "manifest.json"
+    try:
+        store_json = Path(json.loads(manifest_path.read_text())["store"]) / "zarr.json"
+    except (OSError, ValueError, KeyError) as e:   # ValueError: bad JSON
+        raise ConfigError(f"{manifest_path}: unreadable training export manifest ({type(e).__name__}: {e}); "
+                          "rerun `dvc repro export`") from None
     attrs = {}
-    with contextlib.suppress(Exception):
-        manifest = json.loads((ready / "manifest.json").read_text())
-        attrs = json.loads((Path(manifest["store"]) / "zarr.json").read_text()).get("attributes", {})
+    if store_json.is_file():   # the store may be gone (data/ready is self-contained): say so, use the config
+        try:
+            attrs = json.loads(store_json.read_text()).get("attributes", {})
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{store_json}: unreadable store metadata ({type(e).__name__}: {e})") from None
+    elif is_main:
+        print(f"warning: {store_json} not found: the checkpoint records the drum map of the config "
+              "(drums=...)", file=sys.stderr, flush=True)
     dm = DrumMap.from_config(cfg.drums)
     return {"drum_names": list(attrs.get("drum_names", dm.names)),
             "drum_pitches": [int(p) for p in attrs.get("drum_pitches", dm.pitches)],
@@ -246,6 +301,8 @@ class Progress:
     global_step: int = 0      # optimizer steps taken
     batch_in_epoch: int = 0   # micro-batches of the current epoch consumed
     best: dict = field(default_factory=new_best)   # best monitored val loss, its epoch, top-k, patience
+    val: dict = field(default_factory=dict)        # the latest validation metrics
+    trackers: dict = field(default_factory=dict)   # {logger: run id}: a resume continues those tracker runs
 
 
 @dataclass
@@ -306,28 +363,74 @@ def setup(cfg: DictConfig, d: Dist) -> Parts:
         optimizer=optimizer, scheduler=build_scheduler(optimizer, tc.scheduler, total_steps),
         scaler=torch.amp.GradScaler(d.device.type, enabled=str(tc.precision) == "16-mixed"), shaper=shaper,
         autocast=lambda: torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
-        weights=OmegaConf.to_container(tc.loss_weights, resolve=True), info=drum_info(cfg, train_ds.ready),
+        weights=OmegaConf.to_container(tc.loss_weights, resolve=True), info=drum_info(cfg, train_ds.ready, d.is_main),
         plain_cfg=OmegaConf.to_container(cfg, resolve=True), batches_per_epoch=batches_per_epoch,
         total_steps=total_steps, max_epochs=max_epochs)
 
 
+RESUME_KEYS = ("model", "model_config", "optimizer", "scaler", "epoch", "global_step", "batch_in_epoch",
+               "sampler", "rng", "best")
+FRESH = "trainer.resume=never (start afresh) or trainer.resume=<a good checkpoint>"
+
+
+def read_resume_checkpoint(path: Path, d: Dist) -> dict:
+    """The checkpoint to resume from, or a one-line ConfigError naming the file and what to do."""
+    try:
+        ck = load_checkpoint(path, map_location=d.device)
+    except ValueError as e:
+        raise ConfigError(f"cannot resume: {e}; use {FRESH}") from None
+    missing = [k for k in RESUME_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise ConfigError(f"cannot resume: {path} is not a hierdrums training checkpoint (no "
+                          f"{', '.join(missing)}); use {FRESH}")
+    saved_by = len(ck["rng"])
+    if saved_by != d.world_size:
+        raise ConfigError(f"cannot resume: {path} was saved by {saved_by} process(es), this run has "
+                          f"{d.world_size}; run with torchrun --nproc_per_node={saved_by} (or as many "
+                          f"nodes × processes), or use {FRESH}")
+    return ck
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """`key: old -> new` for the optimizer and schedule settings a resume does not apply (their
+    state, learning rate included, comes from the checkpoint)."""
+    from train.training.runlog import flatten
+
+    out = []
+    for part in ("optimizer", "scheduler"):
+        old = flatten(saved.get("trainer", {}).get(part, {}) or {}, f"trainer.{part}.")
+        new = flatten(now["trainer"][part], f"trainer.{part}.")
+        out += [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+                for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return out
+
+
 def restore(p: Parts, path: Path, d: Dist) -> Progress:
     """Load a checkpoint into the parts (model, optimizer, schedule, scaler, rewards, sampler, RNG)."""
-    ck = load_checkpoint(path, map_location=d.device)
+    ck = read_resume_checkpoint(path, d)
     if ck["model_config"] != p.raw_model.config:
         raise ConfigError(f"{path}: model config {ck['model_config']} differs from the "
                           f"configured {p.raw_model.config}; use trainer.resume=never or match it")
-    p.raw_model.load_state_dict(ck["model"])
-    p.optimizer.load_state_dict(ck["optimizer"])
-    if p.scheduler is not None and ck.get("scheduler"):
-        p.scheduler.load_state_dict(ck["scheduler"])
-    p.scaler.load_state_dict(ck["scaler"])
+    changed = changed_settings(ck.get("config") or {}, p.plain_cfg)
+    if changed and d.is_main:
+        print(f"warning: resuming {path}, whose optimizer and schedule state (learning rate included) "
+              "continue unchanged; these settings differ from that run and are NOT applied (config.yaml "
+              f"records the new values; {FRESH.split(' or ')[0]} applies them):\n  "
+              + "\n  ".join(changed), file=sys.stderr, flush=True)
+    try:
+        p.raw_model.load_state_dict(ck["model"])
+        p.optimizer.load_state_dict(ck["optimizer"])
+        if p.scheduler is not None and ck.get("scheduler"):
+            p.scheduler.load_state_dict(ck["scheduler"])
+        p.scaler.load_state_dict(ck["scaler"])
+        p.sampler.load_state_dict(ck["sampler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"cannot resume from {path}: {e}; use {FRESH}") from None
     if p.shaper is not None:
         p.shaper.load_state_dict(ck.get("rewards") or {})
-    state = Progress(ck["epoch"], ck["global_step"], ck["batch_in_epoch"], ck["best"])
-    p.sampler.load_state_dict(ck["sampler"])
-    rngs = ck["rng"]
-    set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+    state = Progress(ck["epoch"], ck["global_step"], ck["batch_in_epoch"], ck["best"], ck.get("val") or {},
+                     ck.get("trackers") or {})
+    set_rng_state(ck["rng"][d.rank])
     if d.is_main:
         print(f"resumed from {path}: epoch {state.epoch + 1}, step {state.global_step}", flush=True)
     return state
@@ -340,42 +443,57 @@ def checkpoint_dict(p: Parts, state: Progress, rngs: list, val: dict | None) -> 
             "scaler": p.scaler.state_dict(), "epoch": state.epoch, "global_step": state.global_step,
             "batch_in_epoch": state.batch_in_epoch, "sampler": p.sampler.state_dict(),
             "rng": rngs, "best": state.best, "rewards": p.shaper.state_dict() if p.shaper else {},
-            "val": val or {}}
+            "val": val or {}, "trackers": state.trackers}
 
 
-def save(p: Parts, state: Progress, ckpt_dir: Path, names: list[str], d: Dist, val: dict | None = None) -> None:
-    """Write one checkpoint under each name (rank 0), holding every rank's RNG for exact resume."""
+def save(p: Parts, state: Progress, ckpt_dir: Path, names: list[str], d: Dist, val: dict | None = None,
+         before_commit: Callable[[], None] | None = None, drop: list[str] = ()) -> None:
+    """Write one checkpoint under each name (rank 0), holding every rank's RNG for exact resume.
+
+    `last.pt` is the commit point, written last: the other files and `before_commit` (the epoch's
+    metrics row) come first, and the top-k files that drop out (`drop`) are deleted only after it.
+    A kill at any moment leaves a last.pt whose every file and row exists (files of the epoch being
+    saved may be ahead of it; the resumed run writes them again).
+    """
     rngs = distributed.all_gather_object(d, rng_state())
     distributed.barrier(d)
     if d.is_main:
         ck = checkpoint_dict(p, state, rngs, val)
-        for name in names:
+        for name in [n for n in names if n != "last.pt"]:
             save_checkpoint(ckpt_dir / name, ck)
+        if before_commit is not None:
+            before_commit()
+        save_checkpoint(ckpt_dir / "last.pt", ck)
+        for name in drop:
+            (ckpt_dir / name).unlink(missing_ok=True)
     distributed.barrier(d)
 
 
 def train_step(p: Parts, batches, micro: int, clip: float, d: Dist) -> tuple[dict, torch.Tensor, float]:
     """One optimizer step over `micro` micro-batches; returns (mean logs per term, grad norm, data wait s).
 
-    Gradients sync across ranks only on the last micro-batch (`no_sync` before it).
+    Each micro-batch's loss (a mean over its real steps) is weighted by its share of the real steps
+    of the whole step (all micro-batches, all ranks), so the gradient is that of the mean over every
+    real step whatever the padding (module docstring). Gradients sync across ranks only on the
+    last micro-batch (`no_sync` before it).
     """
-    wait = 0.0
+    tw = time.perf_counter()
+    micro_batches = [to_device(next(batches), d.device) for _ in range(micro)]   # counts come first
+    wait = time.perf_counter() - tw
+    n = [real_steps(b) for b in micro_batches]
+    n_local = torch.stack(n).sum()
+    n_mean = all_reduce_mean(d, n_local) if d.enabled else n_local   # mean over ranks of Σ_i n_ri
     step_logs: dict[str, float] = {}
-    for i in range(micro):
-        tw = time.perf_counter()
-        batch = to_device(next(batches), d.device)
-        wait += time.perf_counter() - tw
-        n_local = real_steps(batch)
-        share = n_local / all_reduce_mean(d, n_local) if d.enabled else 1.0   # see the module docstring
+    for i, batch in enumerate(micro_batches):
         sync = i == micro - 1 or not d.enabled
         with (contextlib.nullcontext() if sync else p.model.no_sync()):
             with p.autocast():
                 loss, terms, step_logits = forward_loss(p.model, p.raw_model, batch, p.weights)
                 if p.shaper is not None:
                     loss, terms = shape_rewards(p, loss, terms, step_logits, batch, step_logs)
-            p.scaler.scale(loss * share / micro).backward()
-        for k, v in {"loss": loss, **terms}.items():
-            step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) / micro
+            p.scaler.scale(loss * (n[i] / n_mean)).backward()
+        for k, v in {"loss": loss, **terms}.items():   # this rank's mean over its real steps
+            step_logs[k] = step_logs.get(k, 0.0) + float(v.detach()) * float(n[i] / n_local.clamp_min(1))
     if p.shaper is not None:
         p.shaper.sync_grads()   # learned reward weights sit outside DDP: average them here
     p.scaler.unscale_(p.optimizer)
@@ -397,22 +515,22 @@ def shape_rewards(p: Parts, loss, terms: dict, step_logits, batch: dict, step_lo
     return loss + shaper.weight * rl_loss, {**terms, "rl": rl_loss}
 
 
-def log_step(p: Parts, stats: EpochStats, runlog: RunLog, global_step: int, log_interval: int,
-             grad_norm: torch.Tensor, d: Dist) -> None:
-    """Every log_interval steps: the mean of each term over the interval (all ranks), lr, perf."""
-    if global_step % log_interval != 0:
+def log_step(p: Parts, stats: EpochStats, window: LogWindow, runlog: RunLog, global_step: int,
+             log_interval: int, grad_norm: torch.Tensor, d: Dist) -> None:
+    """Every log_interval steps: the mean of each term over the steps summed since the last log
+    (all ranks; fewer than log_interval after a resume), lr, perf."""
+    if global_step % log_interval != 0 or window.steps == 0:
         return
-    keys = sorted(stats.log_acc)
-    means = all_reduce_mean(d, torch.tensor([stats.log_acc[k] for k in keys], dtype=torch.float64))
-    n_logged = global_step % log_interval or log_interval
-    scalars = {(k if k.startswith("reward/") else f"train/{k}"): float(means[j]) / n_logged
+    keys = sorted(window.sums)
+    means = all_reduce_mean(d, torch.tensor([window.sums[k] for k in keys], dtype=torch.float64))
+    scalars = {(k if k.startswith("reward/") else f"train/{k}"): float(means[j]) / window.steps
                for j, k in enumerate(keys)}
     perf = stats.perf()
     scalars.update({"lr": p.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                     "perf/samples_per_s": perf["samples_per_s"],
                     "perf/data_wait_fraction": perf["data_wait_fraction"], **p.learned_weights()})
     runlog.scalars(scalars, global_step)
-    stats.log_acc = {}
+    window.reset()
 
 
 def validate(p: Parts, tc, runlog: RunLog, global_step: int, d: Dist) -> dict:
@@ -422,9 +540,9 @@ def validate(p: Parts, tc, runlog: RunLog, global_step: int, d: Dist) -> dict:
 
 
 def end_of_epoch(p: Parts, tc, state: Progress, stats: EpochStats, val_metrics: dict, stop: bool,
-                 runlog: RunLog, ckpt_dir: Path, d: Dist) -> dict:
+                 runlog: RunLog, ckpt_dir: Path, d: Dist) -> tuple[dict, bool]:
     """Validate (when due), update best / top-k / patience, checkpoint, log the epoch row and line;
-    returns the latest val metrics."""
+    returns (the latest val metrics, whether this epoch validated)."""
     done_epoch = state.epoch + 1  # 1-based number of the epoch just finished
     validated = done_epoch % int(tc.check_val_every_n_epoch) == 0 or stop or done_epoch == p.max_epochs
     if validated:
@@ -437,27 +555,26 @@ def end_of_epoch(p: Parts, tc, state: Progress, stats: EpochStats, val_metrics: 
         best.update(loss=val_loss, epoch=done_epoch, bad_epochs=0)
     elif validated:
         best["bad_epochs"] += 1
-    names = ["last.pt"]  # only rank 0 writes, so only its list matters
+    names, dropped = ["last.pt"], []  # only rank 0 writes, so only its lists matter
     if int(tc.save_every_n_epochs) > 0 and done_epoch % int(tc.save_every_n_epochs) == 0:
         names.append(f"epoch_{done_epoch}.pt")
     if d.is_main and validated:
-        best["top"], keep = update_top_k(ckpt_dir, best["top"], done_epoch, val_loss, int(tc.save_top_k))
+        best["top"], keep, dropped = rank_top_k(best["top"], done_epoch, val_loss, int(tc.save_top_k))
         if keep:
             names.append(best_name(done_epoch, val_loss))
     if improved:
         names.append("best.pt")
-    state.epoch, state.batch_in_epoch = done_epoch, 0
-    save(p, state, ckpt_dir, names, d, val_metrics)
+    state.epoch, state.batch_in_epoch, state.val = done_epoch, 0, val_metrics
     perf = stats.perf()
-    runlog.epoch_row({"epoch": done_epoch, "global_step": state.global_step, "train_loss": train_loss,
-                      "val_loss": val_loss, "lr": p.optimizer.param_groups[0]["lr"], **perf,
-                      **p.learned_weights()})
+    row = {"epoch": done_epoch, "global_step": state.global_step, "train_loss": train_loss,
+           "val_loss": val_loss, "lr": p.optimizer.param_groups[0]["lr"], **perf, **p.learned_weights()}
+    save(p, state, ckpt_dir, names, d, val_metrics, before_commit=lambda: runlog.epoch_row(row), drop=dropped)
     if d.is_main:
         flag = " (best)" if improved else ""
         print(f"epoch {done_epoch}/{p.max_epochs}  step {state.global_step}  train {train_loss:.4f}  "
               f"val {val_loss:.4f}{flag}  {perf['samples_per_s']:.0f} samples/s  "
               f"data wait {100 * perf['data_wait_fraction']:.1f}%", flush=True)
-    return val_metrics
+    return val_metrics, validated
 
 
 def early_stop(tc, state: Progress, d: Dist) -> bool:
@@ -474,8 +591,9 @@ def early_stop(tc, state: Progress, d: Dist) -> bool:
 def fit(cfg: DictConfig, on_validation: Callable[[int, dict], None] | None = None) -> dict:
     """Train as configured; returns the run summary (also written to run_dir/metrics.json).
 
-    `on_validation(epoch, val_metrics)` is called on every rank after each validation (Optuna's
-    pruning hook); an exception from it ends the run cleanly.
+    `on_validation(epoch, val_metrics)` is called on every rank after each epoch that validated
+    (with that validation's metrics: Optuna's pruning hook); an exception from it ends the run
+    cleanly (loggers closed, the tracker run marked KILLED).
     """
     validate_config(cfg)
     # rank 0 locks the run directory: a second run with the same run_name stops here, naming the holder
@@ -491,21 +609,55 @@ def fit(cfg: DictConfig, on_validation: Callable[[int, dict], None] | None = Non
 def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
     tc = cfg.trainer
     set_threads(int(tc.num_threads))
-    seed_everything(int(tc.seed), bool(tc.deterministic))
-    run_dir, ckpt_dir = Path(tc.run_dir), Path(tc.checkpoint_dir)
+    seed_everything(int(tc.seed), bool(tc.deterministic), bool(tc.strict_deterministic))
+    ckpt_dir = Path(tc.checkpoint_dir)
     p = setup(cfg, d)
+    if d.is_main and tc.log_model_structure:
+        print(model_structure(p.raw_model), flush=True)
 
     # resume (model, optimizer, ..., sampler position and RNG), else start fresh
     resume_path = resolve_resume(str(tc.resume), ckpt_dir)
     state = restore(p, resume_path, d) if resume_path is not None else Progress()
+    if state.global_step >= p.total_steps or state.epoch >= p.max_epochs:
+        return finished_run(cfg, p, state, resume_path, d)
     if d.is_main:
         write_run_files(cfg, ckpt_dir)
-    runlog = RunLog(run_dir, d.is_main, resumed_epoch=state.epoch, extra_fields=list(p.learned_weights()))
+    with RunLog(cfg, d.is_main, resumed_epoch=state.epoch, run_ids=state.trackers,
+                extra_fields=list(p.learned_weights())) as runlog:
+        state.trackers = runlog.run_ids()
+        summary = train_loop(p, tc, state, runlog, ckpt_dir, d, on_validation)
+        runlog.summary(summary)
+    return summary
 
-    profiler = _profiler(tc, run_dir) if tc.profile and d.is_main else contextlib.nullcontext()
+
+def summarize(p: Parts, state: Progress, stats: EpochStats, ckpt_dir: Path, d: Dist) -> dict:
+    return {"best_val_loss": state.best["loss"], "best_epoch": state.best["epoch"],
+            "val_loss": state.val.get("loss"), "val": state.val, "epochs": state.epoch,
+            "global_step": state.global_step, **stats.perf(), "world_size": d.world_size,
+            "checkpoint_dir": str(ckpt_dir), **p.learned_weights()}
+
+
+def finished_run(cfg, p: Parts, state: Progress, resume_path: Path, d: Dist) -> dict:
+    """Resuming a run that already reached its horizon trains nothing and keeps its metrics.json
+    (written anew from the checkpoint only when missing, e.g. after a kill just before it)."""
+    tc = cfg.trainer
+    path = Path(tc.run_dir) / "metrics.json"
+    if d.is_main:
+        print(f"nothing to train: {resume_path} is at epoch {state.epoch}, step {state.global_step}, the "
+              f"end of this run (trainer.max_epochs={tc.max_epochs}, trainer.max_steps={tc.max_steps}); "
+              "raise them to train on, or set trainer.resume=never", flush=True)
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(path.read_text())
+    summary = summarize(p, state, EpochStats(), Path(tc.checkpoint_dir), d)
+    if d.is_main:
+        write_text(path, json.dumps(summary, indent=1))
+    return summary
+
+
+def train_loop(p: Parts, tc, state: Progress, runlog: RunLog, ckpt_dir: Path, d: Dist, on_validation) -> dict:
+    profiler = _profiler(tc) if tc.profile and d.is_main else contextlib.nullcontext()
     accum, samples_per_step = int(tc.accumulate_grad_batches), int(tc.batch_size) * d.world_size
-    val_metrics: dict = {}
-    stats = EpochStats()
+    stats, window = EpochStats(), LogWindow()
     stop = state.global_step >= p.total_steps
     from tqdm.auto import tqdm
 
@@ -529,41 +681,36 @@ def _fit(cfg: DictConfig, d: Dist, on_validation) -> dict:
                 if prof is not None:
                     prof.step()
                 stats.add(step_logs, wait, time.perf_counter() - t0, micro * samples_per_step)
+                window.add(step_logs)
 
                 bar.update(micro)
                 bar.set_postfix(loss=f"{step_logs['loss']:.4f}", lr=f"{p.optimizer.param_groups[0]['lr']:.2e}",
                                 sps=f"{stats.perf()['samples_per_s']:.0f}")
-                log_step(p, stats, runlog, state.global_step, int(tc.log_interval), grad_norm, d)
+                log_step(p, stats, window, runlog, state.global_step, int(tc.log_interval), grad_norm, d)
                 if not math.isfinite(step_logs["loss"]):
                     raise FloatingPointError(f"loss is {step_logs['loss']} at step {state.global_step}; lower "
                                              "trainer.optimizer.config.lr or set trainer.gradient_clip_val")
                 if int(tc.val_every_n_steps) > 0 and state.global_step % int(tc.val_every_n_steps) == 0:
-                    val_metrics = validate(p, tc, runlog, state.global_step, d)
+                    state.val = validate(p, tc, runlog, state.global_step, d)
                 stop = state.global_step >= p.total_steps
                 # mid-epoch checkpoint, unless the end of the epoch (or run) is about to write one
                 if int(tc.save_every_n_steps) > 0 and state.global_step % int(tc.save_every_n_steps) == 0 \
                         and state.batch_in_epoch < p.batches_per_epoch and not stop:
-                    save(p, state, ckpt_dir, ["last.pt"], d)
+                    save(p, state, ckpt_dir, ["last.pt"], d, state.val)
             bar.close()
 
-            val_metrics = end_of_epoch(p, tc, state, stats, val_metrics, stop, runlog, ckpt_dir, d)
-            if on_validation is not None and val_metrics:
+            val_metrics, validated = end_of_epoch(p, tc, state, stats, state.val, stop, runlog, ckpt_dir, d)
+            if on_validation is not None and validated:   # fresh metrics only: Optuna prunes on them
                 on_validation(state.epoch, val_metrics)
             if early_stop(tc, state, d):
                 stop = True
-
-    summary = {"best_val_loss": state.best["loss"], "best_epoch": state.best["epoch"],
-               "val_loss": val_metrics.get("loss"), "val": val_metrics, "epochs": state.epoch,
-               "global_step": state.global_step, **stats.perf(), "world_size": d.world_size,
-               "checkpoint_dir": str(ckpt_dir), **p.learned_weights()}
-    runlog.summary(summary)
-    runlog.close()
-    return summary
+    return summarize(p, state, stats, ckpt_dir, d)
 
 
-def _profiler(tc, run_dir: Path):
+def _profiler(tc):
     from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
+    out = Path(tc.profiler_dir) if tc.profiler_dir else Path(tc.run_dir) / "profile"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     return profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=3, repeat=1),
-                   on_trace_ready=tensorboard_trace_handler(str(run_dir / "profile")))
+                   on_trace_ready=tensorboard_trace_handler(str(out)))

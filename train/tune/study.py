@@ -119,6 +119,19 @@ def check_space(base: DictConfig, space: Mapping[str, Any]) -> None:
         for path in space_paths(spec):
             if not is_group(path) and OmegaConf.select(base, path, default="__missing__") == "__missing__":
                 raise ValueError(f"tune.space.{name}: config path {path!r} does not exist in the composed config")
+    check_objective(base, space)
+
+
+def check_objective(base: DictConfig, space: Mapping[str, Any]) -> None:
+    """Refuse a space the objective cannot judge: reward-shaping settings (rl.*) only pull the
+    model away from the data's likelihood, so against validation metrics alone the search could
+    only prefer the weakest reward. Their objective must score generated windows too."""
+    rl = [name for name, spec in space.items() if any(p == "rl" or p.startswith("rl.") for p in space_paths(spec))]
+    gen = base.tune.objective.get("generated") or {}
+    if rl and float(gen.get("weight", 0.0) or 0.0) <= 0:
+        raise ValueError(f"tune.space {rl} search reward shaping (rl.*), but the objective is validation "
+                         f"{base.tune.objective.metric!r} only, which reward shaping can only worsen: set "
+                         "tune.objective.generated.weight > 0 (as tune=rewards does), or drop them from tune.space")
 
 
 # ---------------------------------------------------------------- study set-up
