@@ -59,8 +59,9 @@ def test_a_kill_during_the_epoch_save_leaves_a_consistent_set(tiny, tmp_path, mo
     real = trainer.save_checkpoint
     for k in range(len(names)):                                  # SIGKILL before each write in turn
         run = tmp_path / f"killed_{k}"
+        seen: list[str] = []   # the writes this run has made so far
 
-        def dying(path, ck, k=k, seen=[]):
+        def dying(path, ck, k=k, seen=seen):
             if ck["epoch"] == 2:
                 if len(seen) == k:
                     raise KeyboardInterrupt(f"killed before writing {path.name}")
