@@ -125,6 +125,7 @@ def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: D
 def run(cfg: DictConfig) -> dict:
     """Generate and write every output; returns where they are (and what was generated)."""
     from train.plots import save_piano_roll, save_sheet
+    from train.report import write_generate_page
 
     g = cfg.generate
     model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
@@ -160,8 +161,10 @@ def run(cfg: DictConfig) -> dict:
             files[kind].append(stem.with_suffix(suffix))
     sheet = save_sheet(out_dir / "sheet.png", list(rolls), names, spb,
                        titles=[f"sample {i}" for i in range(len(rolls))])
-    return {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
-            "prime_steps": 0 if prime is None else len(prime), "length": length}
+    result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
+              "prime_steps": 0 if prime is None else len(prime), "length": length}
+    result["page"] = write_generate_page(cfg, result, drum_map, spb, spq)   # index.html (train/report)
+    return result
 
 
 def summary(result: dict, report: str | None) -> str:
@@ -178,6 +181,8 @@ def summary(result: dict, report: str | None) -> str:
     if report:
         where = report if Path(report).is_file() else f"{report} (not there yet: run `python -m train.evaluate`)"
         lines.append(f"  Report:     {where}")
+    if result.get("page"):
+        lines.append(f"  Listen:     {result['page']} (piano rolls and audio; open it in a browser)")
     return "\n".join(lines)
 
 
