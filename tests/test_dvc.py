@@ -2,6 +2,7 @@
 built-in corpus to generated MIDI, a second run is a no-op, and editing a config reruns exactly the
 stages that read it."""
 import json
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     repo, env = fresh_clone
     dvc = [sys.executable, "-m", "dvc"]
     first = _run(dvc + ["repro"], repo, env)
-    for stage in ("ingest", "build", "metrics", "export", "train", "evaluate", "generate"):
+    for stage in ("ingest", "build", "metrics", "export", "train", "evaluate", "generate", "render"):
         assert f"Running stage '{stage}'" in first
     store = Store(repo / "data" / "store.zarr")
     assert store.num_songs == 6 and store.attrs["num_steps"] > 0
@@ -30,6 +31,7 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     assert (repo / "runs" / "default" / "checkpoints" / "best.pt").exists()
     assert json.loads((repo / "data" / "eval" / "metrics.json").read_text())
     assert any(p.suffix == ".mid" for p in (repo / "data" / "generated").iterdir())
+    assert_pages_link_rendered_audio(repo)
 
     second = _run(dvc + ["repro"], repo, env)
     assert "Running stage" not in second
@@ -42,3 +44,22 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     third = _run(dvc + ["repro", "build"], repo, env)
     assert "Running stage 'build'" in third and "Running stage 'ingest'" not in third
     assert Store(repo / "data" / "store.zarr").hits.chunks == (512, 9)
+
+
+def assert_pages_link_rendered_audio(repo):
+    """The pages, written before the `render` stage ran, link exactly the audio files it wrote (or,
+    without FluidSynth here, say what to install and the stage leaves the audio folders empty)."""
+    from pipeline.config import compose
+    from train.report.audio import find_synth
+
+    synth, missing = find_synth(compose([]).preview)
+    for page, audio in (("data/generated/index.html", "data/audio/generated"),
+                        ("data/eval/report.html", "data/audio/eval")):
+        html = (repo / page).read_text()
+        links = re.findall(r'<audio[^>]* src="([^"]+)"', html)
+        rendered = sorted(p.resolve() for p in (repo / audio).iterdir())
+        if synth is None:
+            assert not links and not rendered and html.count(missing) == 1
+            continue
+        assert links, f"{page} has no audio player"
+        assert sorted((repo / page).parent.joinpath(link).resolve() for link in links) == rendered
