@@ -68,20 +68,24 @@ def pick_real(store: Store, split: str, count: int, length: int, steps_per_bar: 
         a = sl.start + bar * steps_per_bar
         b = min(a + length, sl.stop)
         bpm = float(store.meta["bpm"][i])
-        out.append(Excerpt(f"Real {len(out) + 1}", f"{store.meta['name'][i]}, from bar {bar + 1}",
-                           np.asarray(store.hits[a:b]), np.asarray(store.velocity[a:b]),
-                           bpm if math.isfinite(bpm) and bpm > 0 else 120.0))
+        bpm = bpm if math.isfinite(bpm) and bpm > 0 else 120.0
+        out.append(Excerpt(f"Real {len(out) + 1}", f"{store.meta['name'][i]}, from bar {bar + 1} · {bpm:g} bpm",
+                           np.asarray(store.hits[a:b]), np.asarray(store.velocity[a:b]), bpm))
     return out
 
 
-def write_excerpt(folder: Path, stem: str, ex: Excerpt, drum_map: DrumMap, steps_per_bar: int,
-                  steps_per_quarter: int) -> tuple[Path, Path]:
-    """(MIDI, piano-roll PNG) of an excerpt under `folder`."""
-    midi = write_midi(folder / f"{stem}.mid", ex.hits, ex.velocity, drum_map=drum_map, bpm=ex.bpm,
-                      steps_per_quarter=steps_per_quarter, beats_per_bar=steps_per_bar // steps_per_quarter)
-    roll = save_roll(folder / f"{stem}.png", ex.hits, list(drum_map.names), steps_per_bar, steps_per_quarter,
-                     ex.velocity)
-    return midi, roll
+def write_excerpts(folder: Path, stem: str, excerpts: list[Excerpt], drum_map: DrumMap, steps_per_bar: int,
+                   steps_per_quarter: int) -> list[tuple[str, str, Path, Path]]:
+    """Each excerpt's MIDI file and piano roll under `folder` (`<stem>_NNN.mid/.png`);
+    [(title, caption, roll, MIDI)]."""
+    files = []
+    for i, ex in enumerate(excerpts):
+        midi = write_midi(folder / f"{stem}_{i:03d}.mid", ex.hits, ex.velocity, drum_map=drum_map, bpm=ex.bpm,
+                          steps_per_quarter=steps_per_quarter, beats_per_bar=steps_per_bar // steps_per_quarter)
+        roll = save_roll(folder / f"{stem}_{i:03d}.png", ex.hits, list(drum_map.names), steps_per_bar,
+                         steps_per_quarter, ex.velocity)
+        files.append((ex.title, ex.caption, roll, midi))
+    return files
 
 
 def audio_links(cfg: DictConfig, enabled: bool, midis: list[Path], audio_dir: Path) -> tuple[dict, str | None]:
@@ -122,16 +126,16 @@ def config_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def real_excerpts(store_path, split: str, count: int, length: int, steps_per_bar: int,
+def real_excerpts(store: Store | str | Path, split: str, count: int, length: int, steps_per_bar: int,
                   seed: int) -> tuple[list[Excerpt], DrumMap | None, str | None]:
     """(excerpts, the store's drum map, None) or ([], None, why there are none)."""
     try:
-        store = Store(store_path)
+        store = store if isinstance(store, Store) else Store(store)
         real = pick_real(store, split, count, length, steps_per_bar, seed)
     except (FileNotFoundError, ValueError, KeyError) as err:
         return [], None, f"No real excerpts to compare with: {err}"
-    if not real:
-        return [], None, (f"No real excerpts: no song of split {split!r} in {store_path} has "
+    if count and not real:
+        return [], None, (f"No real excerpts: no song of split {split!r} in {store.path} has "
                           f"{steps_per_bar} steps a bar.")
     return real, store_drum_map(store), None
 
@@ -159,14 +163,11 @@ def write_generate_page(cfg: DictConfig, result: dict, drum_map: DrumMap, steps_
             velocity = np.asarray(f["sequence"])
         roll = save_roll(assets / f"{Path(midi).stem}.png", velocity > 0, names, steps_per_bar,
                          steps_per_quarter, velocity)
-        generated.append((f"Sample {i + 1}", Path(midi).name, roll, Path(midi)))
+        generated.append((f"Sample {i + 1}", f"{Path(midi).name} · {result['bpm']:g} bpm", roll, Path(midi)))
     length = int(result["rolls"].shape[1])
     real, real_map, no_real = real_excerpts(cfg.paths.store, str(g.compare_split), len(generated), length,
                                             steps_per_bar, int(g.seed))
-    real_files = []
-    for i, ex in enumerate(real):
-        midi, roll = write_excerpt(assets, f"real_{i:03d}", ex, real_map, steps_per_bar, steps_per_quarter)
-        real_files.append((ex.title, f"{ex.caption} · {ex.bpm:g} bpm", roll, midi))
+    real_files = write_excerpts(assets, "real", real, real_map, steps_per_bar, steps_per_quarter)
     pairs, no_audio = pair_clips(cfg, bool(g.preview), Path(g.audio_dir), page, generated, real_files)
     prime = f", after {result['prime_steps']} steps of {g.prime}" if result["prime_steps"] else ""
     settings = {"samples": len(generated), "length": f"{result['length']} steps{prime}",
@@ -184,21 +185,15 @@ def write_eval_page(cfg: DictConfig, result: dict, pictures: dict, store: Store,
     out_dir = Path(e.out_dir)
     page, assets = out_dir / "report.html", out_dir / "preview"
     spb, spq = int(cfg.window.steps_per_bar), int(store.attrs.get("steps_per_quarter", 4))
-    drum_map = store_drum_map(store)
     k = 0 if generated is None else min(int(e.sheet_samples), len(generated))
-    generated_files = []
-    for i in range(k):
-        ex = Excerpt(f"Generated {i + 1}", "", generated[i], None, 120.0)
-        midi, roll = write_excerpt(assets, f"generated_{i:03d}", ex, drum_map, spb, spq)
-        generated_files.append((ex.title, f"{len(ex.hits)} steps from nothing · 120 bpm", roll, midi))
-    real_files = []
-    for i, ex in enumerate(pick_real(store, str(cfg.split), k, int(cfg.window.seq_len), spb,
-                                     int(e.generated.seed))):
-        midi, roll = write_excerpt(assets, f"real_{i:03d}", ex, drum_map, spb, spq)
-        real_files.append((ex.title, f"{ex.caption} · {ex.bpm:g} bpm", roll, midi))
+    excerpts = [Excerpt(f"Generated {i + 1}", f"{len(generated[i])} steps from nothing · 120 bpm", generated[i],
+                        None, 120.0) for i in range(k)]
+    generated_files = write_excerpts(assets, "generated", excerpts, store_drum_map(store), spb, spq)
+    real, real_map, no_real = real_excerpts(store, str(cfg.split), k, int(cfg.window.seq_len), spb,
+                                            int(e.generated.seed))
+    real_files = write_excerpts(assets, "real", real, real_map, spb, spq)
     pairs, no_audio = pair_clips(cfg, bool(e.preview), Path(e.audio_dir), page, generated_files, real_files)
     images = {key: rel(Path(p), page) for key, p in pictures.items()}
     return render_page("evaluate.html", page, title=f"Evaluation on the {result['split']} split",
                        checkpoint=result["checkpoint"], result=result, images=images, config=config_yaml(cfg),
-                       pairs=pairs, no_audio=no_audio, no_real=None if real_files or not k else
-                       f"No real excerpts: no song of split {cfg.split!r} has {spb} steps a bar.")
+                       pairs=pairs, no_audio=no_audio, no_real=no_real)
