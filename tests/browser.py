@@ -20,7 +20,7 @@ PROBE = """() => ({
                                                   width: i.naturalWidth})),
   audio: Array.from(document.querySelectorAll('audio')).map(a => ({src: a.getAttribute('src'),
                                                   duration: a.duration, error: a.error && a.error.code})),
-  links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
+  links: Array.from(document.querySelectorAll('a[href]:not([href^="#"])')).map(a => a.getAttribute('href')),
   generated: document.querySelectorAll('.clip.generated').length,
   real: document.querySelectorAll('.clip.real:not(.empty)').length,
   notices: Array.from(document.querySelectorAll('.notice')).map(n => n.textContent.trim()),

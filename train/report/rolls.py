@@ -51,7 +51,9 @@ def save_roll(path: str | Path, hits: np.ndarray, drum_names: list[str], steps_p
               steps_per_beat: int, velocity: np.ndarray | None = None) -> Path:
     """Drums (rows, first drum at the bottom) x steps; every other beat banded, bar lines darker."""
     num_steps, num_drums = np.asarray(hits).shape
-    fig, ax = plt.subplots(figsize=(min(2.0 + num_steps / 16 * 1.4, 16), 0.24 * num_drums + 0.55), dpi=100)
+    # One size on the page whatever the length, so the drum names stay readable in a half-width card;
+    # long rolls get more pixels instead (open the PNG to zoom in).
+    fig, ax = plt.subplots(figsize=(7.0, 0.26 * num_drums + 0.5), dpi=110 if num_steps <= 128 else 170)
     try:
         for b in range(0, num_steps, 2 * steps_per_beat):   # beat bands: count along by eye
             ax.axvspan(b + steps_per_beat - 0.5, b + 2 * steps_per_beat - 0.5, color="#eef0f2", lw=0, zorder=0)
@@ -61,11 +63,11 @@ def save_roll(path: str | Path, hits: np.ndarray, drum_names: list[str], steps_p
         ax.hlines(np.arange(num_drums + 1) - 0.5, -0.5, num_steps - 0.5, colors="white", lw=1.2, zorder=2)
         ax.vlines(np.arange(0, num_steps + 1, steps_per_bar) - 0.5, -0.5, num_drums - 0.5, colors="#5f6368", lw=1.0,
                   zorder=3)
-        ax.set_yticks(range(num_drums), [pretty_name(n) for n in drum_names], fontsize=7)
+        ax.set_yticks(range(num_drums), [pretty_name(n) for n in drum_names], fontsize=9)
         for label, name in zip(ax.get_yticklabels(), drum_names):
             label.set_color(drum_color(name))
         bars = list(range(0, num_steps, steps_per_bar))
-        ax.set_xticks(bars, [str(b // steps_per_bar + 1) for b in bars], fontsize=7)
+        ax.set_xticks(bars, [str(b // steps_per_bar + 1) for b in bars], fontsize=8)
         ax.set_xlim(-0.5, num_steps - 0.5)
         ax.tick_params(length=0)
         for side in ax.spines.values():
