@@ -14,8 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline.config import REPO_ROOT, compose
-from pipeline.midi import write_midi
 from pipeline.drums import DrumMap
+from pipeline.midi import write_midi
 from pipeline.store import Store
 from tests.browser import chromium, open_page
 from tests.tiny_run import OVERRIDES, SPB, make_checkpoint, make_store
@@ -182,3 +182,10 @@ def test_real_excerpts_come_from_the_split_by_seed(tiny):
         start = store.song_slice(i).start + (int(bar) - 1) * SPB
         np.testing.assert_array_equal(ex.hits, store.hits[start:start + len(ex.hits)])
     assert OmegaConf.select(compose([], config_name="generate"), "generate.compare_split") == "validation"
+
+
+def test_render_cli_bad_format_exits_2_with_the_key(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train.report.render", f"paths.data_dir={tmp_path}",
+                           "preview.format=mp3", f"hydra.run.dir={tmp_path}/hydra"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "preview.format='mp3'" in proc.stderr

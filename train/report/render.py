@@ -34,7 +34,7 @@ def render_folders(cfg: DictConfig) -> dict[Path, Path]:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="render", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("render", FileNotFoundError, ValueError):
+    with pipeline.config.exit_on("render", ValueError, code=2):   # a bad preview.* value
         done = render_folders(cfg)
     print(f"Rendered {len(done)} audio preview(s): {', '.join(str(f.audio) for f in cfg.render.folders)}")
 
