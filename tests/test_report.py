@@ -151,10 +151,14 @@ def test_audio_cache_renders_unchanged_midi_once_and_reports_bad_files(tmp_path,
     assert str(bad) in err and "could not render" in err
     stamp = first[a].stat().st_mtime_ns
     assert render_all(SYNTH, [a], tmp_path / "audio")[a].stat().st_mtime_ns == stamp   # cached, not redone
+    keep = tmp_path / "audio" / "other-0123456789.ogg"   # not one of these MIDI files' renders
+    keep.write_bytes(b"x")
     hits[2, 1] = 1
     write_midi(a, hits, drum_map=dm)
     assert audio_name(SYNTH, a) != first[a].name      # other drums, other file
-    assert sorted(p.suffix for p in (tmp_path / "audio").iterdir()) == [".ogg"]   # no temp file left
+    second = render_all(SYNTH, [a], tmp_path / "audio")
+    # the old render of a.mid is gone, the other file stays, no temp file is left
+    assert sorted(p.name for p in (tmp_path / "audio").iterdir()) == sorted([second[a].name, keep.name])
 
 
 def test_roll_shading_follows_velocity():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,8 @@ def render(synth: Synth, midi: str | Path, out: str | Path) -> Path:
 
 def render_all(synth: Synth, midis, audio_dir: str | Path) -> dict[Path, Path]:
     """Render each MIDI file into `audio_dir` under its `audio_name`, skipping files already there;
-    {midi: audio path}. A file FluidSynth fails on is reported and left out, the others go on."""
+    {midi: audio path}. A file FluidSynth fails on is reported and left out, the others go on.
+    Older renders of the same MIDI names are removed, so rerunning a command does not pile up audio."""
     audio_dir = Path(audio_dir)
     done = {}
     for midi in midis:
@@ -88,4 +90,14 @@ def render_all(synth: Synth, midis, audio_dir: str | Path) -> dict[Path, Path]:
             done[Path(midi)] = out if out.is_file() else render(synth, midi, out)
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             print(f"render: {err}", file=sys.stderr, flush=True)
+    prune(audio_dir, {Path(m).stem for m in midis}, {p.name for p in done.values()})
     return done
+
+
+def prune(audio_dir: Path, stems: set[str], keep: set[str]) -> None:
+    """Delete `<stem>-<hash>.<ext>` files of these stems in `audio_dir` other than `keep`."""
+    pattern = re.compile(r"^(.+)-[0-9a-f]{10}(" + "|".join(re.escape(s) for s in SUFFIX.values()) + r")$")
+    for path in audio_dir.glob("*-*") if audio_dir.is_dir() else ():
+        m = pattern.match(path.name)
+        if m and m.group(1) in stems and path.name not in keep:
+            path.unlink()
