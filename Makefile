@@ -22,6 +22,8 @@ demo: $(STAMP)
 	@echo "Done. Generated drums (MIDI, NPZ, piano-roll PNGs): data/generated/"
 	@echo "      Evaluation report: data/eval/report.md (scores: data/eval/metrics.json)"
 	@echo "      Checkpoints and TensorBoard logs: runs/default/  (tensorboard --logdir runs)"
+	@echo "      Evaluation page: data/eval/report.html"
+	@echo "Listen (open in a browser): data/generated/index.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -3,6 +3,7 @@ built-in corpus to generated MIDI, a second run is a no-op, and editing a config
 stages that read it."""
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     repo, env = fresh_clone
     dvc = [sys.executable, "-m", "dvc"]
     first = _run(dvc + ["repro"], repo, env)
-    for stage in ("ingest", "build", "metrics", "export", "train", "evaluate", "generate"):
+    for stage in ("ingest", "build", "metrics", "export", "train", "evaluate", "generate", "render"):
         assert f"Running stage '{stage}'" in first
     store = Store(repo / "data" / "store.zarr")
     assert store.num_songs == 6 and store.attrs["num_steps"] > 0
@@ -31,6 +32,7 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     assert (repo / "runs" / "default" / "checkpoints" / "best.pt").exists()
     assert json.loads((repo / "data" / "eval" / "metrics.json").read_text())
     assert any(p.suffix == ".mid" for p in (repo / "data" / "generated").iterdir())
+    assert_pages_link_rendered_audio(repo)
 
     # the interim staging area is tracked but not cached: DVC keeps no second copy of the songs
     manifest_md5 = hashlib.md5((repo / "data" / "interim" / "manifest.json").read_bytes()).hexdigest()
@@ -82,3 +84,20 @@ def _config_edits_touch_only_the_stages_that_read_them(repo, env):
     for p, text in saved.items():
         p.write_text(text)
     assert _changed_stages(repo, env) == set()
+def assert_pages_link_rendered_audio(repo):
+    """The pages, written before the `render` stage ran, link exactly the audio files it wrote (or,
+    without FluidSynth here, say what to install and the stage leaves the audio folders empty)."""
+    from pipeline.config import compose
+    from train.report.audio import find_synth
+
+    synth, missing = find_synth(compose([]).preview)
+    for page, audio in (("data/generated/index.html", "data/audio/generated"),
+                        ("data/eval/report.html", "data/audio/eval")):
+        html = (repo / page).read_text()
+        links = re.findall(r'<audio[^>]* src="([^"]+)"', html)
+        rendered = sorted(p.resolve() for p in (repo / audio).iterdir())
+        if synth is None:
+            assert not links and not rendered and html.count(missing) == 1
+            continue
+        assert links, f"{page} has no audio player"
+        assert sorted((repo / page).parent.joinpath(link).resolve() for link in links) == rendered

@@ -285,6 +285,8 @@ def evaluate(cfg: DictConfig) -> dict:
                                                           for s, a in zip(windows.song[:k], windows.start[:k])])
     write_json(out_dir / "metrics.json", result)
     write_text(out_dir / "report.md", report_markdown(result, pictures, out_dir, names))
+    from train.report import write_eval_page   # report.html: the same, with audio (train/report)
+    write_eval_page(cfg, result, pictures, store, gen if ecfg.generated.enabled else None)
     return result
 
 
@@ -357,3 +359,4 @@ def main(cfg: DictConfig) -> None:
     for name, r in result["scores"].items():
         print(f"{name:>12}: NLL {r['nll_bits_per_step']:.4f} bits/step  F1 {r['f1']:.3f} (threshold {r['threshold']:.3f})")
     print(f"Report: {out / 'report.md'}  metrics: {out / 'metrics.json'}  pictures: {out / 'plots'}/")
+    print(f"Listen: {out / 'report.html'} (open it in a browser)")

@@ -108,7 +108,8 @@ def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: D
 
 def run(cfg: DictConfig) -> dict:
     """Generate and write every output; returns where they are, what was generated, and the seconds
-    each phase took (`timings`: load, sample, write, plots)."""
+    each phase took (`timings`: load, sample, write, plots). `generate.plots=false` skips every
+    picture and the HTML page (train/report), so matplotlib is never imported."""
     g = cfg.generate
     clock = [time.perf_counter()]
     timings = {}
@@ -149,9 +150,18 @@ def run(cfg: DictConfig) -> dict:
         files["npz"].append(stem.with_suffix(".npz"))
     lap("write")
     sheet = _pictures(out_dir, rolls, int(g.velocity), list(drum_map.names), spb, files) if g.plots else None
+    result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
+              "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
+    result["page"] = _page(cfg, result, drum_map, spb, spq) if g.plots else None
     lap("plots")
-    return {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
-            "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
+    return result
+
+
+def _page(cfg: DictConfig, result: dict, drum_map: DrumMap, spb: int, spq: int) -> Path:
+    """index.html: every sample's roll, audio and MIDI beside real excerpts (train/report)."""
+    from train.report import write_generate_page
+
+    return write_generate_page(cfg, result, drum_map, spb, spq)
 
 
 def _pictures(out_dir: Path, rolls: np.ndarray, velocity: int, names: list[str], spb: int, files: dict) -> Path:
@@ -182,6 +192,8 @@ def summary(result: dict, report: str | None) -> str:
     if report:
         where = report if Path(report).is_file() else f"{report} (not there yet: run `python -m train.evaluate`)"
         lines.append(f"  Report:     {where}")
+    if result.get("page"):
+        lines.append(f"  Listen:     {result['page']} (piano rolls and audio; open it in a browser)")
     return "\n".join(lines)
 
 
