@@ -18,7 +18,7 @@ from pipeline.drums import DrumMap
 from pipeline.midi import write_midi
 from pipeline.store import Store
 from tests.browser import chromium, open_page
-from tests.tiny_run import OVERRIDES, SPB, make_checkpoint, make_store
+from tests.tiny_checkpoint import OVERRIDES, SPB, make_checkpoint, make_store
 from train.report.audio import audio_name, find_synth, render_all
 from train.report.pages import pick_real
 from train.report.render import render_folders
