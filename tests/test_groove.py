@@ -14,7 +14,7 @@ from pipeline.build import build
 from pipeline.config import CONF_DIR, compose
 from pipeline.drums import DrumMap
 from pipeline.ingest import ingest
-from pipeline.midi import write_midi
+from pipeline.midi import _drum_onsets, write_midi
 from pipeline.store import Store
 
 pytestmark = pytest.mark.groove
@@ -25,9 +25,9 @@ def _gmd9() -> dict[int, int]:
     return {p: c for c, entry in enumerate(classes) for p in entry["pitches"]}
 
 
-def _expected(path: Path, pitch_to_class: dict[int, int]) -> dict:
-    """Read one file with mido, independently of pipeline.midi: drum note-ons on channel 10,
-    step = round(tick * 4 / ticks_per_beat), length = whole bars up to the last mapped note."""
+def _mido_reading(path: Path) -> dict:
+    """Read one file with mido, independently of pipeline.midi (symusic): every drum note-on on
+    channel 10 as (tick, pitch, velocity), the time signatures and ticks per quarter."""
     mf = mido.MidiFile(path)
     onsets, timesigs = [], []
     for track in mf.tracks:
@@ -35,12 +35,27 @@ def _expected(path: Path, pitch_to_class: dict[int, int]) -> dict:
         for msg in track:
             tick += msg.time
             if msg.type == "note_on" and msg.velocity > 0 and msg.channel == 9:
-                onsets.append((tick, msg.note))
+                onsets.append((tick, msg.note, msg.velocity))
             elif msg.type == "time_signature":
                 timesigs.append((tick, msg.numerator, msg.denominator))
+    return {"onsets": sorted(onsets), "timesigs": sorted(timesigs), "tpq": mf.ticks_per_beat}
+
+
+@pytest.fixture(scope="module")
+def mido_groove(groove_dir) -> dict[str, dict]:
+    """Every Groove file read with mido once (the reference both tests below compare with)."""
+    with open(groove_dir / "info.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["midi_filename"]: _mido_reading(groove_dir / r["midi_filename"]) for r in rows}
+
+
+def _expected(ref: dict, pitch_to_class: dict[int, int]) -> dict:
+    """From the mido reading: step = round(tick * 4 / ticks_per_beat), length = whole bars up to
+    the last mapped note."""
+    onsets, timesigs = [(t, p) for t, p, _ in ref["onsets"]], ref["timesigs"]
     num, den = min(timesigs)[1:] if timesigs else (4, 4)
     steps_per_bar = 16 * num // den
-    mapped = [(round(t * 4 / mf.ticks_per_beat), pitch_to_class[p]) for t, p in onsets if p in pitch_to_class]
+    mapped = [(round(t * 4 / ref["tpq"]), pitch_to_class[p]) for t, p in onsets if p in pitch_to_class]
     last = max(s for s, _ in mapped)
     return {"steps": (last // steps_per_bar + 1) * steps_per_bar, "hits": len(set(mapped)),
             "mapped": len(mapped), "dropped": Counter(p for _, p in onsets if p not in pitch_to_class)}
@@ -55,12 +70,25 @@ def groove_store(groove_dir, tmp_path_factory):
     return report, Store(out / "store.zarr")
 
 
-def test_groove_counts_match_independent_reading(groove_dir, groove_store):
+def test_symusic_reading_matches_mido_file_by_file(groove_dir, mido_groove):
+    """Every onset, pitch, velocity and tick (and the grid: tpq, time signatures) as mido reads
+    them, including the ride hit that is never closed (symusic alone drops it)."""
+    total = 0
+    for rel, ref in mido_groove.items():
+        tick, pitch, vel, timesigs, _, tpq = _drum_onsets(groove_dir / rel)
+        got = sorted(zip(tick.tolist(), pitch.tolist(), vel.tolist()))
+        assert got == ref["onsets"], rel
+        assert tpq == ref["tpq"] and sorted(timesigs) == ref["timesigs"], rel
+        total += len(got)
+    assert total == 402418
+
+
+def test_groove_counts_match_independent_reading(groove_dir, groove_store, mido_groove):
     report, store = groove_store
     with open(groove_dir / "info.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     pitch_to_class = _gmd9()
-    expected = {r["midi_filename"]: _expected(groove_dir / r["midi_filename"], pitch_to_class) for r in rows}
+    expected = {r["midi_filename"]: _expected(mido_groove[r["midi_filename"]], pitch_to_class) for r in rows}
     splits = Counter(r["split"] for r in rows)
 
     assert store.num_songs == report["songs"] == len(rows) == 1021
