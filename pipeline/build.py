@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.atomic import atomic_path
-from pipeline.store import Song, create_store, write_metadata
+from pipeline.store import ROW_ARRAYS, Song, create_store, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +47,21 @@ def source_hash(manifest: dict) -> str:
 
 def _write_chunk(root: zarr.Group, songs_dir: Path, records: list[dict], offsets: np.ndarray,
                  start: int, stop: int) -> int:
-    """Fill rows [start, stop) of hits and velocity from the songs overlapping them."""
+    """Fill rows [start, stop) of every row array (hits, velocity, offset) from the songs overlapping them."""
     first = int(np.searchsorted(offsets, start, side="right")) - 1
-    hits = np.zeros((stop - start, root["hits"].shape[1]), np.uint8)
-    vel = np.zeros_like(hits)
+    rows = {name: np.zeros((stop - start, root["hits"].shape[1]), dtype) for name, dtype in ROW_ARRAYS.items()}
     i = first
     while i < len(records) and offsets[i] < stop:
         a, b = int(offsets[i]), int(offsets[i + 1])
         if b > start:
             lo, hi = max(a, start), min(b, stop)
             with np.load(songs_dir / records[i]["file"], allow_pickle=False) as z:
-                hits[lo - start:hi - start] = z["hits"][lo - a:hi - a]
-                vel[lo - start:hi - start] = z["velocity"][lo - a:hi - a]
+                for name, block in rows.items():
+                    block[lo - start:hi - start] = z[name][lo - a:hi - a]
         i += 1
-    root["hits"][start:stop] = hits
-    root["velocity"][start:stop] = vel
-    return int(hits.sum())
+    for name, block in rows.items():
+        root[name][start:stop] = block
+    return int(rows["hits"].sum())
 
 
 def build(cfg: DictConfig) -> dict:

@@ -2,7 +2,8 @@
 
 Layout of `data/ready/` (every file a plain `.npy`, loadable with `np.load(mmap_mode="r")`):
 
-    hits.npy, velocity.npy   uint8 [N, D]   the store's rows, uncompressed, C order
+    hits.npy, velocity.npy   uint8 [N, D]   the store's rows (ROW_ARRAYS), uncompressed, C order
+    offset.npy               int8 [N, D]    each hit's timing in 1/128 step
     song_offsets.npy         int64 [S + 1]
     song_steps_per_bar.npy   int32 [S]
     windows_<split>.npy      int64 [W_split, 5]  columns WINDOW_COLUMNS: metrics row, song, start,
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 
 import pipeline.config
 from pipeline.atomic import atomic_path
-from pipeline.store import SPLITS, Store, attrs_hash
+from pipeline.store import ROW_ARRAYS, SPLITS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         block = max(1, int(store.hits.chunks[0]))
-        _copy_rows(store.hits, tmp / "hits.npy", block)
-        _copy_rows(store.velocity, tmp / "velocity.npy", block)
+        for name in ROW_ARRAYS:
+            _copy_rows(store.root[name], tmp / f"{name}.npy", block)
         np.save(tmp / "song_offsets.npy", store.song_offsets.astype(np.int64))
         np.save(tmp / "song_steps_per_bar.npy", store.meta["steps_per_bar"].astype(np.int32))
         offset = store.song_offsets[song] + start

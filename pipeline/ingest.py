@@ -8,7 +8,7 @@ Files are parsed in parallel with a dask bag; each task writes its songs as one 
 driver only ever holds metadata. Output (written atomically):
 
     data/interim/manifest.json    drum map, grid, and one record per song (metadata + its NPZ file)
-    data/interim/songs/*.npz      hits, velocity (uint8 [T, D]) per song
+    data/interim/songs/*.npz      hits, velocity (uint8 [T, D]), offset (int8 [T, D]) per song
     data/ingest_report.json       files seen, songs kept, each skipped file and why, note counts
 
 A bad file is skipped with its reason (`ingest.on_error=skip`, default) or stops the stage with exit
@@ -33,7 +33,7 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
 from pipeline.midi import MidiError, read_midi
-from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STR_FIELDS, Song
+from pipeline.store import FLOAT_FIELDS, INT_FIELDS, ROW_ARRAYS, SPLITS, STR_FIELDS, Song
 
 log = logging.getLogger(__name__)
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -50,7 +50,8 @@ class IngestError(RuntimeError):
 # ---------------------------------------------------------------- loading one file
 
 def validate_song(song: Song, where: str) -> Song:
-    """Check the invariants every song in the store keeps (shape, 0/1 hits, velocity only on hits)."""
+    """Check the invariants every song in the store keeps (shape, 0/1 hits, velocity and offset only
+    on hits, offsets within half a step)."""
     h = np.asarray(song.hits)
     if h.ndim != 2:
         raise BadInput(f"{where}: hits must be 2-D [time_steps, num_drums], got shape {h.shape}")
@@ -60,6 +61,14 @@ def validate_song(song: Song, where: str) -> Song:
         raise BadInput(f"{where}: no drum columns")
     song.hits = (h > 0).astype(np.uint8)
     song.velocity = np.where(song.hits > 0, np.clip(np.asarray(song.velocity), 1, 127), 0).astype(np.uint8)
+    off = np.asarray(song.offset)
+    if off.shape != h.shape or off.dtype.kind not in "iu":
+        raise BadInput(f"{where}: offset must be an integer array of the shape of hits {h.shape}, "
+                       f"got {off.dtype} {off.shape}")
+    if len(off) and (off.min() < -64 or off.max() > 64):
+        raise BadInput(f"{where}: offsets must lie in -64..64 (1/128 step, at most half a step from "
+                       f"the grid), got {off.min()}..{off.max()}")
+    song.offset = np.where(song.hits > 0, off, 0).astype(np.int8)
     sec = np.asarray(song.sections, np.int64).reshape(-1, 2)
     if len(sec) and (sec[:, 0].min() < 0 or sec[:, 1].max() > h.shape[0] or (sec[:, 1] <= sec[:, 0]).any()):
         raise BadInput(f"{where}: sections must be [start, end) pairs with 0 <= start < end <= {h.shape[0]}")
@@ -69,7 +78,9 @@ def validate_song(song: Song, where: str) -> Song:
 
 def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float) -> Song:
     """An NPZ with `sequence` [time_steps, num_drums]: > 0 is a hit; values 0-1 scale to velocity
-    1..127, values 0-127 are velocities as they are. Optional `sections` [K, 2] (start, end) steps."""
+    1..127, values 0-127 are velocities as they are. Optional `sections` [K, 2] (start, end) steps;
+    optional `velocity` (1..127 on hits, replacing the one `sequence` gives) and `offset` (int,
+    1/128 step, -64..64) [time_steps, num_drums]."""
     if not zipfile.is_zipfile(path):
         raise BadInput(f"{path}: not an NPZ file (not a zip archive)")
     try:
@@ -78,6 +89,7 @@ def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float) -> Song:
                 raise BadInput(f"{path}: no 'sequence' array (has {sorted(z.files)})")
             seq = z["sequence"]
             sections = z["sections"] if "sections" in z.files else np.zeros((0, 2), np.int64)
+            extra = {k: z[k] for k in ("velocity", "offset") if k in z.files}
     except BadInput:
         raise
     except Exception as exc:  # corrupt member, object arrays (pickle refused), ...
@@ -99,8 +111,18 @@ def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float) -> Song:
     if np.asarray(sections).dtype.kind not in "iu" or np.asarray(sections).size % 2:
         raise BadInput(f"{path}: 'sections' must be an integer [K, 2] array")
     vel = np.rint(seq * 127) if top <= 1 else np.rint(seq)
+    for k, a in extra.items():
+        if a.shape != seq.shape or a.dtype.kind not in "iu":
+            raise BadInput(f"{path}: '{k}' must be an integer array of the shape of 'sequence' {seq.shape}, "
+                           f"got {a.dtype} {a.shape}")
+    if "velocity" in extra:
+        bad = (seq > 0) & ((extra["velocity"] < 1) | (extra["velocity"] > 127))
+        if bad.any():
+            raise BadInput(f"{path}: 'velocity' must be 1..127 on every hit ({int(bad.sum())} hits are not)")
+        vel = extra["velocity"]
     song = Song(name=_song_id(rel), hits=seq > 0, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
-                beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections)
+                beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections,
+                offset=extra.get("offset"))
     return validate_song(song, str(path))
 
 
@@ -110,7 +132,7 @@ def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, m
         roll = read_midi(path, drum_map, steps_per_quarter)
     except MidiError as exc:
         raise BadInput(str(exc)) from exc
-    song = Song(name=_song_id(rel), hits=roll.hits, velocity=roll.velocity, source=rel,
+    song = Song(name=_song_id(rel), hits=roll.hits, velocity=roll.velocity, offset=roll.offset, source=rel,
                 steps_per_bar=roll.steps_per_bar, beats_per_bar=roll.beats_per_bar, bpm=roll.bpm,
                 style=meta.get("style", ""), drummer=meta.get("drummer", ""),
                 beat_type=meta.get("beat_type", ""), split=meta.get("split", ""))
@@ -143,7 +165,7 @@ def _record(song: Song, file: str, notes_mapped: int, unmapped: dict) -> dict:
     rec = {f: getattr(song, f) for f in STR_FIELDS}
     rec.update({f: int(getattr(song, f)) for f in INT_FIELDS})
     rec.update({f: float(getattr(song, f)) for f in FLOAT_FIELDS})
-    digest = hashlib.sha1(song.hits.tobytes() + song.velocity.tobytes()).hexdigest()
+    digest = hashlib.sha1(song.hits.tobytes() + song.velocity.tobytes() + song.offset.tobytes()).hexdigest()
     rec.update(file=file, num_steps=song.num_steps, num_drums=int(song.hits.shape[1]),
                sections=song.sections.tolist(), sha1=digest, notes_mapped=notes_mapped,
                unmapped={str(p): n for p, n in unmapped.items()})
@@ -165,7 +187,7 @@ def _run_part(part: int, items: list, load, songs_dir: Path, fail_fast: bool) ->
             out.append({"source": _label(item), "error": str(exc)})
             continue
         file = f"p{part:05d}_{j:05d}.npz"
-        np.savez(songs_dir / file, hits=song.hits, velocity=song.velocity)
+        np.savez(songs_dir / file, **{name: getattr(song, name) for name in ROW_ARRAYS})
         out.append(_record(song, file, notes_mapped, unmapped))
     return out
 

@@ -113,8 +113,9 @@ def test_groove_counts_match_independent_reading(groove_dir, groove_store, mido_
         assert store.meta["bpm"][i] == pytest.approx(float(meta[src]["bpm"]))
 
 
-def test_round_trip_midi_store_midi_store(groove_store, tmp_path):
-    """MIDI -> store -> write_midi -> store gives identical hits (and velocities), odd meters included."""
+def test_round_trip_midi_store_midi_store(groove_store, mido_groove, tmp_path):
+    """MIDI -> store -> write_midi -> store gives identical hits, velocities and offsets, odd meters
+    included; every written onset lies within one source tick of a source note of its class."""
     _, store = groove_store
     picks = sorted(set(range(0, store.num_songs, 97)) |
                    {int(i) for i in np.flatnonzero(store.meta["steps_per_bar"] != 16)})
@@ -124,16 +125,28 @@ def test_round_trip_midi_store_midi_store(groove_store, tmp_path):
         song = store.song(i)
         beat_unit = spq * 4 * song.beats_per_bar // song.steps_per_bar
         write_midi(inp / f"{song.name}.mid", song.hits, song.velocity, drum_map=DrumMap.default(),
-                   bpm=song.bpm, steps_per_quarter=spq, beats_per_bar=song.beats_per_bar, beat_unit=beat_unit)
+                   bpm=song.bpm, steps_per_quarter=spq, beats_per_bar=song.beats_per_bar, beat_unit=beat_unit,
+                   offset=song.offset)
     cfg = compose(["data=midi", f"data.path={inp}", f"paths.data_dir={tmp_path / 'out'}"])
     ingest(cfg)
     build(cfg)
     again = Store(tmp_path / "out" / "store.zarr")
     assert again.num_songs == len(picks) > 12
     names = {again.meta["name"][j]: j for j in range(again.num_songs)}
+    pitch_to_class = _gmd9()
     for i in picks:
         a, b = store.song(i), again.song(names[store.meta["name"][i]])
         np.testing.assert_array_equal(b.hits, a.hits)
         np.testing.assert_array_equal(b.velocity, a.velocity)
-        assert b.steps_per_bar == a.steps_per_bar
+        np.testing.assert_array_equal(b.offset, a.offset)
+        assert b.steps_per_bar == a.steps_per_bar and (a.offset != 0).mean() > 0.5 * (a.hits > 0).mean()
+        ref = mido_groove[store.meta["source"][i]]
+        source = {}
+        for t, p, _ in ref["onsets"]:
+            source.setdefault(pitch_to_class[p], []).append(t)
+        written = _mido_reading(inp / f"{a.name}.mid")
+        scale = ref["tpq"] / written["tpq"]
+        for t, p, _ in written["onsets"]:
+            near = np.abs(np.asarray(source[pitch_to_class[p]]) - t * scale).min()
+            assert near <= 1, (a.name, t, p, near)
     shutil.rmtree(tmp_path / "out")
