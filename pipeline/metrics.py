@@ -25,13 +25,16 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import kernels
-from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
-                          empty_window_outputs, window_grid)
+from kernels.expressive import expressive_metrics
+from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
+                          window_grid)
 from pipeline.atomic import atomic_path
 from pipeline.config import CONF_DIR, exit_on
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
+# window/<name> tables: the rhythm metrics of the hits, then velocity and timing (kernels.expressive)
+TABLES = {**WINDOW_SCHEMA, **{k: (dt, lambda D, nb, ib, f=f: f(D, ib)) for k, (dt, f) in EXPRESSIVE_SCHEMA.items()}}
 
 
 @dataclass
@@ -70,13 +73,19 @@ class Params:
         return self.seq_len // self.steps_per_bar
 
 
-def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: Params) -> SongResult:
-    """All metrics of one song; the song's own bar length, the configured table widths."""
+def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: Params,
+                velocity: np.ndarray | None = None, offset: np.ndarray | None = None) -> SongResult:
+    """All metrics of one song; the song's own bar length, the configured table widths.
+    Without velocity / offset: velocity = the roll's values, every hit on the grid."""
+    velocity = np.asarray(roll) if velocity is None else velocity
+    offset = np.zeros(np.shape(roll), np.int8) if offset is None else offset
     windows = kernels.window_metrics(roll, seq_len=p.seq_len, stride=p.stride, steps_per_bar=spb,
                                      beats_per_bar=bpb, ngram_n=p.ngram_n,
                                      fast_threshold=p.fast_threshold,
                                      dense_threshold=p.dense_threshold, num_bars=p.num_bars,
                                      ioi_bins=p.steps_per_bar)
+    windows.update(expressive_metrics(roll, velocity, offset, seq_len=p.seq_len, stride=p.stride,
+                                      steps_per_bar=spb, beats_per_bar=bpb, positions=p.steps_per_bar))
     song = kernels.song_metrics(roll, steps_per_bar=spb, bars_per_phrase=p.bars_per_phrase,
                                 ngram_n=p.ngram_n)
     phrase_len = spb * p.bars_per_phrase
@@ -90,17 +99,17 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
 
 
 def _empty_result(D: int, p: Params, error: str) -> SongResult:
-    windows = empty_window_outputs(0, D, p.num_bars, p.steps_per_bar)
+    windows = {k: np.zeros((0, *shape(D, p.num_bars, p.steps_per_bar)), dt) for k, (dt, shape) in TABLES.items()}
     song = {k: np.zeros(shape(D), dt) for k, (dt, shape) in SONG_SCHEMA.items()}
     section = {k: np.zeros((0, *shape(D)), dt) for k, (dt, shape) in SECTION_SCHEMA.items()}
     return SongResult(np.zeros(0, np.int64), 0, windows, song, np.zeros((0, 2), np.int64), section,
                       np.zeros((0, D), np.float32), np.zeros((0, D), np.float32), error)
 
 
-def _safe_song(roll, sections, spb, bpb, p: Params) -> SongResult:
+def _safe_song(roll, sections, spb, bpb, p: Params, velocity=None, offset=None) -> SongResult:
     # A bad song (e.g. a bar that is not whole beats) is reported and skipped; the rest go on.
     try:
-        return song_result(roll, sections, spb, bpb, p)
+        return song_result(roll, sections, spb, bpb, p, velocity, offset)
     except ValueError as exc:
         return _empty_result(roll.shape[1], p, str(exc))
 
@@ -131,7 +140,7 @@ class _Writer:
         rows = max(1, min(chunk, max(W, 1)))
         self.arrays = {name: grp.create_array(name, shape=(W,), dtype="int64", chunks=(rows,))
                        for name in ("song", "start", "length")}
-        for name, (dtype, shape) in WINDOW_SCHEMA.items():
+        for name, (dtype, shape) in TABLES.items():
             tail = shape(D, p.num_bars, p.steps_per_bar)
             self.arrays[name] = grp.create_array(name, shape=(W, *tail), dtype=dtype,
                                                  chunks=(rows, *tail), fill_value=0)
@@ -196,7 +205,7 @@ def run(cfg: DictConfig) -> dict:
             "bars_per_phrase": p.bars_per_phrase, "ngram_n": p.ngram_n,
             "fast_threshold": p.fast_threshold, "dense_threshold": p.dense_threshold,
             "store_hash": store_hash(store), "num_windows": writer.pos, "errors": errors,
-            "metric_names": {"window": list(WINDOW_SCHEMA), "song": list(SONG_SCHEMA),
+            "metric_names": {"window": list(TABLES), "song": list(SONG_SCHEMA),
                              "section": list(SECTION_SCHEMA)}})
     log.info("metrics: %d windows of %d songs -> %s (%d skipped)", writer.pos, S, out_path, len(errors))
     return {"songs": S, "windows": writer.pos, "errors": errors, "path": str(out_path)}
@@ -206,22 +215,23 @@ def _block_tasks(store: Store, b0: int, b1: int, p: Params) -> list:
     """One dask task per song of songs b0..b1-1, after one contiguous read of their rows."""
     off = store.song_offsets
     rows = store.hits[int(off[b0]):int(off[b1])]
+    vel, tim = (a[int(off[b0]):int(off[b1])] for a in (store.velocity, store.offset))
     spb, bpb = store.meta["steps_per_bar"], store.meta["beats_per_bar"]
     tasks = []
     for i in range(b0, b1):
-        roll = rows[off[i] - off[b0]:off[i + 1] - off[b0]]
+        song = slice(off[i] - off[b0], off[i + 1] - off[b0])
         sec = store.sections[store.section_offsets[i]:store.section_offsets[i + 1]]
-        tasks.append(dask.delayed(_safe_song)(roll, sec, int(spb[i]), int(bpb[i]), p))
+        tasks.append(dask.delayed(_safe_song)(rows[song], sec, int(spb[i]), int(bpb[i]), p, vel[song], tim[song]))
     return tasks
 
 
 def _window_rows(songs: range, block: list[SongResult]) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {name: [] for name in ("song", "start", "length", *WINDOW_SCHEMA)}
+    parts: dict[str, list] = {name: [] for name in ("song", "start", "length", *TABLES)}
     for i, r in zip(songs, block):
         parts["song"].append(np.full(len(r.starts), i, np.int64))
         parts["start"].append(r.starts)
         parts["length"].append(np.full(len(r.starts), r.length, np.int64))
-        for name in WINDOW_SCHEMA:
+        for name in TABLES:
             parts[name].append(r.windows[name])
     return {k: np.concatenate(v) for k, v in parts.items()}
 
