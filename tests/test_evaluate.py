@@ -50,7 +50,7 @@ def test_cli_writes_metrics_pictures_and_a_report_that_embeds_them(tiny, tmp_pat
         assert 0 <= row["f1"] <= 1 and set(row["per_drum"]) == set(DrumMap.default().names)
     assert m["generated_samples"] == 6
     gvr = m["generated_vs_real"]
-    assert {"avg_hits", "syncopation", "drum_density"} <= set(gvr)
+    assert {"avg_hits", "syncopation", "drum_density", "vel_mean", "accent", "swing_8", "timing_spread"} <= set(gvr)
     for c in gvr.values():
         assert 0 <= c["overlap_area"] <= 1 and c["kl_divergence"] >= 0
     report = (out / "report.md").read_text()

@@ -165,16 +165,22 @@ def metric_kwargs(cfg: DictConfig) -> dict:
     return kw
 
 
-def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict) -> dict[str, np.ndarray]:
-    """Kernel window metrics of each roll as one window ([N, ...] per metric)."""
-    from kernels import window_metrics
+def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict,
+                       played: list | None = None) -> dict[str, np.ndarray]:
+    """Kernel window metrics of each roll as one window ([N, ...] per metric); with `played`
+    ((velocity, offset) per roll), the velocity and timing metrics too."""
+    from kernels import expressive_metrics, window_metrics
 
     per_metric: dict[str, list] = {}
-    for roll in rolls:
+    for j, roll in enumerate(rolls):
         if len(roll) == 0:
             continue
         m = window_metrics(np.ascontiguousarray(roll, dtype=np.uint8), seq_len=min(seq_len, len(roll)),
                            stride=max(len(roll), 1), **kw)
+        if played is not None:
+            spb = kw["steps_per_bar"]
+            m.update(expressive_metrics(roll, *played[j], seq_len=min(seq_len, len(roll)), stride=max(len(roll), 1),
+                                        steps_per_bar=spb, beats_per_bar=kw.get("beats_per_bar", 4), positions=spb))
         for name, value in m.items():
             value = np.asarray(value)
             if value.dtype.kind in "biuf" and len(value):
@@ -182,20 +188,31 @@ def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict) -> dict[
     return {name: np.stack(v) for name, v in per_metric.items()}
 
 
-def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int) -> tuple[dict, dict, dict, np.ndarray]:
-    """(comparison per metric, real metric sets, generated metric sets, generated rolls)."""
+def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
+                      store: Store | None = None) -> tuple[dict, dict, dict, np.ndarray]:
+    """(comparison per metric, real metric sets, generated metric sets, generated rolls).
+
+    With `store`, the velocity and timing metrics join the table: real windows with the store's
+    velocities and offsets; generated parts at velocity 100 on the grid (what generate writes
+    until the model predicts them)."""
     gcfg = cfg.evaluate.generated
     seq_len = int(cfg.window.seq_len)
     # Real set: the split's windows laid end to end (stride = seq_len), trimmed to their real steps.
-    real_rolls = [w[m] for w, m, a in zip(windows.steps, windows.mask, windows.start) if a % seq_len == 0]
-    real_rolls = [r for r in real_rolls if len(r)]
+    picked = [(w[m], s, a) for w, m, s, a in zip(windows.steps, windows.mask, windows.song, windows.start)
+              if a % seq_len == 0 and m.any()]
+    real_rolls = [r for r, _, _ in picked]
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
                  top_p=gcfg.top_p, seed=int(gcfg.seed))
     kw = metric_kwargs(cfg)
-    real = window_metric_sets(real_rolls, seq_len, kw)
-    generated = window_metric_sets(list(gen), seq_len, kw)
+    real_played = gen_played = None
+    if store is not None:
+        real_played = [tuple(np.asarray(a[store.song_slice(int(s))][st:st + len(r)]) for a in (store.velocity, store.offset))
+                       for r, s, st in picked]
+        gen_played = [(np.asarray(g, np.uint8) * 100, np.zeros(np.shape(g), np.int8)) for g in gen]
+    real = window_metric_sets(real_rolls, seq_len, kw, real_played)
+    generated = window_metric_sets(list(gen), seq_len, kw, gen_played)
     return compare_sets(real, generated, max_samples=int(gcfg.max_set_size)), real, generated, gen
 
 
@@ -267,7 +284,7 @@ def evaluate(cfg: DictConfig) -> dict:
                                          for n, s in scores.items() if n != MODEL_ROW),
     }
     if ecfg.generated.enabled:
-        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, store.num_drums)
+        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, store.num_drums, store)
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))
         notes = {k: f"OA {v['overlap_area']:.2f}  KL {v['kl_divergence']:.2f}" for k, v in comparison.items()}
