@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from train.baselines import make_baselines
-from train.scores import ScoreAccumulator, compare_sets
+from train.evaluate.baselines import make_baselines
+from train.evaluate.scores import ScoreAccumulator, compare_sets
 
 D, SPB = 9, 16
 

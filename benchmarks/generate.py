@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from train.model import HierarchicalDrumModel, sample_hits
+from train.training.model import HierarchicalDrumModel, sample_hits
 
 BACKENDS = {"gru": dict(rnn_type="gru"), "lstm": dict(rnn_type="lstm"),
             "transformer": dict(use_transformer=True)}

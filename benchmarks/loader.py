@@ -34,7 +34,7 @@ from pipeline.drums import DrumMap
 from pipeline.export import export
 from pipeline.metrics import run as compute_metrics
 from pipeline.store import Song, write_store
-from train.data import CompleteHierarchicalDrumDataset, WindowBatchSampler, make_loader
+from train.training.data import CompleteHierarchicalDrumDataset, WindowBatchSampler, make_loader
 
 SEQ, STRIDE, SPB, BPP, BATCH, D = 512, 16, 16, 4, 64, 9
 

@@ -4,7 +4,7 @@
 
 Runs `--trials` tiny trials through `train.tune.run_study` (SQLite storage, heartbeats, median
 pruner off so every trial trains fully, reports written at the end), then trains the very same
-composed configs with plain `train.trainer.fit`, in one process each time. Prints one JSON object:
+composed configs with plain `train.training.trainer.fit`, in one process each time. Prints one JSON object:
 seconds per trial both ways, the driver's overhead per trial (compose + storage + lock + callback +
 heartbeat) and the time to write the reports (CSV, best config, three plots).
 Figures and the machine: benchmarks/README.md.
@@ -33,8 +33,8 @@ def main() -> None:
     import torch
 
     from tests.trainer_data import build_tiny_ready
-    from train import tune
-    from train.trainer import fit
+    from train.tune import study as tune
+    from train.training.trainer import fit
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)

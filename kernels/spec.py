@@ -114,6 +114,21 @@ def window_grid(num_steps: int, seq_len: int, stride: int) -> tuple[np.ndarray, 
     return np.arange(0, num_steps - seq_len + 1, stride, dtype=np.int64), int(seq_len)
 
 
+def corpus_windows(song_offsets: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(song, start) of every window of a corpus, by song then start: `window_grid` for all songs at once.
+
+    The one window rule of the project: the metrics stage computes these windows, the export writes
+    them, training and evaluation read them from the export.
+    """
+    check_positive(seq_len=seq_len, stride=stride)
+    lengths = np.diff(np.asarray(song_offsets, np.int64))
+    counts = np.where(lengths >= seq_len, (lengths - seq_len) // stride + 1, (lengths > 0).astype(np.int64))
+    song = np.repeat(np.arange(len(lengths), dtype=np.int64), counts)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    start = (np.arange(len(song), dtype=np.int64) - np.repeat(first, counts)) * stride
+    return song, start
+
+
 def default_dense_threshold(num_drums: int, dense_threshold) -> float:
     """A bar is dense when more than this many distinct drums are hit in it (default D / 2)."""
     return num_drums / 2.0 if dense_threshold is None else float(dense_threshold)

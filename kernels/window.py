@@ -112,6 +112,43 @@ def _run(hits, L, stride, steps_per_bar, beat, n, fast_threshold, dense_threshol
          avg_hits, max_hits, drum_density, co_occurrence, syncopation, transitions,
          ioi_mean, ioi_var, ioi_hist, fast_hits, ngram_unique, ngram_entropy,
          bar_hits, dense_bar_fraction):
+    """Slide one window over one song and fill row w of every output for each start a = w * stride.
+
+    Parameters
+    ----------
+    hits : uint8 [T, D]
+        The song's 0/1 roll (`spec.check_roll`).
+    L : int
+        Window length in steps (seq_len, or T for a song shorter than seq_len: `spec.window_grid`).
+    stride : int
+        Steps between window starts; row w is the window [w * stride, w * stride + L).
+    steps_per_bar : int
+        Bar length in steps (bar_hits, dense bars).
+    beat : int
+        Steps per beat; a hit at a step that is not a multiple of `beat` within its bar is syncopated.
+    n : int
+        n-gram length (ngram_unique, ngram_entropy).
+    fast_threshold : int
+        An inter-onset interval of at most this many steps counts as a fast hit.
+    dense_threshold : float
+        A bar is dense when more than this many distinct drums are hit in it.
+    grams : int64 [T - n + 1]
+        Id of the n-gram starting at each step (`codes.ngram_ids`), dense in [0, num_grams).
+    num_grams : int
+        Number of distinct n-gram ids (size of the running count table).
+    table : int64 [L - n + 2]
+        Fixed-point c * log2(c) for every count c (`entropy_table`), so running entropy sums are exact.
+    bits : int
+        Fixed-point scale of `table` (values are multiplied by 2**bits).
+
+    Returns
+    -------
+    None. The remaining arguments are the outputs, preallocated by `spec.empty_window_outputs` in
+    `spec.WINDOW_SCHEMA` order ([W, ...] each, W = number of windows) and filled in place:
+    avg_hits, max_hits, drum_density, co_occurrence, syncopation, transitions, ioi_mean, ioi_var,
+    ioi_hist, fast_hits, ngram_unique, ngram_entropy, bar_hits, dense_bar_fraction. Definitions:
+    docs/metrics.md and the numpy twin `kernels.reference.window_metrics`.
+    """
     T, D = hits.shape
     W = avg_hits.shape[0]
     h, P_h, P_d, P_co, P_sy, Q = _prefix_sums(hits, steps_per_bar, beat, dense_threshold)

@@ -8,29 +8,12 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.config
-from pipeline.build import build
-from pipeline.export import export
-from pipeline.ingest import IngestError, ingest
-from pipeline.metrics import run as compute_metrics
+from pipeline.stages import run_all
 
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("ingest", IngestError):
-        report = ingest(cfg)
-    with pipeline.config.exit_on("build", FileNotFoundError):
-        summary = build(cfg)
-    print(f"{summary['songs']} songs, {summary['steps']} steps, {summary['hits']} hits, "
-          f"{report['notes_mapped']} notes mapped, dropped per unmapped pitch {report['notes_dropped']}, "
-          f"{report['skipped_count']} files skipped -> {summary['store']}")
-    with pipeline.config.exit_on("metrics", FileNotFoundError, ValueError):
-        metrics = compute_metrics(cfg)
-    print(f"{metrics['windows']} windows of {metrics['songs']} songs, "
-          f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
-    with pipeline.config.exit_on("export", FileNotFoundError, ValueError):
-        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready,
-               seq_len=int(cfg.window.seq_len), stride=int(cfg.window.stride))
-    print(f"training arrays -> {cfg.paths.ready}")
+    run_all(cfg, echo=print, cli=True)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,22 @@ def _write_chunk(root: zarr.Group, songs_dir: Path, records: list[dict], offsets
     return int(rows["hits"].sum())
 
 
+def _settled(fn, *args):
+    """fn(*args), or the exception it raised: a failing chunk must not abort the compute while other
+    chunk tasks still write into the temporary store that the failure is about to remove."""
+    try:
+        return fn(*args)
+    except Exception as e:  # re-raised by _raise_first once every task has finished
+        return e
+
+
+def _raise_first(results: tuple) -> tuple:
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
 def build(cfg: DictConfig) -> dict:
     """Build the store; returns a summary (songs, steps, hits, chunks)."""
     interim = Path(cfg.paths.interim)
@@ -82,9 +98,10 @@ def build(cfg: DictConfig) -> dict:
         root = create_store(tmp, num_songs=len(records), num_steps=total, num_drums=num_drums,
                             chunk_steps=chunk, compressor=cfg.store.compressor)
         # partial: dask would otherwise walk the song records once per task looking for collections
-        write = dask.delayed(partial(_write_chunk, root, interim / "songs", records, offsets))
+        write = dask.delayed(partial(_settled, _write_chunk, root, interim / "songs", records, offsets))
         tasks = [write(s, min(s + chunk, total)) for s in range(0, total, chunk)]
-        hit_counts = dask.compute(*tasks, scheduler=cfg.store.scheduler, num_workers=int(cfg.store.workers))
+        hit_counts = _raise_first(dask.compute(*tasks, scheduler=cfg.store.scheduler,
+                                               num_workers=int(cfg.store.workers)))
         write_metadata(root, meta_songs, attrs)
         root.attrs["num_hits"] = int(sum(hit_counts))
     summary = {"songs": len(records), "steps": total, "hits": int(sum(hit_counts)), "chunks": len(tasks),

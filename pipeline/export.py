@@ -29,6 +29,7 @@ import zarr
 from omegaconf import DictConfig
 
 import pipeline.config
+from kernels.spec import corpus_windows
 from pipeline.atomic import atomic_path
 from pipeline.store import ROW_ARRAYS, SPLITS, Store, attrs_hash
 
@@ -39,25 +40,11 @@ WINDOW_COLUMNS = ("row", "song", "start", "length", "offset")
 _WINDOW_KEYS = ("song", "start", "length")   # window/<key> arrays that index, not metrics
 
 
-def expected_windows(song_offsets: np.ndarray, seq_len: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """(song, start) of every window, in the order of docs/architecture.md (by song, then start).
-
-    Starts are 0, stride, 2·stride, … while start + seq_len ≤ T; a song with 0 < T < seq_len has one
-    window at 0; T = 0 has none.
-    """
-    lengths = np.diff(np.asarray(song_offsets, np.int64))
-    counts = np.where(lengths >= seq_len, (lengths - seq_len) // stride + 1, (lengths > 0).astype(np.int64))
-    song = np.repeat(np.arange(len(lengths), dtype=np.int64), counts)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    start = (np.arange(len(song), dtype=np.int64) - np.repeat(first, counts)) * stride
-    return song, start
-
-
 def _check_windows(metrics_path: Path, store: Store, song: np.ndarray, start: np.ndarray,
                    length: np.ndarray, seq_len: int, stride: int) -> int:
     """Every song with windows has exactly its expected windows; returns how many songs have none
     although they should (the metrics stage skips a song whose kernels failed, and says why)."""
-    exp_song, exp_start = expected_windows(store.song_offsets, seq_len, stride)
+    exp_song, exp_start = corpus_windows(store.song_offsets, seq_len, stride)
     song_len = np.diff(store.song_offsets)
     present = np.isin(exp_song, np.unique(song))
     missing = len(np.unique(exp_song[~present]))

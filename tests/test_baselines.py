@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from train.baselines import FrequencyBaseline, NGramBaseline, RepeatBarBaseline, make_baselines, select_ngram
-from train.scores import ScoreAccumulator, nll_bits_per_step
+from train.evaluate.baselines import FrequencyBaseline, NGramBaseline, RepeatBarBaseline, make_baselines, select_ngram
+from train.evaluate.scores import ScoreAccumulator, nll_bits_per_step
 
 SPB = 16
 

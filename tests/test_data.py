@@ -16,7 +16,7 @@ from pipeline.export import export
 from pipeline.metrics import store_hash
 from pipeline.store import Store, write_store
 from tests.ready_data import build_ready, make_songs
-from train.data import CompleteHierarchicalDrumDataset, get_complete_rl_dataloader, make_loader
+from train.training.data import CompleteHierarchicalDrumDataset, get_complete_rl_dataloader, make_loader
 
 SEQ, STRIDE, SPB, BPP = 128, 16, 16, 4
 LENGTHS = [300, 40, 0, 1000, 128, 17, 200]
@@ -158,7 +158,7 @@ def test_songs_the_metrics_stage_skipped_are_left_out(tmp_path, caplog):
 def test_other_bar_lengths_are_excluded_with_a_logged_count(tmp_path, caplog):
     songs = make_songs([200, 192, 64], steps_per_bar=[16, 12, 16])
     build_ready(tmp_path, songs, seq_len=64, stride=16)
-    with caplog.at_level(logging.WARNING, logger="train.data"):
+    with caplog.at_level(logging.WARNING, logger="train.training.data"):
         ds = CompleteHierarchicalDrumDataset(tmp_path / "ready", "train", 64, 16, 16, 4)
     assert ds.excluded_songs == 1 and ds.excluded_windows == (192 - 64) // 16 + 1
     assert "1 songs (9 windows) left out: steps_per_bar != 16" in caplog.text
@@ -298,7 +298,7 @@ def test_get_complete_rl_dataloader_from_a_store(ready):
 
 
 def test_a_batch_feeds_the_model_and_its_loss(ready):
-    from train.model import HierarchicalDrumModel, compute_loss
+    from train.training.model import HierarchicalDrumModel, compute_loss
 
     batch = next(iter(make_loader(_dataset(ready), batch_size=4, seed=1)))
     model = HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1,

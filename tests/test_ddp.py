@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from pipeline.config import REPO_ROOT
 from tests.trainer_data import build_tiny_ready
-from train.checkpoint import load_checkpoint
-from train.trainer import build_model
+from train.training.checkpoint import load_checkpoint
+from train.training.trainer import build_model
 
 STEPS, GLOBAL_BATCH = 4, 8
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from pipeline.store import Store
-from train.data import get_complete_rl_dataloader
+from train.training.data import get_complete_rl_dataloader
 
 SEQ = 64
 

@@ -11,11 +11,11 @@ import torch
 from pipeline.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
 from pipeline.store import Song, Store, write_store
-from tests.tiny_run import OVERRIDES, SEQ_LEN, SPB, make_checkpoint, make_store
-from train.baselines import FrequencyBaseline, RepeatBarBaseline
-from train.evaluate import evaluate, model_probs, score_windows, split_windows, window_starts
-from train.generate import load_for_inference
-from train.scores import ScoreAccumulator
+from tests.tiny_checkpoint import OVERRIDES, SEQ_LEN, SPB, make_checkpoint, make_store
+from train.evaluate.baselines import FrequencyBaseline, RepeatBarBaseline
+from train.evaluate.run import evaluate, model_probs, score_windows, split_windows, window_starts
+from train.training.checkpoint import load_for_inference
+from train.evaluate.scores import ScoreAccumulator
 
 ROWS = {"model", "repeat_bar", "frequency", "ngram"}
 

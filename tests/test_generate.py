@@ -11,8 +11,9 @@ import torch
 from pipeline.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi, write_midi
-from tests.tiny_run import OVERRIDES, SPB, make_checkpoint, make_store
-from train.generate import load_for_inference, resolve_checkpoint, run, sample
+from tests.tiny_checkpoint import OVERRIDES, SPB, make_checkpoint, make_store
+from train.generate.run import run, sample
+from train.training.checkpoint import load_for_inference, resolve_checkpoint
 
 
 @pytest.fixture(scope="module")

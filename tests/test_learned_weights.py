@@ -15,9 +15,9 @@ import torch
 from pipeline.config import REPO_ROOT, compose
 from tests.test_ddp import TORCHRUN, _free_port
 from tests.trainer_data import build_tiny_ready
-from train.checkpoint import load_checkpoint
-from train.optim import ConfigError
-from train.trainer import fit, validate_config
+from train.training.checkpoint import load_checkpoint
+from train.training.optim import ConfigError
+from train.training.trainer import fit, validate_config
 
 BOUND = 2.0
 # density starts at weight 1, syncopation at 0.5, ioi_var at 2: s_i(0) = −log w_i
@@ -120,7 +120,7 @@ def test_two_processes_equal_one_process_with_learned_weights(tiny, tmp_path):
 
 
 def test_per_term_starting_weights():
-    from train.loss_weighting import UncertaintyWeighting
+    from train.training.loss_weighting import UncertaintyWeighting
 
     uw = UncertaintyWeighting(["a", "b"], init_log_var=[0.0, -math.log(0.5)], max_log_var=BOUND)
     assert uw.weights() == pytest.approx({"a": 1.0, "b": 0.5})
@@ -131,7 +131,7 @@ def test_per_term_starting_weights():
 
 
 def test_optuna_space_entry_from_the_docs_reaches_the_trainer(tiny):
-    from train.tune import check_space, param_overrides
+    from train.tune.study import check_space, param_overrides
 
     space = {"learn_weights": {"path": "rl.learn_weights", "type": "categorical", "choices": [False, True]}}
     base = compose(tiny + ["rl=surrogate"])

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from train.loss_weighting import UncertaintyWeighting
+from train.training.loss_weighting import UncertaintyWeighting
 
 
 def test_formula_at_init_and_known_log_vars():

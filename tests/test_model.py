@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from pipeline.config import compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi
-from train.model import HierarchicalDrumModel, compute_loss, lookback_features, sample_hits
+from train.training.model import HierarchicalDrumModel, compute_loss, lookback_features, sample_hits
 
 # tiny models on a shared 2-core machine: OpenMP threads only spin against each other
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import REPO_ROOT
 from tests.trainer_data import build_tiny_ready
-from train.checkpoint import load_checkpoint
+from train.training.checkpoint import load_checkpoint
 
 EPOCHS, BATCHES = 3, 8
 

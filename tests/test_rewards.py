@@ -4,8 +4,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.config import compose
-from train import rewards
-from train.optim import ConfigError
+from train.training import rewards
+from train.training.optim import ConfigError
 
 
 def test_expected_metrics_match_exact_values_on_binary_rolls():
@@ -77,8 +77,8 @@ def tiny(tmp_path_factory):
 
 
 def _train_and_generate(tiny, run_dir, extra):
-    from train.checkpoint import load_model
-    from train.trainer import fit
+    from train.training.checkpoint import load_model
+    from train.training.trainer import fit
 
     summary = fit(compose(tiny + [f"trainer.run_dir={run_dir}", "trainer.resume=never",
                                   "trainer.limit_val_batches=1"] + extra))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.ready_data import build_ready, make_songs
-from train.data import CompleteHierarchicalDrumDataset, WindowBatchSampler, make_loader
+from train.training.data import CompleteHierarchicalDrumDataset, WindowBatchSampler, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_loader_resume_mid_epoch_sees_exactly_the_unseen_windows(ready, workers,
 RANK_SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch.distributed as dist
-    from train.data import CompleteHierarchicalDrumDataset, make_loader
+    from train.training.data import CompleteHierarchicalDrumDataset, make_loader
     dist.init_process_group("gloo")
     ds = CompleteHierarchicalDrumDataset(sys.argv[1], "train", 64, 16, 16, 4)
     loader = make_loader(ds, batch_size=5, seed=4)

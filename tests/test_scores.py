@@ -1,7 +1,7 @@
 """Scores: NLL/BCE/F1 on known cases; overlapping area and KL of identical and disjoint sets."""
 import numpy as np
 
-from train.scores import (ScoreAccumulator, compare_sets, inter_set_distances, intra_set_distances,
+from train.evaluate.scores import (ScoreAccumulator, compare_sets, inter_set_distances, intra_set_distances,
                           kl_divergence, nll_bits_per_step, overlap_area)
 
 

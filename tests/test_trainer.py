@@ -9,10 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.config import REPO_ROOT, compose
-from train.checkpoint import (load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+from train.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                               update_top_k)
-from train.optim import ConfigError, build_optimizer, build_scheduler
-from train.trainer import validate_config
+from train.training.optim import ConfigError, build_optimizer, build_scheduler
+from train.training.trainer import validate_config
 
 OPTIMIZERS = sorted(n for n, c in vars(torch.optim).items()
                     if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer")
@@ -162,7 +162,7 @@ def test_run_writes_top_k_checkpoints_logs_config_and_versions(tiny, tmp_path):
     import csv
     import json
 
-    from train.trainer import fit
+    from train.training.trainer import fit
 
     summary = fit(compose(tiny + [f"trainer.run_dir={tmp_path}", "trainer.max_epochs=4", "trainer.save_top_k=2",
                                   "trainer.save_every_n_epochs=2", "trainer.limit_train_batches=3"]))
@@ -189,7 +189,7 @@ def test_run_writes_top_k_checkpoints_logs_config_and_versions(tiny, tmp_path):
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(tiny, tmp_path):
-    from train.trainer import fit
+    from train.training.trainer import fit
 
     summary = fit(compose(tiny + [f"trainer.run_dir={tmp_path}", "trainer.max_epochs=6",
                                   "trainer.optimizer.config.lr=0.0", "trainer.early_stopping.patience=2"]))
@@ -197,7 +197,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(tiny, tmp_path):
 
 
 def test_resume_from_an_explicit_path_continues_counting(tiny, tmp_path):
-    from train.trainer import fit
+    from train.training.trainer import fit
 
     first = fit(compose(tiny + [f"trainer.run_dir={tmp_path}/a", "trainer.max_epochs=1"]))
     path = tmp_path / "a" / "checkpoints" / "last.pt"
@@ -207,7 +207,7 @@ def test_resume_from_an_explicit_path_continues_counting(tiny, tmp_path):
 
 
 def test_gradient_accumulation_equals_the_larger_batch(tiny, tmp_path):
-    from train.trainer import fit
+    from train.training.trainer import fit
 
     common = tiny + ["trainer.max_steps=3", "trainer.max_epochs=1", "trainer.limit_train_batches=-1",
                      "trainer.save_top_k=0", "trainer.resume=never"]
@@ -226,7 +226,7 @@ def test_gradient_accumulation_equals_the_larger_batch(tiny, tmp_path):
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning")
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_on_cpu(tiny, tmp_path, precision):
-    from train.trainer import fit
+    from train.training.trainer import fit
 
     summary = fit(compose(tiny + [f"trainer.run_dir={tmp_path}", "trainer.max_epochs=1",
                                   f"trainer.precision={precision}", "trainer.resume=never"]))

@@ -1,6 +1,6 @@
 """The Optuna study driver on the real trainer and a tiny real store (store -> metrics -> export).
 
-Every trial is a real `train.trainer.fit` run (tiny model, 2 epochs of a few batches, deterministic
+Every trial is a real `train.training.trainer.fit` run (tiny model, 2 epochs of a few batches, deterministic
 CPU); studies live in SQLite files under tmp_path; the CLI tests run `python -m train.tune` as
 separate processes, as a user would.
 """
@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from pipeline.config import REPO_ROOT
 from tests.trainer_data import build_tiny_ready
-from train import tune
+from train.tune import study as tune
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -220,7 +220,7 @@ def test_reward_normalisation_modes_are_reachable_from_the_search():
     import torch
 
     from pipeline.config import compose
-    from train.rewards import RewardShaper
+    from train.training.rewards import RewardShaper
 
     space = {"reward_norm": {"path": "rl.normalize", "type": "categorical", "choices": ["batch", "running", "none"]}}
     reward = torch.tensor([1.0, 3.0])
@@ -239,8 +239,8 @@ def test_reward_normalisation_modes_are_reachable_from_the_search():
     shaper.advantage(torch.tensor([5.0, 5.0]), baseline=1.0)
     assert shaper.var == pytest.approx(m * 2.0 + (1 - m) * 16.0)
     # the older boolean spelling still works; a wrong value is named before training
-    from train.optim import ConfigError
-    from train.rewards import normalize_mode
+    from train.training.optim import ConfigError
+    from train.training.rewards import normalize_mode
 
     assert (normalize_mode(True), normalize_mode(False)) == ("batch", "none")
     with pytest.raises(ConfigError, match="rl.normalize='sometimes'"):

@@ -12,12 +12,12 @@ import hydra
 from omegaconf import DictConfig
 
 import pipeline.config
-from train.optim import ConfigError
+from train.training.optim import ConfigError
 
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from train.trainer import fit
+    from train.training.trainer import fit
 
     with pipeline.config.exit_on("train", ConfigError, code=2):
         fit(cfg)

@@ -20,13 +20,10 @@ A batch (dict of tensors, B first):
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import itertools
 import json
 import logging
 import math
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -504,56 +501,6 @@ def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, sh
                         num_workers=num_workers, worker_type=worker_type, pin_memory=pin_memory, **kwargs)
 
 
-def _npz_cache_key(npz_dir: Path, **window) -> str:
-    files = sorted(npz_dir.rglob("*.npz"))
-    listing = [(str(p.relative_to(npz_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    blob = json.dumps({"files": listing, **window, "export_format": _export_format()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _export_format() -> int:
-    from pipeline.export import FORMAT_VERSION
-
-    return FORMAT_VERSION
-
-
-def prepare_npz(npz_dir: str | Path, *, seq_len: int, stride: int, steps_per_bar: int, bars_per_phrase: int,
-                cache_dir: str | Path | None = None) -> Path:
-    """NPZ folder -> store -> metrics -> export through the pipeline stages; cached by content.
-
-    The cache key covers every *.npz (path, size, mtime) and the window, so editing a file or the
-    window rebuilds, and anything else reuses `<cache_dir>/<key>/ready` (default
-    $HIERDRUMS_CACHE or ~/.cache/hierdrums). A file lock makes concurrent ranks build it once.
-    """
-    npz_dir = Path(npz_dir)
-    window = {"seq_len": int(seq_len), "stride": int(stride), "steps_per_bar": int(steps_per_bar),
-              "bars_per_phrase": int(bars_per_phrase)}
-    cache_dir = Path(cache_dir or os.environ.get("HIERDRUMS_CACHE", "~/.cache/hierdrums")).expanduser()
-    root = cache_dir / _npz_cache_key(npz_dir, **window)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root / "ready" / "manifest.json").exists():
-            _run_stages(npz_dir, root, window)
-    return root / "ready"
-
-
-def _run_stages(npz_dir: Path, root: Path, window: dict) -> None:
-    from pipeline.build import build
-    from pipeline.config import compose
-    from pipeline.export import export
-    from pipeline.ingest import ingest
-    from pipeline.metrics import run as compute_metrics
-
-    cfg = compose(["data=npz", f"data.path='{npz_dir.resolve()}'", f"data.steps_per_bar={window['steps_per_bar']}",
-                   f"paths.data_dir='{root.resolve()}'", *(f"window.{k}={v}" for k, v in window.items())])
-    log.info("building %s from %s (store, metrics, export)", root, npz_dir)
-    ingest(cfg)
-    build(cfg)
-    compute_metrics(cfg)
-    export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=window["seq_len"], stride=window["stride"])
-
-
 def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512, steps_per_bar: int = 16,
                                bars_per_phrase: int = 4, batch_size: int = 16, shuffle: bool = True,
                                augment: bool = False, num_workers: int = 0, *, worker_type: str = "thread",
@@ -571,6 +518,8 @@ def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512,
     if path.is_dir() and not (path / "manifest.json").exists() and not (path / "zarr.json").exists():
         if not any(path.rglob("*.npz")):
             raise FileNotFoundError(f"{path}: no *.npz files, no store.zarr and no export (manifest.json)")
+        from pipeline.stages import prepare_npz
+
         path = prepare_npz(path, seq_len=seq_len, stride=stride or steps_per_bar, steps_per_bar=steps_per_bar,
                            bars_per_phrase=bars_per_phrase, cache_dir=cache_dir)
     dataset = CompleteHierarchicalDrumDataset(path, split, seq_len, stride, steps_per_bar, bars_per_phrase,

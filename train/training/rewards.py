@@ -24,7 +24,7 @@ Two modes:
       loss = −mean_b(A · log π(sample)) / sample_steps,   total = step loss + weight · loss.
 
 Learned term weights (`rl.learn_weights: true`, off by default): the fixed w_i give way to
-uncertainty weighting (train/loss_weighting.py) of the distances d_i = |m_i − target_i| ≥ 0,
+uncertainty weighting (train/training/loss_weighting.py) of the distances d_i = |m_i − target_i| ≥ 0,
       L_rl = Σ_i exp(−s_i) · mean_b(d_i) + s_i,    s_i ∈ (−max_log_var, max_log_var), s_i(0) = −log w_i,
 so the configured w_i is each term's starting weight. `surrogate`: total = step loss + weight · L_rl
 (the model and the s_i learn from it together). `reinforce`: R = −Σ_i exp(−s_i)·d_i with the current
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from train.loss_weighting import UncertaintyWeighting
-from train.optim import ConfigError
+from train.training.loss_weighting import UncertaintyWeighting
+from train.training.optim import ConfigError
 
 BUILTINS = ("avg_hits", "syncopation", "ioi_var")
 ALIASES = {"density": "avg_hits"}

@@ -2,7 +2,7 @@
 
 The store is written with pipeline.store.write_store; the checkpoint is a real
 HierarchicalDrumModel, trained for a few dozen steps on the store's train split and saved with
-train.checkpoint.save_checkpoint per the checkpoint contract (docs/architecture.md).
+train.training.checkpoint.save_checkpoint per the checkpoint contract (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def make_checkpoint(path: Path, store: Path, train_steps: int = 40, use_transfor
 def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: bool) -> Path:
     from pipeline.config import compose
     from pipeline.store import Store
-    from train.checkpoint import save_checkpoint
-    from train.model import HierarchicalDrumModel
+    from train.training.checkpoint import save_checkpoint
+    from train.training.model import HierarchicalDrumModel
 
     torch.manual_seed(0)
     cfg = compose(OVERRIDES + [f"paths.store={store}"])

@@ -3,10 +3,10 @@
 1. Windows of the split, cut from `data/store.zarr` as the metrics stage cuts them (starts 0,
    stride, 2·stride, … while start + seq_len <= T; a shorter song is one padded, masked window),
    with `evaluate.stride` (default seq_len: every step scored once). As in training
-   (train.data.ReadyDataset), songs whose steps_per_bar differs from `window.steps_per_bar`
+   (train.training.data.ReadyDataset), songs whose steps_per_bar differs from `window.steps_per_bar`
    (e.g. 3/4 songs) are left out, for the model and the baselines alike (fitting included), and
    the counts left out are reported.
-2. Teacher-forced scores (train.scores) of the model and of the three baselines (train.baselines,
+2. Teacher-forced scores (train.evaluate.scores) of the model and of the three baselines (train.evaluate.baselines,
    fitted on the train split) on exactly those windows; each one's onset threshold is chosen on
    the validation split and reported with its scores.
 3. Generated vs real: as many seq_len windows as the split holds (up to
@@ -32,9 +32,10 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 from kernels.spec import window_grid
 from pipeline.store import Store
-from train.baselines import NGramBaseline, make_baselines, select_ngram
-from train.generate import load_for_inference, sample
-from train.scores import ScoreAccumulator, compare_sets
+from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
+from train.generate.run import sample
+from train.training.checkpoint import load_for_inference
+from train.evaluate.scores import ScoreAccumulator, compare_sets
 
 MODEL_ROW = "model"
 
@@ -218,7 +219,7 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
 
 def evaluate(cfg: DictConfig) -> dict:
     """Score everything, write metrics.json, plots and report.md; return the metrics dict."""
-    from train.plots import save_paired_histograms, save_score_bars, save_sheet
+    from train.evaluate.plots import save_paired_histograms, save_score_bars, save_sheet
 
     ecfg = cfg.evaluate
     seq_len, spb = int(cfg.window.seq_len), int(cfg.window.steps_per_bar)
@@ -373,7 +374,3 @@ def main(cfg: DictConfig) -> None:
     for name, r in result["scores"].items():
         print(f"{name:>12}: NLL {r['nll_bits_per_step']:.4f} bits/step  F1 {r['f1']:.3f} (threshold {r['threshold']:.3f})")
     print(f"Report: {out / 'report.md'}  metrics: {out / 'metrics.json'}  pictures: {out / 'plots'}/")
-
-
-if __name__ == "__main__":
-    main()

@@ -22,32 +22,8 @@ from omegaconf import DictConfig
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
-from train.checkpoint import BEST_RE, load_model
+from train.training.checkpoint import load_for_inference
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A .pt file as is; a run directory -> its best.pt, else its best_epoch_*_loss_*.pt of lowest
-    loss, else last.pt."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / "best.pt").is_file():
-            return path / "best.pt"
-        best = [(float(m.group(2).rstrip(".")), p) for p in path.glob("best_epoch_*_loss_*.pt")
-                if (m := BEST_RE.search(p.name))]
-        if best:
-            return min(best)[1]
-        if (path / "last.pt").is_file():
-            return path / "last.pt"
-        raise FileNotFoundError(f"{path}: no best.pt, best_epoch_*_loss_*.pt or last.pt checkpoint in this directory")
-    raise FileNotFoundError(f"{path}: no such checkpoint file or run directory (train first: `dvc repro train`)")
-
-
-def load_for_inference(path: str | Path):
-    """(model in eval mode, checkpoint dict, resolved path); weights_only loading via train.checkpoint."""
-    path = resolve_checkpoint(path)
-    model, ckpt = load_model(path)
-    return model, ckpt, path
 
 
 def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
@@ -124,7 +100,7 @@ def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: D
 
 def run(cfg: DictConfig) -> dict:
     """Generate and write every output; returns where they are (and what was generated)."""
-    from train.plots import save_piano_roll, save_sheet
+    from train.evaluate.plots import save_piano_roll, save_sheet
 
     g = cfg.generate
     model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
@@ -186,7 +162,3 @@ def main(cfg: DictConfig) -> None:
     with pipeline.config.exit_on("generate", FileNotFoundError, ValueError, KeyError):
         result = run(cfg)
     print(summary(result, cfg.generate.get("report")))
-
-
-if __name__ == "__main__":
-    main()

@@ -14,12 +14,10 @@ padding, too).
 from __future__ import annotations
 
 import contextlib
-import csv
 import inspect
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -31,14 +29,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from train import distributed, rewards
-from train.checkpoint import (best_name, load_checkpoint, rng_state, save_checkpoint,
+from train.training import distributed, rewards
+from train.training.checkpoint import (best_name, load_checkpoint, rng_state, save_checkpoint,
                               set_rng_state, update_top_k)
-from train.distributed import Dist, all_reduce_mean
-from train.optim import ConfigError, build_optimizer, build_scheduler, optimizer_class
+from train.training.distributed import Dist, all_reduce_mean
+from train.training.runlog import EpochStats, RunLog, write_run_files
+from train.training.optim import ConfigError, build_optimizer, build_scheduler, optimizer_class
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-CSV_FIELDS = ["epoch", "global_step", "train_loss", "val_loss", "lr", "samples_per_s", "data_wait_fraction"]
 
 
 # --- config checks: every bad value gets a message before any work starts ---------------------
@@ -122,7 +120,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_data(cfg, d: Dist):
-    from train.data import CompleteHierarchicalDrumDataset, make_loader
+    from train.training.data import CompleteHierarchicalDrumDataset, make_loader
 
     tc, w = cfg.trainer, cfg.window
     common = dict(seq_len=int(tc.seq_len), stride=int(w.stride), steps_per_bar=int(w.steps_per_bar),
@@ -147,7 +145,7 @@ def build_data(cfg, d: Dist):
 
 
 def build_model(cfg, num_drums: int) -> torch.nn.Module:
-    from train.model import HierarchicalDrumModel
+    from train.training.model import HierarchicalDrumModel
 
     params = inspect.signature(HierarchicalDrumModel.__init__).parameters
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k in params}
@@ -201,16 +199,6 @@ def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dic
     return {k: float(vec[i] / max(vec[-1], 1e-12)) for i, k in enumerate(keys)}
 
 
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("torch", "numpy", "numba", "zarr", "hydra-core", "omegaconf", "dask", "tensorboard"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
 def drum_info(cfg, ready: Path) -> dict:
     """drum_names, drum_pitches, steps_per_quarter for the checkpoint, from the store's attributes."""
     from pipeline.drums import DrumMap
@@ -223,47 +211,6 @@ def drum_info(cfg, ready: Path) -> dict:
     return {"drum_names": list(attrs.get("drum_names", dm.names)),
             "drum_pitches": [int(p) for p in attrs.get("drum_pitches", dm.pitches)],
             "steps_per_quarter": int(attrs.get("steps_per_quarter", cfg.data.get("steps_per_quarter", 4)))}
-
-
-class RunLog:
-    """Rank 0's outputs: TensorBoard scalars, metrics.csv (DVC plots), metrics.json (DVC metrics)."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resumed_epoch: int, extra_fields: list[str] = ()):
-        self.enabled, self.run_dir = enabled, run_dir
-        self.fields = CSV_FIELDS + list(extra_fields)   # e.g. the learned reward weights
-        self.tb = None
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(run_dir / "tb"))
-        self.csv_path = run_dir / "metrics.csv"
-        rows = []
-        if resumed_epoch > 0 and self.csv_path.exists():  # keep the epochs the checkpoint has seen
-            with open(self.csv_path) as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resumed_epoch]
-        with open(self.csv_path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, self.fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def scalars(self, values: dict, step: int) -> None:
-        if self.tb:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-
-    def epoch_row(self, row: dict) -> None:
-        if self.enabled:
-            with open(self.csv_path, "a", newline="") as fh:
-                csv.DictWriter(fh, self.fields).writerow({k: row.get(k, "") for k in self.fields})
-
-    def summary(self, values: dict) -> None:
-        if self.enabled:
-            (self.run_dir / "metrics.json").write_text(json.dumps(values, indent=1))
-
-    def close(self) -> None:
-        if self.tb:
-            self.tb.close()
 
 
 def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
@@ -315,27 +262,6 @@ class Parts:
 
     def learned_weights(self) -> dict:   # {} unless rl.learn_weights
         return self.shaper.learned_weights() if self.shaper else {}
-
-
-@dataclass
-class EpochStats:
-    """Per-epoch sums for the epoch row and progress bar, and per-log-interval sums for TensorBoard."""
-    loss_sum: float = 0.0
-    loss_n: int = 0
-    wait_sum: float = 0.0
-    time_sum: float = 0.0
-    samples: int = 0
-    log_acc: dict = field(default_factory=dict)
-
-    def add(self, step_logs: dict, wait: float, dt: float, samples: int) -> None:
-        self.wait_sum, self.time_sum, self.samples = self.wait_sum + wait, self.time_sum + dt, self.samples + samples
-        self.loss_sum, self.loss_n = self.loss_sum + step_logs["loss"], self.loss_n + 1
-        for k, v in step_logs.items():
-            self.log_acc[k] = self.log_acc.get(k, 0.0) + v
-
-    def perf(self) -> dict:
-        return {"samples_per_s": self.samples / max(self.time_sum, 1e-9),
-                "data_wait_fraction": self.wait_sum / max(self.time_sum, 1e-9)}
 
 
 def setup(cfg: DictConfig, d: Dist) -> Parts:
@@ -394,13 +320,6 @@ def restore(p: Parts, path: Path, d: Dist) -> Progress:
     if d.is_main:
         print(f"resumed from {path}: epoch {state.epoch + 1}, step {state.global_step}", flush=True)
     return state
-
-
-def write_run_files(cfg: DictConfig, ckpt_dir: Path) -> None:
-    """The composed config and package versions beside the checkpoints (rank 0 only)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (ckpt_dir / "versions.json").write_text(json.dumps(package_versions(), indent=1))
 
 
 def checkpoint_dict(p: Parts, state: Progress, rngs: list, val: dict | None) -> dict:

@@ -44,7 +44,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def load_model(path: str | os.PathLike, map_location="cpu"):
     """Rebuild the model a checkpoint holds: returns (model in eval mode, checkpoint dict)."""
-    from train.model import HierarchicalDrumModel
+    from train.training.model import HierarchicalDrumModel
 
     ckpt = load_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or not {"model", "model_config"} <= ckpt.keys():
@@ -56,6 +56,32 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit its model_config ({e})") from e
     return model.to(map_location).eval(), ckpt
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A .pt file as is; a run directory -> its best.pt, else its best_epoch_*_loss_*.pt of lowest
+    loss, else last.pt."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if (path / "best.pt").is_file():
+            return path / "best.pt"
+        best = [(float(m.group(2).rstrip(".")), p) for p in path.glob("best_epoch_*_loss_*.pt")
+                if (m := BEST_RE.search(p.name))]
+        if best:
+            return min(best)[1]
+        if (path / "last.pt").is_file():
+            return path / "last.pt"
+        raise FileNotFoundError(f"{path}: no best.pt, best_epoch_*_loss_*.pt or last.pt checkpoint in this directory")
+    raise FileNotFoundError(f"{path}: no such checkpoint file or run directory (train first: `dvc repro train`)")
+
+
+def load_for_inference(path: str | Path):
+    """(model in eval mode, checkpoint dict, resolved path); weights_only loading (load_model)."""
+    path = resolve_checkpoint(path)
+    model, ckpt = load_model(path)
+    return model, ckpt, path
 
 
 # --- RNG states, as tensors and lists only (weights_only-safe) ---------------------------------

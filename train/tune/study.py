@@ -284,8 +284,8 @@ def generated_distance(cfg: DictConfig, spec: DictConfig) -> float:
     0 = generated windows indistinguishable from validation windows, 1 = disjoint. Samples: windows
     of seq_len generated from nothing by the run's best checkpoint (temperature 1, seed spec.seed)."""
     from pipeline.store import Store
-    from train.evaluate import generated_vs_real, split_windows
-    from train.generate import load_for_inference
+    from train.evaluate.run import generated_vs_real, split_windows
+    from train.training.checkpoint import load_for_inference
 
     model, _, _ = load_for_inference(cfg.trainer.checkpoint_dir)
     store = Store(cfg.paths.store)
@@ -303,7 +303,7 @@ def generated_distance(cfg: DictConfig, spec: DictConfig) -> float:
 
 def run_training(cfg: DictConfig, on_validation: Callable[[int, Mapping[str, Any]], None]) -> dict:
     """The trainer's entry function, the same one `python -m train` calls (one process per trial)."""
-    from train.trainer import fit
+    from train.training.trainer import fit
 
     return fit(cfg, on_validation=on_validation)
 
@@ -535,7 +535,3 @@ def main(cfg: DictConfig) -> None:
     if done:
         log.info("best trial %d: %.6g %s -> %s", study.best_trial.number, study.best_value, study.best_params,
                  study_dir(cfg) / "best" / "config.yaml")
-
-
-if __name__ == "__main__":
-    main()

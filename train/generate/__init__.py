@@ -1,0 +1,1 @@
+"""Generation: drum parts from a checkpoint to MIDI, NPZ and pictures (`python -m train.generate`)."""
