@@ -11,6 +11,7 @@ of `[B, seq_len]` rows from the mapped arrays plus one gather per metric, no per
 A batch (dict of tensors, B first):
     step     float32 [B, L, D]       hits 0/1, zero on padding
     velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
+    offset   int8    [B, L, D]       timing of each hit in 1/128 step (ready/offset.npy), 0 elsewhere
     bar      float32 [B, L//spb, D]  mean of each bar's spb steps (padding counts as silence)
     phrase   float32 [B, L//(spb·bpp), D]
     mask     bool    [B, L]          True on real steps (a song shorter than L is padded, never dropped)
@@ -133,12 +134,19 @@ class CompleteHierarchicalDrumDataset(Dataset):
             last = np.minimum.accumulate(np.where(end_song, np.arange(len(table)), len(table))[::-1])[::-1]
             self._maps = {
                 "hits": load("hits.npy"), "velocity": load("velocity.npy"), "table": table,
+                "offset": self._load_offset(load),
                 "first": first, "last": last,
                 "metrics": {n: load(f"metrics/{n}.npy") for n in self.metric_names},
                 "excluded_songs": int(len(np.unique(excluded[:, SONG]))),
                 "excluded_windows": int(len(excluded)),
             }
         return self._maps
+
+    def _load_offset(self, load):
+        if not (self.ready / "offset.npy").exists():
+            raise FileNotFoundError(f"{self.ready}: no offset.npy (exported before timing offsets were "
+                                    "stored); rebuild: `dvc repro` (or python -m pipeline, then export)")
+        return load("offset.npy")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -194,6 +202,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
         spb, bpp = self.steps_per_bar, self.bars_per_phrase
         nb, nph = L // spb, L // (spb * bpp)
         specs = [("step", (B, L, D), torch.float32), ("velocity", (B, L, D), torch.uint8),
+                 ("offset", (B, L, D), torch.int8),
                  ("bar", (B, nb, D), torch.float32), ("phrase", (B, nph, D), torch.float32),
                  ("mask", (B, L), torch.bool), ("bar_mask", (B, nb), torch.bool),
                  ("phrase_mask", (B, nph), torch.bool), ("song", (B,), torch.int64), ("start", (B,), torch.int64)]
@@ -210,6 +219,9 @@ class CompleteHierarchicalDrumDataset(Dataset):
         out["bar_mask"].numpy()[:] = (np.arange(1, nb + 1) * spb)[None, :] <= length
         out["phrase_mask"].numpy()[:] = (np.arange(1, nph + 1) * spb * bpp)[None, :] <= length
         out["song"].numpy()[:], out["start"].numpy()[:] = t[:, SONG], t[:, START]
+        rows = t[:, OFFSET, None] + np.arange(L)                     # the window's rows; 0 on padding
+        real = out["mask"].numpy()
+        out["offset"].numpy()[:] = np.where(real[..., None], m["offset"][np.where(real, rows, 0)], 0)
         for name, arr in m["metrics"].items():
             dst = out["metrics"][name].numpy()
             if dst.dtype == arr.dtype:
