@@ -33,7 +33,7 @@ from pipeline.atomic import atomic_path
 from kernels.spec import window_grid
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
-from train.generate.run import sample
+from train.generate.run import played_values, sample
 from train.training.checkpoint import load_for_inference
 from train.evaluate.scores import ScoreAccumulator, compare_sets
 
@@ -194,8 +194,8 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     """(comparison per metric, real metric sets, generated metric sets, generated rolls).
 
     With `store`, the velocity and timing metrics join the table: real windows with the store's
-    velocities and offsets; generated parts at velocity 100 on the grid (what generate writes
-    until the model predicts them)."""
+    velocities and offsets; generated parts with the velocity and timing the model's expressive
+    heads give them (at velocity 100 on the grid for a model without heads, as generate writes)."""
     gcfg = cfg.evaluate.generated
     seq_len = int(cfg.window.seq_len)
     # Real set: the split's windows laid end to end (stride = seq_len), trimmed to their real steps.
@@ -204,14 +204,17 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     real_rolls = [r for r, _, _ in picked]
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
+    expressive = store is not None and bool(model.config.get("expressive", False))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
-                 top_p=gcfg.top_p, seed=int(gcfg.seed))
+                 top_p=gcfg.top_p, seed=int(gcfg.seed), expressive=expressive)
+    gen, *heads = gen if expressive else (gen, None, None)
     kw = metric_kwargs(cfg)
     real_played = gen_played = None
     if store is not None:
         real_played = [tuple(np.asarray(a[store.song_slice(int(s))][st:st + len(r)]) for a in (store.velocity, store.offset))
                        for r, s, st in picked]
-        gen_played = [(np.asarray(g, np.uint8) * 100, np.zeros(np.shape(g), np.int8)) for g in gen]
+        gen_played = [played_values(g, heads[0][i] if expressive else None, heads[1][i] if expressive else None,
+                                    0, 100) for i, g in enumerate(gen)]
     real = window_metric_sets(real_rolls, seq_len, kw, real_played)
     generated = window_metric_sets(list(gen), seq_len, kw, gen_played)
     return compare_sets(real, generated, max_samples=int(gcfg.max_set_size)), real, generated, gen

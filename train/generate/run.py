@@ -2,9 +2,11 @@
 
 Per sample `generate.out_dir/sample_NNN.{mid,npz,png}` and one `sheet.png` of all samples:
 - MIDI: drum channel (10), each class at its canonical General MIDI pitch (the checkpoint's
-  `drum_pitches`), every hit at `generate.velocity` (the model predicts hits, not velocities);
-- NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), the input format
-  `pipeline.ingest` reads;
+  `drum_pitches`); by default each generated hit with the velocity and timing offset the model's
+  expressive heads give it (`generate.expressive=false`, or a model without them: every hit at
+  `generate.velocity` on the grid; the prime's hits always are);
+- NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), plus `velocity` and
+  `offset` (int8, 1/128 step): the input format `pipeline.ingest` reads;
 - PNG: drums x steps with bar lines and drum names.
 A prime (`generate.prime=groove.mid` or `.npz`) keeps its first `generate.prime_bars` bars and the
 model continues them; the outputs hold the prime followed by the continuation.
@@ -12,6 +14,7 @@ Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -23,6 +26,8 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
 from train.training.checkpoint import load_for_inference
+
+log = logging.getLogger(__name__)
 
 
 
@@ -67,10 +72,12 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int) -> t
 @torch.no_grad()
 def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.ndarray | None = None,
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
-           batch_size: int = 64) -> np.ndarray:
+           batch_size: int = 64, expressive: bool = False):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
+    `expressive=True` (a model with expressive heads) returns (hits, velocity / 127, offset in
+    steps) float arrays of the same shape, 0 over the prime.
     """
     t0 = 0 if prime is None else len(prime)
     out = []
@@ -79,23 +86,42 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         start = torch.zeros(n, t0, num_drums)
         if t0:
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
-        seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b)
-        out.append((seq.detach().cpu().numpy() > 0).astype(np.uint8))
-    return np.concatenate(out) if out else np.zeros((0, t0 + length, num_drums), np.uint8)
+        seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b,
+                             expressive=expressive)
+        out.append(seq if expressive else (seq,))
+    if not out:
+        return np.zeros((0, t0 + length, num_drums), np.uint8)
+    hits, *played = (torch.cat(part).detach().cpu().numpy() for part in zip(*out))
+    hits = (hits > 0).astype(np.uint8)
+    return (hits, *played) if expressive else hits
 
 
-def save_npz(path: Path, sequence: np.ndarray) -> None:
+def save_npz(path: Path, sequence: np.ndarray, offset: np.ndarray | None = None) -> None:
+    extra = {} if offset is None else {"velocity": sequence, "offset": offset}
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, sequence=sequence)
+        np.savez_compressed(fh, sequence=sequence, **extra)
 
 
 def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: DrumMap, bpm: float,
-              steps_per_quarter: int, beats_per_bar: int) -> None:
+              steps_per_quarter: int, beats_per_bar: int, offset: np.ndarray | None = None) -> None:
     from pipeline.midi import write_midi
 
     with atomic_path(path) as tmp:
         write_midi(tmp, hits, velocity, drum_map=drum_map, bpm=bpm, steps_per_quarter=steps_per_quarter,
-                   beats_per_bar=beats_per_bar)
+                   beats_per_bar=beats_per_bar, offset=offset)
+
+
+def played_values(hits: np.ndarray, vel: np.ndarray | None, off: np.ndarray | None, t0: int,
+                  fixed_velocity: int) -> tuple[np.ndarray, np.ndarray]:
+    """MIDI velocity (uint8) and offset (int8, 1/128 step) of one sample: the heads' values after
+    the prime; the prime's hits (or every hit without heads) at `fixed_velocity` on the grid."""
+    from train.training.expressive import to_midi_values
+
+    if vel is None:
+        return hits * np.uint8(fixed_velocity), np.zeros(hits.shape, np.int8)
+    velocity, offset = to_midi_values(hits, vel, off)
+    velocity[:t0], offset[:t0] = hits[:t0] * np.uint8(fixed_velocity), 0
+    return velocity, offset
 
 
 def run(cfg: DictConfig) -> dict:
@@ -118,19 +144,25 @@ def run(cfg: DictConfig) -> dict:
         prime, prime_bpm = load_prime(g.prime, drum_map, spq)
         prime = prime[: int(g.prime_bars) * spb]
     bpm = float(g.bpm or prime_bpm or 120.0)
-    rolls = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
-                   temperature=float(g.temperature), top_p=g.top_p, seed=int(g.seed))
+    expressive = bool(g.expressive) and bool(model.config.get("expressive", False))
+    if g.expressive and not expressive:
+        log.warning("%s has no expressive heads: every hit at generate.velocity=%s on the grid",
+                    ckpt_path, g.velocity)
+    drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
+                   temperature=float(g.temperature), top_p=g.top_p, seed=int(g.seed), expressive=expressive)
+    rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
+    t0 = 0 if prime is None else len(prime)
 
     out_dir = Path(g.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(drum_map.names)
     files = {"midi": [], "npz": [], "png": []}
     for i, hits in enumerate(rolls):
-        velocity = hits * np.uint8(int(g.velocity))
+        velocity, offset = played_values(hits, vels[i], offs[i], t0, int(g.velocity))
         stem = out_dir / f"sample_{i:03d}"
         save_midi(stem.with_suffix(".mid"), hits, velocity, drum_map=drum_map, bpm=bpm,
-                  steps_per_quarter=spq, beats_per_bar=spb // spq)
-        save_npz(stem.with_suffix(".npz"), velocity)
+                  steps_per_quarter=spq, beats_per_bar=spb // spq, offset=offset)
+        save_npz(stem.with_suffix(".npz"), velocity, offset)
         save_piano_roll(stem.with_suffix(".png"), hits, names, spb, title=f"sample {i}", velocity=velocity)
         for kind, suffix in (("midi", ".mid"), ("npz", ".npz"), ("png", ".png")):
             files[kind].append(stem.with_suffix(suffix))
