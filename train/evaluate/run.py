@@ -287,6 +287,11 @@ def evaluate(cfg: DictConfig) -> dict:
         "model_beats_baselines_nll": all(scores[MODEL_ROW]["nll_bits_per_step"] < s["nll_bits_per_step"]
                                          for n, s in scores.items() if n != MODEL_ROW),
     }
+    if model.config.get("expressive"):
+        from train.evaluate.expressive import expressive_scores
+        train_ids = ref.songs_in_split("train")
+        result["expressive"] = expressive_scores(model, store, windows, ref, train_ids[same_meter(ref, train_ids, spb)],
+                                                 spb, int(ecfg.batch_size))
     if ecfg.generated.enabled:
         comparison, real, generated, gen = generated_vs_real(cfg, model, windows, store.num_drums, store)
         result["generated_vs_real"] = comparison
@@ -318,6 +323,17 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def expressive_markdown(e: dict) -> list[str]:
+    lines = ["", "## Velocity and timing (teacher forced, on the true hits)", "",
+             f"{e['hits']} hits. Velocity MSE in (velocity / 127)^2, offset MSE in steps^2. Baseline: the "
+             "train split's mean velocity per drum and bar position, every hit on the grid.", "",
+             "| predictor | velocity MSE | offset MSE | velocity correlation |", "|---|---:|---:|---:|"]
+    for name in ("model", "baseline"):
+        r = e[name]
+        lines.append(f"| {name} | {r['velocity_mse']:.5f} | {r['offset_mse']:.5f} | {r['velocity_corr']:.3f} |")
+    return lines
+
+
 def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: list[str]) -> str:
     s = result["scores"]
     lines = [f"# Evaluation on the {result['split']} split", "",
@@ -346,6 +362,8 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
     for name, r in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['per_drum'][d]['f1']:.3f}" for d in drum_names) + " |")
     lines += ["", _img(pictures, "scores", out_dir)]
+    if "expressive" in result:
+        lines += expressive_markdown(result["expressive"])
     if "generated_vs_real" in result:
         lines += ["", "## Generated vs real", "",
                   f"{result['generated_samples']} generated windows of {result['seq_len']} steps against the "
