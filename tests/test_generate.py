@@ -144,3 +144,34 @@ def test_resolve_checkpoint_prefers_the_best_file(tmp_path):
     assert resolve_checkpoint(tmp_path).name == "last.pt"
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         resolve_checkpoint(tmp_path / "missing")
+
+
+def test_humanize_keeps_the_hits_and_plays_them(ckpt, tmp_path):
+    """A quantised, fixed-velocity part comes out with the same hits, the heads' velocities and
+    offsets (written tick-exact), varied and off the grid; bad calls exit 1 with the reason."""
+    from train.generate.humanize import humanize_roll
+    from train.training.expressive import to_midi_values
+
+    dm = DrumMap.default()
+    rng = np.random.default_rng(0)
+    hits = (rng.random((2 * SPB, dm.num_drums)) < 0.25).astype(np.uint8)
+    hits[1:, 0] |= (np.arange(1, 2 * SPB) % 4 == 0).astype(np.uint8)
+    write_midi(tmp_path / "part.mid", hits, drum_map=dm, bpm=100.0)            # velocity 100, on the grid
+    proc = subprocess.run([sys.executable, "-m", "train.humanize", *OVERRIDES, f"checkpoint={ckpt}",
+                           f"input={tmp_path / 'part.mid'}", f"output={tmp_path / 'human.mid'}",
+                           f"hydra.run.dir={tmp_path}/hydra"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"-> {tmp_path / 'human.mid'}" in proc.stdout
+    out = read_midi(tmp_path / "human.mid", dm, 4)
+    np.testing.assert_array_equal(out.hits, hits)
+    model, _, _ = load_for_inference(ckpt)
+    vel, off = to_midi_values(hits, *humanize_roll(model, hits))
+    off[0] = np.maximum(off[0], 0)                                             # never before time 0
+    np.testing.assert_array_equal(out.velocity, vel)
+    np.testing.assert_array_equal(out.offset, off)
+    assert len(np.unique(vel[hits > 0])) > 1 and (off[hits > 0] != 0).any() and out.bpm == pytest.approx(100.0)
+    missing = subprocess.run([sys.executable, "-m", "train.humanize", *OVERRIDES, f"checkpoint={ckpt}",
+                              f"hydra.run.dir={tmp_path}/hydra2"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 1 and "set input=" in missing.stderr
