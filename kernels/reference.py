@@ -10,9 +10,9 @@ from collections import Counter
 
 import numpy as np
 
-from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, check_bar_capacity, check_beat,
-                          check_positive, check_roll, check_sections, default_dense_threshold,
-                          empty_window_outputs, window_grid)
+from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, check_bar_capacity, check_beat,
+                          check_expressive, check_positive, check_roll, check_sections,
+                          default_dense_threshold, empty_window_outputs, window_grid)
 
 
 # --- one window (seq: bool [L, D], t0: absolute step of seq[0]) -------------------------------
@@ -105,6 +105,47 @@ def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4
         out["ngram_unique"][w], out["ngram_entropy"][w] = len(grams), _entropy(grams)
         out["bar_hits"][w] = _bar_hits(seq, steps_per_bar, num_bars)
         out["dense_bar_fraction"][w] = _fraction_dense_bars(seq, steps_per_bar, threshold)
+    return out
+
+
+# --- velocity and timing (kernels.expressive) -----------------------------------------------
+
+def _swing_ratio(x, pos, on, off, h):
+    """(h + δ) / (h - δ), δ = mean x where off minus mean x where on, clipped to ±0.9 h; 1 if undefined."""
+    if not h or not (pos == on).any() or not (pos == off).any():
+        return 1.0
+    delta = np.clip(x[pos == off].mean() - x[pos == on].mean(), -0.9 * h, 0.9 * h)
+    return (h + delta) / (h - delta)
+
+
+def expressive_metrics(hits, velocity, offset, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4,
+                       positions=None) -> dict[str, np.ndarray]:
+    """Velocity and timing metrics of every window, straight from the definitions (kernels.expressive)."""
+    hits, velocity, offset = check_expressive(hits, velocity, offset)
+    T, D = hits.shape
+    beat = check_beat(steps_per_bar, beats_per_bar)
+    positions = steps_per_bar if positions is None else positions
+    starts, L = window_grid(T, seq_len, stride)
+    out = {name: np.zeros((len(starts), *shape(D, positions)), dtype)
+           for name, (dtype, shape) in EXPRESSIVE_SCHEMA.items()}
+    for w, a in enumerate(starts):
+        h, v, x = hits[a:a + L] > 0, velocity[a:a + L].astype(np.float64), offset[a:a + L] / 128.0
+        for d in range(D):
+            if h[:, d].any():
+                out["vel_mean"][w, d], out["vel_std"][w, d] = v[h[:, d], d].mean(), v[h[:, d], d].std()
+                out["offset_mean"][w, d] = x[h[:, d], d].mean()
+        t, d = np.nonzero(h)                      # every hit: its step and drum
+        pos = (a + t) % steps_per_bar
+        if len(t):
+            out["timing_spread"][w] = x[t, d].std()
+        for p in range(min(positions, steps_per_bar)):
+            if (pos == p).any():
+                out["accent"][w, p] = v[t, d][pos == p].mean()
+        xs = x[t, d]
+        half, quarter = (beat / 2 if beat % 2 == 0 else 0), (beat / 4 if beat % 4 == 0 else 0)
+        in_beat = pos % beat
+        out["swing_8"][w] = _swing_ratio(xs, in_beat, 0, half, half)
+        out["swing_16"][w] = _swing_ratio(xs, pos % (beat // 2) if quarter else in_beat, 0, quarter, quarter)
     return out
 
 

@@ -28,6 +28,19 @@ WINDOW_SCHEMA = {
 }
 WINDOW_METRICS = tuple(WINDOW_SCHEMA)
 
+# Velocity and timing window metrics (kernels.expressive): name -> (dtype, trailing shape as a
+# function of (D, positions)); positions = the accent table's width in bar steps.
+EXPRESSIVE_SCHEMA = {
+    "vel_mean": ("float32", lambda D, P: (D,)),
+    "vel_std": ("float32", lambda D, P: (D,)),
+    "accent": ("float32", lambda D, P: (P,)),
+    "offset_mean": ("float32", lambda D, P: (D,)),
+    "timing_spread": ("float32", lambda D, P: ()),
+    "swing_8": ("float32", lambda D, P: ()),
+    "swing_16": ("float32", lambda D, P: ()),
+}
+EXPRESSIVE_METRICS = tuple(EXPRESSIVE_SCHEMA)
+
 SONG_SCHEMA = {
     "avg_hits": ("float64", lambda D: ()),
     "max_hits": ("int32", lambda D: ()),
@@ -55,6 +68,18 @@ def check_roll(roll) -> np.ndarray:
     if roll.shape[1] < 1:
         raise ValueError("roll needs at least one drum (D >= 1)")
     return np.ascontiguousarray(roll > 0, dtype=np.uint8)
+
+
+def check_expressive(hits, velocity, offset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hits 0/1 uint8, velocity int16, offset int16) [T, D], all of one shape; a hit is hits > 0."""
+    hits = check_roll(hits)
+    velocity, offset = np.asarray(velocity), np.asarray(offset)
+    for name, a in (("velocity", velocity), ("offset", offset)):
+        if a.shape != hits.shape:
+            raise ValueError(f"{name} must have the shape of hits {hits.shape}, got {a.shape}")
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be integers (velocity 0..127, offset in 1/128 step), got {a.dtype}")
+    return hits, np.ascontiguousarray(velocity, np.int16), np.ascontiguousarray(offset, np.int16)
 
 
 def check_beat(steps_per_bar: int, beats_per_bar: int) -> int:

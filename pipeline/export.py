@@ -2,7 +2,8 @@
 
 Layout of `data/ready/` (every file a plain `.npy`, loadable with `np.load(mmap_mode="r")`):
 
-    hits.npy, velocity.npy   uint8 [N, D]   the store's rows, uncompressed, C order
+    hits.npy, velocity.npy   uint8 [N, D]   the store's rows (STEP_ARRAYS), uncompressed, C order
+    offset.npy               int8 [N, D]    each hit's timing in 1/128 step
     song_offsets.npy         int64 [S + 1]
     song_steps_per_bar.npy   int32 [S]
     windows_<split>.npy      [W_split, 5]   columns WINDOW_COLUMNS: metrics row, song, start,

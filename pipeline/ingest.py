@@ -8,8 +8,8 @@ Files are parsed in parallel with a dask bag; each task writes its songs as one 
 the driver only ever holds metadata. Output (written atomically):
 
     data/interim/manifest.json    drum map, grid, and one record per song (metadata, shard, first row)
-    data/interim/shards/pNNNNN_dD one Zarr group per task: hits, velocity (STEP_ARRAYS) [rows, D] of
-                                  its songs concatenated along time, zstd like the store
+    data/interim/shards/pNNNNN_dD one Zarr group per task: hits, velocity, offset (STEP_ARRAYS) [rows, D]
+                                  of its songs concatenated along time, zstd like the store
     data/ingest_report.json       files seen, songs kept, each skipped file and why, note counts
 
 A bad file is skipped with its reason (`ingest.on_error=skip`, default) or stops the stage with exit
@@ -56,7 +56,8 @@ class IngestError(RuntimeError):
 # ---------------------------------------------------------------- loading one file
 
 def validate_song(song: Song, where: str) -> Song:
-    """Check the invariants every song in the store keeps (shape, 0/1 hits, velocity only on hits)."""
+    """Check the invariants every song in the store keeps (shape, 0/1 hits, velocity and offset only
+    on hits, offsets within half a step)."""
     h = np.asarray(song.hits)
     if h.ndim != 2:
         raise BadInput(f"{where}: hits must be 2-D [time_steps, num_drums], got shape {h.shape}")
@@ -68,6 +69,14 @@ def validate_song(song: Song, where: str) -> Song:
     vel = np.clip(np.asarray(song.velocity), 1, 127).astype(np.uint8, copy=False)  # a new array
     vel[~hits] = 0
     song.hits, song.velocity = hits.view(np.uint8), vel   # the view: one temporary less (bool is 1 byte)
+    off = np.asarray(song.offset)
+    if off.shape != h.shape or off.dtype.kind not in "iu":
+        raise BadInput(f"{where}: offset must be an integer array of the shape of hits {h.shape}, "
+                       f"got {off.dtype} {off.shape}")
+    if len(off) and (off.min() < -64 or off.max() > 64):
+        raise BadInput(f"{where}: offsets must lie in -64..64 (1/128 step, at most half a step from "
+                       f"the grid), got {off.min()}..{off.max()}")
+    song.offset = np.where(hits, off, 0).astype(np.int8)
     sec = np.asarray(song.sections, np.int64).reshape(-1, 2)
     if len(sec) and (sec[:, 0].min() < 0 or sec[:, 1].max() > h.shape[0] or (sec[:, 1] <= sec[:, 0]).any()):
         raise BadInput(f"{where}: sections must be [start, end) pairs with 0 <= start < end <= {h.shape[0]}")
@@ -147,7 +156,9 @@ def _to_velocity(seq: np.ndarray, scale: float) -> np.ndarray:
 
 def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps: int) -> Song:
     """An NPZ with `sequence` [time_steps, num_drums]: > 0 is a hit; values 0-1 scale to velocity
-    1..127, whole values 0-127 are velocities as they are. Optional `sections` [K, 2] (start, end) steps.
+    1..127, whole values 0-127 are velocities as they are. Optional `sections` [K, 2] (start, end) steps;
+    optional `velocity` (1..127 on hits, replacing the one `sequence` gives) and `offset` (int,
+    1/128 step, -64..64) [time_steps, num_drums].
 
     Memory: the sequence in its own dtype plus two uint8 arrays of its shape; sizes are checked from
     the .npy header before the array is decompressed."""
@@ -158,16 +169,28 @@ def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps:
         with np.load(path, allow_pickle=False) as z:
             seq = z["sequence"]
             sections = z["sections"] if "sections" in z.files else np.zeros((0, 2), np.int64)
+            extra = {k: z[k] for k in ("velocity", "offset") if k in z.files}
     except BadInput:
         raise
     except Exception as exc:  # corrupt member, object arrays (pickle refused), ...
         raise BadInput(f"{path}: unreadable NPZ ({type(exc).__name__}: {exc})") from exc
     if np.asarray(sections).dtype.kind not in "iu" or np.asarray(sections).size % 2:
         raise BadInput(f"{path}: 'sections' must be an integer [K, 2] array")
+    for k, a in extra.items():
+        if a.shape != seq.shape or a.dtype.kind not in "iu":
+            raise BadInput(f"{path}: '{k}' must be an integer array of the shape of 'sequence' {seq.shape}, "
+                           f"got {a.dtype} {a.shape}")
+    if "velocity" in extra:
+        bad = (seq > 0) & ((extra["velocity"] < 1) | (extra["velocity"] > 127))
+        if bad.any():
+            raise BadInput(f"{path}: 'velocity' must be 1..127 on every hit ({int(bad.sum())} hits are not)")
     vel = _to_velocity(seq, _velocity_scale(path, seq))
     del seq
+    if "velocity" in extra:
+        vel = np.where(vel > 0, extra["velocity"], 0).astype(np.uint8)
     song = Song(name=_song_id(rel), hits=vel, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
-                beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections)
+                beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections,
+                offset=extra.get("offset"))
     return validate_song(song, str(path))
 
 
@@ -182,7 +205,7 @@ def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, m
         roll = read_midi(path, drum_map, steps_per_quarter, max_steps=max_steps)
     except MidiError as exc:
         raise BadInput(str(exc)) from exc
-    song = Song(name=_song_id(rel), hits=roll.hits, velocity=roll.velocity, source=rel,
+    song = Song(name=_song_id(rel), hits=roll.hits, velocity=roll.velocity, offset=roll.offset, source=rel,
                 steps_per_bar=roll.steps_per_bar, beats_per_bar=roll.beats_per_bar, bpm=bpm or roll.bpm,
                 style=meta.get("style", ""), drummer=meta.get("drummer", ""),
                 beat_type=meta.get("beat_type", ""), split=split)

@@ -28,8 +28,9 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import kernels
-from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
-                          empty_window_outputs, window_grid)
+from kernels.expressive import expressive_metrics
+from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
+                          window_grid)
 from pipeline.atomic import atomic_path, is_url, join
 from pipeline.config import CONF_DIR, exit_on
 from pipeline.lock import LockHeld, data_dir_lock
@@ -37,6 +38,8 @@ from pipeline.parallel import executor, ordered_map
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
+# window/<name> tables: the rhythm metrics of the hits, then velocity and timing (kernels.expressive)
+TABLES = {**WINDOW_SCHEMA, **{k: (dt, lambda D, nb, ib, f=f: f(D, ib)) for k, (dt, f) in EXPRESSIVE_SCHEMA.items()}}
 
 
 @dataclass
@@ -75,13 +78,19 @@ class Params:
         return self.seq_len // self.steps_per_bar
 
 
-def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: Params) -> SongResult:
-    """All metrics of one song; the song's own bar length, the configured table widths."""
+def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: Params,
+                velocity: np.ndarray | None = None, offset: np.ndarray | None = None) -> SongResult:
+    """All metrics of one song; the song's own bar length, the configured table widths.
+    Without velocity / offset: velocity = the roll's values, every hit on the grid."""
+    velocity = np.asarray(roll) if velocity is None else velocity
+    offset = np.zeros(np.shape(roll), np.int8) if offset is None else offset
     windows = kernels.window_metrics(roll, seq_len=p.seq_len, stride=p.stride, steps_per_bar=spb,
                                      beats_per_bar=bpb, ngram_n=p.ngram_n,
                                      fast_threshold=p.fast_threshold,
                                      dense_threshold=p.dense_threshold, num_bars=p.num_bars,
                                      ioi_bins=p.steps_per_bar)
+    windows.update(expressive_metrics(roll, velocity, offset, seq_len=p.seq_len, stride=p.stride,
+                                      steps_per_bar=spb, beats_per_bar=bpb, positions=p.steps_per_bar))
     song = kernels.song_metrics(roll, steps_per_bar=spb, bars_per_phrase=p.bars_per_phrase,
                                 ngram_n=p.ngram_n)
     phrase_len = spb * p.bars_per_phrase
@@ -95,17 +104,17 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
 
 
 def _empty_result(D: int, p: Params, error: str) -> SongResult:
-    windows = empty_window_outputs(0, D, p.num_bars, p.steps_per_bar)
+    windows = {k: np.zeros((0, *shape(D, p.num_bars, p.steps_per_bar)), dt) for k, (dt, shape) in TABLES.items()}
     song = {k: np.zeros(shape(D), dt) for k, (dt, shape) in SONG_SCHEMA.items()}
     section = {k: np.zeros((0, *shape(D)), dt) for k, (dt, shape) in SECTION_SCHEMA.items()}
     return SongResult(np.zeros(0, np.int64), 0, windows, song, np.zeros((0, 2), np.int64), section,
                       np.zeros((0, D), np.float32), np.zeros((0, D), np.float32), error)
 
 
-def _safe_song(roll, sections, spb, bpb, p: Params) -> SongResult:
+def _safe_song(roll, sections, spb, bpb, p: Params, velocity=None, offset=None) -> SongResult:
     # A bad song (e.g. a bar that is not whole beats) is reported and skipped; the rest go on.
     try:
-        return song_result(roll, sections, spb, bpb, p)
+        return song_result(roll, sections, spb, bpb, p, velocity, offset)
     except ValueError as exc:
         return _empty_result(roll.shape[1], p, str(exc))
 
@@ -160,7 +169,7 @@ class _Table:
 def _tables(root: zarr.Group, D: int, p: Params, rows: int) -> dict[str, _Table]:
     """Every output array ("group/name" -> _Table), in the layout of the module docstring."""
     spec = {f"window/{k}": ("int64", ()) for k in ("song", "start", "length")}
-    spec.update({f"window/{k}": (dt, sh(D, p.num_bars, p.steps_per_bar)) for k, (dt, sh) in WINDOW_SCHEMA.items()})
+    spec.update({f"window/{k}": (dt, sh(D, p.num_bars, p.steps_per_bar)) for k, (dt, sh) in TABLES.items()})
     spec.update({f"song/{k}": (dt, sh(D)) for k, (dt, sh) in SONG_SCHEMA.items()})
     spec.update({f"section/{k}": ("int64", ()) for k in ("song", "start", "end")})
     spec.update({f"section/{k}": (dt, sh(D)) for k, (dt, sh) in SECTION_SCHEMA.items()})
@@ -173,9 +182,9 @@ def _tables(root: zarr.Group, D: int, p: Params, rows: int) -> dict[str, _Table]
 
 def _partition_args(store: Store, b0: int, b1: int, p: Params) -> tuple:
     """What the task for songs b0..b1-1 needs, as plain values: where their rows are, their meters
-    and sections (small), so a worker opens just the hits array."""
+    and sections (small), so a worker opens just the per-step arrays."""
     off, so = store.song_offsets, store.section_offsets
-    return (str(join(store.path, "hits")), off[b0:b1 + 1].copy(), b0,
+    return ([str(join(store.path, a)) for a in ("hits", "velocity", "offset")], off[b0:b1 + 1].copy(), b0,
             store.meta["steps_per_bar"][b0:b1].copy(), store.meta["beats_per_bar"][b0:b1].copy(),
             [store.sections[so[i]:so[i + 1]] for i in range(b0, b1)], p)
 
@@ -185,13 +194,13 @@ def _partition(args: tuple) -> tuple[dict[str, np.ndarray], list[tuple[int, str]
 
     A module-level function of plain arguments, so that it runs the same on local threads,
     processes or a dask.distributed worker (which reads the store itself)."""
-    hits_path, off, b0, spb, bpb, sections, p = args
-    rows = zarr.open_array(hits_path, mode="r")[int(off[0]):int(off[-1])]
+    paths, off, b0, spb, bpb, sections, p = args
+    rows, vel, tim = (zarr.open_array(a, mode="r")[int(off[0]):int(off[-1])] for a in paths)
     parts: dict[str, list] = collections.defaultdict(list)
     errors = []
     for j, sec in enumerate(sections):
-        roll = rows[off[j] - off[0]:off[j + 1] - off[0]]
-        r = _safe_song(roll, sec, int(spb[j]), int(bpb[j]), p)
+        song = slice(off[j] - off[0], off[j + 1] - off[0])
+        r = _safe_song(rows[song], sec, int(spb[j]), int(bpb[j]), p, vel[song], tim[song])
         if r.error:
             errors.append((b0 + j, r.error))
         _add_song(parts, b0 + j, r)
@@ -203,7 +212,7 @@ def _add_song(parts: dict, i: int, r: SongResult) -> None:
     parts["window/song"].append(np.full(len(r.starts), i, np.int64))
     parts["window/start"].append(r.starts)
     parts["window/length"].append(np.full(len(r.starts), r.length, np.int64))
-    for name in WINDOW_SCHEMA:
+    for name in TABLES:
         parts[f"window/{name}"].append(r.windows[name])
     for name in SONG_SCHEMA:
         parts[f"song/{name}"].append(np.asarray(r.song[name])[None])
@@ -266,7 +275,7 @@ def _finish(root: zarr.Group, p: Params, store: Store, num_windows: int, errors:
         "bars_per_phrase": p.bars_per_phrase, "ngram_n": p.ngram_n,
         "fast_threshold": p.fast_threshold, "dense_threshold": p.dense_threshold,
         "store_hash": store_hash(store), "num_windows": num_windows, "errors": errors,
-        "metric_names": {"window": list(WINDOW_SCHEMA), "song": list(SONG_SCHEMA),
+        "metric_names": {"window": list(TABLES), "song": list(SONG_SCHEMA),
                          "section": list(SECTION_SCHEMA)}})
 
 

@@ -5,6 +5,7 @@ tests and by generation, so one definition of "a roll as MIDI" serves both direc
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import mido
 import numpy as np
+import symusic
 
 from pipeline.drums import DrumMap
 
 DRUM_CHANNEL = 9  # General MIDI channel 10, zero-based
+OFFSET_UNITS = 128  # a timing offset counts 1/128 of a step (int8: a hit lies within half a step of its step)
 
 
 class MidiError(ValueError):
@@ -31,6 +34,7 @@ class MidiRoll:
     bpm: float
     notes_mapped: int                 # drum notes that landed in a class (before merging per step)
     unmapped: dict[int, int] = field(default_factory=dict)  # pitch -> notes dropped (not in the map)
+    offset: np.ndarray | None = None  # int8 [T, D] timing of each hit in 1/OFFSET_UNITS step, 0 elsewhere
 
 
 def steps_per_bar_for(numerator: int, denominator: int, steps_per_quarter: int, where: str = "") -> int:
@@ -42,44 +46,107 @@ def steps_per_bar_for(numerator: int, denominator: int, steps_per_quarter: int, 
     return int(spb)
 
 
+@functools.lru_cache(maxsize=8)
+def _note_offs(per_pitch: int) -> bytes:
+    """`per_pitch` note-offs of each pitch on channel 10: status, pitch, velocity 0, next delta 0."""
+    return b"".join(bytes([0x80 | DRUM_CHANNEL, p, 0, 0]) for p in range(128) for _ in range(per_pitch))
+
+
+def _close_drum_notes(data: bytes, per_pitch: int) -> bytes:
+    """The file with `per_pitch` note-offs of every pitch on channel 10 just before each track's end.
+
+    symusic pairs note-ons with note-offs and drops a note-on that is never closed (one ride hit in
+    the Groove MIDI Dataset), while a drum roll needs every onset. Note-offs at the end of a track
+    close only notes still open there, so every other note keeps its pairing. A track whose data
+    does not end in an end-of-track event is left as it is (symusic reads what it can).
+    """
+    patch = _note_offs(per_pitch)
+    out, pos = [data[:14]], 14
+    while pos + 8 <= len(data):
+        kind, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
+        body = data[pos + 8:pos + 8 + size]
+        if kind == b"MTrk" and body.endswith(b"\xff\x2f\x00"):
+            # "<delta> FF 2F 00" -> "<delta> note-off 00 note-off ... 00 FF 2F 00": all at the end's tick
+            body = body[:-3] + patch + b"\xff\x2f\x00"
+        out.append(kind + len(body).to_bytes(4, "big") + body)
+        pos += 8 + size
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def _parse(path: Path, data: bytes, per_pitch: int):
+    try:
+        return symusic.Score.from_midi(_close_drum_notes(data, per_pitch), ttype="tick")
+    except Exception as exc:  # symusic raises RuntimeError/ValueError... for corrupt files
+        raise MidiError(f"{path}: unreadable MIDI ({type(exc).__name__}: {exc})") from exc
+
+
+def _drum_notes(score) -> np.ndarray:
+    """[N, 4] (tick, pitch, velocity, closed-at-track-end) of every drum note (channel 10)."""
+    parts = []
+    for track in score.tracks:
+        if track.is_drum and len(track.notes):
+            n = track.notes.numpy()
+            end = n["time"].astype(np.int64) + n["duration"]
+            parts.append(np.stack([n["time"], n["pitch"], n["velocity"], end == end.max()], 1).astype(np.int64))
+    return np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+
+
 def _drum_onsets(path: Path):
     """Every drum note-on (channel 10, velocity > 0) as absolute ticks, plus time signatures and tempos.
 
-    mido rather than symusic here: symusic pairs note-ons with note-offs and drops a note-on that is
-    never closed (one ride hit in the Groove MIDI Dataset), while a drum roll needs onsets only.
+    Read with symusic (~100x faster than mido on Groove), with the open notes closed at each track's
+    end (`_close_drum_notes`). If as many notes of a pitch end at a track's last note end as note-offs
+    were added, more may be open: read again with four times as many (at most a few rounds).
     """
     try:
-        mf = mido.MidiFile(str(path))
-    except Exception as exc:  # mido raises OSError, EOFError, KeyError, ValueError... for corrupt files
+        data = path.read_bytes()
+    except OSError as exc:
         raise MidiError(f"{path}: unreadable MIDI ({type(exc).__name__}: {exc})") from exc
-    if mf.type == 2 or mf.ticks_per_beat <= 0:
-        raise MidiError(f"{path}: unsupported MIDI (type {mf.type}, {mf.ticks_per_beat} ticks per beat)")
-    onsets, timesigs, tempos = [], [], []
-    for track in mf.tracks:
-        tick = 0
-        for msg in track:
-            tick += msg.time
-            if msg.type == "note_on":
-                if msg.velocity > 0 and msg.channel == DRUM_CHANNEL:
-                    onsets.append((tick, msg.note, msg.velocity))
-            elif msg.type == "time_signature":
-                timesigs.append((tick, msg.numerator, msg.denominator))
-            elif msg.type == "set_tempo":
-                tempos.append((tick, msg.tempo))
-    ev = np.array(onsets, np.int64).reshape(-1, 3)
-    return ev[:, 0], ev[:, 1], ev[:, 2], timesigs, tempos, int(mf.ticks_per_beat)
+    if len(data) < 14 or data[:4] != b"MThd":
+        raise MidiError(f"{path}: unreadable MIDI (no MThd header)")
+    fmt, division = int.from_bytes(data[8:10], "big"), int.from_bytes(data[12:14], "big")
+    if fmt == 2 or division == 0 or division & 0x8000:  # type 2 / SMPTE time: no single musical grid
+        raise MidiError(f"{path}: unsupported MIDI (type {fmt}, division {division:#06x})")
+    per_pitch = 2   # 1 would often read twice: tracks tend to end right at a note's end
+    while True:
+        score = _parse(path, data, per_pitch)
+        notes = _drum_notes(score)
+        at_end = np.bincount(notes[notes[:, 3] == 1, 1], minlength=128) if len(notes) else np.zeros(128)
+        if at_end.max() < per_pitch or per_pitch >= 4 ** 4:
+            break
+        per_pitch *= 4
+    notes = notes[notes[:, 2] > 0]
+    timesigs = [(int(t.time), int(t.numerator), int(t.denominator)) for t in score.time_signatures]
+    tempos = [(int(t.time), int(t.mspq)) for t in score.tempos]
+    return notes[:, 0], notes[:, 1], notes[:, 2], timesigs, tempos, int(score.tpq)
+
+
+def quantise(tick: np.ndarray, tpq: int, steps_per_quarter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Onset ticks -> (step, offset): the nearest step and the signed distance to it in 1/128 step.
+
+    Ticks count musical time (tick / tpq quarter notes), so tempo changes move the grid with the
+    music and an offset is a fraction of a step however fast it is played. The onset is first
+    rounded to the 1/128-step sub-grid (U, half up, exact integer arithmetic); the step is U / 128
+    rounded half to even, so offset = U - 128 * step lies in [-64, 64] and the same U always gives
+    the same (step, offset): writing at 128 ticks per step reads back identically.
+    """
+    num = 2 * np.asarray(tick, np.int64) * steps_per_quarter * OFFSET_UNITS + tpq
+    units = num // (2 * tpq)
+    step = np.rint(units / OFFSET_UNITS).astype(np.int64)
+    return step, (units - step * OFFSET_UNITS).astype(np.int8)
 
 
 def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4,
               max_steps: int | None = None) -> MidiRoll:
     """Quantise the drum notes of a MIDI file onto a grid of `steps_per_quarter` steps per quarter note.
 
-    Note onsets in ticks become quarter-note positions (tick / ticks_per_quarter), so the grid follows
-    the tempo map; position * steps_per_quarter is rounded to the nearest step. Several notes of one
-    class on one step make one hit with the largest velocity. Notes whose pitch is not in the map are
-    counted per pitch in `unmapped`. The roll ends at the bar holding the last hit (whole bars, from the
-    first time signature; 4/4 when the file has none). A roll longer than `max_steps` is refused
-    before anything is allocated: a 37-byte file with one note at tick 2**28 would ask for gigabytes.
+    Each onset becomes a step and an offset (`quantise`). Several notes of one class on one step make
+    one hit with the largest velocity and that note's offset (the earliest of equally loud ones).
+    Notes whose pitch is not in the map are counted per pitch in `unmapped`. The roll ends at the bar
+    holding the last hit (whole bars, from the first time signature; 4/4 when the file has none).
+    A roll longer than `max_steps` is refused before anything is allocated: a 37-byte file with one
+    note at tick 2**28 would ask for gigabytes.
     """
     path = Path(path)
     onset, pitch, vel, timesigs, tempos, tpq = _drum_onsets(path)
@@ -102,51 +169,87 @@ def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4,
         raise MidiError(f"{path}: tempo {tempo} microseconds per quarter (must be positive)")
     bpm = float(mido.tempo2bpm(tempo))
 
-    step = np.rint(onset[mapped] * steps_per_quarter / tpq).astype(np.int64)
-    cls, v = cls[mapped], np.clip(vel[mapped], 1, 127)
+    step, off = quantise(onset[mapped], tpq, steps_per_quarter)
+    cls, v, tick = cls[mapped], np.clip(vel[mapped], 1, 127), onset[mapped]
+    first = np.lexsort((tick, -v, cls, step))        # per (step, class): loudest, then earliest first
+    step, cls, v, off = step[first], cls[first], v[first], off[first]
+    keep = np.ones(len(step), bool)
+    keep[1:] = (step[1:] != step[:-1]) | (cls[1:] != cls[:-1])
     num_steps = (int(step.max()) // spb + 1) * spb
     if max_steps is not None and num_steps > max_steps:
         raise MidiError(f"{path}: {num_steps} steps (last note at tick {int(onset[mapped].max())}), "
                         f"more than max_steps={max_steps} (ingest.max_steps)")
     velocity = np.zeros((num_steps, drum_map.num_drums), np.uint8)
-    np.maximum.at(velocity, (step, cls), v.astype(np.uint8))
+    offset = np.zeros((num_steps, drum_map.num_drums), np.int8)
+    velocity[step[keep], cls[keep]] = v[keep]
+    offset[step[keep], cls[keep]] = off[keep]
     return MidiRoll(hits=(velocity > 0).astype(np.uint8), velocity=velocity, steps_per_bar=spb,
-                    beats_per_bar=num, bpm=bpm, notes_mapped=int(mapped.sum()), unmapped=unmapped)
+                    beats_per_bar=num, bpm=bpm, notes_mapped=int(mapped.sum()), unmapped=unmapped,
+                    offset=offset)
+
+
+def _note_ticks(hits: np.ndarray, offset: np.ndarray | None, ticks_per_step: int):
+    """(step, class, start, end) ticks of every hit: offsets (1/128 step) scaled to ticks and rounded.
+
+    Offsets are clamped to what `quantise` reads back to the same step: [-64, 64] on even steps,
+    [-63, 63] on odd ones (half a step rounds to the even step). A note never starts before tick 0;
+    per class, starts strictly increase and a note ends at the next one of its class or after one
+    step, so every note has a non-zero length.
+    """
+    steps, cls = np.nonzero(hits > 0)
+    off = np.zeros(len(steps)) if offset is None else np.asarray(offset, np.float64)[steps, cls]
+    half = np.where(steps % 2 == 0, OFFSET_UNITS // 2, OFFSET_UNITS // 2 - 1)
+    off = np.clip(off, -half, half)
+    start = np.maximum(steps * ticks_per_step + np.rint(off * ticks_per_step / OFFSET_UNITS), 0).astype(np.int64)
+    order = np.lexsort((steps, cls))
+    steps, cls, start = steps[order], cls[order], start[order]
+    same = np.zeros(len(steps), bool)
+    same[1:] = cls[1:] == cls[:-1]
+    for i in np.flatnonzero(same[1:] & (start[1:] <= start[:-1])) + 1:  # only at < 128 ticks per step
+        start[i] = start[i - 1] + 1
+    end = start + ticks_per_step
+    nxt = np.flatnonzero(same)
+    end[nxt - 1] = np.minimum(end[nxt - 1], start[nxt])
+    return steps, cls, start, end
 
 
 def write_midi(path: str | Path, hits: np.ndarray, velocity: np.ndarray | None = None, *,
                drum_map: DrumMap, bpm: float = 120.0, steps_per_quarter: int = 4,
                beats_per_bar: int = 4, default_velocity: int = 100, beat_unit: int = 4,
-               ticks_per_quarter: int = 480) -> Path:
+               ticks_per_quarter: int | None = None, offset: np.ndarray | None = None) -> Path:
     """Write a roll as a one-track General MIDI drum file (channel 10), each class at its canonical pitch.
 
     The time signature is beats_per_bar/beat_unit (e.g. 6/8: beats_per_bar=6, beat_unit=8), so that
     read_midi gives back the same steps_per_bar.
 
-    Each hit is a note of one step's length; `velocity` (0 where no hit) gives its loudness, else
-    `default_velocity`. The file is written atomically.
+    Each hit is a note of one step's length (shorter when the next note of its class comes sooner);
+    `velocity` (0 where no hit) gives its loudness, else `default_velocity`; `offset` (int, 1/128
+    step) moves it off the grid. The default `ticks_per_quarter` (128 * steps_per_quarter) makes
+    every offset a whole tick, so read_midi gives back the same hits, velocities and offsets.
+    The file is written atomically.
     """
     from pipeline.atomic import atomic_path
 
     hits = np.asarray(hits)
     if hits.ndim != 2 or hits.shape[1] != drum_map.num_drums:
         raise ValueError(f"{path}: hits must be [T, {drum_map.num_drums}], got {hits.shape}")
+    if offset is not None and np.shape(offset) != hits.shape:
+        raise ValueError(f"{path}: offset must have the shape of hits {hits.shape}, got {np.shape(offset)}")
     vel = np.full(hits.shape, default_velocity) if velocity is None else np.asarray(velocity)
     vel = np.clip(np.where(vel > 0, vel, default_velocity), 1, 127).astype(np.int8)
+    ticks_per_quarter = ticks_per_quarter or OFFSET_UNITS * steps_per_quarter
     ticks_per_step = ticks_per_quarter // steps_per_quarter
     if ticks_per_step * steps_per_quarter != ticks_per_quarter:
         raise ValueError(f"ticks_per_quarter {ticks_per_quarter} not divisible by {steps_per_quarter}")
 
-    steps, cls = np.nonzero(hits > 0)
+    steps, cls, start, end = _note_ticks(hits, offset, ticks_per_step)
     pitches = np.asarray(drum_map.pitches)[cls]
     # (tick, order, message): at one tick, note-offs go before note-ons, so a class hit on two
     # consecutive steps closes its first note before the second starts.
-    events = [(int(s) * ticks_per_step, 1, mido.Message("note_on", channel=DRUM_CHANNEL, note=int(p),
-                                                        velocity=int(vel[s, c])))
-              for s, c, p in zip(steps, cls, pitches)]
-    events += [((int(s) + 1) * ticks_per_step, 0, mido.Message("note_off", channel=DRUM_CHANNEL, note=int(p),
-                                                               velocity=0))
-               for s, p in zip(steps, pitches)]
+    events = [(int(t), 1, mido.Message("note_on", channel=DRUM_CHANNEL, note=int(p), velocity=int(vel[s, c])))
+              for s, c, p, t in zip(steps, cls, pitches, start)]
+    events += [(int(t), 0, mido.Message("note_off", channel=DRUM_CHANNEL, note=int(p), velocity=0))
+               for p, t in zip(pitches, end)]
     events.sort(key=lambda e: (e[0], e[1]))
     track = mido.MidiTrack([
         mido.MetaMessage("track_name", name="drums", time=0),

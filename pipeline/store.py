@@ -1,9 +1,10 @@
 """The on-disk store of all songs: one Zarr v3 group, time-major, chunked along time.
 
-Layout (SCHEMA_VERSION 1) of `data/store.zarr`:
+Layout (SCHEMA_VERSION 2) of `data/store.zarr`:
 
     hits          uint8  [total_steps, D]  1 where a drum is hit at a step, else 0
     velocity      uint8  [total_steps, D]  MIDI velocity 1..127 of each hit, 0 elsewhere
+    offset        int8   [total_steps, D]  timing of each hit in 1/128 step (-64..64, < 0 early), 0 elsewhere
     song_offsets  int64  [S + 1]           song i occupies rows song_offsets[i]:song_offsets[i+1]
     songs/name, songs/source, songs/style, songs/split, songs/drummer, songs/beat_type   str [S]
     songs/steps_per_bar, songs/beats_per_bar  int32 [S]
@@ -26,14 +27,14 @@ import zarr
 
 from pipeline.atomic import exists, is_url, join
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: `offset` (microtiming) beside hits and velocity
 SPLITS = ("train", "validation", "test")
 STR_FIELDS = ("name", "source", "style", "split", "drummer", "beat_type")
 INT_FIELDS = ("steps_per_bar", "beats_per_bar")
 FLOAT_FIELDS = ("bpm",)
 # Per-step arrays: [total_steps, D] in the store, [T, D] in a Song, in the interim shards. Every
 # stage that moves rows loops over this table, so a new per-step array is one entry here.
-STEP_ARRAYS = {"hits": "uint8", "velocity": "uint8"}
+STEP_ARRAYS = {"hits": "uint8", "velocity": "uint8", "offset": "int8"}   # offset: 1/128 step
 
 
 @dataclass
@@ -52,6 +53,11 @@ class Song:
     beats_per_bar: int = 4
     bpm: float = 120.0
     sections: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    offset: np.ndarray | None = None  # int8 [T, D], 1/128 step, 0 where no hit; None -> all on the grid
+
+    def __post_init__(self):
+        if self.offset is None:
+            self.offset = np.zeros(np.shape(self.hits), np.int8)
 
     @property
     def num_steps(self) -> int:
@@ -133,10 +139,13 @@ class Store:
         self.root = zarr.open_group(str(self.path), mode="r")
         version = self.root.attrs.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"{self.path}: schema_version {version}, this code reads {SCHEMA_VERSION}")
+            raise ValueError(f"{self.path}: schema_version {version}, this code reads {SCHEMA_VERSION} "
+                             f"(version 2 added `offset`); rebuild it from the inputs: `dvc repro build` "
+                             f"or `python -m pipeline [data=...]`")
         self.attrs = dict(self.root.attrs)
         self.hits = self.root["hits"]
         self.velocity = self.root["velocity"]
+        self.offset = self.root["offset"]
         self.song_offsets = self.root["song_offsets"][:]
         self.meta = {f: self.root["songs"][f][:] for f in STR_FIELDS + INT_FIELDS + FLOAT_FIELDS}
         self.section_offsets = self.root["section_offsets"][:]
@@ -163,7 +172,7 @@ class Store:
         kw.update({f: int(self.meta[f][i]) for f in INT_FIELDS})
         kw.update({f: float(self.meta[f][i]) for f in FLOAT_FIELDS})
         sec = self.sections[self.section_offsets[i]:self.section_offsets[i + 1]]
-        return Song(hits=self.hits[sl], velocity=self.velocity[sl], sections=sec, **kw)
+        return Song(hits=self.hits[sl], velocity=self.velocity[sl], offset=self.offset[sl], sections=sec, **kw)
 
     @property
     def hash(self) -> str:

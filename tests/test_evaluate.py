@@ -50,7 +50,7 @@ def test_cli_writes_metrics_pictures_and_a_report_that_embeds_them(tiny, tmp_pat
         assert 0 <= row["f1"] <= 1 and set(row["per_drum"]) == set(DrumMap.default().names)
     assert m["generated_samples"] == 6
     gvr = m["generated_vs_real"]
-    assert {"avg_hits", "syncopation", "drum_density"} <= set(gvr)
+    assert {"avg_hits", "syncopation", "drum_density", "vel_mean", "accent", "swing_8", "timing_spread"} <= set(gvr)
     for c in gvr.values():
         assert 0 <= c["overlap_area"] <= 1 and c["kl_divergence"] >= 0
     report = (out / "report.md").read_text()
@@ -188,3 +188,42 @@ def test_songs_of_another_meter_are_left_out_as_in_training(tiny, tmp_path):
     assert "1 songs (3 windows) of other meters left out" in (tmp_path / "out" / "report.md").read_text()
     w = split_windows(Store(mixed), "validation", SEQ_LEN, SEQ_LEN, steps_per_bar=12)
     assert len(w) == 3 and set(w.steps_per_bar) == {12} and w.excluded_songs == 4
+
+
+def test_expressive_scores_against_direct_computation(tiny, tmp_path):
+    """Teacher-forced velocity/offset errors on the true-hit cells, and the per-drum-and-position
+    mean baseline, recomputed here from the store by hand."""
+    store, ckpt = tiny
+    res = evaluate(_cfg(store, ckpt, tmp_path, "evaluate.generated.enabled=false"))
+    e = res["expressive"]
+    s = Store(store)
+    windows = split_windows(s, "validation", SEQ_LEN, SEQ_LEN)
+    model, _, _ = load_for_inference(ckpt)
+    with torch.no_grad():
+        vel, off = (p.numpy() for p in model(torch.as_tensor(windows.steps, dtype=torch.float32),
+                                             mask=torch.as_tensor(windows.mask),
+                                             start=torch.as_tensor(windows.start))[3])
+    true_v, true_o, base = [], [], []
+    sums, counts = np.zeros((SPB, 9)), np.zeros((SPB, 9))
+    for i in s.songs_in_split("train"):
+        v = np.asarray(s.velocity[s.song_slice(int(i))], np.float64)
+        for t, d in zip(*np.nonzero(v)):
+            sums[t % SPB, d] += v[t, d] / 127
+            counts[t % SPB, d] += 1
+    pv, po = [], []
+    for n, (song, a) in enumerate(zip(windows.song, windows.start)):
+        v = np.asarray(s.velocity[s.song_slice(int(song))])[a:a + SEQ_LEN]
+        o = np.asarray(s.offset[s.song_slice(int(song))])[a:a + SEQ_LEN]
+        for t in range(1, len(v)):
+            for d in np.flatnonzero(v[t]):
+                true_v.append(v[t, d] / 127), true_o.append(o[t, d] / 128)
+                pv.append(vel[n, t - 1, d]), po.append(off[n, t - 1, d])
+                base.append(sums[(a + t) % SPB, d] / counts[(a + t) % SPB, d])
+    true_v, pv, base = np.array(true_v), np.array(pv), np.array(base)
+    assert e["hits"] == len(true_v) > 0
+    assert e["model"]["velocity_mse"] == pytest.approx(np.mean((pv - true_v) ** 2), rel=1e-5)
+    assert e["model"]["offset_mse"] == pytest.approx(np.mean((np.array(po) - np.array(true_o)) ** 2), rel=1e-5)
+    assert e["model"]["velocity_corr"] == pytest.approx(np.corrcoef(pv, true_v)[0, 1], rel=1e-4)
+    assert e["baseline"]["velocity_mse"] == pytest.approx(np.mean((base - true_v) ** 2), rel=1e-6)
+    assert e["baseline"]["offset_mse"] == pytest.approx(np.mean(np.array(true_o) ** 2), rel=1e-6)
+    assert "## Velocity and timing" in (tmp_path / "report.md").read_text()

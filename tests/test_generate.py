@@ -31,10 +31,35 @@ def _cli(tmp_path, *args):
                            *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
+def test_expressive_by_default_one_drum_track_varied_and_off_grid(ckpt, tmp_path):
+    """The default: the heads' velocity and timing, written tick-exact; pretty_midi reads one drum
+    track whose notes all have non-zero length; the NPZ carries velocity and offset."""
+    import pretty_midi
+
+    res = run(_cfg(ckpt, tmp_path / "gen", "generate.num_samples=2", "generate.bars=2", "generate.seed=3"))
+    dm = DrumMap.default()
+    for i, hits in enumerate(res["rolls"]):
+        pm = pretty_midi.PrettyMIDI(str(tmp_path / "gen" / f"sample_{i:03d}.mid"))
+        assert len(pm.instruments) == 1 and pm.instruments[0].is_drum
+        notes = pm.instruments[0].notes
+        assert len(notes) == int(hits.sum()) > 0 and all(n.end > n.start >= 0 for n in notes)
+        assert len({n.velocity for n in notes}) > 1
+        step_s = 60 / res["bpm"] / 4
+        assert any(abs(n.start / step_s - round(n.start / step_s)) > 1e-3 for n in notes)
+        with np.load(tmp_path / "gen" / f"sample_{i:03d}.npz", allow_pickle=False) as z:
+            vel, off = z["velocity"], z["offset"]
+        roll = read_midi(tmp_path / "gen" / f"sample_{i:03d}.mid", dm, 4)   # tick-exact: reads back
+        n = len(roll.hits)
+        np.testing.assert_array_equal(roll.velocity, vel[:n])
+        np.testing.assert_array_equal(roll.offset[1:], off[1:n])     # step 0: never before time 0
+        assert (off[hits == 0] == 0).all() and (vel[hits > 0] > 0).all()
+
+
 def test_cli_writes_midi_npz_png_per_sample_and_says_where(ckpt, tmp_path):
     out = tmp_path / "gen"
     proc = _cli(tmp_path, f"checkpoint={ckpt.parent}", f"generate.out_dir={out}", "generate.num_samples=3",
-                "generate.bars=2", "generate.seed=7", "generate.bpm=96", f"generate.report={tmp_path}/none.md")
+                "generate.bars=2", "generate.seed=7", "generate.bpm=96", f"generate.report={tmp_path}/none.md",
+                "generate.expressive=false")
     assert proc.returncode == 0, proc.stderr
     for i in range(3):
         for suffix in (".mid", ".npz", ".png"):
@@ -137,3 +162,34 @@ def test_resolve_checkpoint_prefers_the_best_file(tmp_path):
     assert resolve_checkpoint(tmp_path).name == "last.pt"
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         resolve_checkpoint(tmp_path / "missing")
+
+
+def test_humanize_keeps_the_hits_and_plays_them(ckpt, tmp_path):
+    """A quantised, fixed-velocity part comes out with the same hits, the heads' velocities and
+    offsets (written tick-exact), varied and off the grid; bad calls exit 1 with the reason."""
+    from train.generate.humanize import humanize_roll
+    from train.training.expressive import to_midi_values
+
+    dm = DrumMap.default()
+    rng = np.random.default_rng(0)
+    hits = (rng.random((2 * SPB, dm.num_drums)) < 0.25).astype(np.uint8)
+    hits[1:, 0] |= (np.arange(1, 2 * SPB) % 4 == 0).astype(np.uint8)
+    write_midi(tmp_path / "part.mid", hits, drum_map=dm, bpm=100.0)            # velocity 100, on the grid
+    proc = subprocess.run([sys.executable, "-m", "train.humanize", *OVERRIDES, f"checkpoint={ckpt}",
+                           f"input={tmp_path / 'part.mid'}", f"output={tmp_path / 'human.mid'}",
+                           f"hydra.run.dir={tmp_path}/hydra"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"-> {tmp_path / 'human.mid'}" in proc.stdout
+    out = read_midi(tmp_path / "human.mid", dm, 4)
+    np.testing.assert_array_equal(out.hits, hits)
+    model, _, _ = load_for_inference(ckpt)
+    vel, off = to_midi_values(hits, *humanize_roll(model, hits))
+    off[0] = np.maximum(off[0], 0)                                             # never before time 0
+    np.testing.assert_array_equal(out.velocity, vel)
+    np.testing.assert_array_equal(out.offset, off)
+    assert len(np.unique(vel[hits > 0])) > 1 and (off[hits > 0] != 0).any() and out.bpm == pytest.approx(100.0)
+    missing = subprocess.run([sys.executable, "-m", "train.humanize", *OVERRIDES, f"checkpoint={ckpt}",
+                              f"hydra.run.dir={tmp_path}/hydra2"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 1 and "set input=" in missing.stderr

@@ -51,7 +51,14 @@ def _npz_folder(root: Path) -> dict[str, str]:
     np.savez(root / "empty.npz", sequence=np.zeros((0, 9)))
     np.savez(root / "pickled.npz", sequence=np.array([[None] * 9], dtype=object))
     np.savez(root / "badsections.npz", sequence=binary, sections=np.array([[0, 40]]))
-    return {"text.npz": "not an NPZ file", "nokey.npz": "no 'sequence' array", "ndim3.npz": "must be 2-D",
+    expressive = root / "expressive"
+    expressive.mkdir()
+    np.savez(expressive / "played.npz", sequence=binary, velocity=binary * 77, offset=binary * -12)
+    np.savez(root / "badoffset.npz", sequence=binary, offset=binary * 65)
+    np.savez(root / "floatoffset.npz", sequence=binary, offset=binary * 0.5)
+    np.savez(root / "badvelocity.npz", sequence=binary, velocity=binary * 0)
+    return {"badoffset.npz": "offsets must lie in -64..64", "floatoffset.npz": "'offset' must be an integer array",
+            "badvelocity.npz": "'velocity' must be 1..127 on every hit","text.npz": "not an NPZ file", "nokey.npz": "no 'sequence' array", "ndim3.npz": "must be 2-D",
             "nan.npz": "NaN or inf", "inf.npz": "NaN or inf", "negative.npz": "negative values",
             "fivedrums.npz": "5 drum columns, the other files have 9", "empty.npz": "zero length",
             "pickled.npz": "non-numeric dtype object", "badsections.npz": "sections must be"}
@@ -60,7 +67,7 @@ def _npz_folder(root: Path) -> dict[str, str]:
 def test_npz_folder_skips_each_bad_file_with_its_reason(tmp_path):
     bad = _npz_folder(tmp_path / "in")
     report = ingest(_cfg(tmp_path, "npz", tmp_path / "in"))
-    assert report["files"] == 3 + len(bad) and report["songs"] == 3
+    assert report["files"] == 4 + len(bad) and report["songs"] == 4
     reasons = {Path(s["file"]).name: s["reason"] for s in report["skipped"]}
     assert set(reasons) == set(bad)
     for name, pattern in bad.items():
@@ -69,8 +76,8 @@ def test_npz_folder_skips_each_bad_file_with_its_reason(tmp_path):
     assert on_disk["skipped"] == report["skipped"] and on_disk["skipped_count"] == len(bad)
 
     songs = {r["name"]: r for r in _manifest(tmp_path)["songs"]}
-    assert set(songs) == {"binary", "frac", "sub/velocity"}
-    assert report["steps"] == 32 + 16 + 48
+    assert set(songs) == {"binary", "frac", "sub/velocity", "expressive/played"}
+    assert report["steps"] == 32 + 16 + 48 + 32
     shards = tmp_path / "out" / "interim" / "shards"
 
     def rows(name):   # the song's rows in its interim shard
@@ -82,7 +89,12 @@ def test_npz_folder_skips_each_bad_file_with_its_reason(tmp_path):
         {(0, 0): 127, (3, 2): 64, (5, 8): 1}
     sub = rows("sub/velocity")
     assert int(sub["velocity"][0, 1]) == 100 and int(sub["velocity"][47, 3]) == 20 and sub["hits"].sum() == 2
-    assert set(np.unique(rows("binary")["velocity"])) <= {0, 127}
+    binary = rows("binary")
+    assert set(np.unique(binary["velocity"])) <= {0, 127}
+    assert (binary["offset"] == 0).all() and binary["offset"].dtype == np.int8
+    played = rows("expressive/played")   # velocity and offset as given
+    np.testing.assert_array_equal(played["velocity"], played["hits"] * 77)
+    np.testing.assert_array_equal(played["offset"], played["hits"].astype(np.int8) * -12)
     # one shard per ingest task (plus the rejected 5-drum file's own), not one file per song
     assert {r["shard"] for r in songs.values()} == {"p00000_d9"}
     assert sorted(p.name for p in shards.iterdir()) == ["p00000_d5", "p00000_d9"]
@@ -190,7 +202,7 @@ def test_cli_exit_codes(tmp_path):
 
     r = _cli(tmp_path, "data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={out}")
     assert r.returncode == 0, r.stderr
-    assert json.loads((out / "ingest_report.json").read_text())["songs"] == 3
+    assert json.loads((out / "ingest_report.json").read_text())["songs"] == 4
 
 
 def test_fail_mode_in_parallel_tasks_names_a_bad_file(tmp_path):

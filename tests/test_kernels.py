@@ -235,3 +235,62 @@ def test_phase_comes_from_absolute_time():
 def test_bad_arguments_are_rejected_with_a_reason(call, msg):
     with pytest.raises(ValueError, match=msg):
         call()
+
+
+# --- velocity and timing (kernels.expressive) -------------------------------------------------
+
+from kernels.expressive import expressive_metrics  # noqa: E402
+
+
+@st.composite
+def performances(draw, max_T=90):
+    """(hits, velocity, offset): any roll; velocities and offsets anywhere (off-hit values are ignored)."""
+    hits = draw(rolls(max_T))
+    vel = draw(arrays(np.uint8, hits.shape, elements=st.integers(0, 127)))
+    off = draw(arrays(np.int8, hits.shape, elements=st.integers(-64, 64)))
+    return hits, vel, off
+
+
+@SETTINGS
+@given(perf=performances(), kw=window_kwargs(), positions=st.sampled_from([None, 4, 16]))
+@example(perf=(np.zeros((0, 9), np.uint8),) * 3, kw=dict(seq_len=16), positions=None)
+@example(perf=(np.ones((64, 2), np.uint8), np.full((64, 2), 127, np.uint8), np.full((64, 2), 64, np.int8)),
+         kw=dict(seq_len=32, stride=7), positions=None)
+def test_expressive_metrics_match_reference(perf, kw, positions):
+    kw = {k: kw[k] for k in ("seq_len", "stride", "steps_per_bar", "beats_per_bar") if k in kw}
+    assert_same(expressive_metrics(*perf, **kw, positions=positions),
+                ref.expressive_metrics(*perf, **kw, positions=positions), rtol=1e-5, atol=1e-5)
+
+
+def test_hand_computed_swing_accent_and_timing():
+    """A hi-hat on every 8th, accented on the beats, the off-beat 8ths half a step late; one soft
+    snare a quarter step early on a 16th."""
+    T = 32
+    hits = np.zeros((T, 2), np.uint8)
+    vel = np.zeros((T, 2), np.uint8)
+    off = np.zeros((T, 2), np.int8)
+    hits[0::2, 0] = 1
+    vel[0::4, 0], vel[2::4, 0] = 110, 60
+    off[2::4, 0] = 64                             # off-beat 8ths (position 2 of each 4-step beat)
+    hits[5, 1], vel[5, 1], off[5, 1] = 1, 30, -32
+    m = expressive_metrics(hits, vel, off, seq_len=32)
+    h = 2.0                                       # half a beat of 4 steps
+    assert m["swing_8"][0] == pytest.approx((h + 0.5) / (h - 0.5))
+    # 16ths: on = 8th positions (mean x of 8 on-beat 0 and 8 off-beat 0.5 = 0.25); off = odd steps
+    # (the one snare at -0.25): δ = -0.5, h = 1 -> (1 - 0.5) / (1 + 0.5)
+    assert m["swing_16"][0] == pytest.approx(0.5 / 1.5)
+    assert m["vel_mean"][0].tolist() == pytest.approx([85.0, 30.0])
+    assert m["vel_std"][0].tolist() == pytest.approx([25.0, 0.0])
+    assert m["offset_mean"][0].tolist() == pytest.approx([0.25, -0.25])
+    accent = m["accent"][0]
+    assert accent[[0, 4, 8, 12]].tolist() == [110.0] * 4 and accent[[2, 6, 10, 14]].tolist() == [60.0] * 4
+    assert accent[5] == 30.0 and accent[1] == 0.0
+    x = np.array([0.0] * 8 + [0.5] * 8 + [-0.25])
+    assert m["timing_spread"][0] == pytest.approx(x.std())
+
+
+def test_expressive_inputs_are_checked():
+    with pytest.raises(ValueError, match="velocity must have the shape of hits"):
+        expressive_metrics(np.ones((4, 2)), np.ones((4, 3), np.uint8), np.zeros((4, 2), np.int8), seq_len=4)
+    with pytest.raises(ValueError, match="offset must be integers"):
+        expressive_metrics(np.ones((4, 2)), np.ones((4, 2), np.uint8), np.zeros((4, 2)), seq_len=4)

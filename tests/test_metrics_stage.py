@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 import kernels.reference as ref
-from kernels.spec import SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, window_grid
+from kernels.spec import EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, window_grid
 from pipeline.config import REPO_ROOT, compose
 from pipeline.metrics import run
 from pipeline.store import Song, Store, content_hash, write_store
@@ -22,7 +22,9 @@ ATTRS = {"drum_names": [f"d{i}" for i in range(D)], "drum_pitches": list(range(3
 
 def _song(name, T, rng, spb=16, bpb=4, density=0.25, sections=None):
     hits = (rng.random((T, D)) < density).astype(np.uint8)
-    return Song(name=name, hits=hits, velocity=hits * 90, source=f"{name}.mid", split="train",
+    vel = hits * rng.integers(1, 128, hits.shape).astype(np.uint8)
+    off = (hits * rng.integers(-64, 65, hits.shape)).astype(np.int8)
+    return Song(name=name, hits=hits, velocity=vel, offset=off, source=f"{name}.mid", split="train",
                 steps_per_bar=spb, beats_per_bar=bpb,
                 sections=np.zeros((0, 2), np.int64) if sections is None else np.array(sections))
 
@@ -65,6 +67,16 @@ def test_stage_layout_and_values_match_reference(tmp_path, small_store):
         assert stored.dtype == np.dtype(dtype)
         want = np.concatenate([starts[s.name][name] for s in songs])
         np.testing.assert_allclose(stored, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    played = {s.name: ref.expressive_metrics(s.hits, s.velocity, s.offset, seq_len=64, stride=3,
+                                             steps_per_bar=s.steps_per_bar, beats_per_bar=s.beats_per_bar,
+                                             positions=16) for s in songs}
+    for name, (dtype, _) in EXPRESSIVE_SCHEMA.items():   # velocity and timing come from the store too
+        stored = out[f"window/{name}"][:]
+        assert stored.dtype == np.dtype(dtype)
+        want = np.concatenate([played[s.name][name] for s in songs])
+        np.testing.assert_allclose(stored, want, rtol=1e-5, atol=1e-5, err_msg=name)
+    assert out["window/accent"].shape == (expected_w, 16)
+    assert (out["window/vel_std"][:] > 0).any() and (out["window/offset_mean"][:] != 0).any()
     assert out["window/bar_hits"].shape == (expected_w, 4)      # 64 // configured 16, also for 3/4
     assert out["window/ioi_hist"].shape == (expected_w, 16)
     for name in SONG_SCHEMA:
@@ -84,7 +96,7 @@ def test_stage_layout_and_values_match_reference(tmp_path, small_store):
     np.testing.assert_array_equal(np.diff(out["phrase/offsets"][:]), [6, 1, 0, 6, 2])
     attrs = dict(out.attrs)
     assert attrs["seq_len"] == 64 and attrs["stride"] == 3 and attrs["ngram_n"] == 4
-    assert attrs["metric_names"]["window"] == list(WINDOW_SCHEMA)
+    assert attrs["metric_names"]["window"] == list(WINDOW_SCHEMA) + list(EXPRESSIVE_SCHEMA)
     assert len(attrs["store_hash"]) == 64
 
 

@@ -117,3 +117,83 @@ def test_write_then_read_is_identity(tmp_path_factory, vel):
     np.testing.assert_array_equal(roll.hits, hits)
     np.testing.assert_array_equal(roll.velocity, vel)
     assert roll.bpm == pytest.approx(133.0) and roll.unmapped == {}
+
+
+def _raw_track_file(path, tracks, tpq=TPQ):
+    """A type-1 file from mido tracks of (delta, message) without closing anything: open notes stay open."""
+    mf = mido.MidiFile(type=1, ticks_per_beat=tpq)
+    for msgs in tracks:
+        mf.tracks.append(mido.MidiTrack([m.copy(time=d) for d, m in msgs]))
+    mf.save(path)
+    return path
+
+
+def _on(note, vel, ch=9):
+    return mido.Message("note_on", channel=ch, note=note, velocity=vel)
+
+
+def _off(note, ch=9):
+    return mido.Message("note_off", channel=ch, note=note, velocity=0)
+
+
+def test_notes_never_closed_are_read_like_mido(tmp_path):
+    """symusic drops note-ons that are never closed; read_midi keeps each one (here up to 6 open
+    notes of one pitch, more than the first round of added note-offs closes), in every track."""
+    t1 = [(0, _on(36, 90)), (10, _on(36, 80)), (10, _on(38, 70)), (10, _off(38)), (10, _on(36, 60)),
+          (10, _off(36))] + [(24, _on(42, 50 + i)) for i in range(6)] + [(5, _on(60, 99, ch=0))]
+    t2 = [(48, _on(51, 33)), (0, _on(51, 34)), (30, _off(51))]
+    path = _raw_track_file(tmp_path / "open.mid", [t1, t2])
+    from pipeline.midi import _drum_onsets
+    tick, pitch, vel, *_ = _drum_onsets(path)
+    mido_ons = []
+    for track in mido.MidiFile(path).tracks:
+        now = 0
+        for msg in track:
+            now += msg.time
+            if msg.type == "note_on" and msg.velocity and msg.channel == 9:
+                mido_ons.append((now, msg.note, msg.velocity))
+    assert sorted(zip(tick.tolist(), pitch.tolist(), vel.tolist())) == sorted(mido_ons)
+    assert len(mido_ons) == 4 + 6 + 2
+
+
+def test_offsets_quantise_on_the_128th_subgrid(tmp_path):
+    """tick -> (step, offset in 1/128 step): TPQ 96 = 24 ticks per step; the loudest note of a cell
+    gives its offset."""
+    notes = [(0, 36, 90), (24 * 4 + 3, 38, 60), (24 * 4 - 6, 40, 110), (24 * 8 + 12, 42, 70),
+             (24 * 10 + 12, 42, 70), (24 * 13 - 1, 51, 80)]
+    roll = read_midi(_mido_file(tmp_path / "o.mid", notes), DM)
+    got = {tuple(map(int, k)): int(roll.offset[tuple(k)]) for k in np.argwhere(roll.hits)}
+    # 3/24 step = 16/128; -6/24 = -32/128; 12/24 = half a step: step 8 (even) +64, step 10 -> +64
+    assert got == {(0, 0): 0, (4, 1): -32, (8, 2): 64, (10, 2): 64, (13, 8): -5}
+    assert (roll.offset[roll.hits == 0] == 0).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 3).map(lambda b: b * 16), st.just(9)), elements=st.integers(0, 127)),
+       st.data())
+def test_write_then_read_keeps_offsets(tmp_path_factory, vel, data):
+    """Offsets written tick-exact read back identically (half a step only on even steps, as read_midi
+    gives them); every note has a non-zero length; a hit at step 0 with a negative offset starts at
+    tick 0 (and reads back as offset 0)."""
+    vel = np.where(vel > 80, vel, 0).astype(np.uint8)
+    vel[-1, 0] = max(int(vel[-1, 0]), 1)
+    hits = (vel > 0).astype(np.uint8)
+    off = data.draw(arrays(np.int8, hits.shape, elements=st.integers(-64, 64)))
+    off = np.where(hits > 0, off, 0).astype(np.int8)
+    path = write_midi(tmp_path_factory.mktemp("off") / "x.mid", hits, vel, drum_map=DM, offset=off)
+    roll = read_midi(path, DM)
+    half = np.where(np.arange(len(off)) % 2 == 0, 64, 63)[:, None]   # what reads back to the same step
+    expect = np.clip(off, -half, half).astype(np.int8)
+    expect[0] = np.maximum(expect[0], 0)
+    np.testing.assert_array_equal(roll.hits, hits)
+    np.testing.assert_array_equal(roll.velocity, vel)
+    np.testing.assert_array_equal(roll.offset, expect)
+    mf = mido.MidiFile(path)
+    assert mf.ticks_per_beat == 512
+    now, on = 0, {}
+    for msg in mf.tracks[0]:
+        now += msg.time
+        if msg.type == "note_on" and msg.velocity:
+            on[msg.note] = now
+        elif msg.type in ("note_off", "note_on"):
+            assert now > on.pop(msg.note)

@@ -11,7 +11,8 @@ def _songs(rng, lengths):
     for i, n in enumerate(lengths):
         hits = (rng.random((n, 9)) < 0.2).astype(np.uint8)
         vel = hits * rng.integers(1, 128, size=hits.shape).astype(np.uint8)
-        out.append(Song(name=f"s{i}", hits=hits, velocity=vel, split="train", bpm=100.0 + i))
+        off = (hits * rng.integers(-64, 65, size=hits.shape)).astype(np.int8)
+        out.append(Song(name=f"s{i}", hits=hits, velocity=vel, split="train", bpm=100.0 + i, offset=off))
     return out
 
 
@@ -26,9 +27,22 @@ def test_store_round_trip(tmp_path):
         got = store.song(i)
         np.testing.assert_array_equal(got.hits, s.hits)
         np.testing.assert_array_equal(got.velocity, s.velocity)
+        np.testing.assert_array_equal(got.offset, s.offset)
+        assert got.offset.dtype == np.int8
         assert got.name == s.name and got.bpm == pytest.approx(s.bpm)
     assert store.attrs["splits"] == {"train": 4, "validation": 0, "test": 0}
     assert store.drum_names[0] == "kick"
+
+
+def test_old_schema_store_is_refused_with_how_to_rebuild(tmp_path):
+    """A version-1 store (no `offset`) is refused: the message names the store and the rebuild command."""
+    import zarr
+    write_store(tmp_path / "old.zarr", _songs(np.random.default_rng(1), [8]), DrumMap.default().to_attrs())
+    root = zarr.open_group(str(tmp_path / "old.zarr"), mode="r+")
+    del root["offset"]
+    root.attrs["schema_version"] = 1
+    with pytest.raises(ValueError, match=r"old\.zarr: schema_version 1.*reads 2.*offset.*dvc repro build"):
+        Store(tmp_path / "old.zarr")
 
 
 def test_atomic_path_puts_the_old_directory_back_if_the_final_rename_fails(tmp_path, monkeypatch):

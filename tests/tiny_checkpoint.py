@@ -40,8 +40,10 @@ def make_store(path: Path, seed: int = 0) -> Path:
     plan = [("train", 8)] * 8 + [("validation", 8)] * 3 + [("validation", 2.5), ("test", 6)]
     for i, (split, bars) in enumerate(plan):
         hits = groove_song(rng, 8, dm.num_drums)[: int(bars * SPB)]
-        songs.append(Song(name=f"song{i}", hits=hits, velocity=hits * np.uint8(90), split=split,
-                          source=f"tiny/song{i}.mid", style="rock", steps_per_bar=SPB))
+        played = rng.integers(40, 128, hits.shape), rng.integers(-40, 41, hits.shape)   # as drummers play
+        songs.append(Song(name=f"song{i}", hits=hits, velocity=(hits * played[0]).astype(np.uint8), split=split,
+                          source=f"tiny/song{i}.mid", style="rock", steps_per_bar=SPB,
+                          offset=(hits * played[1]).astype(np.int8)))
     attrs = {**dm.to_attrs(), "steps_per_quarter": 4, "source_hash": "tiny"}
     write_store(path, songs, attrs)
     return path
@@ -68,7 +70,8 @@ def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: 
     dm = DrumMap.default()
     model = HierarchicalDrumModel(dm.num_drums, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16,
                                   num_layers=1, dropout=0.0, use_transformer=use_transformer,
-                                  steps_per_bar=SPB, bars_per_phrase=2, nhead=2)
+                                  steps_per_bar=SPB, bars_per_phrase=2, nhead=2,
+                                  expressive=True, expressive_dim=8)   # heads untrained: varied, off-grid
     s = Store(store)
     hits = np.asarray(s.hits[:])
     windows = np.stack([hits[s.song_slice(int(i))][:SEQ_LEN] for i in s.songs_in_split("train")])

@@ -33,7 +33,7 @@ from pipeline.atomic import atomic_path
 from kernels.spec import window_grid
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
-from train.generate.run import sample
+from train.generate.run import played_values, sample
 from train.training.checkpoint import load_for_inference
 from train.evaluate.scores import ScoreAccumulator, compare_sets
 
@@ -166,16 +166,22 @@ def metric_kwargs(cfg: DictConfig) -> dict:
     return kw
 
 
-def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict) -> dict[str, np.ndarray]:
-    """Kernel window metrics of each roll as one window ([N, ...] per metric)."""
-    from kernels import window_metrics
+def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict,
+                       played: list | None = None) -> dict[str, np.ndarray]:
+    """Kernel window metrics of each roll as one window ([N, ...] per metric); with `played`
+    ((velocity, offset) per roll), the velocity and timing metrics too."""
+    from kernels import expressive_metrics, window_metrics
 
     per_metric: dict[str, list] = {}
-    for roll in rolls:
+    for j, roll in enumerate(rolls):
         if len(roll) == 0:
             continue
         m = window_metrics(np.ascontiguousarray(roll, dtype=np.uint8), seq_len=min(seq_len, len(roll)),
                            stride=max(len(roll), 1), **kw)
+        if played is not None:
+            spb = kw["steps_per_bar"]
+            m.update(expressive_metrics(roll, *played[j], seq_len=min(seq_len, len(roll)), stride=max(len(roll), 1),
+                                        steps_per_bar=spb, beats_per_bar=kw.get("beats_per_bar", 4), positions=spb))
         for name, value in m.items():
             value = np.asarray(value)
             if value.dtype.kind in "biuf" and len(value):
@@ -183,20 +189,34 @@ def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict) -> dict[
     return {name: np.stack(v) for name, v in per_metric.items()}
 
 
-def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int) -> tuple[dict, dict, dict, np.ndarray]:
-    """(comparison per metric, real metric sets, generated metric sets, generated rolls)."""
+def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
+                      store: Store | None = None) -> tuple[dict, dict, dict, np.ndarray]:
+    """(comparison per metric, real metric sets, generated metric sets, generated rolls).
+
+    With `store`, the velocity and timing metrics join the table: real windows with the store's
+    velocities and offsets; generated parts with the velocity and timing the model's expressive
+    heads give them (at velocity 100 on the grid for a model without heads, as generate writes)."""
     gcfg = cfg.evaluate.generated
     seq_len = int(cfg.window.seq_len)
     # Real set: the split's windows laid end to end (stride = seq_len), trimmed to their real steps.
-    real_rolls = [w[m] for w, m, a in zip(windows.steps, windows.mask, windows.start) if a % seq_len == 0]
-    real_rolls = [r for r in real_rolls if len(r)]
+    picked = [(w[m], s, a) for w, m, s, a in zip(windows.steps, windows.mask, windows.song, windows.start)
+              if a % seq_len == 0 and m.any()]
+    real_rolls = [r for r, _, _ in picked]
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
+    expressive = store is not None and bool(model.config.get("expressive", False))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
-                 top_p=gcfg.top_p, seed=int(gcfg.seed))
+                 top_p=gcfg.top_p, seed=int(gcfg.seed), expressive=expressive)
+    gen, *heads = gen if expressive else (gen, None, None)
     kw = metric_kwargs(cfg)
-    real = window_metric_sets(real_rolls, seq_len, kw)
-    generated = window_metric_sets(list(gen), seq_len, kw)
+    real_played = gen_played = None
+    if store is not None:
+        real_played = [tuple(np.asarray(a[store.song_slice(int(s))][st:st + len(r)]) for a in (store.velocity, store.offset))
+                       for r, s, st in picked]
+        gen_played = [played_values(g, heads[0][i] if expressive else None, heads[1][i] if expressive else None,
+                                    0, 100) for i, g in enumerate(gen)]
+    real = window_metric_sets(real_rolls, seq_len, kw, real_played)
+    generated = window_metric_sets(list(gen), seq_len, kw, gen_played)
     return compare_sets(real, generated, max_samples=int(gcfg.max_set_size)), real, generated, gen
 
 
@@ -267,8 +287,13 @@ def evaluate(cfg: DictConfig) -> dict:
         "model_beats_baselines_nll": all(scores[MODEL_ROW]["nll_bits_per_step"] < s["nll_bits_per_step"]
                                          for n, s in scores.items() if n != MODEL_ROW),
     }
+    if model.config.get("expressive"):
+        from train.evaluate.expressive import expressive_scores
+        train_ids = ref.songs_in_split("train")
+        result["expressive"] = expressive_scores(model, store, windows, ref, train_ids[same_meter(ref, train_ids, spb)],
+                                                 spb, int(ecfg.batch_size))
     if ecfg.generated.enabled:
-        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, store.num_drums)
+        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, store.num_drums, store)
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))
         notes = {k: f"OA {v['overlap_area']:.2f}  KL {v['kl_divergence']:.2f}" for k, v in comparison.items()}
@@ -300,6 +325,17 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def expressive_markdown(e: dict) -> list[str]:
+    lines = ["", "## Velocity and timing (teacher forced, on the true hits)", "",
+             f"{e['hits']} hits. Velocity MSE in (velocity / 127)^2, offset MSE in steps^2. Baseline: the "
+             "train split's mean velocity per drum and bar position, every hit on the grid.", "",
+             "| predictor | velocity MSE | offset MSE | velocity correlation |", "|---|---:|---:|---:|"]
+    for name in ("model", "baseline"):
+        r = e[name]
+        lines.append(f"| {name} | {r['velocity_mse']:.5f} | {r['offset_mse']:.5f} | {r['velocity_corr']:.3f} |")
+    return lines
+
+
 def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: list[str]) -> str:
     s = result["scores"]
     lines = [f"# Evaluation on the {result['split']} split", "",
@@ -328,6 +364,8 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
     for name, r in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['per_drum'][d]['f1']:.3f}" for d in drum_names) + " |")
     lines += ["", _img(pictures, "scores", out_dir)]
+    if "expressive" in result:
+        lines += expressive_markdown(result["expressive"])
     if "generated_vs_real" in result:
         lines += ["", "## Generated vs real", "",
                   f"{result['generated_samples']} generated windows of {result['seq_len']} steps against the "

@@ -2,9 +2,11 @@
 
 Per sample `generate.out_dir/sample_NNN.{mid,npz,png}` and one `sheet.png` of all samples:
 - MIDI: drum channel (10), each class at its canonical General MIDI pitch (the checkpoint's
-  `drum_pitches`), every hit at `generate.velocity` (the model predicts hits, not velocities);
-- NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), the input format
-  `pipeline.ingest` reads;
+  `drum_pitches`); by default each generated hit with the velocity and timing offset the model's
+  expressive heads give it (`generate.expressive=false`, or a model without them: every hit at
+  `generate.velocity` on the grid; the prime's hits always are);
+- NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), plus `velocity` and
+  `offset` (int8, 1/128 step): the input format `pipeline.ingest` reads;
 - PNG: drums x steps with bar lines and drum names (`generate.plots=false`: none, and no matplotlib).
 A prime (`generate.prime=groove.mid` or `.npz`) keeps its first `generate.prime_bars` bars and the
 model continues them; the outputs hold the prime followed by the continuation.
@@ -12,6 +14,7 @@ Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -24,6 +27,8 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
 from train.training.checkpoint import load_for_inference
+
+log = logging.getLogger(__name__)
 
 
 
@@ -75,10 +80,12 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
 @torch.no_grad()
 def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.ndarray | None = None,
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
-           batch_size: int = 64) -> np.ndarray:
+           batch_size: int = 64, expressive: bool = False):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
+    `expressive=True` (a model with expressive heads) returns (hits, velocity / 127, offset in
+    steps) float arrays of the same shape, 0 over the prime.
     """
     t0 = 0 if prime is None else len(prime)
     out = []
@@ -87,23 +94,42 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         start = torch.zeros(n, t0, num_drums)
         if t0:
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
-        seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b)
-        out.append((seq.detach().cpu().numpy() > 0).astype(np.uint8))
-    return np.concatenate(out) if out else np.zeros((0, t0 + length, num_drums), np.uint8)
+        seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b,
+                             expressive=expressive)
+        out.append(seq if expressive else (seq,))
+    if not out:
+        return np.zeros((0, t0 + length, num_drums), np.uint8)
+    hits, *played = (torch.cat(part).detach().cpu().numpy() for part in zip(*out))
+    hits = (hits > 0).astype(np.uint8)
+    return (hits, *played) if expressive else hits
 
 
-def save_npz(path: Path, sequence: np.ndarray) -> None:
+def save_npz(path: Path, sequence: np.ndarray, offset: np.ndarray | None = None) -> None:
+    extra = {} if offset is None else {"velocity": sequence, "offset": offset}
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, sequence=sequence)
+        np.savez_compressed(fh, sequence=sequence, **extra)
 
 
 def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: DrumMap, bpm: float,
-              steps_per_quarter: int, beats_per_bar: int) -> None:
+              steps_per_quarter: int, beats_per_bar: int, offset: np.ndarray | None = None) -> None:
     from pipeline.midi import write_midi
 
     with atomic_path(path) as tmp:
         write_midi(tmp, hits, velocity, drum_map=drum_map, bpm=bpm, steps_per_quarter=steps_per_quarter,
-                   beats_per_bar=beats_per_bar)
+                   beats_per_bar=beats_per_bar, offset=offset)
+
+
+def played_values(hits: np.ndarray, vel: np.ndarray | None, off: np.ndarray | None, t0: int,
+                  fixed_velocity: int) -> tuple[np.ndarray, np.ndarray]:
+    """MIDI velocity (uint8) and offset (int8, 1/128 step) of one sample: the heads' values after
+    the prime; the prime's hits (or every hit without heads) at `fixed_velocity` on the grid."""
+    from train.training.expressive import to_midi_values
+
+    if vel is None:
+        return hits * np.uint8(fixed_velocity), np.zeros(hits.shape, np.int8)
+    velocity, offset = to_midi_values(hits, vel, off)
+    velocity[:t0], offset[:t0] = hits[:t0] * np.uint8(fixed_velocity), 0
+    return velocity, offset
 
 
 def run(cfg: DictConfig) -> dict:
@@ -132,24 +158,32 @@ def run(cfg: DictConfig) -> dict:
         prime, prime_bpm = load_prime(g.prime, drum_map, spq, spb)
         prime = prime[: int(g.prime_bars) * spb]
     bpm = float(g.bpm or prime_bpm or 120.0)
+    expressive = bool(g.expressive) and bool(model.config.get("expressive", False))
+    if g.expressive and not expressive:
+        log.warning("%s has no expressive heads: every hit at generate.velocity=%s on the grid",
+                    ckpt_path, g.velocity)
     lap("load")
-    rolls = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
-                   temperature=float(g.temperature), top_p=g.top_p, seed=int(g.seed))
+    drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
+                   temperature=float(g.temperature), top_p=g.top_p, seed=int(g.seed), expressive=expressive)
+    rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
+    t0 = 0 if prime is None else len(prime)
     lap("sample")
 
     out_dir = Path(g.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"midi": [], "npz": [], "png": []}
+    velocities = []
     for i, hits in enumerate(rolls):
-        velocity = hits * np.uint8(int(g.velocity))
+        velocity, offset = played_values(hits, vels[i], offs[i], t0, int(g.velocity))
         stem = out_dir / f"sample_{i:03d}"
         save_midi(stem.with_suffix(".mid"), hits, velocity, drum_map=drum_map, bpm=bpm,
-                  steps_per_quarter=spq, beats_per_bar=spb // spq)
-        save_npz(stem.with_suffix(".npz"), velocity)
+                  steps_per_quarter=spq, beats_per_bar=spb // spq, offset=offset)
+        save_npz(stem.with_suffix(".npz"), velocity, offset)
         files["midi"].append(stem.with_suffix(".mid"))
         files["npz"].append(stem.with_suffix(".npz"))
+        velocities.append(velocity)
     lap("write")
-    sheet = _pictures(out_dir, rolls, int(g.velocity), list(drum_map.names), spb, files) if g.plots else None
+    sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, files) if g.plots else None
     result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
               "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
     result["page"] = _page(cfg, result, drum_map, spb, spq) if g.plots else None
@@ -164,14 +198,14 @@ def _page(cfg: DictConfig, result: dict, drum_map: DrumMap, spb: int, spq: int) 
     return write_generate_page(cfg, result, drum_map, spb, spq)
 
 
-def _pictures(out_dir: Path, rolls: np.ndarray, velocity: int, names: list[str], spb: int, files: dict) -> Path:
-    """sample_NNN.png per sample and sheet.png; matplotlib is imported only here (about a second
-    of start-up that `generate.plots=false` skips)."""
+def _pictures(out_dir: Path, rolls: np.ndarray, velocities: list, names: list[str], spb: int, files: dict) -> Path:
+    """sample_NNN.png per sample (hits shaded by velocity) and sheet.png; matplotlib is imported
+    only here (about a second of start-up that `generate.plots=false` skips)."""
     from train.evaluate.plots import save_piano_roll, save_sheet
 
-    for i, hits in enumerate(rolls):
+    for i, (hits, velocity) in enumerate(zip(rolls, velocities)):
         png = out_dir / f"sample_{i:03d}.png"
-        save_piano_roll(png, hits, names, spb, title=f"sample {i}", velocity=hits * np.uint8(velocity))
+        save_piano_roll(png, hits, names, spb, title=f"sample {i}", velocity=velocity)
         files["png"].append(png)
     return save_sheet(out_dir / "sheet.png", list(rolls), names, spb,
                       titles=[f"sample {i}" for i in range(len(rolls))])

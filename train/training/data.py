@@ -13,8 +13,9 @@ A batch (dict of tensors, B first) holds only what was asked for: always
     mask     bool    [B, L]          True on real steps (a song shorter than L is padded, never dropped)
     metrics  dict name -> [B, ...]   the window metrics asked for (`metrics=`; default: all exported)
     song, start  int64 [B]           store song index and song-relative first step
-and with `fields=("velocity",)` / `levels=("bar", "phrase", "song")`:
+and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "song")`:
     velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
+    offset   int8    [B, L, D]       timing of each hit in 1/128 step (ready/offset.npy), 0 elsewhere
     bar      float32 [B, L//spb, D]  mean of each bar's spb steps (padding counts as silence), + bar_mask
     phrase   float32 [B, L//(spb·bpp), D]                                                   + phrase_mask
     song_metrics  dict name -> [B, ...]  the window's song's row of metrics.zarr song/<name>
@@ -149,9 +150,17 @@ class CompleteHierarchicalDrumDataset(Dataset):
             }
             if "velocity" in self.fields:
                 self._maps["velocity"] = load("velocity.npy")
+            if "offset" in self.fields:
+                self._maps["offset"] = self._load_offset(load)
             if "song" in self.levels:
                 self._maps["song_metrics"] = self._song_table()
         return self._maps
+
+    def _load_offset(self, load):
+        if not (self.ready / "offset.npy").exists():
+            raise FileNotFoundError(f"{self.ready}: no offset.npy (exported before timing offsets were "
+                                    "stored); rebuild: `dvc repro` (or python -m pipeline, then export)")
+        return load("offset.npy")
 
     def _song_table(self) -> dict[str, np.ndarray]:
         """metrics.zarr song/<name>, [S, ...] each: small (one row per song), read into memory."""
@@ -228,6 +237,9 @@ class CompleteHierarchicalDrumDataset(Dataset):
             if rng is not None and self.velocity_jitter > 0:
                 vel[:] = _jitter(vel, step, rng, self.velocity_jitter)
             out["velocity"] = torch.from_numpy(vel)
+        if "offset" in self.fields:   # timing of each hit in 1/128 step; 0 on rests and padding
+            rows = np.where(mask, t[:, OFFSET, None] + np.arange(L), 0)
+            out["offset"] = torch.from_numpy(np.where(mask[..., None], m["offset"][rows], 0).astype(np.int8))
         self._levels(out, step, t)
         out["metrics"] = {name: torch.from_numpy(_take(arr, t[:, ROW])) for name, arr in m["metrics"].items()}
         return out
@@ -263,7 +275,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
         return np.where(ok, j, idx)
 
 
-FIELDS = ("velocity",)                    # per-step arrays a batch may add to `step`
+FIELDS = ("velocity", "offset")          # per-step arrays a batch may add to `step`
 LEVELS = ("bar", "phrase", "song")        # coarser levels a batch may carry (metrics: window level)
 
 # numpy dtypes torch handles as they are; other unsigned ones widen to a signed type (torch's

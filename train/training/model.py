@@ -151,6 +151,7 @@ class GenerationState:
     bar_ctx: Tensor | None = None        # [B, H] projected state of the last complete bar
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
+    features: Tensor | None = None       # [B, H] the state behind the last logits (expressive heads)
 
 
 # --------------------------------------------------------------------------- lookback input
@@ -187,7 +188,8 @@ class HierarchicalDrumModel(nn.Module):
                  phrase_hidden_dim: int = 128, num_layers: int = 2, dropout: float = 0.1,
                  use_transformer: bool = False, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
-                 max_context: int = 512, lookback_bars: int = 0):
+                 max_context: int = 512, lookback_bars: int = 0, expressive: bool = False,
+                 expressive_dim: int = 64):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -195,7 +197,8 @@ class HierarchicalDrumModel(nn.Module):
                             use_transformer=bool(use_transformer), steps_per_bar=int(steps_per_bar),
                             bars_per_phrase=int(bars_per_phrase), rnn_type=str(rnn_type),
                             nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context),
-                            lookback_bars=int(lookback_bars))
+                            lookback_bars=int(lookback_bars), expressive=bool(expressive),
+                            expressive_dim=int(expressive_dim))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
@@ -223,6 +226,9 @@ class HierarchicalDrumModel(nn.Module):
             self.phrase_head = nn.Linear(Hp, D)
             self.phrase_to_step = nn.Linear(Hp, H)
             self.phrase_start = nn.Parameter(torch.zeros(Hp))
+        if expressive:   # velocity and offset of each hit, given the step's hits (train/training/expressive.py)
+            from train.training.expressive import ExpressiveHeads
+            self.expressive = ExpressiveHeads(H, D, int(expressive_dim))
 
     # ---- config / checkpoint contract
     def _check_config(self) -> None:
@@ -271,7 +277,7 @@ class HierarchicalDrumModel(nn.Module):
         h = self.step_rnn(self.drop(x))                                        # [B, L, H]
         z = h + self.out_pos((phase + 1) % spb)
         if not self.hierarchy:
-            return self.output_layer(self.drop(z)), None, None
+            return self._with_expressive((self.output_layer(self.drop(z)), None, None), z, step)
 
         nb = L // spb
         bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2),
@@ -287,7 +293,15 @@ class HierarchicalDrumModel(nn.Module):
         phrases = torch.cat([self.phrase_start.expand(B, 1, -1), phrase_h], 1)
         z = (z + self.bar_to_step(bars[:, (t + 1) // spb])
              + self.phrase_to_step(phrases[:, (t + 1) // (spb * bpp)]))
-        return self.output_layer(self.drop(z)), self.bar_head(bar_h), self.phrase_head(phrase_h)
+        return self._with_expressive((self.output_layer(self.drop(z)), self.bar_head(bar_h),
+                                      self.phrase_head(phrase_h)), z, step)
+
+    def _with_expressive(self, preds: tuple, z: Tensor, step: Tensor) -> tuple:
+        """With expressive heads, a 4th prediction: (velocity, offset) of steps 1..L-1 given their
+        true hits (teacher forcing), from the states that predict them, z[:, :-1]."""
+        if not self._config["expressive"]:
+            return preds
+        return (*preds, self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0))
 
     # ---- incremental path (generation)
     def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0) -> GenerationState:
@@ -324,6 +338,7 @@ class HierarchicalDrumModel(nn.Module):
                 self._advance_bars(h, x, state)
             z = z + state.bar_ctx + state.phrase_ctx
         state.t += 1
+        state.features = z
         return self.output_layer(self.drop(z))
 
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
@@ -368,13 +383,15 @@ class HierarchicalDrumModel(nn.Module):
     @torch.no_grad()
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
-                 start: Tensor | int = 0) -> Tensor:
+                 start: Tensor | int = 0, expressive: bool = False):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
         `step` per generated step: RNN states / a ring KV cache are carried, bars and phrases
         are pooled as they complete. `start` ([B] or int) is the absolute position of the prime's
-        first step, as in forward (sets the bar phase). Deterministic for a given `seed`."""
+        first step, as in forward (sets the bar phase). Deterministic for a given `seed`.
+        `expressive=True` (a model with expressive heads) returns (hits, velocity, offset): each
+        sampled step's velocity / 127 and offset in steps given its hits (0 over the prime)."""
         was_training = self.training
         self.eval()
         try:
@@ -385,14 +402,19 @@ class HierarchicalDrumModel(nn.Module):
             gen.manual_seed(seed) if seed is not None else gen.seed()
             out = like.new_zeros(B, T0 + length, D)
             out[:, :T0] = prime
+            played = like.new_zeros(2, B, T0 + length, D)
             state = self.init_state(B, t=0 if T0 else -1, start=start)
             logits = None
             for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
                 logits = self.step(x, state)
             for i in range(length):
                 out[:, T0 + i] = sample_hits(logits, temperature, top_p, gen)
+                if expressive:
+                    played[:, :, T0 + i] = torch.stack(self.expressive(state.features, out[:, T0 + i] > 0))
                 if i + 1 < length:
                     logits = self.step(out[:, T0 + i], state)
+            if expressive:
+                return (out[0], *played[:, 0]) if unbatched else (out, *played)
             return out[0] if unbatched else out
         finally:
             self.train(was_training)
@@ -412,9 +434,14 @@ class HierarchicalDrumModel(nn.Module):
 
     def compute_loss(self, preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
                      level_loss: str = "mse"):
-        """`compute_loss` with this model's bar/phrase grid."""
-        return compute_loss(preds, batch, weights, level_loss=level_loss,
-                            steps_per_bar=self.steps_per_bar, bars_per_phrase=self.bars_per_phrase)
+        """`compute_loss` with this model's bar/phrase grid, plus the expressive terms when the
+        model has its heads (train/training/expressive.py)."""
+        total, terms = compute_loss(preds[:3], batch, weights, level_loss=level_loss,
+                                    steps_per_bar=self.steps_per_bar, bars_per_phrase=self.bars_per_phrase)
+        if len(preds) > 3:
+            from train.training.expressive import add_expressive_loss
+            total, terms = add_expressive_loss(total, terms, preds[3], batch, weights)
+        return total, terms
 
 
 # --------------------------------------------------------------------------- sampling and loss

@@ -160,11 +160,12 @@ def build_data(cfg, d: Dist):
     from train.training.data import CompleteHierarchicalDrumDataset, make_loader
 
     tc, w = cfg.trainer, cfg.window
-    # the batch carries what a consumer reads: the rl terms' window metrics, and the fields and
-    # levels (velocity; bar, phrase, song) the config asks for
+    # the batch carries what a consumer reads: the rl terms' window metrics, velocity and offset
+    # for expressive heads, and the fields and levels (velocity; bar, phrase, song) the config asks for
+    fields = tuple(tc.get("fields", ())) + (("velocity", "offset") if cfg.model.get("expressive") else ())
     common = dict(seq_len=int(tc.seq_len), stride=int(w.stride), steps_per_bar=int(w.steps_per_bar),
                   bars_per_phrase=int(w.bars_per_phrase), metrics=rewards.window_metrics_needed(cfg.rl),
-                  fields=tuple(tc.get("fields", ())), levels=tuple(tc.get("levels", ())))
+                  fields=tuple(dict.fromkeys(fields)), levels=tuple(tc.get("levels", ())))
     try:    # a window that differs from the export's, a metric it lacks: config errors (exit 2)
         train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
                                                    seed=int(tc.seed), **common)

@@ -1,0 +1,100 @@
+"""Velocity and offset heads (train/training/expressive.py): losses on hit cells only, the
+incremental path equal to the teacher-forced one, MIDI values in range."""
+import numpy as np
+import torch
+
+from train.training.expressive import add_expressive_loss, expressive_terms, to_midi_values
+from train.training.model import HierarchicalDrumModel
+
+torch.set_num_threads(1)  # tiny models on a shared 2-core machine: threads only contend
+
+D, L = 9, 64
+
+
+def _batch(seed=0, B=3):
+    g = torch.Generator().manual_seed(seed)
+    step = (torch.rand(B, L, D, generator=g) < 0.3).float()
+    vel = (step * torch.randint(1, 128, (B, L, D), generator=g)).to(torch.uint8)
+    off = (step * torch.randint(-64, 65, (B, L, D), generator=g)).to(torch.int8)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 50:] = False
+    return {"step": step, "velocity": vel, "offset": off, "mask": mask}
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return HierarchicalDrumModel(D, 32, 32, 32, 1, dropout=0.0, steps_per_bar=16, bars_per_phrase=2,
+                                 expressive=True, **kw).eval()
+
+
+def test_terms_are_mse_on_true_hit_cells_only():
+    batch = _batch()
+    pred = (torch.full((3, L - 1, D), 0.5), torch.zeros(3, L - 1, D))
+    terms = expressive_terms(pred, batch)
+    hit = (batch["step"][:, 1:] > 0) & batch["mask"][:, 1:, None]
+    want_v = ((batch["velocity"][:, 1:].float() / 127 - 0.5) ** 2)[hit].mean()
+    want_o = ((batch["offset"][:, 1:].float() / 128) ** 2)[hit].mean()
+    torch.testing.assert_close(terms["velocity"], want_v)
+    torch.testing.assert_close(terms["offset"], want_o)
+    # values off the hits (rests, padding) do not count
+    other = {**batch, "velocity": batch["velocity"].clone(), "offset": batch["offset"].clone()}
+    off_hit = torch.ones(3, L, D, dtype=torch.bool)
+    off_hit[:, 1:] = ~hit
+    other["velocity"][off_hit], other["offset"][off_hit] = 127, 64
+    assert expressive_terms(pred, other) == terms
+    total, logged = add_expressive_loss(torch.tensor(1.0), {"step": 1.0}, pred, batch, {"velocity": 2.0, "offset": 0.0})
+    torch.testing.assert_close(total, 1.0 + 2.0 * want_v)
+    assert set(logged) == {"step", "velocity", "offset"}
+
+
+def test_incremental_heads_equal_teacher_forced_heads():
+    """Generation's path (step() + the heads on the sampled hits) gives what forward gives for the
+    same hits: the heads see only the past and the step's own hits."""
+    model, batch = _model(lookback_bars=1), _batch(1, B=2)
+    step = batch["step"]
+    with torch.no_grad():
+        vel, off = model(step)[3]
+        state = model.init_state(2)
+        for t in range(L - 1):
+            model.step(step[:, t], state)
+            v, o = model.expressive(state.features, step[:, t + 1] > 0)
+            torch.testing.assert_close(v, vel[:, t], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(o, off[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_generate_returns_velocity_and_offset_of_each_sampled_step():
+    model = _model()
+    hits, vel, off = model.generate(length=32, batch_size=2, seed=3, expressive=True)
+    assert hits.shape == vel.shape == off.shape == (2, 32, D)
+    assert ((vel > 0) & (vel < 1)).all() and (off.abs() < 0.5).all()
+    again = model.generate(length=32, batch_size=2, seed=3)
+    torch.testing.assert_close(again, hits)          # the heads draw no random numbers
+
+
+def test_training_learns_velocity_by_drum():
+    """Sixty steps on a part whose kick is loud and hi-hat soft: velocity MSE drops well
+    below its start and the two drums come out apart."""
+    model = _model().train()
+    batch = _batch(2)
+    batch["velocity"] = (batch["step"] * torch.tensor([120, 0, 40, 0, 0, 0, 0, 0, 0])[None, None]).to(torch.uint8)
+    batch["step"] = batch["step"] * (batch["velocity"] > 0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        total, terms = model.compute_loss(model(batch["step"]), batch, {"step": 0.0, "bar": 0.0, "phrase": 0.0})
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        first = first if first is not None else float(terms["velocity"])
+    assert float(terms["velocity"]) < 0.1 * first
+    model.eval()
+    vel, _ = model(batch["step"])[3]
+    hit = batch["step"][:, 1:] > 0
+    assert vel[..., 0][hit[..., 0]].mean() * 127 > 100 and vel[..., 2][hit[..., 2]].mean() * 127 < 60
+
+
+def test_midi_values_are_clamped_and_zero_off_hits():
+    hits = np.array([[1, 0, 1]])
+    vel, off = to_midi_values(hits, np.array([[1.2, 0.5, -0.1]]), np.array([[-0.9, 0.2, 0.26]]))
+    assert vel.tolist() == [[127, 0, 1]] and off.tolist() == [[-64, 0, 33]]
+    assert vel.dtype == np.uint8 and off.dtype == np.int8

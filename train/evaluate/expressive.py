@@ -1,0 +1,71 @@
+"""Teacher-forced velocity and timing scores of a model with expressive heads, beside baselines.
+
+On every true-hit cell of steps 1..L-1 of the split's windows (the cells the heads predict, given
+the true hits): velocity MSE in (velocity / 127)^2, offset MSE in steps^2, and the Pearson
+correlation of predicted and true velocity. Baselines on the same cells:
+
+    velocity: the train split's mean velocity per drum and bar position (the drum's mean where
+              a position has no hit in train; 64 where the drum never plays)
+    offset:   0 (every hit on the grid)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.store import Store
+from train.training.expressive import OFFSET_UNITS, VELOCITY_SCALE
+
+
+def played_windows(store: Store, song: np.ndarray, start: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """velocity / 127 and offset in steps [N, seq_len, D] of windows (song, start), 0 on padding."""
+    N, D = len(song), store.num_drums
+    vel, off = np.zeros((N, seq_len, D), np.float32), np.zeros((N, seq_len, D), np.float32)
+    for n, (s, a) in enumerate(zip(song, start)):
+        sl = store.song_slice(int(s))
+        v, o = store.velocity[sl][a:a + seq_len], store.offset[sl][a:a + seq_len]
+        vel[n, :len(v)], off[n, :len(o)] = v / VELOCITY_SCALE, o / OFFSET_UNITS
+    return vel, off
+
+
+def position_means(store: Store, ids: np.ndarray, steps_per_bar: int) -> np.ndarray:
+    """[steps_per_bar, D] mean velocity / 127 of the hits at each bar position, per drum."""
+    D = store.num_drums
+    total, count = np.zeros((steps_per_bar, D)), np.zeros((steps_per_bar, D))
+    for i in ids:
+        v = np.asarray(store.velocity[store.song_slice(int(i))], np.float64) / VELOCITY_SCALE
+        pos = np.arange(len(v)) % steps_per_bar
+        np.add.at(total, pos, v)
+        np.add.at(count, pos, v > 0)
+    drum = np.divide(total.sum(0), count.sum(0), out=np.full(D, 64 / VELOCITY_SCALE), where=count.sum(0) > 0)
+    return np.where(count > 0, total / np.maximum(count, 1), drum[None])
+
+
+def _scores(pred_v: np.ndarray, pred_o: np.ndarray, true_v: np.ndarray, true_o: np.ndarray) -> dict:
+    # undefined for a constant prediction or truth: 0 (no linear relation to report)
+    corr = float(np.corrcoef(pred_v, true_v)[0, 1]) if min(pred_v.std(), true_v.std()) > 0 else 0.0
+    return {"velocity_mse": float(np.mean((pred_v - true_v) ** 2)),
+            "offset_mse": float(np.mean((pred_o - true_o) ** 2)), "velocity_corr": corr}
+
+
+@torch.no_grad()
+def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.ndarray, steps_per_bar: int,
+                      batch_size: int = 64) -> dict:
+    """{"hits", "model": {velocity_mse, offset_mse, velocity_corr}, "baseline": {...}} (module docstring)
+    of `windows` of `store`; the baseline's means from songs `train_ids` of `ref`."""
+    L = windows.steps.shape[1]
+    vel, off = played_windows(store, windows.song, windows.start, L)
+    hit = (windows.steps[:, 1:] > 0) & windows.mask[:, 1:, None]
+    means = position_means(ref, train_ids, steps_per_bar)
+    pos = (windows.start[:, None] + np.arange(1, L)[None]) % steps_per_bar          # [N, L-1]
+    base_v = means[pos]                                                                # [N, L-1, D]
+    pred_v, pred_o = np.zeros_like(base_v, np.float32), np.zeros_like(base_v, np.float32)
+    for i in range(0, len(windows), batch_size):
+        sl = slice(i, i + batch_size)
+        preds = model(torch.as_tensor(windows.steps[sl], dtype=torch.float32), mask=torch.as_tensor(windows.mask[sl]),
+                      start=torch.as_tensor(windows.start[sl]))
+        pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3])
+    true_v, true_o = vel[:, 1:][hit], off[:, 1:][hit]
+    return {"hits": int(hit.sum()),
+            "model": _scores(pred_v[hit], pred_o[hit], true_v, true_o),
+            "baseline": _scores(base_v[hit], np.zeros_like(true_o), true_v, true_o)}
