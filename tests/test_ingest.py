@@ -58,7 +58,8 @@ def _npz_folder(root: Path) -> dict[str, str]:
     np.savez(root / "floatoffset.npz", sequence=binary, offset=binary * 0.5)
     np.savez(root / "badvelocity.npz", sequence=binary, velocity=binary * 0)
     return {"badoffset.npz": "offsets must lie in -64..64", "floatoffset.npz": "'offset' must be an integer array",
-            "badvelocity.npz": "'velocity' must be 1..127 on every hit","text.npz": "not an NPZ file", "nokey.npz": "no 'sequence' array", "ndim3.npz": "must be 2-D",
+            "badvelocity.npz": "'velocity' must be 1..127 on every hit", "text.npz": "not an NPZ file",
+            "nokey.npz": "no 'sequence' array", "ndim3.npz": "must be 2-D",
             "nan.npz": "NaN or inf", "inf.npz": "NaN or inf", "negative.npz": "negative values",
             "fivedrums.npz": "5 drum columns, the other files have 9", "empty.npz": "zero length",
             "pickled.npz": "non-numeric dtype object", "badsections.npz": "sections must be"}
