@@ -1,7 +1,9 @@
 """Scores: NLL/BCE/F1 on known cases; overlapping area and KL of identical and disjoint sets."""
 import numpy as np
 
-from train.evaluate.scores import (ScoreAccumulator, compare_sets, inter_set_distances, intra_set_distances,
+import pytest
+
+from train.evaluate.scores import (ScoreAccumulator, SongScores, compare_sets, inter_set_distances, intra_set_distances,
                           kl_divergence, nll_bits_per_step, overlap_area)
 
 
@@ -88,3 +90,30 @@ def test_compare_sets_prefers_a_generator_that_matches_the_data():
         assert g[name]["overlap_area"] > 0.8 > b[name]["overlap_area"]
         assert g[name]["kl_divergence"] < b[name]["kl_divergence"]
     np.testing.assert_allclose(g["density"]["real_mean"], real["density"].mean())
+
+
+def test_song_scores_pool_to_the_total_and_bootstrap_over_songs():
+    rng = np.random.default_rng(4)
+    probs = rng.uniform(0.05, 0.95, (6, 10, 3))
+    targets = (rng.random((6, 10, 3)) < probs).astype(np.uint8)
+    scored = rng.random((6, 10)) < 0.8
+    song = np.array([0, 0, 1, 2, 2, 2])
+    per = SongScores(3)
+    per.update(probs[:3], targets[:3], scored[:3], song[:3])        # batches may split a song
+    per.update(probs[3:], targets[3:], scored[3:], song[3:])
+    whole = ScoreAccumulator(3)
+    whole.update_targets(probs, targets, scored)
+    assert per.total().steps == whole.steps == scored.sum()
+    np.testing.assert_allclose(per.total().nll_bits, whole.nll_bits)
+    one = per.total([1])
+    assert one.steps == scored[2].sum()
+    ci = per.bootstrap(0.5, samples=500, seed=1)
+    point = whole.result(0.5)
+    assert ci["nll_bits_per_step"][0] <= point["nll_bits_per_step"] <= ci["nll_bits_per_step"][1]
+    assert ci["f1"][0] <= point["f1"] <= ci["f1"][1]
+    # songs that all score alike: every resample gives the same value, the interval has no width
+    same = SongScores(3)
+    for s in range(4):
+        same.update(probs[:1], targets[:1], scored[:1], np.array([s]))
+    lo, hi = same.bootstrap(0.5, samples=200)["nll_bits_per_step"]
+    assert lo == pytest.approx(hi)

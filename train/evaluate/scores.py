@@ -60,16 +60,33 @@ class ScoreAccumulator:
         self.neg = np.zeros((num_drums, num_bins), np.int64)   # target rests per probability bin
 
     def update(self, probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> None:
-        p = np.clip(np.asarray(probs, np.float64)[:, :-1], PROB_FLOOR, 1.0 - PROB_FLOOR)
-        y = np.asarray(steps)[:, 1:] > 0
+        """Score positions 0..L-2 of windows `steps` against steps 1..L-1 (the targets inside the window)."""
+        y = np.asarray(steps)[:, 1:]
         m = np.ones(y.shape[:2], bool) if mask is None else np.asarray(mask, bool)[:, 1:]
-        p, y = p[m], y[m]                                   # [N, D]
+        self.update_targets(np.asarray(probs)[:, :-1], y, m)
+
+    def update_targets(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray) -> None:
+        """Score `probs` [B, L, D] against `targets` [B, L, D] where `scored` [B, L] is True."""
+        m = np.asarray(scored, bool)
+        p = np.clip(np.asarray(probs, np.float64)[m], PROB_FLOOR, 1.0 - PROB_FLOOR)   # [N, D]
+        y = np.asarray(targets)[m] > 0
         self.nll_bits -= float(np.where(y, np.log2(p), np.log2(1.0 - p)).sum())
         self.steps += int(p.shape[0])
         bins = np.minimum((p * self.num_bins).astype(np.int64), self.num_bins - 1)
         for d in range(self.num_drums):
             self.pos[d] += np.bincount(bins[y[:, d], d], minlength=self.num_bins)
             self.neg[d] += np.bincount(bins[~y[:, d], d], minlength=self.num_bins)
+
+    def add(self, other: "ScoreAccumulator") -> "ScoreAccumulator":
+        """Pool `other`'s counts into this one (scores of a set of songs = their pooled counts)."""
+        self.nll_bits += other.nll_bits
+        self.steps += other.steps
+        self.pos += other.pos
+        self.neg += other.neg
+        return self
+
+    def threshold_bin(self, threshold: float) -> int:
+        return int(np.clip(np.ceil(threshold * self.num_bins - 1e-9), 0, self.num_bins - 1))
 
     def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """TP, FP, FN [num_bins, D]; row b is the threshold tau_b = b / num_bins (hit where p >= tau_b)."""
@@ -92,7 +109,7 @@ class ScoreAccumulator:
         if self.steps == 0:
             raise ValueError("no scored steps (every window is shorter than 2 steps?)")
         names = drum_names or [f"drum{d}" for d in range(self.num_drums)]
-        b = int(np.clip(np.ceil(threshold * self.num_bins - 1e-9), 0, self.num_bins - 1))
+        b = self.threshold_bin(threshold)
         tp, fp, fn = (a[b] for a in self.counts())
         p, r, f = _prf(tp, fp, fn)
         po, ro, fo = _prf(tp.sum(), fp.sum(), fn.sum())
@@ -106,6 +123,53 @@ class ScoreAccumulator:
             "per_drum": {n: {"precision": float(p[d]), "recall": float(r[d]), "f1": float(f[d]),
                              "support": int(tp[d] + fn[d])} for d, n in enumerate(names)},
         }
+
+
+class SongScores:
+    """A ScoreAccumulator per song: scores of any set of songs (a split's subsets) and bootstrap
+    intervals over songs (songs, not steps, are the independent units: steps of a song are not)."""
+
+    def __init__(self, num_drums: int, num_bins: int = NUM_BINS):
+        self.num_drums, self.num_bins = int(num_drums), int(num_bins)
+        self.songs: dict[int, ScoreAccumulator] = {}
+
+    def update(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray, song: np.ndarray) -> None:
+        song = np.asarray(song)
+        for s in np.unique(song):
+            rows = song == s
+            acc = self.songs.setdefault(int(s), ScoreAccumulator(self.num_drums, self.num_bins))
+            acc.update_targets(np.asarray(probs)[rows], np.asarray(targets)[rows], np.asarray(scored)[rows])
+
+    def total(self, songs=None) -> ScoreAccumulator:
+        """The pooled scores of `songs` (default: every song scored)."""
+        out = ScoreAccumulator(self.num_drums, self.num_bins)
+        for s in (self.songs if songs is None else songs):
+            if int(s) in self.songs:
+                out.add(self.songs[int(s)])
+        return out
+
+    def bootstrap(self, threshold: float, songs=None, samples: int = 1000, level: float = 0.95,
+                  seed: int = 0) -> dict[str, list[float]]:
+        """Percentile intervals of NLL (bits/step) and overall F1 at `threshold` over `samples`
+        resamples of the songs with replacement (each resample pools its songs' counts)."""
+        ids = [int(s) for s in (self.songs if songs is None else songs) if int(s) in self.songs]
+        if not ids or samples < 1:
+            return {}
+        accs = [self.songs[s] for s in ids]
+        b = accs[0].threshold_bin(threshold)
+        nll = np.array([a.nll_bits for a in accs])
+        steps = np.array([a.steps for a in accs], np.float64)
+        tp, fp, fn = (np.array([c[b].sum() for c in per], np.float64) for per in zip(*(a.counts() for a in accs)))
+        rng = np.random.default_rng(seed)
+        # weights[r, i]: how often song i is drawn in resample r
+        weights = np.stack([np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))
+                            for _ in range(int(samples))]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nll_r = (weights @ nll) / (weights @ steps)
+        _, _, f1_r = _prf(weights @ tp, weights @ fp, weights @ fn)
+        q = [50 * (1 - level), 50 * (1 + level)]
+        return {"nll_bits_per_step": [float(v) for v in np.nanpercentile(nll_r, q)],
+                "f1": [float(v) for v in np.percentile(f1_r, q)]}
 
 
 def nll_bits_per_step(probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> float:
