@@ -68,11 +68,13 @@ def test_cli_writes_metrics_pictures_and_a_report_that_embeds_them(tiny, tmp_pat
     assert {"avg_hits", "syncopation", "drum_density"} <= set(gvr)
     for c in gvr.values():
         assert 0 <= c["overlap_area"] <= 1 and c["kl_divergence"] >= 0
+        lo, hi = c["ci95"]["overlap_area"]                  # bootstrap over the real windows' songs
+        assert 0 <= lo <= hi <= 1 and c["ci95"]["kl_divergence"][0] >= 0
     report = (out / "report.md").read_text()
     assert "| model |" in report and "| ngram |" in report and "| syncopation |" in report
     assert "| position_lag12 |" in report and "| NLL: beat_type=fill |" in report and "| F1: style=funk |" in report
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"plots/scores.png", "plots/generated_vs_real.png", "plots/generated_samples.png"} <= set(images)
+    assert {"plots/scores.png", "plots/generated_vs_real.png", "plots/real_vs_generated_rolls.png"} <= set(images)
     for img in images:
         assert (out / img).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -117,3 +117,35 @@ def test_song_scores_pool_to_the_total_and_bootstrap_over_songs():
         same.update(probs[:1], targets[:1], scored[:1], np.array([s]))
     lo, hi = same.bootstrap(0.5, samples=200)["nll_bits_per_step"]
     assert lo == pytest.approx(hi)
+
+
+def test_kl_is_a_divergence_on_one_grid_for_both_densities():
+    """KL(N(0,1) || N(1,1)) = 0.5 nats and KL(N(0,1) || N(0,2^2)) = ln 2 + 1/8 - 1/2: both KDEs on one
+    grid give the analytic values (a KDE per own grid, as mgeval does, does not)."""
+    rng = np.random.default_rng(7)
+    a, b, c = rng.normal(0, 1, 4000), rng.normal(1, 1, 4000), rng.normal(0, 2, 4000)
+    assert kl_divergence(a, b) == pytest.approx(0.5, abs=0.08)
+    assert kl_divergence(a, c) == pytest.approx(np.log(2) + 1 / 8 - 1 / 2, abs=0.06)
+
+
+def test_zero_variance_metrics_are_finite_and_flagged():
+    real = {"const": np.zeros((20, 1)), "spread": np.arange(20.0)[:, None], "both": np.ones((20, 3))}
+    gen = {"const": np.arange(10.0)[:, None], "spread": np.full((10, 1), 4.0), "both": np.ones((10, 3))}
+    out = compare_sets(real, gen)
+    assert [out[k]["zero_variance"] for k in ("const", "spread", "both")] == ["real", "generated", "both"]
+    for c in out.values():
+        assert np.isfinite(c["overlap_area"]) and np.isfinite(c["kl_divergence"])
+    assert out["both"]["overlap_area"] == pytest.approx(1.0) and out["both"]["kl_divergence"] == pytest.approx(0.0)
+
+
+def test_compare_sets_bootstraps_over_songs():
+    rng = np.random.default_rng(8)
+    real = {"m": rng.normal(0, 1, (60, 2))}
+    groups = np.repeat(np.arange(20), 3)              # 20 songs of 3 windows
+    near = compare_sets(real, {"m": rng.normal(0, 1, (40, 2))}, groups=groups, samples=40)["m"]
+    far = compare_sets(real, {"m": rng.normal(3, 1, (40, 2))}, groups=groups, samples=40)["m"]
+    for c in (near, far):
+        lo, hi = c["ci95"]["overlap_area"]
+        assert lo < hi and lo - 0.05 <= c["overlap_area"] <= hi + 0.05
+    assert far["ci95"]["overlap_area"][1] < near["ci95"]["overlap_area"][0]
+    assert "ci95" not in compare_sets(real, {"m": real["m"]})["m"]     # no groups: no intervals

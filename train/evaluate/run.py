@@ -36,7 +36,7 @@ from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
 from train.evaluate.scores import SongScores, compare_sets
 from train.evaluate.windows import Windows, split_songs, split_windows
 from train.generate.run import sample
-from train.training.checkpoint import load_for_inference
+from train.training.checkpoint import load_for_inference, train_hint
 from train.training.data import resolve_ready_dir
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def tune_ngram(b: DictConfig, train_songs: list[np.ndarray], validation: Windows
 
     def nll(model: NGramBaseline) -> float:
         acc = score_windows(lambda s, m, a, spb: model.predict(s, m), validation, num_drums, batch_size).total()
+        log.info("evaluate: n-gram n=%d alpha=%g: %.4f bits/step on validation", model.n, model.alpha,
+                 acc.nll_bits / acc.steps)
         return acc.nll_bits / acc.steps
 
     return select_ngram(train_songs, nll, ns, alphas, float(b.eps))
@@ -130,7 +132,7 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int) 
     """(comparison per metric, real metric sets, generated metric sets, generated rolls)."""
     gcfg = cfg.evaluate.generated
     seq_len = int(cfg.window.seq_len)
-    real_rolls = real_windows(windows)
+    real_rolls, real_songs = real_windows(windows)
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
@@ -138,15 +140,19 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int) 
     kw = metric_kwargs(cfg)
     real = window_metric_sets(real_rolls, seq_len, kw)
     generated = window_metric_sets(list(gen), seq_len, kw)
-    return compare_sets(real, generated, max_samples=int(gcfg.max_set_size)), real, generated, gen
+    boot = cfg.evaluate.bootstrap
+    comparison = compare_sets(real, generated, max_samples=int(gcfg.max_set_size), groups=real_songs,
+                              samples=int(gcfg.get("bootstrap_samples", 0)), level=float(boot.level),
+                              seed=int(boot.seed))
+    return comparison, real, generated, gen
 
 
-def real_windows(windows: Windows) -> list[np.ndarray]:
+def real_windows(windows: Windows) -> tuple[list[np.ndarray], np.ndarray]:
     """The split's songs laid end to end in seq_len windows (starts 0, seq_len, …; no tail windows,
-    which overlap), each trimmed to its real steps."""
+    which overlap), each trimmed to its real steps; and the song of each."""
     L = windows.seq_len
-    rolls = [w[m] for w, m, a in zip(windows.steps, windows.mask, windows.start) if a % L == 0]
-    return [r for r in rolls if len(r)]
+    keep = (windows.start % L == 0) & windows.mask.any(1)
+    return [w[m] for w, m in zip(windows.steps[keep], windows.mask[keep])], windows.song[keep]
 
 
 def fit_baselines(cfg: DictConfig, train_songs, train_bars, validation: Windows, num_drums: int) -> tuple[dict, list]:
@@ -168,7 +174,7 @@ def fit_baselines(cfg: DictConfig, train_songs, train_bars, validation: Windows,
 
 def load_inputs(cfg: DictConfig):
     """(model, checkpoint, its path, ready dir, store (metadata), names) with their consistency checked."""
-    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
+    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint, train_hint(cfg))
     for key in ("steps_per_bar", "bars_per_phrase"):   # score on the grid the model was trained on
         if key in model.config and int(model.config[key]) != int(cfg.window[key]):
             raise ValueError(f"{ckpt_path}: trained with {key}={model.config[key]}, but window.{key}="
@@ -187,7 +193,7 @@ def load_inputs(cfg: DictConfig):
 
 def evaluate(cfg: DictConfig) -> dict:
     """Score everything, write metrics.json, plots and report.md; return the metrics dict."""
-    from train.evaluate.plots import save_paired_histograms, save_score_bars, save_sheet
+    from train.evaluate.plots import save_paired_histograms, save_score_bars, save_sheet, save_side_by_side
 
     ecfg = cfg.evaluate
     seq_len, spb, bpp = int(cfg.window.seq_len), int(cfg.window.steps_per_bar), int(cfg.window.bars_per_phrase)
@@ -255,9 +261,11 @@ def evaluate(cfg: DictConfig) -> dict:
             pictures["generated_samples"] = save_sheet(plots / "generated_samples.png", list(gen[:k]), names, spb,
                                                        titles=[f"generated {i}" for i in range(k)])
             real_rows = [w[m] for w, m in zip(windows.steps[:k], windows.mask[:k])]
-            pictures["real_samples"] = save_sheet(plots / "real_samples.png", real_rows, names, spb,
-                                                  titles=[f"real: {store.meta['name'][s]} @ {a}"
-                                                          for s, a in zip(windows.song[:k], windows.start[:k])])
+            real_titles = [f"real: {store.meta['name'][s]} @ {a}" for s, a in zip(windows.song[:k], windows.start[:k])]
+            pictures["real_samples"] = save_sheet(plots / "real_samples.png", real_rows, names, spb, titles=real_titles)
+            pictures["real_vs_generated_rolls"] = save_side_by_side(
+                plots / "real_vs_generated_rolls.png", real_rows, list(gen[:k]), names, spb, seq_len,
+                left_titles=real_titles, right_titles=[f"generated {i}" for i in range(k)])
     write_json(out_dir / "metrics.json", result)
     write_text(out_dir / "report.md", report_markdown(result, pictures, out_dir, names))
     return result
@@ -317,16 +325,23 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
                   "split's windows. OA and KL compare the intra-set distances of the real windows with the "
                   "real-to-generated distances (Yang & Lerch 2020): OA near 1 and KL near 0 mean the generated "
                   "windows sit among the real ones as the real ones sit among each other.", "",
-                  "| metric | real mean | real std | generated mean | generated std | OA | KL |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| metric | real mean | real std | generated mean | generated std | OA | OA 95% CI | KL | KL 95% CI |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         if not result["generated_vs_real"]:
-            lines.append("| (the split has fewer than 2 real windows: no distances to compare) | | | | | | |")
+            lines.append("| (the split has fewer than 2 real windows: no distances to compare) | | | | | | | | |")
         for name, c in result["generated_vs_real"].items():
-            lines.append(f"| {name} | {c['real_mean']:.4f} | {c['real_std']:.4f} | {c['generated_mean']:.4f} | "
-                         f"{c['generated_std']:.4f} | {c['overlap_area']:.3f} | {c['kl_divergence']:.3f} |")
-        for key in ("generated_vs_real", "generated_samples", "real_samples"):
-            if key in pictures:
-                lines += ["", _img(pictures, key, out_dir)]
+            flag = " *" if c.get("zero_variance") else ""
+            lines.append(f"| {name}{flag} | {c['real_mean']:.4f} | {c['real_std']:.4f} | {c['generated_mean']:.4f} | "
+                         f"{c['generated_std']:.4f} | {c['overlap_area']:.3f} | {_ci(c, 'overlap_area', '{:.2f}')} | "
+                         f"{c['kl_divergence']:.3f} | {_ci(c, 'kl_divergence', '{:.2f}')} |")
+        if any(c.get("zero_variance") for c in result["generated_vs_real"].values()):
+            lines += ["", "Metrics marked * are constant in one set (zero variance): their OA and KL only say "
+                      "whether the other set is constant at the same value."]
+        if "real_vs_generated_rolls" in pictures:
+            lines += ["", "Real windows (left) and generated ones (right), drawn at the same scale:", "",
+                      _img(pictures, "real_vs_generated_rolls", out_dir)]
+        if "generated_vs_real" in pictures:
+            lines += ["", _img(pictures, "generated_vs_real", out_dir)]
     return "\n".join(lines) + "\n"
 
 

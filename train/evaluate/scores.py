@@ -26,7 +26,13 @@ deterministically), evaluated on a common grid. Then
 - KL divergence      KL(p || q) = integral of p(x) ln(p(x) / q(x)) dx  (nats, 0 = same),
 with p the density of the intra-set distances of R and q that of the inter-set distances: a
 generator whose samples lie among the real ones as the real ones lie among each other gives a
-high OA and a low KL.
+high OA and a low KL. Both densities are evaluated on the same grid (the widely copied mgeval code
+evaluates each KDE on its own grid, so its "KL" is not a divergence). A set of distances with no
+spread (a metric constant over the real windows, say) is a narrow spike, never a division by
+zero, and `zero_variance` says which set's metric is constant (its OA and KL then say only
+whether the other set is constant at the same value). With `groups` (the song of each real
+window), OA and KL get bootstrap intervals: songs resampled with replacement, generated windows
+likewise, pairs of a window with itself left out of the intra-set distances.
 """
 from __future__ import annotations
 
@@ -188,7 +194,8 @@ def _subsample(x: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
 
 
 def _bandwidth(x: np.ndarray, span: float) -> float:
-    """Scott's rule; a small positive width for a set with no spread (all values equal)."""
+    """Scott's rule; a set with no spread (all values equal) is a narrow spike (1/1000 of the
+    grid's span), so it never divides by zero and two different constants stay disjoint."""
     h = 1.06 * float(np.std(x)) * len(x) ** (-0.2)
     return h if h > 0 else max(1e-3 * span, 1e-6)
 
@@ -252,12 +259,48 @@ def inter_set_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.norm(vx[:, None, :] - vy[None, :, :], axis=2).ravel()
 
 
+def _oa_kl(intra: np.ndarray, inter: np.ndarray) -> tuple[float, float]:
+    kde = densities(intra, inter)          # one grid, computed once for OA and KL
+    return _overlap(*kde), _kl(*kde)
+
+
+def _zero_variance(x: np.ndarray, y: np.ndarray) -> str | None:
+    flat = [bool(np.all(v == v[0])) for v in (x, y)]
+    return {(True, True): "both", (True, False): "real", (False, True): "generated"}.get(tuple(flat))
+
+
+def _bootstrap_oa_kl(x: np.ndarray, y: np.ndarray, groups: np.ndarray, samples: int, level: float,
+                     rng: np.random.Generator) -> dict[str, list[float]]:
+    """Percentile intervals of OA and KL over resamples of the real songs and the generated windows."""
+    d_rr = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
+    d_rg = np.linalg.norm(x[:, None, :] - y[None, :, :], axis=2)
+    songs = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    oa, kl = [], []
+    for _ in range(samples):
+        rows = np.concatenate([songs[i] for i in rng.integers(0, len(songs), len(songs))])
+        gen = rng.integers(0, len(y), len(y))
+        i, j = np.triu_indices(len(rows), k=1)
+        keep = rows[i] != rows[j]                 # a window drawn twice is no pair of two windows
+        if len(rows) < 2 or not keep.any():
+            continue
+        a, b = _oa_kl(d_rr[rows[i[keep]], rows[j[keep]]], d_rg[np.ix_(rows, gen)].ravel())
+        oa.append(a), kl.append(b)
+    if not oa:
+        return {}
+    q = [50 * (1 - level), 50 * (1 + level)]
+    return {"overlap_area": [float(v) for v in np.percentile(oa, q)],
+            "kl_divergence": [float(v) for v in np.percentile(kl, q)]}
+
+
 def compare_sets(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
-                 max_samples: int = 500) -> dict[str, dict]:
+                 max_samples: int = 500, groups: np.ndarray | None = None, samples: int = 0,
+                 level: float = 0.95, seed: int = 0) -> dict[str, dict]:
     """Per metric: means and stds of both sets, and OA and KL of intra-real vs inter-set distances.
 
     `real[name]` and `generated[name]` are [N, ...] arrays of one metric (row = sample). Sets are
-    capped at `max_samples` rows (deterministic subsample) to bound the O(N^2) distances.
+    capped at `max_samples` rows (deterministic subsample) to bound the O(N^2) distances. With
+    `groups` (song of each real row) and `samples` > 0: `ci95` {overlap_area, kl_divergence}, the
+    bootstrap intervals over songs (see the module docstring).
     """
     out = {}
     for name in real:
@@ -266,15 +309,19 @@ def compare_sets(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
         x, y = _vectors(real[name]), _vectors(generated[name])
         if len(x) < 2 or len(y) < 1:
             continue
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
+        g = None if groups is None else np.asarray(groups)
         if len(x) > max_samples:
-            x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
+            keep = np.sort(rng.choice(len(x), max_samples, replace=False))
+            x, g = x[keep], None if g is None else g[keep]
         if len(y) > max_samples:
             y = y[np.sort(rng.choice(len(y), max_samples, replace=False))]
-        kde = densities(intra_set_distances(x), inter_set_distances(x, y))   # once for OA and KL
+        oa, kl = _oa_kl(intra_set_distances(x), inter_set_distances(x, y))
         out[name] = {
             "real_mean": float(x.mean()), "real_std": float(x.std()),
             "generated_mean": float(y.mean()), "generated_std": float(y.std()),
-            "overlap_area": _overlap(*kde), "kl_divergence": _kl(*kde),
+            "overlap_area": oa, "kl_divergence": kl, "zero_variance": _zero_variance(x, y),
         }
+        if g is not None and samples > 0:
+            out[name]["ci95"] = _bootstrap_oa_kl(x, y, g, int(samples), level, rng)
     return out

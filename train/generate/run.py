@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
-from train.training.checkpoint import load_for_inference
+from train.training.checkpoint import load_for_inference, train_hint
 
 
 
@@ -103,7 +103,7 @@ def run(cfg: DictConfig) -> dict:
     from train.evaluate.plots import save_piano_roll, save_sheet
 
     g = cfg.generate
-    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
+    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint, train_hint(cfg))
     drum_map = checkpoint_drum_map(ckpt, cfg.drums)
     spb = int(model.config.get("steps_per_bar", cfg.window.steps_per_bar))  # the grid it was trained on
     spq = int(ckpt.get("steps_per_quarter", 4))
