@@ -20,7 +20,7 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo
 	@echo "Done. Generated drums (MIDI, NPZ, piano-roll PNGs): data/generated/"
-	@echo "      Evaluation report: data/eval/report.md (scores: data/eval/metrics.json)"
+	@echo "      Evaluation report: data/eval/default/validation/report.md (scores: metrics.json beside it)"
 	@echo "      Checkpoints and TensorBoard logs: runs/default/  (tensorboard --logdir runs)"
 
 test: $(STAMP)

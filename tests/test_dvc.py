@@ -28,7 +28,7 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     assert store.num_songs == 6 and store.attrs["num_steps"] > 0
     assert (repo / "data" / "ingest_report.json").exists()
     assert (repo / "runs" / "default" / "checkpoints" / "best.pt").exists()
-    assert json.loads((repo / "data" / "eval" / "metrics.json").read_text())
+    assert json.loads((repo / "data" / "eval" / "default" / "validation" / "metrics.json").read_text())
     assert any(p.suffix == ".mid" for p in (repo / "data" / "generated").iterdir())
 
     second = _run(dvc + ["repro"], repo, env)

@@ -259,3 +259,27 @@ def test_songs_of_another_meter_are_left_out_as_in_training(tiny, tmp_path):
         np.testing.assert_allclose(res["scores"][row]["nll_bits_per_step"],
                                    ref["scores"][row]["nll_bits_per_step"], rtol=1e-12)
     assert "1 songs (191 steps) of other meters left out" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_one_rule_for_reports_and_the_experiment_recipe():
+    """evaluate writes <data_dir>/eval/<run>/<split>/; generate names that run's validation report;
+    `+experiment=groove_gru` selects the Groove data, the run name and the README's recipe."""
+    ev = compose(["+experiment=groove_gru", "split=test"], config_name="evaluate")
+    gen = compose(["+experiment=groove_gru"], config_name="generate")
+    assert ev.checkpoint == "runs/groove_gru/checkpoints" and ev.paths.ready == "data/groove/ready"
+    assert ev.evaluate.out_dir == "data/groove/eval/groove_gru/test"
+    assert gen.generate.report == "data/groove/eval/groove_gru/validation/report.md"
+    tr = compose(["+experiment=groove_transformer"])
+    assert tr.model.use_transformer and tr.trainer.scheduler.config.warmup_steps == 50
+    assert (tr.trainer.max_epochs, tr.trainer.limit_train_batches, tr.trainer.batch_size) == (2, -1, 32)
+
+
+def test_missing_checkpoint_names_the_training_command_and_hydra_writes_under_the_data_dir(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "train.evaluate", *OVERRIDES, f"paths.data_dir={tmp_path}",
+                           "trainer.run_name=mine"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"{tmp_path}/runs" not in proc.stderr          # runs/ stays where the trainer writes it
+    assert (f"runs/mine/checkpoints: no such checkpoint file or run directory (train first: `python -m train "
+            f"window.seq_len={SEQ_LEN} window.stride=16 window.bars_per_phrase=2 paths.data_dir={tmp_path} "
+            "trainer.run_name=mine`)") in proc.stderr
+    assert list((tmp_path / "outputs").glob("*/*/.hydra/config.yaml"))   # not in the repository's outputs/

@@ -135,8 +135,10 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int) 
     real_rolls, real_songs = real_windows(windows)
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
+    log.info("evaluate: generating %d windows of %d steps", num, seq_len)
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
                  top_p=gcfg.top_p, seed=int(gcfg.seed))
+    log.info("evaluate: window metrics of %d real and %d generated windows; OA and KL", len(real_rolls), num)
     kw = metric_kwargs(cfg)
     real = window_metric_sets(real_rolls, seq_len, kw)
     generated = window_metric_sets(list(gen), seq_len, kw)
@@ -248,7 +250,6 @@ def evaluate(cfg: DictConfig) -> dict:
                                          for n, s in scores.items() if n != MODEL_ROW),
     }
     if ecfg.generated.enabled:
-        log.info("evaluate: generating windows to compare with the real ones")
         comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D)
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))

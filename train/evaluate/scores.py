@@ -21,7 +21,8 @@ Computing and Applications 32, 2020): for a metric with values x_i (real set R) 
 - inter-set distances:       { ||x_i - y_j|| : all i, j },
 each smoothed into a probability density with a Gaussian kernel density estimate (bandwidth by
 Scott's rule, h = 1.06 * std * n^(-1/5); sets of more than `max_points` distances are subsampled
-deterministically), evaluated on a common grid. Then
+deterministically; computed by linear binning on the grid and one convolution), evaluated on a
+common grid. Then
 - overlapping area   OA(p, q) = integral of min(p(x), q(x)) dx     (1 = same, 0 = disjoint),
 - KL divergence      KL(p || q) = integral of p(x) ln(p(x) / q(x)) dx  (nats, 0 = same),
 with p the density of the intra-set distances of R and q that of the inter-set distances: a
@@ -201,8 +202,17 @@ def _bandwidth(x: np.ndarray, span: float) -> float:
 
 
 def _kde(x: np.ndarray, grid: np.ndarray, h: float) -> np.ndarray:
-    z = (grid[:, None] - x[None, :]) / h
-    pdf = np.exp(-0.5 * z * z).sum(1)
+    """Gaussian KDE of x on an even grid, by linear binning (each point split between its two
+    grid nodes) and one convolution with the kernel: O(grid x kernel), not O(grid x points), with an
+    error of order (grid step / h)^2 (Wand 1994). Normalised to integrate to 1."""
+    dx = float(grid[1] - grid[0])
+    pos = np.clip((x - grid[0]) / dx, 0, len(grid) - 1)
+    i = np.minimum(np.floor(pos).astype(np.int64), len(grid) - 2)
+    w = pos - i
+    counts = np.bincount(i, 1 - w, len(grid)) + np.bincount(i + 1, w, len(grid))
+    half = min(int(np.ceil(5 * h / dx)), len(grid) - 1)
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * dx / h) ** 2)
+    pdf = np.convolve(counts, kernel)[half:half + len(grid)]
     area = np.trapezoid(pdf, grid)
     return pdf / area if area > 0 else pdf
 
