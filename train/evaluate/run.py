@@ -336,8 +336,9 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
                          f"{c['generated_std']:.4f} | {c['overlap_area']:.3f} | {_ci(c, 'overlap_area', '{:.2f}')} | "
                          f"{c['kl_divergence']:.3f} | {_ci(c, 'kl_divergence', '{:.2f}')} |")
         if any(c.get("zero_variance") for c in result["generated_vs_real"].values()):
-            lines += ["", "Metrics marked * are constant in one set (zero variance): their OA and KL only say "
-                      "whether the other set is constant at the same value."]
+            lines += ["", "Metrics marked * are constant in one set (zero variance, `zero_variance` in the JSON). "
+                      "Where the real set is constant its intra-set distances are all 0, so OA and KL then only "
+                      "say whether the generated windows sit at that same value."]
         if "real_vs_generated_rolls" in pictures:
             lines += ["", "Real windows (left) and generated ones (right), drawn at the same scale:", "",
                       _img(pictures, "real_vs_generated_rolls", out_dir)]

@@ -30,8 +30,8 @@ generator whose samples lie among the real ones as the real ones lie among each 
 high OA and a low KL. Both densities are evaluated on the same grid (the widely copied mgeval code
 evaluates each KDE on its own grid, so its "KL" is not a divergence). A set of distances with no
 spread (a metric constant over the real windows, say) is a narrow spike, never a division by
-zero, and `zero_variance` says which set's metric is constant (its OA and KL then say only
-whether the other set is constant at the same value). With `groups` (the song of each real
+zero, and `zero_variance` says which set's metric is constant (with a constant real set, OA and
+KL only say whether the generated windows sit at that same value). With `groups` (the song of each real
 window), OA and KL get bootstrap intervals: songs resampled with replacement, generated windows
 likewise, pairs of a window with itself left out of the intra-set distances.
 """
