@@ -142,10 +142,10 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int) 
     kw = metric_kwargs(cfg)
     real = window_metric_sets(real_rolls, seq_len, kw)
     generated = window_metric_sets(list(gen), seq_len, kw)
-    boot = cfg.evaluate.bootstrap
+    boot = cfg.evaluate.get("bootstrap") or {}     # tune's objective asks for no intervals
     comparison = compare_sets(real, generated, max_samples=int(gcfg.max_set_size), groups=real_songs,
-                              samples=int(gcfg.get("bootstrap_samples", 0)), level=float(boot.level),
-                              seed=int(boot.seed))
+                              samples=int(gcfg.get("bootstrap_samples", 0)), level=float(boot.get("level", 0.95)),
+                              seed=int(boot.get("seed", 0)))
     return comparison, real, generated, gen
 
 

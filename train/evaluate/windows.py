@@ -8,6 +8,7 @@ come from the export's memory-mapped `hits.npy`. Nothing is re-cut from the stor
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,19 +74,13 @@ class Windows:
                    self.targets[sl], scored[sl], self.song[sl])
 
 
-def split_dataset(ready: str | Path, split: str, seq_len: int, steps_per_bar: int,
-                  bars_per_phrase: int) -> CompleteHierarchicalDrumDataset:
-    """The training dataset of `split` (`all` = every split's songs are read by `split_songs`)."""
-    return CompleteHierarchicalDrumDataset(ready, split, seq_len, None, steps_per_bar, bars_per_phrase)
-
-
 def split_song_ids(ready: Path, split: str, steps_per_bar: int, seq_len: int, bars_per_phrase: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(kept, excluded) song ids of a split as the dataset reads it (`all`: every split)."""
     splits = _splits(ready) if split == "all" else [split]
     kept, every = [], []
     for name in splits:
-        ds = split_dataset(ready, name, seq_len, steps_per_bar, bars_per_phrase)
+        ds = CompleteHierarchicalDrumDataset(ready, name, seq_len, None, steps_per_bar, bars_per_phrase)
         kept.append(np.unique(ds.windows[:, SONG]))
         every.append(np.unique(np.load(ds.ready / f"windows_{name}.npy", allow_pickle=False)[:, SONG]))
     kept, every = np.unique(np.concatenate(kept)), np.unique(np.concatenate(every))
@@ -93,8 +88,6 @@ def split_song_ids(ready: Path, split: str, steps_per_bar: int, seq_len: int, ba
 
 
 def _splits(ready: Path) -> list[str]:
-    import json
-
     return sorted(json.loads((ready / "manifest.json").read_text())["windows"])
 
 
@@ -106,8 +99,9 @@ def split_windows(ready: str | Path, split: str, seq_len: int, stride: int, step
     offsets = np.load(ready / "song_offsets.npy", allow_pickle=False)
     lengths = np.diff(offsets)
     if len(songs) == 0:
-        raise ValueError(f"{ready}: no song of split {split!r} has steps_per_bar={steps_per_bar} "
-                         "(the model's window); nothing to score")
+        why = (f"its {len(excluded)} songs have another steps_per_bar than the model's {steps_per_bar}"
+               if len(excluded) else "it holds no song with windows")
+        raise ValueError(f"{ready}: nothing to score in split {split!r}: {why}")
     song, start, first = scoring_windows(offsets, seq_len, stride, align=steps_per_bar)
     keep = np.isin(song, songs)
     song, start, first = song[keep], start[keep], first[keep]

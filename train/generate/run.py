@@ -12,6 +12,8 @@ Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 import hydra
@@ -25,6 +27,8 @@ from pipeline.drums import DrumMap
 from train.training.checkpoint import load_for_inference, train_hint
 
 
+
+log = logging.getLogger(__name__)
 
 def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
     """The configured drum map when it names the checkpoint's drums, else one built from the checkpoint."""
@@ -81,6 +85,7 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
         seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b)
         out.append((seq.detach().cpu().numpy() > 0).astype(np.uint8))
+        log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
     return np.concatenate(out) if out else np.zeros((0, t0 + length, num_drums), np.uint8)
 
 
