@@ -20,9 +20,9 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo
 	@echo "Done. Generated drums (MIDI, NPZ, piano-roll PNGs): data/generated/"
-	@echo "      Evaluation report: data/eval/report.md (scores: data/eval/metrics.json)"
+	@echo "      Evaluation report: data/eval/default/validation/report.md (scores: metrics.json beside it)"
 	@echo "      Checkpoints and TensorBoard logs: runs/default/  (tensorboard --logdir runs)"
-	@echo "      Evaluation page: data/eval/report.html"
+	@echo "      Evaluation page: data/eval/default/validation/report.html"
 	@echo "Listen (open in a browser): data/generated/index.html"
 
 test: $(STAMP)

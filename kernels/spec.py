@@ -134,6 +134,39 @@ def corpus_windows(song_offsets: np.ndarray, seq_len: int, stride: int) -> tuple
     return song, start
 
 
+def scoring_windows(song_offsets: np.ndarray, seq_len: int, stride: int, align: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(song, start, first) of windows that score every predictable step of every song exactly once.
+
+    A window [start, start + seq_len) predicts the steps start+1 .. start+seq_len (its last position
+    predicts the step after it), so song steps 1 .. T-1 are the predictable ones. The windows are
+    `corpus_windows` (the training rule) at `stride` <= seq_len, plus, where the grid's last window
+    stops short of the song's last step, one tail window: the first multiple of `align` (the bar)
+    from which seq_len steps reach step T-1 (it ends at the song's end or, padded, at most align-1
+    steps past it). `first` is the first song-relative step a window scores: the steps before it
+    were scored by the song's previous window, so each step is scored once, in the window where it
+    has the most context.
+    """
+    check_positive(seq_len=seq_len, stride=stride, align=align)
+    if stride > seq_len:
+        raise ValueError(f"stride={stride} > seq_len={seq_len} would leave steps between windows unscored")
+    song, start = corpus_windows(song_offsets, seq_len, stride)
+    lengths = np.diff(np.asarray(song_offsets, np.int64))
+    last = np.full(len(lengths), -1, np.int64)
+    np.maximum.at(last, song, start)
+    # the grid's last window predicts up to step last + seq_len; songs whose step T-1 lies beyond it
+    short = np.flatnonzero((last >= 0) & (last + seq_len < lengths - 1))
+    tail = -(-(lengths[short] - 1 - seq_len) // align) * align
+    song = np.concatenate([song, short])
+    start = np.concatenate([start, tail])
+    order = np.lexsort((start, song))
+    song, start = song[order], start[order]
+    same = np.r_[False, song[1:] == song[:-1]]
+    prev_end = np.r_[0, start[:-1] + seq_len]          # last step the previous window predicts
+    first = np.where(same, np.maximum(start + 1, prev_end + 1), start + 1)
+    return song, start, first.astype(np.int64)
+
+
 def default_dense_threshold(num_drums: int, dense_threshold) -> float:
     """A bar is dense when more than this many distinct drums are hit in it (default D / 2)."""
     return num_drums / 2.0 if dense_threshold is None else float(dense_threshold)

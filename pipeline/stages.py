@@ -22,6 +22,7 @@ from pipeline.config import compose
 from pipeline.export import FORMAT_VERSION, export
 from pipeline.ingest import IngestError, ingest
 from pipeline.metrics import run as compute_metrics
+from pipeline.progress import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,18 @@ def run_all(cfg: DictConfig, echo=lambda line: None, cli: bool = False) -> dict:
     (`pipeline.config.exit_on`); in code they propagate as exceptions.
     """
     exit_on = pipeline.config.exit_on if cli else (lambda *a, **k: contextlib.nullcontext())
-    with exit_on("ingest", IngestError):
+    with exit_on("ingest", IngestError), heartbeat("ingest"):
         report = ingest(cfg)
-    with exit_on("build", FileNotFoundError):
+    with exit_on("build", FileNotFoundError), heartbeat("build"):
         summary = build(cfg)
     echo(f"{summary['songs']} songs, {summary['steps']} steps, {summary['hits']} hits, "
          f"{report['notes_mapped']} notes mapped, dropped per unmapped pitch {report['notes_dropped']}, "
          f"{report['skipped_count']} files skipped -> {summary['store']}")
-    with exit_on("metrics", FileNotFoundError, ValueError):
+    with exit_on("metrics", FileNotFoundError, ValueError), heartbeat("metrics"):
         metrics = compute_metrics(cfg)
     echo(f"{metrics['windows']} windows of {metrics['songs']} songs, "
          f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
-    with exit_on("export", FileNotFoundError, ValueError):
+    with exit_on("export", FileNotFoundError, ValueError), heartbeat("export"):
         export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
                stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
                scheduler=cfg.export.scheduler, workers=cfg.export.workers)

@@ -30,7 +30,7 @@ def test_dvc_repro_builds_then_is_a_no_op(fresh_clone):
     assert store.num_songs == 6 and store.attrs["num_steps"] > 0
     assert (repo / "data" / "ingest_report.json").exists()
     assert (repo / "runs" / "default" / "checkpoints" / "best.pt").exists()
-    assert json.loads((repo / "data" / "eval" / "metrics.json").read_text())
+    assert json.loads((repo / "data" / "eval" / "default" / "validation" / "metrics.json").read_text())
     assert any(p.suffix == ".mid" for p in (repo / "data" / "generated").iterdir())
     assert_pages_link_rendered_audio(repo)
 
@@ -92,7 +92,7 @@ def assert_pages_link_rendered_audio(repo):
 
     synth, missing = find_synth(compose([]).preview)
     for page, audio in (("data/generated/index.html", "data/audio/generated"),
-                        ("data/eval/report.html", "data/audio/eval")):
+                        ("data/eval/default/validation/report.html", "data/audio/eval")):
         html = (repo / page).read_text()
         links = re.findall(r'<audio[^>]* src="([^"]+)"', html)
         rendered = sorted(p.resolve() for p in (repo / audio).iterdir())

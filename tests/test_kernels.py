@@ -294,3 +294,25 @@ def test_expressive_inputs_are_checked():
         expressive_metrics(np.ones((4, 2)), np.ones((4, 3), np.uint8), np.zeros((4, 2), np.int8), seq_len=4)
     with pytest.raises(ValueError, match="offset must be integers"):
         expressive_metrics(np.ones((4, 2)), np.ones((4, 2), np.uint8), np.zeros((4, 2)), seq_len=4)
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=6), seq_len=st.sampled_from([16, 32, 64]),
+       data=st.data())
+def test_scoring_windows_score_every_predictable_step_once(lengths, seq_len, data):
+    """Steps 1 .. T-1 of every song, each exactly once, by a window that holds it as a target."""
+    stride = data.draw(st.sampled_from([s for s in (4, 16, 32, 64) if s <= seq_len]))
+    align = data.draw(st.sampled_from([1, 4, 16]))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    song, start, first = kernels.spec.scoring_windows(offsets, seq_len, stride, align)
+    grid_song, grid_start = kernels.spec.corpus_windows(offsets, seq_len, stride)
+    assert set(zip(grid_song.tolist(), grid_start.tolist())) <= set(zip(song.tolist(), start.tolist()))
+    seen = {}
+    for s, a, f in zip(song, start, first):
+        assert a + 1 <= f and (a % stride == 0 or a % align == 0)
+        for t in range(f, min(a + seq_len, lengths[s] - 1) + 1):
+            seen[(s, t)] = seen.get((s, t), 0) + 1
+    assert seen == {(s, t): 1 for s, n in enumerate(lengths) for t in range(1, n)}
+
+
+def test_scoring_windows_reject_a_stride_that_leaves_gaps():
+    with pytest.raises(ValueError, match="unscored"):
+        kernels.spec.scoring_windows(np.array([0, 100]), 16, 32)

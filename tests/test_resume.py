@@ -36,8 +36,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny, tmp_path):
     # checkpoint must count batches trained on, not prefetched, and the batches must be the same
     threads = ["trainer.num_workers=2"]
     whole = tmp_path / "whole"
-    subprocess.run(_cmd(tiny + ["trainer.resume=never"], whole), cwd=REPO_ROOT, check=True,
-                   capture_output=True, timeout=300)
+    done = subprocess.run(_cmd(tiny + ["trainer.resume=never"], whole), cwd=REPO_ROOT, check=True,
+                          capture_output=True, text=True, timeout=300)
+    # the end of training says where the checkpoints and logs are
+    assert f"checkpoints: {whole}/checkpoints/ (best.pt, last.pt" in done.stdout
+    assert f"logs: {whole}/ (metrics.csv" in done.stdout
 
     broken = tmp_path / "broken"
     last = broken / "checkpoints" / "last.pt"

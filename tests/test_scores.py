@@ -1,7 +1,9 @@
 """Scores: NLL/BCE/F1 on known cases; overlapping area and KL of identical and disjoint sets."""
 import numpy as np
 
-from train.evaluate.scores import (ScoreAccumulator, compare_sets, inter_set_distances, intra_set_distances,
+import pytest
+
+from train.evaluate.scores import (ScoreAccumulator, SongScores, compare_sets, inter_set_distances, intra_set_distances,
                           kl_divergence, nll_bits_per_step, overlap_area)
 
 
@@ -88,3 +90,62 @@ def test_compare_sets_prefers_a_generator_that_matches_the_data():
         assert g[name]["overlap_area"] > 0.8 > b[name]["overlap_area"]
         assert g[name]["kl_divergence"] < b[name]["kl_divergence"]
     np.testing.assert_allclose(g["density"]["real_mean"], real["density"].mean())
+
+
+def test_song_scores_pool_to_the_total_and_bootstrap_over_songs():
+    rng = np.random.default_rng(4)
+    probs = rng.uniform(0.05, 0.95, (6, 10, 3))
+    targets = (rng.random((6, 10, 3)) < probs).astype(np.uint8)
+    scored = rng.random((6, 10)) < 0.8
+    song = np.array([0, 0, 1, 2, 2, 2])
+    per = SongScores(3)
+    per.update(probs[:3], targets[:3], scored[:3], song[:3])        # batches may split a song
+    per.update(probs[3:], targets[3:], scored[3:], song[3:])
+    whole = ScoreAccumulator(3)
+    whole.update_targets(probs, targets, scored)
+    assert per.total().steps == whole.steps == scored.sum()
+    np.testing.assert_allclose(per.total().nll_bits, whole.nll_bits)
+    one = per.total([1])
+    assert one.steps == scored[2].sum()
+    ci = per.bootstrap(0.5, samples=500, seed=1)
+    point = whole.result(0.5)
+    assert ci["nll_bits_per_step"][0] <= point["nll_bits_per_step"] <= ci["nll_bits_per_step"][1]
+    assert ci["f1"][0] <= point["f1"] <= ci["f1"][1]
+    # songs that all score alike: every resample gives the same value, the interval has no width
+    same = SongScores(3)
+    for s in range(4):
+        same.update(probs[:1], targets[:1], scored[:1], np.array([s]))
+    lo, hi = same.bootstrap(0.5, samples=200)["nll_bits_per_step"]
+    assert lo == pytest.approx(hi)
+
+
+def test_kl_is_a_divergence_on_one_grid_for_both_densities():
+    """KL(N(0,1) || N(1,1)) = 0.5 nats and KL(N(0,1) || N(0,2^2)) = ln 2 + 1/8 - 1/2: both KDEs on one
+    grid give the analytic values (a KDE per own grid, as mgeval does, does not)."""
+    rng = np.random.default_rng(7)
+    a, b, c = rng.normal(0, 1, 4000), rng.normal(1, 1, 4000), rng.normal(0, 2, 4000)
+    assert kl_divergence(a, b) == pytest.approx(0.5, abs=0.08)
+    assert kl_divergence(a, c) == pytest.approx(np.log(2) + 1 / 8 - 1 / 2, abs=0.06)
+
+
+def test_zero_variance_metrics_are_finite_and_flagged():
+    real = {"const": np.zeros((20, 1)), "spread": np.arange(20.0)[:, None], "both": np.ones((20, 3))}
+    gen = {"const": np.arange(10.0)[:, None], "spread": np.full((10, 1), 4.0), "both": np.ones((10, 3))}
+    out = compare_sets(real, gen)
+    assert [out[k]["zero_variance"] for k in ("const", "spread", "both")] == ["real", "generated", "both"]
+    for c in out.values():
+        assert np.isfinite(c["overlap_area"]) and np.isfinite(c["kl_divergence"])
+    assert out["both"]["overlap_area"] == pytest.approx(1.0) and out["both"]["kl_divergence"] == pytest.approx(0.0)
+
+
+def test_compare_sets_bootstraps_over_songs():
+    rng = np.random.default_rng(8)
+    real = {"m": rng.normal(0, 1, (60, 2))}
+    groups = np.repeat(np.arange(20), 3)              # 20 songs of 3 windows
+    near = compare_sets(real, {"m": rng.normal(0, 1, (40, 2))}, groups=groups, samples=40)["m"]
+    far = compare_sets(real, {"m": rng.normal(3, 1, (40, 2))}, groups=groups, samples=40)["m"]
+    for c in (near, far):
+        lo, hi = c["ci95"]["overlap_area"]
+        assert lo < hi and lo - 0.05 <= c["overlap_area"] <= hi + 0.05
+    assert far["ci95"]["overlap_area"][1] < near["ci95"]["overlap_area"][0]
+    assert "ci95" not in compare_sets(real, {"m": real["m"]})["m"]     # no groups: no intervals

@@ -87,6 +87,7 @@ def test_bad_config_values_are_all_reported_before_work(tmp_path):
 
 def test_cli_bad_config_exits_2_with_message(tmp_path):
     out = subprocess.run([sys.executable, "-m", "train", "trainer.precision=16", f"paths.ready={tmp_path}",
+                          f"hydra.run.dir={tmp_path}/hydra",
                           f"paths.runs={tmp_path}/runs"], cwd=REPO_ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2
@@ -228,3 +229,23 @@ def test_mixed_precision_trains_on_cpu(tiny, tmp_path, precision):
     assert math.isfinite(summary["val_loss"]) and summary["global_step"] == 6
     scaler = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"]
     assert bool(scaler) == (precision == "16-mixed")      # GradScaler only for fp16
+
+
+def test_progress_line_for_logs_says_step_loss_speed_and_eta():
+    """Without a terminal the trainer prints one line every 10 s (a fake clock here, no waiting)."""
+    import io
+
+    from train.training.progress import ProgressLine
+
+    now = [0.0]
+    out = io.StringIO()
+    line = ProgressLine(total_steps=100, enabled=True, every_s=10, stream=out, clock=lambda: now[0])
+    assert line.update(0, 1.0, 50.0) is None                  # the first update only starts the clock
+    now[0] = 5.0
+    assert line.update(5, 0.9, 50.0) is None                  # < 10 s since the last line
+    now[0] = 20.0
+    assert line.update(20, 0.5, 64.0) == "step 20/100  loss 0.5000  64 samples/s  ETA 1m20s"
+    now[0] = 25.0
+    assert line.update(25, 0.4, 64.0) is None
+    assert out.getvalue() == "step 20/100  loss 0.5000  64 samples/s  ETA 1m20s\n"
+    assert ProgressLine(100, enabled=False, stream=out).update(50, 0.1, 1.0) is None

@@ -42,11 +42,28 @@ def make_store(path: Path, seed: int = 0) -> Path:
         hits = groove_song(rng, 8, dm.num_drums)[: int(bars * SPB)]
         played = rng.integers(40, 128, hits.shape), rng.integers(-40, 41, hits.shape)   # as drummers play
         songs.append(Song(name=f"song{i}", hits=hits, velocity=(hits * played[0]).astype(np.uint8), split=split,
-                          source=f"tiny/song{i}.mid", style="rock", steps_per_bar=SPB,
+                          source=f"tiny/song{i}.mid", style=["rock", "funk/groove2"][i % 2],
+                          beat_type=["beat", "fill"][i % 3 == 2], steps_per_bar=SPB,
                           offset=(hits * played[1]).astype(np.int8)))
-    attrs = {**dm.to_attrs(), "steps_per_quarter": 4, "source_hash": "tiny"}
+    attrs = {**dm.to_attrs(), "steps_per_quarter": 4, "source_hash": f"tiny{seed}"}
     write_store(path, songs, attrs)
     return path
+
+
+def make_ready(root: Path, seed: int = 0, songs: list[Song] | None = None) -> Path:
+    """A data directory as `python -m pipeline` leaves it: store.zarr (make_store's, or `songs`),
+    metrics.zarr and ready/ at the tiny window (seq_len 64, stride 16). Returns the directory."""
+    from pipeline.export import export
+    from tests.ready_data import write_metrics
+
+    if songs is None:
+        make_store(root / "store.zarr", seed)
+    else:
+        write_store(root / "store.zarr", songs, {**DrumMap.default().to_attrs(), "steps_per_quarter": 4,
+                                                 "source_hash": f"songs{seed}"})
+    write_metrics(root / "store.zarr", root / "metrics.zarr", seq_len=SEQ_LEN, stride=16)
+    export(root / "store.zarr", root / "metrics.zarr", root / "ready", seq_len=SEQ_LEN, stride=16)
+    return root
 
 
 def make_checkpoint(path: Path, store: Path, train_steps: int = 40, use_transformer: bool = False) -> Path:

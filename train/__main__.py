@@ -7,6 +7,7 @@ Examples:
 """
 from __future__ import annotations
 
+import os
 
 import hydra
 from omegaconf import DictConfig
@@ -21,7 +22,34 @@ def main(cfg: DictConfig) -> None:
     from train.training.trainer import fit
 
     with pipeline.config.exit_on("train", ConfigError, code=2), pipeline.config.exit_on("train", LockHeld):
-        fit(cfg)
+        summary = fit(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(where_it_is(cfg, summary), flush=True)
+
+
+def where_it_is(cfg: DictConfig, summary: dict) -> str:
+    """The closing lines: where the checkpoints and logs are, and what to run next."""
+    tc = cfg.trainer
+    best = summary.get("best_val_loss")
+    return "\n".join([
+        f"checkpoints: {tc.checkpoint_dir}/ (best.pt, last.pt"
+        + (f"; best val loss {best:.4f} at epoch {summary.get('best_epoch')})" if best is not None else ")"),
+        f"logs: {tc.run_dir}/ (metrics.csv, metrics.json, TensorBoard: tensorboard --logdir {tc.run_dir})",
+        f"next: python -m train.evaluate {' '.join(_run_overrides(cfg))}".rstrip(),
+    ])
+
+
+def _run_overrides(cfg: DictConfig) -> list[str]:
+    """The overrides of this command that evaluate needs to find the same data and run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return [f"paths.data_dir={cfg.paths.data_dir}", f"trainer.run_name={cfg.trainer.run_name}"]
+    keys = ("data", "paths", "window", "experiment", "trainer.run_name", "trainer.run_dir",
+            "trainer.checkpoint_dir", "drums")
+    return [o for o in task if o.lstrip("+~").split("=")[0].startswith(keys)]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Baselines the model is scored against, on exactly the windows the model sees.
 
 Every baseline is fitted with `fit(songs, steps_per_bar=None)` (each song's bar length; only
-repeat_bar uses it) and follows the model's output layout: `predict(steps, mask, steps_per_bar)` takes windows
-`steps` [B, L, D] (0/1) and returns `probs` [B, L, D] where `probs[:, t]` is the probability of
-each drum being hit at step t+1, computed only from `steps[:, :t+1]` of the same window (the model
-never sees the song before its window, so neither do the baselines). Every probability is floored
+repeat_bar uses it) and follows the model's output layout: `predict(steps, mask, steps_per_bar, start)`
+takes windows `steps` [B, L, D] (0/1) starting at song step `start` [B] and returns `probs`
+[B, L, D] where `probs[:, t]` is the probability of each drum being hit at step t+1, computed only
+from `steps[:, :t+1]` of the same window and the position in the bar (the model never sees the
+song before its window, so neither do the baselines). Every probability is floored
 to [eps, 1 - eps] so the negative log-likelihood stays finite.
 
 - `RepeatBarBaseline`: step t+1 repeats step t+1-spb of the window, with per-drum copy
@@ -12,6 +13,11 @@ to [eps, 1 - eps] so the negative log-likelihood stays finite.
   bar to repeat and falls back to the per-drum frequencies.
 - `FrequencyBaseline`: p_d = (hits of drum d) / (steps), counted over the training split; the
   same at every step.
+- `PositionBaseline`: per drum, p_d(position in bar of step t+1, the same drum's hits `lags` bars
+  before step t+1), counted on the training split with add-one smoothing,
+      p = (hits + 1) / (count + 2);
+  where the window does not reach back the longest lags, the deepest table whose lags it does
+  reach is used (position alone at the window's first bar).
 - `NGramBaseline`: an n-gram model over step patterns (the bitmask of drums hit at a step) with
   back-off: the prediction for a context of k patterns interpolates its counts with the
   prediction of the (k-1)-pattern context,
@@ -56,7 +62,8 @@ class FrequencyBaseline:
         self.rates = hits / steps
         return self
 
-    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None) -> np.ndarray:
+    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None,
+                start=None) -> np.ndarray:
         b, length, _ = steps.shape
         return _floor(np.broadcast_to(self.rates, (b, length, len(self.rates))).copy(), self.eps)
 
@@ -103,7 +110,7 @@ class RepeatBarBaseline:
         return self
 
     def predict(self, steps: np.ndarray, mask: np.ndarray | None = None,
-                steps_per_bar: np.ndarray | None = None) -> np.ndarray:
+                steps_per_bar: np.ndarray | None = None, start=None) -> np.ndarray:
         """`steps_per_bar` [B]: each window's bar length (its song's meter); default the constructor's."""
         x = _as_hits(steps)
         probs = self.fallback.predict(x)
@@ -114,6 +121,67 @@ class RepeatBarBaseline:
             if length >= spb:  # probs[:, t] predicts step t+1 from step t+1-spb (t >= spb-1)
                 before = x[rows, : length - spb + 1]
                 probs[rows, spb - 1:] = np.where(before > 0, self.p_repeat, self.p_new)
+        return _floor(probs, self.eps)
+
+
+class PositionBaseline:
+    """p_d(phase of step t+1 in the bar, x_{t+1-k*spb, d} for k in lags), add-one smoothed (see above).
+
+    Table j conditions on the first j lags (lags ascending): hits and counts [spb, 2^j, D], fitted
+    on the training songs' steps where all j lags lie inside the song (songs start on a bar).
+    """
+
+    def __init__(self, steps_per_bar: int, lags=(), eps: float = DEFAULT_EPS):
+        self.steps_per_bar, self.eps = int(steps_per_bar), float(eps)
+        self.lags = tuple(sorted(int(k) for k in lags))
+        if any(k < 1 for k in self.lags):
+            raise ValueError(f"position baseline: lags must be >= 1 bar, got {self.lags}")
+        self.name = "position" + ("_lag" + "".join(map(str, self.lags)) if self.lags else "")
+        self.tables: list[np.ndarray] = []      # per j: p [spb, 2^j, D]
+
+    @staticmethod
+    def _states(lagged: list[np.ndarray]):
+        """The lag pattern as a number: bit i = hit `lags[i]` bars earlier (0 with no lags)."""
+        return sum(((a > 0).astype(np.int64) << i for i, a in enumerate(lagged)), np.int64(0))
+
+    def fit(self, songs: Iterable[np.ndarray], steps_per_bar=None) -> "PositionBaseline":
+        spb, songs = self.steps_per_bar, [_as_hits(s) for s in songs]
+        if not songs or not sum(len(s) for s in songs):
+            raise ValueError(f"{self.name} baseline: the training split has no steps")
+        D = songs[0].shape[1]
+        self.tables = []
+        for j in range(len(self.lags) + 1):
+            size = spb * (1 << j) * D
+            hits, counts = np.zeros(size), np.zeros(size)
+            skip = self.lags[j - 1] * spb if j else 0
+            for x in songs:
+                t = np.arange(skip, len(x))
+                lagged = [x[t - k * spb] for k in self.lags[:j]]
+                key = ((t % spb)[:, None] * (1 << j) + self._states(lagged)) * D + np.arange(D)
+                hits += np.bincount(key.ravel(), weights=x[t].ravel(), minlength=size)
+                counts += np.bincount(key.ravel(), minlength=size)
+            self.tables.append(((hits + 1) / (counts + 2)).reshape(spb, 1 << j, D))
+        return self
+
+    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None,
+                start=None) -> np.ndarray:
+        x = _as_hits(steps)
+        B, L, D = x.shape
+        spb = self.steps_per_bar
+        start = np.zeros(B, np.int64) if start is None else np.asarray(start, np.int64)
+        t = np.arange(L)
+        phase = (start[:, None] + t[None, :] + 1) % spb                          # [B, L]
+        span = (self.lags[-1] if self.lags else 0) * spb
+        padded = np.concatenate([np.zeros((B, span, D)), x], 1)          # padded[:, span + i] = x[:, i]
+        lagged = [padded[:, span + 1 - k * spb: span + 1 - k * spb + L] for k in self.lags]   # x[t+1-k*spb]
+        # j(t): how many lags reach inside the window from step t+1
+        depth = np.searchsorted(np.array([k * spb for k in self.lags]), t + 1, side="right")
+        probs = np.empty((B, L, D))
+        for j, table in enumerate(self.tables):
+            cols = depth == j
+            if cols.any():
+                state = self._states([a[:, cols] for a in lagged[:j]])
+                probs[:, cols] = table[phase[:, cols, None], state, np.arange(D)]
         return _floor(probs, self.eps)
 
 
@@ -194,7 +262,8 @@ class NGramBaseline:
         found = uniq[idx] == keys
         return found, counts[idx], hits[idx]
 
-    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None) -> np.ndarray:
+    def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None,
+                start=None) -> np.ndarray:
         x = _as_hits(steps)
         if x.shape[-1] != self.num_drums:
             raise ValueError(f"n-gram baseline: fitted on {self.num_drums} drums, got {x.shape[-1]}")
@@ -235,7 +304,8 @@ def select_ngram(train_songs: list[np.ndarray], score, ns: Iterable[int], alphas
 
 
 def make_baselines(steps_per_bar: int, ngram_n: int = 4, ngram_alpha: float = 1.0,
-                   eps: float = DEFAULT_EPS, repeat_calibrated: bool = True) -> list:
-    """The three baselines of the evaluation, unfitted, in report order."""
+                   eps: float = DEFAULT_EPS, repeat_calibrated: bool = True, position_lags=(1, 2)) -> list:
+    """The baselines of the evaluation, unfitted, in report order."""
     return [RepeatBarBaseline(steps_per_bar, eps, repeat_calibrated), FrequencyBaseline(eps),
+            PositionBaseline(steps_per_bar, (), eps), PositionBaseline(steps_per_bar, position_lags, eps),
             NGramBaseline(ngram_n, ngram_alpha, eps)]

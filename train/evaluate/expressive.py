@@ -55,7 +55,8 @@ def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.nd
     of `windows` of `store`; the baseline's means from songs `train_ids` of `ref`."""
     L = windows.steps.shape[1]
     vel, off = played_windows(store, windows.song, windows.start, L)
-    hit = (windows.steps[:, 1:] > 0) & windows.mask[:, 1:, None]
+    # every scored step once: a song's last window overlaps the one before it (train.evaluate.windows)
+    hit = (windows.steps[:, 1:] > 0) & windows.scored[:, :-1, None]
     means = position_means(ref, train_ids, steps_per_bar)
     pos = (windows.start[:, None] + np.arange(1, L)[None]) % steps_per_bar          # [N, L-1]
     base_v = means[pos]                                                                # [N, L-1, D]

@@ -77,6 +77,29 @@ def save_sheet(path: str | Path, rolls: list[np.ndarray], drum_names: list[str],
     return _save(fig, path)
 
 
+def save_side_by_side(path: str | Path, left: list[np.ndarray], right: list[np.ndarray], drum_names: list[str],
+                      steps_per_bar: int = 16, num_steps: int | None = None, left_titles: list[str] | None = None,
+                      right_titles: list[str] | None = None) -> Path:
+    """Two columns of piano rolls (e.g. real | generated), every panel on the same step axis
+    (`num_steps`, default the longest roll), so densities and patterns compare by eye."""
+    rows = max(len(left), len(right))
+    if not rows:
+        raise ValueError("save_side_by_side: no rolls to draw")
+    width = num_steps or max(r.shape[0] for r in list(left) + list(right))
+    fig, axes = plt.subplots(rows, 2, squeeze=False, sharex=True,
+                             figsize=(2 * min(3 + width / 24, 20), (0.25 * len(drum_names) + 0.8) * rows))
+    for col, (rolls, titles) in enumerate(((left, left_titles), (right, right_titles))):
+        for i in range(rows):
+            ax = axes[i, col]
+            if i >= len(rolls):
+                ax.axis("off")
+                continue
+            draw_roll(ax, rolls[i], drum_names, steps_per_bar, titles[i] if titles else None)
+            ax.set_xlim(-0.5, width - 0.5)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def save_paired_histograms(path: str | Path, real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
                            labels: tuple[str, str] = ("real", "generated"),
                            annotations: dict[str, str] | None = None) -> Path:

@@ -1,14 +1,15 @@
 """`python -m train.evaluate checkpoint=… split=validation`: held-out scores, baselines, generated vs real.
 
-1. Windows of the split, cut from `data/store.zarr` as the metrics stage cuts them (starts 0,
-   stride, 2·stride, … while start + seq_len <= T; a shorter song is one padded, masked window),
-   with `evaluate.stride` (default seq_len: every step scored once). As in training
-   (train.training.data.ReadyDataset), songs whose steps_per_bar differs from `window.steps_per_bar`
-   (e.g. 3/4 songs) are left out, for the model and the baselines alike (fitting included), and
-   the counts left out are reported.
-2. Teacher-forced scores (train.evaluate.scores) of the model and of the three baselines (train.evaluate.baselines,
-   fitted on the train split) on exactly those windows; each one's onset threshold is chosen on
-   the validation split and reported with its scores.
+1. Windows of the split, read from the export (`paths.ready`) through the training dataset
+   (train.evaluate.windows): the songs the dataset reads for the split (songs of another bar length
+   left out, as in training, and counted), cut by `kernels.spec.scoring_windows` at
+   `evaluate.stride` (default seq_len) so that every predictable step (1 .. T-1 of each song) is
+   scored exactly once: each window also predicts the step after it, and a song's last window
+   ends at the song's end, its already-scored steps masked.
+2. Teacher-forced scores (train.evaluate.scores) of the model and of every baseline
+   (train.evaluate.baselines, fitted on the train split) on exactly those steps, per song, so the
+   split's subsets (`evaluate.subsets`: beat vs fill, style) and bootstrap 95% intervals over songs
+   come from the same counts; each row's onset threshold is chosen on the validation split.
 3. Generated vs real: as many seq_len windows as the split holds (up to
    evaluate.generated.max_samples) are generated from nothing; the kernels' window metrics of both
    sets are compared per metric by overlapping area and KL divergence (Yang & Lerch 2020).
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -30,96 +31,17 @@ from omegaconf import DictConfig, OmegaConf
 
 import pipeline.config
 from pipeline.atomic import atomic_path
-from kernels.spec import window_grid
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
+from train.evaluate.scores import SongScores, compare_sets
+from train.evaluate.windows import Windows, split_song_ids, split_songs, split_windows
 from train.generate.run import played_values, sample
-from train.training.checkpoint import load_for_inference
-from train.evaluate.scores import ScoreAccumulator, compare_sets
+from train.training.checkpoint import load_for_inference, train_hint
+from train.training.data import resolve_ready_dir
+
+log = logging.getLogger(__name__)
 
 MODEL_ROW = "model"
-
-
-@dataclass
-class Windows:
-    """Windows of one split: steps [N, L, D] uint8 (0/1), mask [N, L]; song, start, steps_per_bar [N]."""
-
-    steps: np.ndarray
-    mask: np.ndarray
-    song: np.ndarray
-    start: np.ndarray
-    steps_per_bar: np.ndarray      # the bar length of each window's song (its meter)
-    excluded_songs: int = 0        # songs of the split left out for their meter
-    excluded_windows: int = 0      # ... and the windows they would have given
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def batches(self, batch_size: int):
-        for i in range(0, len(self), batch_size):
-            sl = slice(i, i + batch_size)
-            yield self.steps[sl], self.mask[sl], self.start[sl], self.steps_per_bar[sl]
-
-
-def window_starts(num_steps: int, seq_len: int, stride: int) -> list[int]:
-    """The metrics stage's rule (`kernels.window_grid`), so scored windows are the stored ones."""
-    return window_grid(num_steps, seq_len, stride)[0].tolist()
-
-
-def split_songs_ids(store: Store, split: str) -> np.ndarray:
-    """Song indices of a split; `all` is every song (a store built from a folder kept for testing)."""
-    return np.arange(store.num_songs) if split == "all" else store.songs_in_split(split)
-
-
-def same_meter(store: Store, ids: np.ndarray, steps_per_bar: int | None) -> np.ndarray:
-    """Bool per song id: its steps_per_bar is the training window's (the trainer's rule); all True
-    for steps_per_bar None."""
-    if steps_per_bar is None:
-        return np.ones(len(ids), bool)
-    return store.meta["steps_per_bar"][np.asarray(ids, np.int64)] == int(steps_per_bar)
-
-
-def _num_steps(store: Store, i) -> int:
-    sl = store.song_slice(int(i))
-    return sl.stop - sl.start
-
-
-def split_windows(store: Store, split: str, seq_len: int, stride: int, hits: np.ndarray | None = None,
-                  steps_per_bar: int | None = None) -> Windows:
-    """The split's windows; with `steps_per_bar`, only songs of that bar length (others counted)."""
-    songs = split_songs_ids(store, split)
-    if len(songs) == 0:
-        raise ValueError(f"{store.path}: no song in split {split!r} (splits: {store.attrs.get('splits')})")
-    keep = same_meter(store, songs, steps_per_bar)
-    if not keep.any():
-        raise ValueError(f"{store.path}: no song of split {split!r} has steps_per_bar={steps_per_bar} "
-                         f"(the model's window); nothing to score")
-    excluded_windows = sum(len(window_starts(_num_steps(store, i), seq_len, stride)) for i in songs[~keep])
-    hits = np.asarray(store.hits[:]) if hits is None else hits
-    rows, masks, song_ids, starts = [], [], [], []
-    for i in songs[keep]:
-        sl = store.song_slice(int(i))
-        song = hits[sl]
-        for a in window_starts(len(song), seq_len, stride):
-            w = np.zeros((seq_len, store.num_drums), np.uint8)
-            part = song[a:a + seq_len]
-            w[: len(part)] = part > 0
-            m = np.zeros(seq_len, bool)
-            m[: len(part)] = True
-            rows.append(w), masks.append(m), song_ids.append(int(i)), starts.append(a)
-    song_ids = np.array(song_ids, np.int64)
-    return Windows(np.stack(rows), np.stack(masks), song_ids, np.array(starts, np.int64),
-                   store.meta["steps_per_bar"][song_ids].astype(np.int64),
-                   int((~keep).sum()), int(excluded_windows))
-
-
-def split_songs(store: Store, split: str, hits: np.ndarray,
-                steps_per_bar: int | None = None) -> tuple[list[np.ndarray], list[int]]:
-    """The split's whole songs and their bar lengths (what the baselines are fitted on); with
-    `steps_per_bar`, only the songs of that bar length, as the trainer reads them."""
-    ids = store.songs_in_split(split)
-    ids = ids[same_meter(store, ids, steps_per_bar)]
-    return [hits[store.song_slice(int(i))] for i in ids], [int(store.meta["steps_per_bar"][i]) for i in ids]
 
 
 @torch.no_grad()
@@ -130,11 +52,11 @@ def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray) -
     return torch.sigmoid(logits.double()).numpy()
 
 
-def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) -> ScoreAccumulator:
-    """`predict(steps, mask, start, steps_per_bar)` -> probs, accumulated over the windows."""
-    acc = ScoreAccumulator(num_drums)
-    for steps, mask, start, spb in windows.batches(batch_size):
-        acc.update(predict(steps, mask, start, spb), steps, mask)
+def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) -> SongScores:
+    """`predict(steps, mask, start, steps_per_bar)` -> probs, scored per song on the windows' scored steps."""
+    acc = SongScores(num_drums)
+    for steps, mask, start, spb, targets, scored, song in windows.batches(batch_size):
+        acc.update(predict(steps, mask, start, spb), targets, scored, song)
     return acc
 
 
@@ -145,10 +67,33 @@ def tune_ngram(b: DictConfig, train_songs: list[np.ndarray], validation: Windows
     alphas = list(b.ngram_alphas) if b.ngram_alpha == "auto" else [float(b.ngram_alpha)]
 
     def nll(model: NGramBaseline) -> float:
-        acc = score_windows(lambda s, m, a, spb: model.predict(s, m), validation, num_drums, batch_size)
+        acc = score_windows(lambda s, m, a, spb: model.predict(s, m), validation, num_drums, batch_size).total()
+        log.info("evaluate: n-gram n=%d alpha=%g: %.4f bits/step on validation", model.n, model.alpha,
+                 acc.nll_bits / acc.steps)
         return acc.nll_bits / acc.steps
 
     return select_ngram(train_songs, nll, ns, alphas, float(b.eps))
+
+
+def song_subsets(store: Store, songs: np.ndarray, keys) -> dict[str, np.ndarray]:
+    """`key=value` -> song ids, for each metadata key whose scored songs take 2 or more values
+    (Groove: beat_type beat/fill, style funk/jazz/…; a style's sub-style after '/' is pooled)."""
+    out = {}
+    for key in keys:
+        if key not in store.meta:
+            raise KeyError(f"evaluate.subsets: {key!r} is not a song field of {store.path} "
+                           f"(fields: {sorted(store.meta)})")
+        values = np.array([str(v).split("/")[0] for v in store.meta[key][songs]])
+        kinds = sorted(set(values) - {""})
+        if len(kinds) >= 2:
+            out.update({f"{key}={v}": songs[values == v] for v in kinds})
+    return out
+
+
+def scores_with_intervals(per_song: SongScores, tau: float, names: list[str], songs, boot: DictConfig) -> dict:
+    r = per_song.total(songs).result(tau, names)
+    r["ci95"] = per_song.bootstrap(tau, songs, int(boot.samples), float(boot.level), int(boot.seed))
+    return r
 
 
 def metric_kwargs(cfg: DictConfig) -> dict:
@@ -198,102 +143,140 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     heads give them (at velocity 100 on the grid for a model without heads, as generate writes)."""
     gcfg = cfg.evaluate.generated
     seq_len = int(cfg.window.seq_len)
-    # Real set: the split's windows laid end to end (stride = seq_len), trimmed to their real steps.
-    picked = [(w[m], s, a) for w, m, s, a in zip(windows.steps, windows.mask, windows.song, windows.start)
-              if a % seq_len == 0 and m.any()]
-    real_rolls = [r for r, _, _ in picked]
+    real_rolls, real_songs, real_starts = real_windows(windows)
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
+    log.info("evaluate: generating %d windows of %d steps", num, seq_len)
     expressive = store is not None and bool(model.config.get("expressive", False))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
                  top_p=gcfg.top_p, seed=int(gcfg.seed), expressive=expressive)
     gen, *heads = gen if expressive else (gen, None, None)
+    log.info("evaluate: window metrics of %d real and %d generated windows; OA and KL", len(real_rolls), num)
     kw = metric_kwargs(cfg)
     real_played = gen_played = None
     if store is not None:
         real_played = [tuple(np.asarray(a[store.song_slice(int(s))][st:st + len(r)]) for a in (store.velocity, store.offset))
-                       for r, s, st in picked]
+                       for r, s, st in zip(real_rolls, real_songs, real_starts)]
         gen_played = [played_values(g, heads[0][i] if expressive else None, heads[1][i] if expressive else None,
                                     0, 100) for i, g in enumerate(gen)]
     real = window_metric_sets(real_rolls, seq_len, kw, real_played)
     generated = window_metric_sets(list(gen), seq_len, kw, gen_played)
-    return compare_sets(real, generated, max_samples=int(gcfg.max_set_size)), real, generated, gen
+    boot = cfg.evaluate.get("bootstrap") or {}     # tune's objective asks for no intervals
+    comparison = compare_sets(real, generated, max_samples=int(gcfg.max_set_size), groups=real_songs,
+                              samples=int(gcfg.get("bootstrap_samples", 0)), level=float(boot.get("level", 0.95)),
+                              seed=int(boot.get("seed", 0)))
+    return comparison, real, generated, gen
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    """Score everything, write metrics.json, plots and report.md; return the metrics dict."""
-    from train.evaluate.plots import save_paired_histograms, save_score_bars, save_sheet
+def real_windows(windows: Windows) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The split's songs laid end to end in seq_len windows (starts 0, seq_len, …; no tail windows,
+    which overlap), each trimmed to its real steps; and the song and start of each."""
+    L = windows.seq_len
+    keep = (windows.start % L == 0) & windows.mask.any(1)
+    return ([w[m] for w, m in zip(windows.steps[keep], windows.mask[keep])], windows.song[keep],
+            windows.start[keep])
 
-    ecfg = cfg.evaluate
-    seq_len, spb = int(cfg.window.seq_len), int(cfg.window.steps_per_bar)
-    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
+
+def fit_baselines(cfg: DictConfig, train_songs, train_bars, validation: Windows, num_drums: int) -> tuple[dict, list]:
+    """Every baseline fitted on the train songs (the n-gram's n and alpha chosen on validation)."""
+    b, spb = cfg.evaluate.baselines, int(cfg.window.steps_per_bar)
+    fixed_n = 4 if b.ngram_n == "auto" else int(b.ngram_n)
+    fixed_alpha = 1.0 if b.ngram_alpha == "auto" else float(b.ngram_alpha)
+    baselines, ngram_grid = {}, []
+    for base in make_baselines(spb, fixed_n, fixed_alpha, float(b.eps), bool(b.repeat_calibrated),
+                               tuple(b.position_lags)):
+        log.info("evaluate: fitting baseline %s", base.name)
+        if isinstance(base, NGramBaseline) and "auto" in (b.ngram_n, b.ngram_alpha):
+            base, ngram_grid = tune_ngram(b, train_songs, validation, num_drums, int(cfg.evaluate.batch_size))
+        else:
+            base.fit(train_songs, train_bars)
+        baselines[base.name] = base
+    return baselines, ngram_grid
+
+
+def load_inputs(cfg: DictConfig):
+    """(model, checkpoint, its path, ready dir, store (metadata), names) with their consistency checked."""
+    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint, train_hint(cfg))
     for key in ("steps_per_bar", "bars_per_phrase"):   # score on the grid the model was trained on
         if key in model.config and int(model.config[key]) != int(cfg.window[key]):
             raise ValueError(f"{ckpt_path}: trained with {key}={model.config[key]}, but window.{key}="
                              f"{cfg.window[key]}; evaluate with window.{key}={model.config[key]}")
+    ready = resolve_ready_dir(cfg.paths.ready)
+    manifest = json.loads((ready / "manifest.json").read_text())
     store = Store(cfg.paths.store)
-    names = store.drum_names
+    if store.hash != manifest.get("store_hash"):
+        raise ValueError(f"{ready}: exported from another store than {store.path} (hash "
+                         f"{manifest.get('store_hash')!r} vs {store.hash!r}); rerun the export")
+    names = list(manifest["drum_names"])
     if [str(n) for n in ckpt["drum_names"]] != names:
-        raise ValueError(f"{ckpt_path}: trained on drums {list(ckpt['drum_names'])}, but {store.path} holds {names}")
-    hits = np.asarray(store.hits[:])
-    windows = split_windows(store, cfg.split, seq_len, int(ecfg.stride), hits, spb)
-    # The reference store's train split fits the baselines and its validation split picks thresholds:
-    # the store itself by default, the training data's store when scoring a store built elsewhere.
-    ref_path = Path(ecfg.reference_store or cfg.paths.store)
-    same = ref_path.resolve() == store.path.resolve()
-    ref, ref_hits = (store, hits) if same else (Store(ref_path), None)
-    if not same:
-        ref_hits = np.asarray(ref.hits[:])
-        if ref.drum_names != names:
-            raise ValueError(f"{ref.path} holds drums {ref.drum_names}, {store.path} holds {names}")
-    validation = windows if same and cfg.split == "validation" else split_windows(
-        ref, "validation", seq_len, int(ecfg.stride), ref_hits, spb)
-    train_songs, train_bars = split_songs(ref, "train", ref_hits, spb)
-    if not train_songs:
-        raise ValueError(f"{ref.path}: no song in the train split to fit the baselines on")
+        raise ValueError(f"{ckpt_path}: trained on drums {list(ckpt['drum_names'])}, but {ready} holds {names}")
+    return model, ckpt_path, ready, store, names
 
-    b = ecfg.baselines
-    fixed_n = 4 if b.ngram_n == "auto" else int(b.ngram_n)
-    fixed_alpha = 1.0 if b.ngram_alpha == "auto" else float(b.ngram_alpha)
-    baselines, ngram_grid = {}, []
-    for base in make_baselines(spb, fixed_n, fixed_alpha, float(b.eps), bool(b.repeat_calibrated)):
-        if isinstance(base, NGramBaseline) and "auto" in (b.ngram_n, b.ngram_alpha):
-            base, ngram_grid = tune_ngram(b, train_songs, validation, store.num_drums, int(ecfg.batch_size))
-        else:
-            base.fit(train_songs, train_bars)
-        baselines[base.name] = base
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score everything, write metrics.json, plots and report.md; return the metrics dict."""
+    from train.evaluate.plots import save_paired_histograms, save_score_bars, save_sheet, save_side_by_side
+
+    ecfg = cfg.evaluate
+    seq_len, spb, bpp = int(cfg.window.seq_len), int(cfg.window.steps_per_bar), int(cfg.window.bars_per_phrase)
+    model, ckpt_path, ready, store, names = load_inputs(cfg)
+    D, batch = len(names), int(ecfg.batch_size)
+    windows = split_windows(ready, cfg.split, seq_len, int(ecfg.stride), spb, bpp)
+    # The reference export's train split fits the baselines and its validation split picks thresholds:
+    # the scored data's own by default, the training data's when scoring data built elsewhere.
+    ref = resolve_ready_dir(ecfg.reference_store or ready)
+    same = ref.resolve() == ready.resolve()
+    if not same and json.loads((ref / "manifest.json").read_text())["drum_names"] != names:
+        raise ValueError(f"{ref} holds other drums than {ready} ({names})")
+    validation = windows if same and cfg.split == "validation" else split_windows(
+        ref, "validation", seq_len, int(ecfg.stride), spb, bpp)
+    train_songs, train_bars = split_songs(ref, "train", spb, seq_len, bpp)
+    if not train_songs:
+        raise ValueError(f"{ref}: no song in the train split to fit the baselines on")
+    baselines, ngram_grid = fit_baselines(cfg, train_songs, train_bars, validation, D)
     predictors = {MODEL_ROW: lambda s, m, a, bars: model_probs(model, s, m, a)}
     for name, base in baselines.items():
-        predictors[name] = lambda s, m, a, bars, base=base: base.predict(s, m, bars)
+        predictors[name] = lambda s, m, a, bars, base=base: base.predict(s, m, bars, a)
 
-    scores = {}
+    songs = np.unique(windows.song)
+    subsets = song_subsets(store, songs, list(ecfg.subsets))
+    scores, subset_scores = {}, {k: {"songs": int(len(v)), "scores": {}} for k, v in subsets.items()}
     for name, predict in predictors.items():
-        acc = score_windows(predict, windows, store.num_drums, int(ecfg.batch_size))
-        val = acc if validation is windows else score_windows(predict, validation, store.num_drums,
-                                                              int(ecfg.batch_size))
-        scores[name] = acc.result(val.best_threshold(), names)
+        log.info("evaluate: scoring %s on %d windows of %s", name, len(windows), cfg.split)
+        per_song = score_windows(predict, windows, D, batch)
+        val = per_song if validation is windows else score_windows(predict, validation, D, batch)
+        tau = val.total().best_threshold()
+        scores[name] = scores_with_intervals(per_song, tau, names, None, ecfg.bootstrap)
+        for key, ids in subsets.items():
+            r = scores_with_intervals(per_song, tau, names, ids, ecfg.bootstrap)
+            subset_scores[key]["scores"][name] = {k: r[k] for k in ("nll_bits_per_step", "f1", "scored_steps", "ci95")}
     scores["ngram"].update({"n": baselines["ngram"].n, "alpha": baselines["ngram"].alpha})
+    lengths = np.diff(np.load(ready / "song_offsets.npy"))[songs]
 
     out_dir = Path(ecfg.out_dir)
     plots = out_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     pictures = {"scores": save_score_bars(plots / "scores.png", scores)}
     result = {
-        "checkpoint": str(ckpt_path), "split": cfg.split, "store": str(store.path), "reference_store": str(ref.path),
-        "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride), "steps_per_bar": spb,
-        "excluded_songs": windows.excluded_songs, "excluded_windows": windows.excluded_windows,
-        "scores": scores,
+        "checkpoint": str(ckpt_path), "split": cfg.split, "ready": str(ready), "store": str(store.path),
+        "reference": str(ref), "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
+        "steps_per_bar": spb, "songs": int(len(songs)),
+        "predictable_steps": int(np.maximum(lengths - 1, 0).sum()),
+        "excluded_songs": windows.excluded_songs, "excluded_steps": windows.excluded_steps,
+        "bootstrap": OmegaConf.to_container(ecfg.bootstrap, resolve=True),
+        "scores": scores, "subsets": subset_scores,
         "ngram_selection": ngram_grid,
         "model_beats_baselines_nll": all(scores[MODEL_ROW]["nll_bits_per_step"] < s["nll_bits_per_step"]
                                          for n, s in scores.items() if n != MODEL_ROW),
     }
     if model.config.get("expressive"):
         from train.evaluate.expressive import expressive_scores
-        train_ids = ref.songs_in_split("train")
-        result["expressive"] = expressive_scores(model, store, windows, ref, train_ids[same_meter(ref, train_ids, spb)],
-                                                 spb, int(ecfg.batch_size))
+        # the baseline's means come from the reference export's train songs (those the dataset reads)
+        ref_store = store if same else Store(json.loads((ref / "manifest.json").read_text())["store"])
+        train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)[0]
+        result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size))
     if ecfg.generated.enabled:
-        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, store.num_drums, store)
+        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store)
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))
         notes = {k: f"OA {v['overlap_area']:.2f}  KL {v['kl_divergence']:.2f}" for k, v in comparison.items()}
@@ -305,9 +288,11 @@ def evaluate(cfg: DictConfig) -> dict:
             pictures["generated_samples"] = save_sheet(plots / "generated_samples.png", list(gen[:k]), names, spb,
                                                        titles=[f"generated {i}" for i in range(k)])
             real_rows = [w[m] for w, m in zip(windows.steps[:k], windows.mask[:k])]
-            pictures["real_samples"] = save_sheet(plots / "real_samples.png", real_rows, names, spb,
-                                                  titles=[f"real: {store.meta['name'][s]} @ {a}"
-                                                          for s, a in zip(windows.song[:k], windows.start[:k])])
+            real_titles = [f"real: {store.meta['name'][s]} @ {a}" for s, a in zip(windows.song[:k], windows.start[:k])]
+            pictures["real_samples"] = save_sheet(plots / "real_samples.png", real_rows, names, spb, titles=real_titles)
+            pictures["real_vs_generated_rolls"] = save_side_by_side(
+                plots / "real_vs_generated_rolls.png", real_rows, list(gen[:k]), names, spb, seq_len,
+                left_titles=real_titles, right_titles=[f"generated {i}" for i in range(k)])
     write_json(out_dir / "metrics.json", result)
     write_text(out_dir / "report.md", report_markdown(result, pictures, out_dir, names))
     from train.report import write_eval_page   # report.html: the same, with audio (train/report)
@@ -334,32 +319,40 @@ def expressive_markdown(e: dict) -> list[str]:
         r = e[name]
         lines.append(f"| {name} | {r['velocity_mse']:.5f} | {r['offset_mse']:.5f} | {r['velocity_corr']:.3f} |")
     return lines
+def _ci(r: dict, key: str, fmt: str) -> str:
+    ci = r.get("ci95", {}).get(key)
+    return f"{fmt.format(ci[0])}–{fmt.format(ci[1])}" if ci else "—"
 
 
 def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: list[str]) -> str:
     s = result["scores"]
+    boot = result["bootstrap"]
     lines = [f"# Evaluation on the {result['split']} split", "",
-             f"Checkpoint `{result['checkpoint']}`, store `{result['store']}`: {result['windows']} windows of "
-             f"{result['seq_len']} steps (stride {result['stride']}), "
-             f"{s[MODEL_ROW]['scored_steps']} scored steps. Baselines fitted on the train split and "
-             f"thresholds chosen on the validation split of `{result['reference_store']}`. "
-             f"As in training, only songs of {result['steps_per_bar']} steps a bar are scored: "
-             f"{result['excluded_songs']} songs ({result['excluded_windows']} windows) of other meters "
-             f"left out.", "",
+             f"Checkpoint `{result['checkpoint']}`, export `{result['ready']}`: {result['songs']} songs, "
+             f"{result['windows']} windows of {result['seq_len']} steps (stride {result['stride']}); "
+             f"{s[MODEL_ROW]['scored_steps']} of the songs' {result['predictable_steps']} predictable steps "
+             "scored, each once (a window also predicts the step after it; a song's last window ends at "
+             f"its end). Baselines fitted on the train split and thresholds chosen on the validation split "
+             f"of `{result['reference']}`. As in training, only songs of {result['steps_per_bar']} steps a "
+             f"bar are scored: {result['excluded_songs']} songs ({result['excluded_steps']} steps) of other "
+             f"meters left out.", "",
              "## Next-step prediction (teacher forced)", "",
              "Lower NLL is better; the onset threshold of each row is the one that maximises its F1 on the "
-             "validation split.", "",
-             "| predictor | NLL (bits/step) | BCE (nats) | threshold | precision | recall | F1 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"validation split. Intervals: {boot['level']:.0%} bootstrap over songs ({boot['samples']} "
+             "resamples).", "",
+             "| predictor | NLL (bits/step) | NLL 95% CI | BCE (nats) | threshold | precision | recall | F1 | F1 95% CI |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in s.items():
-        lines.append(f"| {name} | {r['nll_bits_per_step']:.4f} | {r['bce']:.4f} | {r['threshold']:.3f} | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |")
+        lines.append(f"| {name} | {r['nll_bits_per_step']:.4f} | {_ci(r, 'nll_bits_per_step', '{:.3f}')} | "
+                     f"{r['bce']:.4f} | {r['threshold']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['f1']:.3f} | {_ci(r, 'f1', '{:.3f}')} |")
     verdict = "beats" if result["model_beats_baselines_nll"] else "does NOT beat"
     ng = s["ngram"]
     chosen = " (chosen by validation NLL)" if result.get("ngram_selection") else ""
     lines += ["", f"The model {verdict} every baseline on NLL. The n-gram uses n = {ng['n']}, "
-              f"alpha = {ng['alpha']:g}{chosen}.", "",
-              "### F1 per drum", "", "| predictor | " + " | ".join(drum_names) + " |",
+              f"alpha = {ng['alpha']:g}{chosen}.", ""]
+    lines += subset_tables(result)
+    lines += ["### F1 per drum", "", "| predictor | " + " | ".join(drum_names) + " |",
               "|---|" + "---:|" * len(drum_names)]
     for name, r in s.items():
         lines.append(f"| {name} | " + " | ".join(f"{r['per_drum'][d]['f1']:.3f}" for d in drum_names) + " |")
@@ -372,17 +365,44 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
                   "split's windows. OA and KL compare the intra-set distances of the real windows with the "
                   "real-to-generated distances (Yang & Lerch 2020): OA near 1 and KL near 0 mean the generated "
                   "windows sit among the real ones as the real ones sit among each other.", "",
-                  "| metric | real mean | real std | generated mean | generated std | OA | KL |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| metric | real mean | real std | generated mean | generated std | OA | OA 95% CI | KL | KL 95% CI |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         if not result["generated_vs_real"]:
-            lines.append("| (the split has fewer than 2 real windows: no distances to compare) | | | | | | |")
+            lines.append("| (the split has fewer than 2 real windows: no distances to compare) | | | | | | | | |")
         for name, c in result["generated_vs_real"].items():
-            lines.append(f"| {name} | {c['real_mean']:.4f} | {c['real_std']:.4f} | {c['generated_mean']:.4f} | "
-                         f"{c['generated_std']:.4f} | {c['overlap_area']:.3f} | {c['kl_divergence']:.3f} |")
-        for key in ("generated_vs_real", "generated_samples", "real_samples"):
-            if key in pictures:
-                lines += ["", _img(pictures, key, out_dir)]
+            flag = " *" if c.get("zero_variance") else ""
+            lines.append(f"| {name}{flag} | {c['real_mean']:.4f} | {c['real_std']:.4f} | {c['generated_mean']:.4f} | "
+                         f"{c['generated_std']:.4f} | {c['overlap_area']:.3f} | {_ci(c, 'overlap_area', '{:.2f}')} | "
+                         f"{c['kl_divergence']:.3f} | {_ci(c, 'kl_divergence', '{:.2f}')} |")
+        if any(c.get("zero_variance") for c in result["generated_vs_real"].values()):
+            lines += ["", "Metrics marked * are constant in one set (zero variance, `zero_variance` in the JSON). "
+                      "Where the real set is constant its intra-set distances are all 0, so OA and KL then only "
+                      "say whether the generated windows sit at that same value."]
+        if "real_vs_generated_rolls" in pictures:
+            lines += ["", "Real windows (left) and generated ones (right), drawn at the same scale:", "",
+                      _img(pictures, "real_vs_generated_rolls", out_dir)]
+        if "generated_vs_real" in pictures:
+            lines += ["", _img(pictures, "generated_vs_real", out_dir)]
     return "\n".join(lines) + "\n"
+
+
+def subset_tables(result: dict) -> list[str]:
+    """NLL and F1 of every predictor on each subset of the split (songs of one kind), with intervals."""
+    subsets = result.get("subsets") or {}
+    if not subsets:
+        return []
+    rows = list(result["scores"])
+    lines = ["### Subsets of the split", "",
+             "The same scores on the songs of one kind (beat vs fill, style), each with its 95% interval "
+             "over the subset's songs.", "",
+             "| subset | songs | steps | " + " | ".join(rows) + " |", "|---|---:|---:|" + "---:|" * len(rows)]
+    for key in ("nll_bits_per_step", "f1"):
+        label = "NLL" if key != "f1" else "F1"
+        for name, sub in subsets.items():
+            sc = sub["scores"]
+            cells = [f"{sc[r][key]:.3f} ({_ci(sc[r], key, '{:.2f}')})" for r in rows]
+            lines.append(f"| {label}: {name} | {sub['songs']} | {sc[MODEL_ROW]['scored_steps']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _img(pictures: dict, key: str, out_dir: Path) -> str:

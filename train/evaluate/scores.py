@@ -21,12 +21,19 @@ Computing and Applications 32, 2020): for a metric with values x_i (real set R) 
 - inter-set distances:       { ||x_i - y_j|| : all i, j },
 each smoothed into a probability density with a Gaussian kernel density estimate (bandwidth by
 Scott's rule, h = 1.06 * std * n^(-1/5); sets of more than `max_points` distances are subsampled
-deterministically), evaluated on a common grid. Then
+deterministically; computed by linear binning on the grid and one convolution), evaluated on a
+common grid. Then
 - overlapping area   OA(p, q) = integral of min(p(x), q(x)) dx     (1 = same, 0 = disjoint),
 - KL divergence      KL(p || q) = integral of p(x) ln(p(x) / q(x)) dx  (nats, 0 = same),
 with p the density of the intra-set distances of R and q that of the inter-set distances: a
 generator whose samples lie among the real ones as the real ones lie among each other gives a
-high OA and a low KL.
+high OA and a low KL. Both densities are evaluated on the same grid (the widely copied mgeval code
+evaluates each KDE on its own grid, so its "KL" is not a divergence). A set of distances with no
+spread (a metric constant over the real windows, say) is a narrow spike, never a division by
+zero, and `zero_variance` says which set's metric is constant (with a constant real set, OA and
+KL only say whether the generated windows sit at that same value). With `groups` (the song of each real
+window), OA and KL get bootstrap intervals: songs resampled with replacement, generated windows
+likewise, pairs of a window with itself left out of the intra-set distances.
 """
 from __future__ import annotations
 
@@ -60,16 +67,33 @@ class ScoreAccumulator:
         self.neg = np.zeros((num_drums, num_bins), np.int64)   # target rests per probability bin
 
     def update(self, probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> None:
-        p = np.clip(np.asarray(probs, np.float64)[:, :-1], PROB_FLOOR, 1.0 - PROB_FLOOR)
-        y = np.asarray(steps)[:, 1:] > 0
+        """Score positions 0..L-2 of windows `steps` against steps 1..L-1 (the targets inside the window)."""
+        y = np.asarray(steps)[:, 1:]
         m = np.ones(y.shape[:2], bool) if mask is None else np.asarray(mask, bool)[:, 1:]
-        p, y = p[m], y[m]                                   # [N, D]
+        self.update_targets(np.asarray(probs)[:, :-1], y, m)
+
+    def update_targets(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray) -> None:
+        """Score `probs` [B, L, D] against `targets` [B, L, D] where `scored` [B, L] is True."""
+        m = np.asarray(scored, bool)
+        p = np.clip(np.asarray(probs, np.float64)[m], PROB_FLOOR, 1.0 - PROB_FLOOR)   # [N, D]
+        y = np.asarray(targets)[m] > 0
         self.nll_bits -= float(np.where(y, np.log2(p), np.log2(1.0 - p)).sum())
         self.steps += int(p.shape[0])
         bins = np.minimum((p * self.num_bins).astype(np.int64), self.num_bins - 1)
         for d in range(self.num_drums):
             self.pos[d] += np.bincount(bins[y[:, d], d], minlength=self.num_bins)
             self.neg[d] += np.bincount(bins[~y[:, d], d], minlength=self.num_bins)
+
+    def add(self, other: "ScoreAccumulator") -> "ScoreAccumulator":
+        """Pool `other`'s counts into this one (scores of a set of songs = their pooled counts)."""
+        self.nll_bits += other.nll_bits
+        self.steps += other.steps
+        self.pos += other.pos
+        self.neg += other.neg
+        return self
+
+    def threshold_bin(self, threshold: float) -> int:
+        return int(np.clip(np.ceil(threshold * self.num_bins - 1e-9), 0, self.num_bins - 1))
 
     def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """TP, FP, FN [num_bins, D]; row b is the threshold tau_b = b / num_bins (hit where p >= tau_b)."""
@@ -92,7 +116,7 @@ class ScoreAccumulator:
         if self.steps == 0:
             raise ValueError("no scored steps (every window is shorter than 2 steps?)")
         names = drum_names or [f"drum{d}" for d in range(self.num_drums)]
-        b = int(np.clip(np.ceil(threshold * self.num_bins - 1e-9), 0, self.num_bins - 1))
+        b = self.threshold_bin(threshold)
         tp, fp, fn = (a[b] for a in self.counts())
         p, r, f = _prf(tp, fp, fn)
         po, ro, fo = _prf(tp.sum(), fp.sum(), fn.sum())
@@ -106,6 +130,53 @@ class ScoreAccumulator:
             "per_drum": {n: {"precision": float(p[d]), "recall": float(r[d]), "f1": float(f[d]),
                              "support": int(tp[d] + fn[d])} for d, n in enumerate(names)},
         }
+
+
+class SongScores:
+    """A ScoreAccumulator per song: scores of any set of songs (a split's subsets) and bootstrap
+    intervals over songs (songs, not steps, are the independent units: steps of a song are not)."""
+
+    def __init__(self, num_drums: int, num_bins: int = NUM_BINS):
+        self.num_drums, self.num_bins = int(num_drums), int(num_bins)
+        self.songs: dict[int, ScoreAccumulator] = {}
+
+    def update(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray, song: np.ndarray) -> None:
+        song = np.asarray(song)
+        for s in np.unique(song):
+            rows = song == s
+            acc = self.songs.setdefault(int(s), ScoreAccumulator(self.num_drums, self.num_bins))
+            acc.update_targets(np.asarray(probs)[rows], np.asarray(targets)[rows], np.asarray(scored)[rows])
+
+    def total(self, songs=None) -> ScoreAccumulator:
+        """The pooled scores of `songs` (default: every song scored)."""
+        out = ScoreAccumulator(self.num_drums, self.num_bins)
+        for s in (self.songs if songs is None else songs):
+            if int(s) in self.songs:
+                out.add(self.songs[int(s)])
+        return out
+
+    def bootstrap(self, threshold: float, songs=None, samples: int = 1000, level: float = 0.95,
+                  seed: int = 0) -> dict[str, list[float]]:
+        """Percentile intervals of NLL (bits/step) and overall F1 at `threshold` over `samples`
+        resamples of the songs with replacement (each resample pools its songs' counts)."""
+        ids = [int(s) for s in (self.songs if songs is None else songs) if int(s) in self.songs]
+        if not ids or samples < 1:
+            return {}
+        accs = [self.songs[s] for s in ids]
+        b = accs[0].threshold_bin(threshold)
+        nll = np.array([a.nll_bits for a in accs])
+        steps = np.array([a.steps for a in accs], np.float64)
+        tp, fp, fn = (np.array([c[b].sum() for c in per], np.float64) for per in zip(*(a.counts() for a in accs)))
+        rng = np.random.default_rng(seed)
+        # weights[r, i]: how often song i is drawn in resample r
+        weights = np.stack([np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))
+                            for _ in range(int(samples))]).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nll_r = (weights @ nll) / (weights @ steps)
+        _, _, f1_r = _prf(weights @ tp, weights @ fp, weights @ fn)
+        q = [50 * (1 - level), 50 * (1 + level)]
+        return {"nll_bits_per_step": [float(v) for v in np.nanpercentile(nll_r, q)],
+                "f1": [float(v) for v in np.percentile(f1_r, q)]}
 
 
 def nll_bits_per_step(probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -124,14 +195,24 @@ def _subsample(x: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
 
 
 def _bandwidth(x: np.ndarray, span: float) -> float:
-    """Scott's rule; a small positive width for a set with no spread (all values equal)."""
+    """Scott's rule; a set with no spread (all values equal) is a narrow spike (1/1000 of the
+    grid's span), so it never divides by zero and two different constants stay disjoint."""
     h = 1.06 * float(np.std(x)) * len(x) ** (-0.2)
     return h if h > 0 else max(1e-3 * span, 1e-6)
 
 
 def _kde(x: np.ndarray, grid: np.ndarray, h: float) -> np.ndarray:
-    z = (grid[:, None] - x[None, :]) / h
-    pdf = np.exp(-0.5 * z * z).sum(1)
+    """Gaussian KDE of x on an even grid, by linear binning (each point split between its two
+    grid nodes) and one convolution with the kernel: O(grid x kernel), not O(grid x points), with an
+    error of order (grid step / h)^2 (Wand 1994). Normalised to integrate to 1."""
+    dx = float(grid[1] - grid[0])
+    pos = np.clip((x - grid[0]) / dx, 0, len(grid) - 1)
+    i = np.minimum(np.floor(pos).astype(np.int64), len(grid) - 2)
+    w = pos - i
+    counts = np.bincount(i, 1 - w, len(grid)) + np.bincount(i + 1, w, len(grid))
+    half = min(int(np.ceil(5 * h / dx)), len(grid) - 1)
+    kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * dx / h) ** 2)
+    pdf = np.convolve(counts, kernel)[half:half + len(grid)]
     area = np.trapezoid(pdf, grid)
     return pdf / area if area > 0 else pdf
 
@@ -188,12 +269,48 @@ def inter_set_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.norm(vx[:, None, :] - vy[None, :, :], axis=2).ravel()
 
 
+def _oa_kl(intra: np.ndarray, inter: np.ndarray) -> tuple[float, float]:
+    kde = densities(intra, inter)          # one grid, computed once for OA and KL
+    return _overlap(*kde), _kl(*kde)
+
+
+def _zero_variance(x: np.ndarray, y: np.ndarray) -> str | None:
+    flat = [bool(np.all(v == v[0])) for v in (x, y)]
+    return {(True, True): "both", (True, False): "real", (False, True): "generated"}.get(tuple(flat))
+
+
+def _bootstrap_oa_kl(x: np.ndarray, y: np.ndarray, groups: np.ndarray, samples: int, level: float,
+                     rng: np.random.Generator) -> dict[str, list[float]]:
+    """Percentile intervals of OA and KL over resamples of the real songs and the generated windows."""
+    d_rr = np.linalg.norm(x[:, None, :] - x[None, :, :], axis=2)
+    d_rg = np.linalg.norm(x[:, None, :] - y[None, :, :], axis=2)
+    songs = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    oa, kl = [], []
+    for _ in range(samples):
+        rows = np.concatenate([songs[i] for i in rng.integers(0, len(songs), len(songs))])
+        gen = rng.integers(0, len(y), len(y))
+        i, j = np.triu_indices(len(rows), k=1)
+        keep = rows[i] != rows[j]                 # a window drawn twice is no pair of two windows
+        if len(rows) < 2 or not keep.any():
+            continue
+        a, b = _oa_kl(d_rr[rows[i[keep]], rows[j[keep]]], d_rg[np.ix_(rows, gen)].ravel())
+        oa.append(a), kl.append(b)
+    if not oa:
+        return {}
+    q = [50 * (1 - level), 50 * (1 + level)]
+    return {"overlap_area": [float(v) for v in np.percentile(oa, q)],
+            "kl_divergence": [float(v) for v in np.percentile(kl, q)]}
+
+
 def compare_sets(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
-                 max_samples: int = 500) -> dict[str, dict]:
+                 max_samples: int = 500, groups: np.ndarray | None = None, samples: int = 0,
+                 level: float = 0.95, seed: int = 0) -> dict[str, dict]:
     """Per metric: means and stds of both sets, and OA and KL of intra-real vs inter-set distances.
 
     `real[name]` and `generated[name]` are [N, ...] arrays of one metric (row = sample). Sets are
-    capped at `max_samples` rows (deterministic subsample) to bound the O(N^2) distances.
+    capped at `max_samples` rows (deterministic subsample) to bound the O(N^2) distances. With
+    `groups` (song of each real row) and `samples` > 0: `ci95` {overlap_area, kl_divergence}, the
+    bootstrap intervals over songs (see the module docstring).
     """
     out = {}
     for name in real:
@@ -202,15 +319,19 @@ def compare_sets(real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
         x, y = _vectors(real[name]), _vectors(generated[name])
         if len(x) < 2 or len(y) < 1:
             continue
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(seed)
+        g = None if groups is None else np.asarray(groups)
         if len(x) > max_samples:
-            x = x[np.sort(rng.choice(len(x), max_samples, replace=False))]
+            keep = np.sort(rng.choice(len(x), max_samples, replace=False))
+            x, g = x[keep], None if g is None else g[keep]
         if len(y) > max_samples:
             y = y[np.sort(rng.choice(len(y), max_samples, replace=False))]
-        kde = densities(intra_set_distances(x), inter_set_distances(x, y))   # once for OA and KL
+        oa, kl = _oa_kl(intra_set_distances(x), inter_set_distances(x, y))
         out[name] = {
             "real_mean": float(x.mean()), "real_std": float(x.std()),
             "generated_mean": float(y.mean()), "generated_std": float(y.std()),
-            "overlap_area": _overlap(*kde), "kl_divergence": _kl(*kde),
+            "overlap_area": oa, "kl_divergence": kl, "zero_variance": _zero_variance(x, y),
         }
+        if g is not None and samples > 0:
+            out[name]["ci95"] = _bootstrap_oa_kl(x, y, g, int(samples), level, rng)
     return out

@@ -26,11 +26,13 @@ from omegaconf import DictConfig
 import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
-from train.training.checkpoint import load_for_inference
+from train.training.checkpoint import load_for_inference, train_hint
 
 log = logging.getLogger(__name__)
 
 
+
+log = logging.getLogger(__name__)
 
 def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
     """The configured drum map when it names the checkpoint's drums, else one built from the checkpoint."""
@@ -97,6 +99,7 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b,
                              expressive=expressive)
         out.append(seq if expressive else (seq,))
+        log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
     if not out:
         return np.zeros((0, t0 + length, num_drums), np.uint8)
     hits, *played = (torch.cat(part).detach().cpu().numpy() for part in zip(*out))
@@ -143,7 +146,7 @@ def run(cfg: DictConfig) -> dict:
     def lap(name):
         clock.append(time.perf_counter())
         timings[f"{name}_s"] = round(clock[-1] - clock[-2], 4)
-    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
+    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint, train_hint(cfg))
     drum_map = checkpoint_drum_map(ckpt, cfg.drums)
     spb = int(model.config.get("steps_per_bar", cfg.window.steps_per_bar))  # the grid it was trained on
     spq = int(ckpt.get("steps_per_quarter", 4))

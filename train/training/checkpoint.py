@@ -68,9 +68,31 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     return model.to(map_location).eval(), ckpt
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+DVC_TRAIN_HINT = "train first: `dvc repro train`"
+
+
+def train_hint(cfg) -> str:
+    """How to create the missing checkpoint with the data and run this command uses: its own
+    overrides minus the inference-only ones (`python -m train data=groove ...`), else `dvc repro train`."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    except ImportError:
+        task = None
+    if task is None:     # composed in code: name what selects the data and the run
+        task = [f"paths.data_dir={cfg.paths.data_dir}", f"trainer.run_name={cfg.trainer.run_name}"]
+    inference_only = ("checkpoint", "split", "evaluate", "generate", "hydra")
+    keep = [o for o in task if o.lstrip("+~").split("=")[0].split(".")[0] not in inference_only]
+    ckpt = Path(str(cfg.get("checkpoint") or ""))   # runs/NAME/checkpoints that is not this run's: train NAME
+    if ckpt.name == "checkpoints" and ckpt != Path(str(cfg.trainer.checkpoint_dir)):
+        keep = [o for o in keep if not o.startswith("trainer.run_name=")] + [f"trainer.run_name={ckpt.parent.name}"]
+    return f"train first: `python -m train {' '.join(keep)}`" if keep else DVC_TRAIN_HINT
+
+
+def resolve_checkpoint(path: str | Path, hint: str = DVC_TRAIN_HINT) -> Path:
     """A .pt file as is; a run directory -> its best.pt, else its best_epoch_*_loss_*.pt of lowest
-    loss, else last.pt."""
+    loss, else last.pt. `hint`: what the error for a missing path suggests."""
     path = Path(path)
     if path.is_file():
         return path
@@ -84,12 +106,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if (path / "last.pt").is_file():
             return path / "last.pt"
         raise FileNotFoundError(f"{path}: no best.pt, best_epoch_*_loss_*.pt or last.pt checkpoint in this directory")
-    raise FileNotFoundError(f"{path}: no such checkpoint file or run directory (train first: `dvc repro train`)")
+    raise FileNotFoundError(f"{path}: no such checkpoint file or run directory ({hint})")
 
 
-def load_for_inference(path: str | Path):
+def load_for_inference(path: str | Path, hint: str = DVC_TRAIN_HINT):
     """(model in eval mode, checkpoint dict, resolved path); weights_only loading (load_model)."""
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, hint)
     model, ckpt = load_model(path)
     return model, ckpt, path
 

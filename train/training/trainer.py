@@ -35,6 +35,7 @@ from train.training import distributed, rewards
 from train.training.checkpoint import (best_name, load_checkpoint, rank_top_k, rng_state, save_checkpoint,
                                        set_rng_state)
 from train.training.distributed import Dist, all_reduce_mean
+from train.training.progress import ProgressLine
 from train.training.runlog import EpochStats, LogWindow, RunLog, check_loggers, write_run_files, write_text
 from train.training.optim import ConfigError, build_optimizer, build_scheduler, optimizer_class
 
@@ -662,6 +663,8 @@ def train_loop(p: Parts, tc, state: Progress, runlog: RunLog, ckpt_dir: Path, d:
     stop = state.global_step >= p.total_steps
     from tqdm.auto import tqdm
 
+    # no terminal (a log): one line every 10 s instead of the bar
+    line = ProgressLine(p.total_steps, d.is_main and not sys.stderr.isatty())
     with profiler as prof:
         while state.epoch < p.max_epochs and not stop:
             p.sampler.set_epoch(state.epoch)
@@ -687,6 +690,7 @@ def train_loop(p: Parts, tc, state: Progress, runlog: RunLog, ckpt_dir: Path, d:
                 bar.update(micro)
                 bar.set_postfix(loss=f"{step_logs['loss']:.4f}", lr=f"{p.optimizer.param_groups[0]['lr']:.2e}",
                                 sps=f"{stats.perf()['samples_per_s']:.0f}")
+                line.update(state.global_step, step_logs["loss"], stats.perf()["samples_per_s"])
                 log_step(p, stats, window, runlog, state.global_step, int(tc.log_interval), grad_norm, d)
                 if not math.isfinite(step_logs["loss"]):
                     raise FloatingPointError(f"loss is {step_logs['loss']} at step {state.global_step}; lower "
