@@ -117,6 +117,23 @@ def test_a_store_built_elsewhere_is_scored_whole_against_the_training_store(tiny
                                                                     8).best_threshold()
 
 
+@pytest.mark.parametrize("output", ["joint", "autoregressive"])
+def test_joint_heads_are_scored_by_their_whole_vector_nll(tmp_path, output):
+    """A joint/autoregressive model's NLL row is −log2 p(whole drum vector), not a per-drum sum."""
+    store = make_store(tmp_path / "store.zarr")
+    ckpt = make_checkpoint(tmp_path / "run" / "last.pt", store, train_steps=15, output=output)
+    res = evaluate(_cfg(store, ckpt, tmp_path, "evaluate.generated.enabled=false"))
+    model, _, _ = load_for_inference(ckpt)
+    val = split_windows(Store(store), "validation", SEQ_LEN, SEQ_LEN)
+    x = torch.as_tensor(val.steps, dtype=torch.float64)
+    bits = model.double().step_log_prob(x, start=torch.as_tensor(val.start))
+    want = -bits[torch.as_tensor(val.mask[:, 1:])].mean().item()
+    np.testing.assert_allclose(res["scores"]["model"]["nll_bits_per_step"], want, rtol=1e-5)
+    probs, _ = model_probs(model.float(), val.steps, val.mask, val.start)
+    per_drum = -np.where(val.steps[:, 1:] > 0, np.log2(probs[:, :-1]), np.log2(1 - probs[:, :-1]))
+    assert abs(per_drum.sum(-1)[val.mask[:, 1:]].mean() - want) > 1e-3   # not the independent formula
+
+
 def test_windows_follow_the_metrics_stage_rule(tiny):
     assert window_starts(0, 64, 16) == [] and window_starts(40, 64, 16) == [0]
     assert window_starts(128, 64, 16) == [0, 16, 32, 48, 64] and window_starts(130, 64, 64) == [0, 64]

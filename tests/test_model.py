@@ -2,6 +2,7 @@
 checkpoint round trip, loss, and a tiny model overfitting one real Groove batch."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -39,11 +40,16 @@ def rolls(B: int, L: int, seed: int, p: float = 0.3) -> torch.Tensor:
     return (torch.rand(B, L, D, generator=g, dtype=torch.float64) < p).double()
 
 
-@pytest.fixture(scope="module", params=[(b, lb) for b in BACKENDS for lb in (0, 2)],
-                ids=lambda p: f"{p[0]}-lookback{p[1]}")
+# every backend and lookback with per-drum outputs; the joint and autoregressive heads on a mix
+OUTPUT_CASES = [(b, lb, "independent") for b in BACKENDS for lb in (0, 2)] + [
+    ("gru", 2, "joint"), ("transformer", 0, "joint"), ("lstm", 2, "autoregressive"),
+    ("transformer", 2, "autoregressive")]
+
+
+@pytest.fixture(scope="module", params=OUTPUT_CASES, ids=lambda p: f"{p[0]}-lookback{p[1]}-{p[2]}")
 def model(request):
-    backend, lookback = request.param
-    return tiny(backend, lookback_bars=lookback)
+    backend, lookback, output = request.param
+    return tiny(backend, lookback_bars=lookback, output=output, head_hidden_dim=6)
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -113,6 +119,21 @@ def test_incremental_step_equals_full_forward(backend, hierarchy, lookback):
     state = m.init_state(3, start=start)
     inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
     torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("output", ["joint", "autoregressive"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_incremental_step_equals_full_forward_for_joint_heads(backend, output):
+    m = tiny(backend, lookback_bars=2, output=output, head_hidden_dim=6,
+             **({"max_context": 6} if backend == "transformer" else {}))
+    L = 3 * SPB * BPP + 2
+    x, start = rolls(2, L, 12), torch.tensor([3, 0])
+    full, _, _, z = m(x, start=start, return_hidden=True)
+    assert full.shape == (2, L, m.head.num_params) and z.shape == (2, L, 16)
+    state = m.init_state(2, start=start)
+    inc, hid = zip(*(m.step(x[:, t], state, return_hidden=True) for t in range(L)))
+    torch.testing.assert_close(torch.stack(inc, 1), full, rtol=0, atol=1e-10)
+    torch.testing.assert_close(torch.stack(hid, 1), z, rtol=0, atol=1e-10)
 
 
 def test_lookback_features_read_one_and_two_bars_back():
@@ -251,7 +272,7 @@ def test_compute_loss_values_mask_and_weights():
                                 steps_per_bar=SPB, bars_per_phrase=BPP)
     hits = (step > 0).double()
     bce = torch.nn.functional.binary_cross_entropy_with_logits(preds[0][:, :-1], hits[:, 1:],
-                                                               reduction="none").mean(-1)
+                                                               reduction="none").sum(-1) / math.log(2)
     want_step = bce[mask[:, 1:]].mean()
     bar_means = hits.reshape(B, L // SPB, SPB, D).mean(2)
     err = (torch.sigmoid(preds[1][:, :-1]) - bar_means[:, 1:]).pow(2).mean(-1)  # [B, 3]

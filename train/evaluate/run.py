@@ -123,18 +123,24 @@ def split_songs(store: Store, split: str, hits: np.ndarray,
 
 
 @torch.no_grad()
-def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """sigmoid(step_logits) in float64, [B, L, D]; probs[:, t] is the prediction for step t+1."""
-    logits = model(torch.as_tensor(steps, dtype=torch.float32), mask=torch.as_tensor(mask),
-                   start=torch.as_tensor(start))[0]
-    return torch.sigmoid(logits.double()).numpy()
+def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per-drum probabilities [B, L, D] float64, probs[:, t] the prediction for step t+1;
+    log2 p of each next step's whole drum vector [B, L−1]): the model's own whole-vector NLL,
+    right for joint and autoregressive output heads too."""
+    x = torch.as_tensor(steps, dtype=torch.float32)
+    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start))[0]
+    log2p = model.step_log_prob(x, step_logits=logits)
+    return model.step_marginals(logits).double().numpy(), log2p.double().numpy()
 
 
 def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) -> ScoreAccumulator:
-    """`predict(steps, mask, start, steps_per_bar)` -> probs, accumulated over the windows."""
+    """`predict(steps, mask, start, steps_per_bar)` -> probs, or (probs, log2 p per step),
+    accumulated over the windows."""
     acc = ScoreAccumulator(num_drums)
     for steps, mask, start, spb in windows.batches(batch_size):
-        acc.update(predict(steps, mask, start, spb), steps, mask)
+        out = predict(steps, mask, start, spb)
+        probs, log2p = out if isinstance(out, tuple) else (out, None)
+        acc.update(probs, steps, mask, log2p)
     return acc
 
 
@@ -193,7 +199,7 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int) 
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
-                 top_p=gcfg.top_p, seed=int(gcfg.seed))
+                 top_p=gcfg.top_p, top_k=gcfg.get("top_k"), seed=int(gcfg.seed))
     kw = metric_kwargs(cfg)
     real = window_metric_sets(real_rolls, seq_len, kw)
     generated = window_metric_sets(list(gen), seq_len, kw)

@@ -59,12 +59,19 @@ class ScoreAccumulator:
         self.pos = np.zeros((num_drums, num_bins), np.int64)   # target hits per probability bin
         self.neg = np.zeros((num_drums, num_bins), np.int64)   # target rests per probability bin
 
-    def update(self, probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> None:
+    def update(self, probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None,
+               log2_prob: np.ndarray | None = None) -> None:
+        """`log2_prob` [B, L−1] (optional): log2 p of each target step's whole drum vector, from a
+        model whose drums are not independent (joint/autoregressive heads); the NLL then sums it
+        instead of the per-drum formula, which only holds for independent predictions."""
         p = np.clip(np.asarray(probs, np.float64)[:, :-1], PROB_FLOOR, 1.0 - PROB_FLOOR)
         y = np.asarray(steps)[:, 1:] > 0
         m = np.ones(y.shape[:2], bool) if mask is None else np.asarray(mask, bool)[:, 1:]
         p, y = p[m], y[m]                                   # [N, D]
-        self.nll_bits -= float(np.where(y, np.log2(p), np.log2(1.0 - p)).sum())
+        if log2_prob is None:
+            self.nll_bits -= float(np.where(y, np.log2(p), np.log2(1.0 - p)).sum())
+        else:
+            self.nll_bits -= float(np.asarray(log2_prob, np.float64)[m].sum())
         self.steps += int(p.shape[0])
         bins = np.minimum((p * self.num_bins).astype(np.int64), self.num_bins - 1)
         for d in range(self.num_drums):

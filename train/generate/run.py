@@ -67,7 +67,7 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int) -> t
 @torch.no_grad()
 def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.ndarray | None = None,
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
-           batch_size: int = 64) -> np.ndarray:
+           batch_size: int = 64, top_k: int | None = None) -> np.ndarray:
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
@@ -79,7 +79,7 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         start = torch.zeros(n, t0, num_drums)
         if t0:
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
-        seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b)
+        seq = model.generate(start, length, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + b)
         out.append((seq.detach().cpu().numpy() > 0).astype(np.uint8))
     return np.concatenate(out) if out else np.zeros((0, t0 + length, num_drums), np.uint8)
 
@@ -119,7 +119,7 @@ def run(cfg: DictConfig) -> dict:
         prime = prime[: int(g.prime_bars) * spb]
     bpm = float(g.bpm or prime_bpm or 120.0)
     rolls = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
-                   temperature=float(g.temperature), top_p=g.top_p, seed=int(g.seed))
+                   temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed))
 
     out_dir = Path(g.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

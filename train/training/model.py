@@ -12,12 +12,15 @@ k = 1..K, all ≤ t, so it keeps this causality.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from train.training.heads import OUTPUTS, IndependentHead, StepHead, make_head, sample_bernoulli
 
 RNN_TYPES = ("gru", "lstm")
 DEFAULT_LOSS_WEIGHTS = {"step": 1.0, "bar": 0.5, "phrase": 0.25}
@@ -177,17 +180,22 @@ class HierarchicalDrumModel(nn.Module):
     """Next-step drum hits from a step level, a bar level and a phrase level.
 
     forward(step [B, L, D], bar=None, phrase=None, mask=None, start=None) returns
-    `step_logits` [B, L, D] (logits of step t+1's hits), `bar_preds` [B, nb, D] (logits of bar
-    k+1's mean pattern), `phrase_preds` [B, nph, D] (same for phrases); the last two are None for
-    a flat model (`hierarchy=False`). `bar`/`phrase` are accepted for the dataset's batch layout
-    but ignored: the model pools its own bars from `step` so no future can leak in.
+    `step_logits` [B, L, P] (the output head's parameters for step t+1's drum vector: D logits
+    for output="independent", 2^D for "joint", D + head_hidden_dim for "autoregressive"; see
+    train/training/heads.py), `bar_preds` [B, nb, D] (logits of bar k+1's mean pattern),
+    `phrase_preds` [B, nph, D] (same for phrases); the last two are None for a flat model
+    (`hierarchy=False`). With return_hidden=True a fourth item is z [B, L, H], the step-level
+    state the head reads (for further per-step heads). `bar`/`phrase` are accepted for the
+    dataset's batch layout but ignored: the model pools its own bars from `step` so no future can
+    leak in.
     """
 
     def __init__(self, num_drums: int, step_hidden_dim: int = 128, bar_hidden_dim: int = 128,
                  phrase_hidden_dim: int = 128, num_layers: int = 2, dropout: float = 0.1,
                  use_transformer: bool = False, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
-                 max_context: int = 512, lookback_bars: int = 0):
+                 max_context: int = 512, lookback_bars: int = 0, output: str = "independent",
+                 head_hidden_dim: int = 64):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -195,7 +203,8 @@ class HierarchicalDrumModel(nn.Module):
                             use_transformer=bool(use_transformer), steps_per_bar=int(steps_per_bar),
                             bars_per_phrase=int(bars_per_phrase), rnn_type=str(rnn_type),
                             nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context),
-                            lookback_bars=int(lookback_bars))
+                            lookback_bars=int(lookback_bars), output=str(output),
+                            head_hidden_dim=int(head_hidden_dim))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
@@ -209,8 +218,10 @@ class HierarchicalDrumModel(nn.Module):
         self.out_pos = nn.Embedding(steps_per_bar, H)   # phase of the step predicted
         self.drop = nn.Dropout(dropout)
         self.step_rnn = self._level(H)
+        # the step distribution: output_layer gives the head's parameters (heads.py)
+        self.head: StepHead = make_head(output, D, head_hidden_dim)
         self.output_layer = nn.Sequential(nn.LayerNorm(H), nn.Linear(H, H), nn.GELU(),
-                                          nn.Dropout(dropout), nn.Linear(H, D))
+                                          nn.Dropout(dropout), nn.Linear(H, self.head.num_params))
         if self.hierarchy:
             # pooled step states + the bar's mean pattern -> one bar-level input
             self.step_to_bar = nn.Linear(H + D, Hb)
@@ -239,6 +250,8 @@ class HierarchicalDrumModel(nn.Module):
                 raise ValueError(f"max_context must be ≥ 1, got {c['max_context']}")
         elif c["rnn_type"] not in RNN_TYPES:
             raise ValueError(f"rnn_type must be one of {RNN_TYPES}, got {c['rnn_type']!r}")
+        if c["output"] not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {c['output']!r}")
 
     @property
     def config(self) -> dict:
@@ -257,7 +270,13 @@ class HierarchicalDrumModel(nn.Module):
 
     # ---- full forward pass (training)
     def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
-                mask: Tensor | None = None, start: Tensor | None = None):
+                mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False):
+        z, bar_preds, phrase_preds = self.features(step, start)
+        out = (self.output_layer(self.drop(z)), bar_preds, phrase_preds)
+        return out + (z,) if return_hidden else out
+
+    def features(self, step: Tensor, start: Tensor | None = None):
+        """(z [B, L, H], bar_preds, phrase_preds): the step-level state before the output head."""
         if step.dim() != 3 or step.shape[-1] != self.num_drums:
             raise ValueError(f"step must be [B, L, {self.num_drums}], got {tuple(step.shape)}")
         B, L, D = step.shape
@@ -271,7 +290,7 @@ class HierarchicalDrumModel(nn.Module):
         h = self.step_rnn(self.drop(x))                                        # [B, L, H]
         z = h + self.out_pos((phase + 1) % spb)
         if not self.hierarchy:
-            return self.output_layer(self.drop(z)), None, None
+            return z, None, None
 
         nb = L // spb
         bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2),
@@ -287,7 +306,7 @@ class HierarchicalDrumModel(nn.Module):
         phrases = torch.cat([self.phrase_start.expand(B, 1, -1), phrase_h], 1)
         z = (z + self.bar_to_step(bars[:, (t + 1) // spb])
              + self.phrase_to_step(phrases[:, (t + 1) // (spb * bpp)]))
-        return self.output_layer(self.drop(z)), self.bar_head(bar_h), self.phrase_head(phrase_h)
+        return z, self.bar_head(bar_h), self.phrase_head(phrase_h)
 
     # ---- incremental path (generation)
     def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0) -> GenerationState:
@@ -309,9 +328,10 @@ class HierarchicalDrumModel(nn.Module):
             state.phrase_ctx = self.phrase_to_step(self.phrase_start).expand(batch_size, H)
         return state
 
-    def step(self, x: Tensor, state: GenerationState) -> Tensor:
-        """Consume step `state.t` (x [B, D]) and return the logits of step t+1 [B, D]; equals
-        forward(...)[0][:, t] on the same prefix (see tests/test_model.py)."""
+    def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False):
+        """Consume step `state.t` (x [B, D]) and return the head parameters of step t+1 [B, P]
+        (and z [B, H] with return_hidden); equals forward(...)[0][:, t] on the same prefix (see
+        tests/test_model.py)."""
         spb = self.steps_per_bar
         phase = (state.start + state.t) % spb
         inp = self.input(x) + self.in_pos(phase)
@@ -324,7 +344,8 @@ class HierarchicalDrumModel(nn.Module):
                 self._advance_bars(h, x, state)
             z = z + state.bar_ctx + state.phrase_ctx
         state.t += 1
-        return self.output_layer(self.drop(z))
+        out = self.output_layer(self.drop(z))
+        return (out, z) if return_hidden else out
 
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
         """`lookback_features` of step t = state.t from the ring of the last K·spb inputs
@@ -368,13 +389,15 @@ class HierarchicalDrumModel(nn.Module):
     @torch.no_grad()
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
-                 start: Tensor | int = 0) -> Tensor:
+                 start: Tensor | int = 0, top_k: int | None = None) -> Tensor:
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
         `step` per generated step: RNN states / a ring KV cache are carried, bars and phrases
         are pooled as they complete. `start` ([B] or int) is the absolute position of the prime's
-        first step, as in forward (sets the bar phase). Deterministic for a given `seed`."""
+        first step, as in forward (sets the bar phase). Each step's drum vector is drawn from the
+        output head's joint distribution with temperature / top_k / top_p (heads.decode_joint).
+        Deterministic for a given `seed`."""
         was_training = self.training
         self.eval()
         try:
@@ -390,7 +413,7 @@ class HierarchicalDrumModel(nn.Module):
             for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
                 logits = self.step(x, state)
             for i in range(length):
-                out[:, T0 + i] = sample_hits(logits, temperature, top_p, gen)
+                out[:, T0 + i] = self.head.sample(logits, gen, temperature, top_k, top_p)
                 if i + 1 < length:
                     logits = self.step(out[:, T0 + i], state)
             return out[0] if unbatched else out
@@ -412,26 +435,33 @@ class HierarchicalDrumModel(nn.Module):
 
     def compute_loss(self, preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
                      level_loss: str = "mse"):
-        """`compute_loss` with this model's bar/phrase grid."""
-        return compute_loss(preds, batch, weights, level_loss=level_loss,
-                            steps_per_bar=self.steps_per_bar, bars_per_phrase=self.bars_per_phrase)
+        """`compute_loss` with this model's bar/phrase grid and output head."""
+        return compute_loss(preds, batch, weights, level_loss=level_loss, steps_per_bar=self.steps_per_bar,
+                            bars_per_phrase=self.bars_per_phrase, head=self.head)
+
+    # ---- scoring (evaluate, rewards): the one place that turns head parameters into numbers
+    def step_marginals(self, step_logits: Tensor) -> Tensor:
+        """p(drum d hits at step t+1) [..., D] from forward's step output [..., P]."""
+        return self.head.marginals(step_logits)
+
+    def step_log_prob(self, step: Tensor, mask: Tensor | None = None, start: Tensor | None = None,
+                      step_logits: Tensor | None = None) -> Tensor:
+        """log2 p(step[:, t+1] | step[:, :t+1]) [B, L−1] in bits: the whole drum vector's
+        probability (the loss definition for every output head); a forward pass unless
+        `step_logits` (forward's first output on `step`) is given. Rows where mask[:, t+1] is False
+        are padding (still computed; callers mask them)."""
+        if step_logits is None:
+            step_logits = self(step, mask=mask, start=start)[0]
+        return self.head.log_prob(step_logits[:, :-1], step[:, 1:]) / math.log(2.0)
 
 
 # --------------------------------------------------------------------------- sampling and loss
 def sample_hits(logits: Tensor, temperature: float = 1.0, top_p: float | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-    """Binary hits from independent Bernoullis p = sigmoid(logits / temperature).
-
-    temperature ≤ 0 is greedy (p > 0.5). top_p is nucleus sampling per drum over its two outcomes
-    {hit, rest}: where the likelier outcome alone has probability ≥ top_p it is taken, else both
-    stay and the drum is sampled as usual."""
-    if temperature <= 0:
-        return (logits > 0).to(logits.dtype)
-    p = torch.sigmoid(logits / temperature)
-    if top_p is not None:
-        p = torch.where(torch.maximum(p, 1 - p) >= top_p, (p >= 0.5).to(p.dtype), p)
-    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-    return (u < p).to(p.dtype)
+    """Per-drum Bernoulli sampling of independent logits (`heads.sample_bernoulli`): p = σ(logit / T),
+    T ≤ 0 greedy; top_p per drum over its two outcomes. Decoding over the joint step event is
+    `model.head.sample` (what `generate` uses)."""
+    return sample_bernoulli(logits, temperature, generator, top_p)
 
 
 def _level_targets(step: Tensor, mask: Tensor | None, size: int, count: int) -> tuple[Tensor, Tensor]:
@@ -451,13 +481,17 @@ def _masked_mean(per_item: Tensor, valid: Tensor) -> Tensor:
 
 
 def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
-                 *, level_loss: str = "mse", steps_per_bar: int = 16, bars_per_phrase: int = 4):
+                 *, level_loss: str = "mse", steps_per_bar: int = 16, bars_per_phrase: int = 4,
+                 head: StepHead | None = None):
     """Weighted sum of the three levels' next-item losses; returns (total, {"step", "bar", "phrase"}).
 
-    preds = (step_logits [B, L, D], bar_preds [B, nb, D] | None, phrase_preds [B, nph, D] | None),
-    batch = {"step" [B, L, D], "mask" [B, L] (optional)}; hits y = step > 0, m = mask.
+    preds = (step_logits [B, L, P], bar_preds [B, nb, D] | None, phrase_preds [B, nph, D] | None),
+    batch = {"step" [B, L, D], "mask" [B, L] (optional)}; hits y = step > 0, m = mask; `head`
+    (heads.py; None = independent Bernoullis, step_logits [B, L, D]) gives p(y | step_logits).
 
-    step   = Σ_{b, t<L−1, d} m[b,t+1] · BCE(σ(step_logits[b,t,d]), y[b,t+1,d]) / (D · Σ m[b,t+1])
+    step   = −Σ_{b, t<L−1} m[b,t+1] · log2 p(y[b,t+1] | step_logits[b,t]) / Σ m[b,t+1]
+             (NLL of the whole drum vector in bits per step, the same for every output head;
+             for independent logits it is Σ_d BCE_d / ln 2)
     bar    = mean over real bars k ≥ 1 of ℓ(bar_preds[b,k−1], ȳ_k),  ȳ_k = mean of y over bar k
     phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each)
     ℓ = mean_d (σ(p) − ȳ)² for level_loss="mse" (reaches 0), or BCE-with-logits against the
@@ -472,10 +506,10 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
     weights = {**DEFAULT_LOSS_WEIGHTS, **dict(weights or {})}
     step_logits, bar_preds, phrase_preds = preds
     step, mask = batch["step"], batch.get("mask")
-    target = (step[:, 1:] > 0).to(step_logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(step_logits[:, :-1], target, reduction="none").mean(-1)
-    valid = mask[:, 1:] if mask is not None else torch.ones_like(bce, dtype=torch.bool)
-    terms = {"step": _masked_mean(bce, valid)}
+    head = IndependentHead(step.shape[-1]) if head is None else head
+    nll = -head.log_prob(step_logits[:, :-1], step[:, 1:]) / math.log(2.0)      # bits [B, L−1]
+    valid = mask[:, 1:] if mask is not None else torch.ones_like(nll, dtype=torch.bool)
+    terms = {"step": _masked_mean(nll, valid)}
 
     for name, preds_k, size in (("bar", bar_preds, steps_per_bar),
                                 ("phrase", phrase_preds, steps_per_bar * bars_per_phrase)):

@@ -380,7 +380,7 @@ def train_step(p: Parts, batches, micro: int, clip: float, d: Dist) -> tuple[dic
 def shape_rewards(p: Parts, loss, terms: dict, step_logits, batch: dict, step_logs: dict):
     """Add the weighted reward loss (`rl` term) to the model's; its reward logs go into step_logs."""
     shaper = p.shaper
-    rl_loss, rl_logs = (shaper.surrogate(step_logits, batch) if shaper.mode == "surrogate"
+    rl_loss, rl_logs = (shaper.surrogate(step_logits, batch, p.raw_model) if shaper.mode == "surrogate"
                         else shaper.reinforce(p.raw_model, batch))
     step_logs.update(rl_logs)
     return loss + shaper.weight * rl_loss, {**terms, "rl": rl_loss}
