@@ -76,7 +76,7 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
                                      beats_per_bar=bpb, ngram_n=p.ngram_n,
                                      fast_threshold=p.fast_threshold,
                                      dense_threshold=p.dense_threshold, num_bars=p.num_bars,
-                                     ioi_bins=p.steps_per_bar)
+                                     ioi_bins=p.steps_per_bar, bars_per_phrase=p.bars_per_phrase)
     song = kernels.song_metrics(roll, steps_per_bar=spb, bars_per_phrase=p.bars_per_phrase,
                                 ngram_n=p.ngram_n)
     phrase_len = spb * p.bars_per_phrase

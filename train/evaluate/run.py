@@ -128,9 +128,9 @@ def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray) -
     log2 p of each next step's whole drum vector [B, L−1]): the model's own whole-vector NLL,
     right for joint and autoregressive output heads too."""
     x = torch.as_tensor(steps, dtype=torch.float32)
-    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start))[0]
-    log2p = model.step_log_prob(x, step_logits=logits)
-    return model.step_marginals(logits).double().numpy(), log2p.double().numpy()
+    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start))[0].double()
+    log2p = model.step_log_prob(x.double(), step_logits=logits)
+    return model.step_marginals(logits).numpy(), log2p.numpy()
 
 
 def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) -> ScoreAccumulator:
@@ -167,6 +167,8 @@ def metric_kwargs(cfg: DictConfig) -> dict:
     kw = {k: v for k, v in metrics_cfg.items() if k in params and k not in ("seq_len", "stride")}
     spb = int(cfg.window.steps_per_bar)
     kw["steps_per_bar"] = spb
+    if "bars_per_phrase" in params:  # the structure metrics' phrase (fill placement)
+        kw["bars_per_phrase"] = int(cfg.window.bars_per_phrase)
     if "num_bars" in params:  # fixes bar_hits' width, so a short real window stacks with the rest
         kw["num_bars"] = int(cfg.window.seq_len) // spb
     return kw

@@ -172,16 +172,18 @@ class AutoregressiveHead(StepHead):
         self.V = nn.Parameter(torch.randn(self.num_drums, self.hidden_dim) * scale)   # x_i -> hidden
         self.W = nn.Parameter(torch.randn(self.num_drums, self.hidden_dim) * scale)   # hidden -> x_d
 
-    def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        return params[..., :self.num_drums], params[..., self.num_drums:]
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(b, c, V, W), V and W in the dtype of params (evaluate scores float32 models in float64)."""
+        return (params[..., :self.num_drums], params[..., self.num_drums:], self.V.to(params.dtype),
+                self.W.to(params.dtype))
 
     def conditional_logits(self, params: Tensor, x: Tensor) -> Tensor:
         """logit of p(x_d = 1 | x_<d) for every d [..., D], teacher-forced with x [..., D]."""
-        b, c = self._split(params)
-        contrib = (x > 0).to(params.dtype)[..., None] * self.V                 # [..., D, Hn]
+        b, c, V, W = self._split(params)
+        contrib = (x > 0).to(params.dtype)[..., None] * V                      # [..., D, Hn]
         before = contrib.cumsum(-2) - contrib                                  # Σ_{i<d}
         h = torch.sigmoid(c[..., None, :] + before)
-        return b + (h * self.W).sum(-1)
+        return b + (h * W).sum(-1)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         logits = self.conditional_logits(params, x)
@@ -191,15 +193,15 @@ class AutoregressiveHead(StepHead):
         """Every vector's log p by walking the binary tree drum by drum: the 2^d prefixes of depth d
         share their hidden sums, so the cost is ~2^D·Hn per position, not 2^D·D·Hn."""
         self._enumerable("joint_log_probs")
-        b, c = self._split(params)
+        b, c, V, W = self._split(params)
         shape = params.shape[:-1]
         b, a = b.reshape(-1, self.num_drums), c.reshape(-1, 1, self.hidden_dim)
         logp = params.new_zeros(a.shape[0], 1)
         for d in range(self.num_drums):
-            logit = b[:, d:d + 1] + torch.sigmoid(a) @ self.W[d]               # [N, 2^d]
+            logit = b[:, d:d + 1] + torch.sigmoid(a) @ W[d]                    # [N, 2^d]
             logp = torch.cat([logp + F.logsigmoid(-logit), logp + F.logsigmoid(logit)], 1)
             if d + 1 < self.num_drums:                                        # bit d: index + 2^d
-                a = torch.cat([a, a + self.V[d]], 1)
+                a = torch.cat([a, a + V[d]], 1)
         return logp.reshape(*shape, 2 ** self.num_drums)
 
     def sample(self, params, generator=None, temperature=1.0, top_k=None, top_p=None):
@@ -212,12 +214,12 @@ class AutoregressiveHead(StepHead):
 
     def _ancestral(self, params: Tensor, generator, temperature: float) -> Tensor:
         """Drum by drum; temperature (D > ENUM_MAX_DRUMS only) then applies to each conditional."""
-        b, a = self._split(params)
+        b, a, V, W = self._split(params)
         x = params.new_zeros(params.shape[0], self.num_drums)
         for d in range(self.num_drums):
-            logit = b[:, d] + torch.sigmoid(a) @ self.W[d]
+            logit = b[:, d] + torch.sigmoid(a) @ W[d]
             x[:, d] = sample_bernoulli(logit, temperature, generator)
-            a = a + x[:, d:d + 1] * self.V[d]
+            a = a + x[:, d:d + 1] * V[d]
         return x
 
 
