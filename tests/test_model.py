@@ -244,6 +244,17 @@ def test_hydra_model_configs_build(name):
     assert m.use_transformer == (name == "transformer") and not m.hierarchy
 
 
+def test_drums_rnn_config_is_the_peer_baseline():
+    """model=drums_rnn: 3-layer LSTM of 256, joint 512-way output, no lookback, no hierarchy."""
+    cfg = compose(["model=drums_rnn"])
+    m = HierarchicalDrumModel.from_config({**OmegaConf.to_container(cfg.model, resolve=True), "num_drums": 9})
+    assert m.step_rnn.rnn.num_layers == 3 and m.step_rnn.rnn.hidden_size == 256
+    assert isinstance(m.step_rnn.rnn, torch.nn.LSTM) and not m.hierarchy and m.lookback_bars == 0
+    assert m.head.output == "joint" and m.output_layer[-1].out_features == 512
+    x = rolls(1, 20, 3)[..., :1].expand(1, 20, 9).float().contiguous()
+    assert m(x)[0].shape == (1, 20, 512)
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="rnn_type"):
         HierarchicalDrumModel(9, rnn_type="rnn")
