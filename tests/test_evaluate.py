@@ -134,6 +134,13 @@ def test_joint_heads_are_scored_by_their_whole_vector_nll(tmp_path, output):
     assert abs(per_drum.sum(-1)[val.mask[:, 1:]].mean() - want) > 1e-3   # not the independent formula
 
 
+def test_a_stride_off_the_bar_lines_is_a_config_error(tiny, tmp_path):
+    from train.training.optim import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.stride=24 is not a whole number of bars"):
+        evaluate(_cfg(*tiny, tmp_path, "evaluate.stride=24"))
+
+
 def test_windows_follow_the_metrics_stage_rule(tiny):
     assert window_starts(0, 64, 16) == [] and window_starts(40, 64, 16) == [0]
     assert window_starts(128, 64, 16) == [0, 16, 32, 48, 64] and window_starts(130, 64, 64) == [0, 64]

@@ -35,6 +35,7 @@ from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
 from train.generate.run import sample
 from train.training.checkpoint import load_for_inference
+from train.training.optim import ConfigError
 from train.evaluate.scores import ScoreAccumulator, compare_sets
 
 MODEL_ROW = "model"
@@ -214,6 +215,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     ecfg = cfg.evaluate
     seq_len, spb = int(cfg.window.seq_len), int(cfg.window.steps_per_bar)
+    if int(ecfg.stride) % spb:
+        raise ConfigError(f"evaluate.stride={ecfg.stride} is not a whole number of bars of window.steps_per_bar="
+                          f"{spb}: scored windows must start on bar lines, as the training windows do")
     model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
     for key in ("steps_per_bar", "bars_per_phrase"):   # score on the grid the model was trained on
         if key in model.config and int(model.config[key]) != int(cfg.window[key]):
@@ -359,7 +363,8 @@ def _img(pictures: dict, key: str, out_dir: Path) -> str:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError):
+    with pipeline.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError), \
+            pipeline.config.exit_on("evaluate", ConfigError, code=2):
         result = evaluate(cfg)
     out = Path(cfg.evaluate.out_dir)
     for name, r in result["scores"].items():

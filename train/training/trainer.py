@@ -65,6 +65,10 @@ def validate_config(cfg: DictConfig) -> None:
     need(int(tc.seq_len) == int(cfg.window.seq_len),
          f"trainer.seq_len={tc.seq_len} differs from window.seq_len={cfg.window.seq_len}: the "
          "training windows are the windows whose metrics were precomputed; set window.seq_len")
+    need(int(cfg.window.stride) % int(cfg.window.steps_per_bar) == 0,
+         f"window.stride={cfg.window.stride} is not a whole number of bars of window.steps_per_bar="
+         f"{cfg.window.steps_per_bar}: windows must start on bar lines, so that the model's bars and "
+         "phrases are the song's")
     need(int(tc.save_top_k) >= -1, f"trainer.save_top_k={tc.save_top_k}: -1 (all), 0 (none) or k ≥ 1")
     need(int(tc.log_interval) >= 1, f"trainer.log_interval={tc.log_interval}: must be ≥ 1")
     need(int(tc.check_val_every_n_epoch) >= 1,
