@@ -136,6 +136,23 @@ def test_incremental_step_equals_full_forward_for_joint_heads(backend, output):
     torch.testing.assert_close(torch.stack(hid, 1), z, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_bar_in_phrase_position_is_song_aligned_and_incremental(backend):
+    """phrase_position: the step read and the step predicted know their bar in the song's phrase
+    (absolute position from `start`); one phrase later everything is the same, one bar later not."""
+    m = tiny(backend, phrase_position=True, lookback_bars=1, **({"max_context": 6} if backend == "transformer" else {}))
+    L = 2 * SPB * BPP + 3
+    x, start = rolls(2, L, 13), torch.tensor([SPB, 3 * SPB + 1])
+    full = m(x, start=start)[0]
+    state = m.init_state(2, start=start)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    torch.testing.assert_close(m(x, start=start + SPB * BPP)[0], full, rtol=0, atol=1e-12)
+    assert not torch.allclose(m(x, start=start + SPB)[0], full)
+    plain = tiny(backend, lookback_bars=1, **({"max_context": 6} if backend == "transformer" else {}))
+    torch.testing.assert_close(plain(x, start=start + SPB)[0], plain(x, start=start)[0], rtol=0, atol=1e-12)
+
+
 def test_lookback_features_read_one_and_two_bars_back():
     x = rolls(2, 3 * SPB + 1, 4)
     x[:, 2 * SPB] = x[:, SPB]                      # step 2·spb repeats one bar ago

@@ -195,7 +195,7 @@ class HierarchicalDrumModel(nn.Module):
                  use_transformer: bool = False, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
                  max_context: int = 512, lookback_bars: int = 0, output: str = "independent",
-                 head_hidden_dim: int = 64):
+                 head_hidden_dim: int = 64, phrase_position: bool = False):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -204,7 +204,7 @@ class HierarchicalDrumModel(nn.Module):
                             bars_per_phrase=int(bars_per_phrase), rnn_type=str(rnn_type),
                             nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context),
                             lookback_bars=int(lookback_bars), output=str(output),
-                            head_hidden_dim=int(head_hidden_dim))
+                            head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
@@ -216,6 +216,10 @@ class HierarchicalDrumModel(nn.Module):
             self.lookback = nn.Linear(self.lookback_bars * (D + 1), H)
         self.in_pos = nn.Embedding(steps_per_bar, H)    # phase of the step read
         self.out_pos = nn.Embedding(steps_per_bar, H)   # phase of the step predicted
+        self.phrase_position = bool(phrase_position)
+        if self.phrase_position:    # bar in phrase on the song's grid: when a fill or crash is due
+            self.in_bar_pos = nn.Embedding(bars_per_phrase, H)
+            self.out_bar_pos = nn.Embedding(bars_per_phrase, H)
         self.drop = nn.Dropout(dropout)
         self.step_rnn = self._level(H)
         # the step distribution: output_layer gives the head's parameters (heads.py)
@@ -285,10 +289,16 @@ class HierarchicalDrumModel(nn.Module):
         start = step.new_zeros(B, dtype=torch.long) if start is None else start.to(step.device).long()
         phase = (start[:, None] + t) % spb                                    # [B, L]
         x = self.input(step) + self.in_pos(phase)
+        if self.phrase_position:
+            pos = start[:, None] + t                                           # absolute step
+            x = x + self.in_bar_pos((pos // spb) % bpp)
+            out_bar = self.out_bar_pos(((pos + 1) // spb) % bpp)
         if self.lookback_bars:
             x = x + self.lookback(lookback_features(step, spb, self.lookback_bars))
         h = self.step_rnn(self.drop(x))                                        # [B, L, H]
         z = h + self.out_pos((phase + 1) % spb)
+        if self.phrase_position:
+            z = z + out_bar
         if not self.hierarchy:
             return z, None, None
 
@@ -335,10 +345,15 @@ class HierarchicalDrumModel(nn.Module):
         spb = self.steps_per_bar
         phase = (state.start + state.t) % spb
         inp = self.input(x) + self.in_pos(phase)
+        pos = state.start + state.t                                             # absolute step
+        if self.phrase_position:
+            inp = inp + self.in_bar_pos((pos // spb) % self.bars_per_phrase)
         if self.lookback_bars:
             inp = inp + self.lookback(self._lookback_step(x, state))
         h, state.step = self.step_rnn.step(self.drop(inp), state.step)
         z = h + self.out_pos((phase + 1) % spb)
+        if self.phrase_position:
+            z = z + self.out_bar_pos(((pos + 1) // spb) % self.bars_per_phrase)
         if self.hierarchy:
             if state.t >= 0:
                 self._advance_bars(h, x, state)
