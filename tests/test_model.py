@@ -153,6 +153,63 @@ def test_bar_in_phrase_position_is_song_aligned_and_incremental(backend):
     torch.testing.assert_close(plain(x, start=start + SPB)[0], plain(x, start=start)[0], rtol=0, atol=1e-12)
 
 
+# ----------------------------------------------------------------------------- song's phrase grid
+def song_grid(backend: str, **kw) -> HierarchicalDrumModel:
+    return tiny(backend, song_phrases=True, phrase_position=True, lookback_bars=1,
+                **({"max_context": 6} if backend == "transformer" else {}), **kw)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_song_phrases_are_causal_and_incremental(backend):
+    m = song_grid(backend, output="joint")
+    L = 3 * SPB * BPP + 1
+    x = rolls(2, L, 21)
+    start = torch.tensor([SPB, 3 * SPB])                 # one bar into a phrase (off = 1) for both rows
+    full, bars, phrases = m(x, start=start)
+    assert phrases.shape[1] == (L // SPB + 1) // BPP     # a partial first phrase, then whole ones
+    state = m.init_state(2, start=start)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    g = torch.Generator().manual_seed(2)
+    for t in range(0, L - 1, 3):
+        y = x.clone()
+        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+        out = m(y, start=start)
+        torch.testing.assert_close(out[0][:, :t + 1], full[:, :t + 1], rtol=0, atol=1e-12)
+        slots = ((t + 1) // SPB + 1) // BPP             # phrase slots complete through step t (off = 1)
+        torch.testing.assert_close(out[2][:, :slots], phrases[:, :slots], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="share their phrase"):
+        m.init_state(2, start=torch.tensor([0, SPB]))
+
+
+def test_phrase_context_arrives_at_the_songs_phrase_ends():
+    """A window starting one bar into a phrase: its first phrase context arrives after one bar
+    (the song's phrase ends there), not after bpp bars as when phrases count from the window."""
+    x = rolls(1, 3 * SPB, 3)
+    for song_phrases, first in ((True, SPB - 1), (False, SPB * BPP - 1)):
+        m = tiny("gru", song_phrases=song_phrases)
+        before = m(x, start=torch.tensor([SPB]))[0]
+        with torch.no_grad():
+            m.bar_to_phrase.bias.add_(1.0)               # changes every phrase's state, nothing else
+        changed = ~torch.isclose(m(x, start=torch.tensor([SPB]))[0], before).all(-1)[0]
+        assert changed.tolist() == [False] * first + [True] * (3 * SPB - first)
+
+
+def test_phrase_targets_follow_the_song_grid():
+    B, L = 2, 3 * SPB * BPP
+    step = rolls(B, L, 8)
+    preds = (torch.zeros(B, L, D, dtype=torch.float64), None, torch.zeros(B, 3, D, dtype=torch.float64))
+    off = torch.tensor([1, 0])
+    _, terms = compute_loss(preds, {"step": step}, {"phrase": 1.0}, steps_per_bar=SPB, bars_per_phrase=BPP,
+                            phrase_offset=off)
+    hits = (step > 0).double()
+    err = []                           # targets of preds 0, 1: slots 1, 2; row 0 (off 1) from bars 1, 3
+    for b, slots in ((0, [(1 * SPB, 3 * SPB), (3 * SPB, 5 * SPB)]), (1, [(2 * SPB, 4 * SPB), (4 * SPB, 6 * SPB)])):
+        for a, e in slots:
+            err.append((0.5 - hits[b, a:e].mean(0)).pow(2).mean())
+    torch.testing.assert_close(terms["phrase"], torch.stack(err).mean())
+
+
 def test_lookback_features_read_one_and_two_bars_back():
     x = rolls(2, 3 * SPB + 1, 4)
     x[:, 2 * SPB] = x[:, SPB]                      # step 2·spb repeats one bar ago

@@ -150,10 +150,29 @@ class GenerationState:
     bar_sum_x: Tensor | None = None
     phrase_sum_h: Tensor | None = None   # ... over the phrase in progress
     phrase_sum_x: Tensor | None = None
-    bars_done: int = 0
+    bars_done: int = 0     # complete bars, counted from the first bar of the phrase holding step 0
+    phrase_bars: int = 0   # bars pooled into the phrase in progress
     bar_ctx: Tensor | None = None        # [B, H] projected state of the last complete bar
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
+
+
+# --------------------------------------------------------------------------- phrase pooling
+def pool_phrases(bars: Tensor, offset: Tensor, bars_per_phrase: int) -> Tensor:
+    """Phrase inputs [B, P, F]: the mean of `bars` [B, nb, F] over each phrase slot of the grid
+    that puts offset[b] bars of the first phrase before the window (window bar k is slot bar
+    k + offset). Slot 0 is a partial phrase when offset > 0 (its bars in the window only); a slot
+    past the window's end is partial too and is never read before it completes (causality).
+    P = (nb + max offset) // bpp; with offset 0, the nb // bpp complete phrases."""
+    B, nb, F = bars.shape
+    P = (nb + int(offset.max())) // bars_per_phrase if B else 0
+    if P == 0:
+        return bars.new_zeros(B, 0, F)
+    k = torch.arange(P * bars_per_phrase, device=bars.device)[None] - offset[:, None]   # [B, P·bpp]
+    valid = (k >= 0) & (k < nb)
+    picked = bars.gather(1, k.clamp(0, nb - 1)[..., None].expand(-1, -1, F)) * valid[..., None]
+    count = valid.reshape(B, P, bars_per_phrase).sum(2, keepdim=True).clamp(min=1)
+    return picked.reshape(B, P, bars_per_phrase, F).sum(2) / count
 
 
 # --------------------------------------------------------------------------- lookback input
@@ -195,7 +214,7 @@ class HierarchicalDrumModel(nn.Module):
                  use_transformer: bool = False, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
                  max_context: int = 512, lookback_bars: int = 0, output: str = "independent",
-                 head_hidden_dim: int = 64, phrase_position: bool = False):
+                 head_hidden_dim: int = 64, phrase_position: bool = False, song_phrases: bool = False):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -204,7 +223,8 @@ class HierarchicalDrumModel(nn.Module):
                             bars_per_phrase=int(bars_per_phrase), rnn_type=str(rnn_type),
                             nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context),
                             lookback_bars=int(lookback_bars), output=str(output),
-                            head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position))
+                            head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position),
+                            song_phrases=bool(song_phrases))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
@@ -217,6 +237,7 @@ class HierarchicalDrumModel(nn.Module):
         self.in_pos = nn.Embedding(steps_per_bar, H)    # phase of the step read
         self.out_pos = nn.Embedding(steps_per_bar, H)   # phase of the step predicted
         self.phrase_position = bool(phrase_position)
+        self.song_phrases = bool(song_phrases)     # phrases on the song's grid, not the window's
         if self.phrase_position:    # bar in phrase on the song's grid: when a fill or crash is due
             self.in_bar_pos = nn.Embedding(bars_per_phrase, H)
             self.out_bar_pos = nn.Embedding(bars_per_phrase, H)
@@ -303,20 +324,29 @@ class HierarchicalDrumModel(nn.Module):
             return z, None, None
 
         nb = L // spb
-        bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2),
-                            step[:, :nb * spb].reshape(B, nb, spb, D).mean(2)], -1)
+        bar_x = step[:, :nb * spb].reshape(B, nb, spb, D).mean(2)
+        bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2), bar_x], -1)
         bar_h = _run(self.bar_rnn, self.drop(self.step_to_bar(bar_in)))      # [B, nb, Hb]
-        nph = nb // bpp
-        phrase_in = torch.cat([bar_h[:, :nph * bpp].reshape(B, nph, bpp, bar_h.shape[-1]).mean(2),
-                               step[:, :nph * bpp * spb].reshape(B, nph, bpp * spb, D).mean(2)], -1)
-        phrase_h = _run(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)))  # [B, nph, Hp]
+        off = self.phrase_offset(start)                                        # [B]
+        phrase_in = pool_phrases(torch.cat([bar_h, bar_x], -1), off, bpp)    # [B, P, Hb + D]
+        phrase_h = _run(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)))  # [B, P, Hp]
 
-        # step t may use bar k only once bar k is complete: k < (t+1) // spb; row 0 = "none yet"
+        # step t may use bar k only once bar k is complete: k < (t+1) // spb; row 0 = "none yet";
+        # phrase slots likewise, counted on the phrase grid (off bars before the window's first)
         bars = torch.cat([self.bar_start.expand(B, 1, -1), bar_h], 1)
         phrases = torch.cat([self.phrase_start.expand(B, 1, -1), phrase_h], 1)
-        z = (z + self.bar_to_step(bars[:, (t + 1) // spb])
-             + self.phrase_to_step(phrases[:, (t + 1) // (spb * bpp)]))
+        done = (off[:, None] * spb + t + 1) // (spb * bpp)                    # [B, L]
+        phrase_ctx = phrases.gather(1, done[..., None].expand(-1, -1, phrases.shape[-1]))
+        z = z + self.bar_to_step(bars[:, (t + 1) // spb]) + self.phrase_to_step(phrase_ctx)
         return z, self.bar_head(bar_h), self.phrase_head(phrase_h)
+
+    def phrase_offset(self, start: Tensor | None) -> Tensor:
+        """[B] bars of the song's phrase before the window's first bar: ((start // spb) mod bpp)
+        with song_phrases, else 0 (phrases counted from the window's first bar)."""
+        if start is None or not self.song_phrases:
+            return torch.zeros(1 if start is None else len(start), dtype=torch.long,
+                               device=None if start is None else start.device)
+        return (start.long() // self.steps_per_bar) % self.bars_per_phrase
 
     # ---- incremental path (generation)
     def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0) -> GenerationState:
@@ -336,6 +366,12 @@ class HierarchicalDrumModel(nn.Module):
             state.phrase_sum_x = like.new_zeros(batch_size, D)
             state.bar_ctx = self.bar_to_step(self.bar_start).expand(batch_size, H)
             state.phrase_ctx = self.phrase_to_step(self.phrase_start).expand(batch_size, H)
+            off = self.phrase_offset(start)
+            if bool((off != off[0]).any()):
+                raise ValueError("song_phrases: the rows of one generation batch must share their phrase "
+                                 f"phase, (start // steps_per_bar) mod bars_per_phrase; got {off.tolist()}")
+            state.bars_done = int(off[0])       # bars of the first phrase before step 0
+            state.phrase_bars = 0
         return state
 
     def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False):
@@ -391,11 +427,14 @@ class HierarchicalDrumModel(nn.Module):
         state.phrase_sum_h = state.phrase_sum_h + bar_h
         state.phrase_sum_x = state.phrase_sum_x + state.bar_sum_x
         state.bar_sum_h, state.bar_sum_x = torch.zeros_like(h), torch.zeros_like(x)
-        state.bars_done += 1
+        state.bars_done += 1                 # on the phrase grid (starts at the phrase offset)
+        state.phrase_bars += 1               # bars pooled into this phrase (fewer in a first partial one)
         if state.bars_done % bpp:
             return
-        phrase_in = self.bar_to_phrase(torch.cat([state.phrase_sum_h / bpp,
-                                                  state.phrase_sum_x / (spb * bpp)], -1))
+        n = state.phrase_bars
+        phrase_in = self.bar_to_phrase(torch.cat([state.phrase_sum_h / n,
+                                                  state.phrase_sum_x / (spb * n)], -1))
+        state.phrase_bars = 0
         phrase_h, state.phrase = self.phrase_rnn.step(self.drop(phrase_in), state.phrase)
         state.phrase_ctx = self.phrase_to_step(phrase_h)
         state.phrase_sum_h = torch.zeros_like(state.phrase_sum_h)
@@ -451,8 +490,10 @@ class HierarchicalDrumModel(nn.Module):
     def compute_loss(self, preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
                      level_loss: str = "mse"):
         """`compute_loss` with this model's bar/phrase grid and output head."""
+        start = batch.get("start")
+        offset = self.phrase_offset(start) if self.song_phrases and start is not None else None
         return compute_loss(preds, batch, weights, level_loss=level_loss, steps_per_bar=self.steps_per_bar,
-                            bars_per_phrase=self.bars_per_phrase, head=self.head)
+                            bars_per_phrase=self.bars_per_phrase, head=self.head, phrase_offset=offset)
 
     # ---- scoring (evaluate, rewards): the one place that turns head parameters into numbers
     def step_marginals(self, step_logits: Tensor) -> Tensor:
@@ -490,6 +531,25 @@ def _level_targets(step: Tensor, mask: Tensor | None, size: int, count: int) -> 
     return means, mask[:, size - 1:count * size:size].bool()
 
 
+def _phrase_targets(step: Tensor, mask: Tensor | None, spb: int, bpp: int, count: int,
+                    offset: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`_level_targets` of phrase slots on the grid shifted by `offset` [B] bars (None: 0): slot j
+    holds window steps from (j·bpp − offset)·spb; it counts only when wholly inside the window and
+    real."""
+    B, L, D = step.shape
+    if offset is None or not bool(offset.any()):
+        return _level_targets(step, mask, spb * bpp, count)
+    span = spb * bpp
+    first = (torch.arange(count, device=step.device)[None] * bpp - offset[:, None]) * spb    # [B, count]
+    idx = (first[..., None] + torch.arange(span, device=step.device)).clamp(0, L - 1)       # [B, count, span]
+    hits = (step > 0).to(step.dtype).gather(1, idx.reshape(B, -1)[..., None].expand(-1, -1, D))
+    means = hits.reshape(B, count, span, D).mean(2)
+    real = (first >= 0) & (first + span <= L)
+    if mask is not None:
+        real = real & mask.bool().gather(1, (first + span - 1).clamp(0, L - 1))
+    return means, real
+
+
 def _masked_mean(per_item: Tensor, valid: Tensor) -> Tensor:
     valid = valid.to(per_item.dtype)
     return (per_item * valid).sum() / valid.sum().clamp(min=1)
@@ -497,7 +557,7 @@ def _masked_mean(per_item: Tensor, valid: Tensor) -> Tensor:
 
 def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
                  *, level_loss: str = "mse", steps_per_bar: int = 16, bars_per_phrase: int = 4,
-                 head: StepHead | None = None):
+                 head: StepHead | None = None, phrase_offset: Tensor | None = None):
     """Weighted sum of the three levels' next-item losses; returns (total, {"step", "bar", "phrase"}).
 
     preds = (step_logits [B, L, P], bar_preds [B, nb, D] | None, phrase_preds [B, nph, D] | None),
@@ -508,7 +568,9 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
              (NLL of the whole drum vector in bits per step, the same for every output head;
              for independent logits it is Σ_d BCE_d / ln 2)
     bar    = mean over real bars k ≥ 1 of ℓ(bar_preds[b,k−1], ȳ_k),  ȳ_k = mean of y over bar k
-    phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each)
+    phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each); with
+             `phrase_offset` [B] (song_phrases) phrase slot j covers window steps
+             [(j·bpp − offset)·spb, (j+1)·bpp − offset)·spb), as the model pools them
     ℓ = mean_d (σ(p) − ȳ)² for level_loss="mse" (reaches 0), or BCE-with-logits against the
     soft target ȳ for "bce" (floored at the entropy of ȳ). A level counts only when every step of
     its target bar/phrase is real. total = Σ_k weights[k] · term_k; a zero weight disables a term
@@ -534,7 +596,11 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
         if preds_k.shape[1] < 2:                       # no next bar/phrase to predict
             terms[name] = preds_k.sum() * 0.0          # still in the graph (see below)
             continue
-        means, real = _level_targets(step, mask, size, preds_k.shape[1])
+        if name == "phrase":
+            means, real = _phrase_targets(step, mask, steps_per_bar, bars_per_phrase, preds_k.shape[1],
+                                          phrase_offset)
+        else:
+            means, real = _level_targets(step, mask, size, preds_k.shape[1])
         pred, want = preds_k[:, :-1], means[:, 1:].to(preds_k.dtype)
         if level_loss == "mse":
             per = (torch.sigmoid(pred) - want).pow(2).mean(-1)
