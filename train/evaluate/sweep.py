@@ -38,7 +38,9 @@ def _summary(comparison: dict) -> dict:
     return {"mean_oa": sum(oa.values()) / max(len(oa), 1), "min_oa": min(oa.values(), default=0.0),
             "worst_metric": min(oa, key=oa.get) if oa else None,
             "ngram_unique_ratio": ratio("ngram_unique", lambda g, r: g / r if r else None),
-            "lag1_similarity_diff": ratio("bar_sim_lag1", lambda g, r: g - r), "oa": oa}
+            "lag1_similarity_diff": ratio("bar_sim_lag1", lambda g, r: g - r), "oa": oa,
+            "generated_mean": {k: v["generated_mean"] for k, v in comparison.items()},
+            "real_mean": {k: v["real_mean"] for k, v in comparison.items()}}
 
 
 def sweep(cfg: DictConfig) -> dict:
