@@ -329,6 +329,12 @@ def test_drums_rnn_config_is_the_peer_baseline():
     assert m(x)[0].shape == (1, 20, 512)
 
 
+def test_groove_cpu_experiment_composes():
+    cfg = compose(["+experiment=groove_cpu"])
+    assert cfg.model.output == "joint" and cfg.paths.ready == "data/groove/ready"
+    assert cfg.trainer.limit_train_batches == -1 and cfg.window.stride % cfg.window.steps_per_bar == 0
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="rnn_type"):
         HierarchicalDrumModel(9, rnn_type="rnn")
