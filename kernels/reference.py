@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from fractions import Fraction
 
 import numpy as np
 
-from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, check_bar_capacity, check_beat,
-                          check_expressive, check_positive, check_roll, check_sections,
+from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, STRUCTURE_LAGS, check_bar_capacity,
+                          check_beat, check_expressive, check_positive, check_roll, check_sections,
                           default_dense_threshold, empty_window_outputs, window_grid)
 
 
@@ -80,12 +81,12 @@ def _fraction_dense_bars(seq, steps_per_bar, threshold):
 
 def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4, ngram_n=4,
                    fast_threshold=4, dense_threshold=None, num_bars=None, ioi_bins=None,
-                   max_windows=None) -> dict[str, np.ndarray]:
+                   bars_per_phrase=4, max_windows=None) -> dict[str, np.ndarray]:
     """Every window metric of every window; `max_windows` keeps only the first ones (benchmark)."""
     hits = check_roll(roll).astype(bool)
     T, D = hits.shape
     beat = check_beat(steps_per_bar, beats_per_bar)
-    check_positive(ngram_n=ngram_n)
+    check_positive(ngram_n=ngram_n, bars_per_phrase=bars_per_phrase)
     check_bar_capacity(steps_per_bar, D)
     num_bars = seq_len // steps_per_bar if num_bars is None else num_bars
     ioi_bins = steps_per_bar if ioi_bins is None else ioi_bins
@@ -105,6 +106,8 @@ def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4
         out["ngram_unique"][w], out["ngram_entropy"][w] = len(grams), _entropy(grams)
         out["bar_hits"][w] = _bar_hits(seq, steps_per_bar, num_bars)
         out["dense_bar_fraction"][w] = _fraction_dense_bars(seq, steps_per_bar, threshold)
+        for name, value in structure_metrics(seq, a, steps_per_bar, bars_per_phrase).items():
+            out[name][w] = value
     return out
 
 
@@ -198,3 +201,58 @@ def bar_means(roll, *, steps_per_bar=16) -> np.ndarray:
 def phrase_means(roll, *, steps_per_bar=16, bars_per_phrase=4) -> np.ndarray:
     return _aggregate(check_roll(roll).astype(np.float64),
                       steps_per_bar * bars_per_phrase).astype(np.float32)
+
+
+# --- structure of a window's bars (kernels/structure.py holds the formulas and references) ----
+
+def _bar_pair(x, y):
+    """(Hamming distance, union) of two bars' hit cells, bool [spb, D] each."""
+    return int((x ^ y).sum()), int((x | y).sum())
+
+
+def _bar_similarity(x, y):
+    """1 − Hamming / union; two silent bars are the same bar (1)."""
+    ham, union = _bar_pair(x, y)
+    return 1.0 if union == 0 else 1.0 - ham / union
+
+
+def _change(x, y):
+    """1 − similarity as an exact fraction (Hamming / union; 0 for two silent bars)."""
+    ham, union = _bar_pair(x, y)
+    return Fraction(ham, union) if union else Fraction(0)
+
+
+def _fills(bars, first_bar, bars_per_phrase):
+    """Per complete phrase with a changing bar: [(position in phrase, 1/ties)] of its fill bar(s)."""
+    placed = []
+    nb = len(bars)
+    for k0 in range(nb):
+        if (first_bar + k0) % bars_per_phrase or k0 + bars_per_phrase > nb:
+            continue                                    # not the first bar of a complete phrase
+        change = {k: _change(bars[k - 1], bars[k]) for k in range(max(k0, 1), k0 + bars_per_phrase)}
+        if not change or max(change.values()) == 0:
+            continue                                    # no bar changes: no fill in this phrase
+        top = [k - k0 for k, c in change.items() if c == max(change.values())]
+        placed.append([(pos, 1.0 / len(top)) for pos in top])
+    return placed
+
+
+def structure_metrics(seq, a, steps_per_bar, bars_per_phrase):
+    """STRUCTURE_SCHEMA values of one window `seq` (bool [L, D]) starting at song step a."""
+    nb = len(seq) // steps_per_bar
+    bars = [seq[k * steps_per_bar:(k + 1) * steps_per_bar] for k in range(nb)]
+    out = {}
+    for g in STRUCTURE_LAGS:
+        sims = [_bar_similarity(bars[k], bars[k + g]) for k in range(nb - g)]
+        out[f"bar_sim_lag{g}"] = float(np.mean(sims)) if sims else 0.0
+    same = [np.array_equal(bars[k - 1], bars[k]) for k in range(1, nb)]
+    out["bar_repeat_rate"] = float(np.mean(same)) if same else 0.0
+    placed = _fills(bars, a // steps_per_bar, bars_per_phrase)
+    span = max(bars_per_phrase - 1, 1)
+    if placed:
+        out["fill_position"] = sum(w * pos / span for p in placed for pos, w in p) / len(placed)
+        out["fill_at_phrase_end"] = sum(w for p in placed for pos, w in p
+                                        if pos == bars_per_phrase - 1) / len(placed)
+    else:
+        out["fill_position"] = out["fill_at_phrase_end"] = 0.0
+    return out

@@ -26,6 +26,15 @@ WINDOW_SCHEMA = {
     "bar_hits": ("uint16", lambda D, nb, ib: (nb,)),          # <= spb * D hits per bar
     "dense_bar_fraction": ("float32", lambda D, nb, ib: ()),
 }
+# Structure of a window's bars (kernels/structure.py): how the groove repeats, where fills fall.
+STRUCTURE_LAGS = (1, 2, 4)
+STRUCTURE_SCHEMA = {
+    **{f"bar_sim_lag{g}": ("float32", lambda D, nb, ib: ()) for g in STRUCTURE_LAGS},
+    "bar_repeat_rate": ("float32", lambda D, nb, ib: ()),
+    "fill_position": ("float32", lambda D, nb, ib: ()),
+    "fill_at_phrase_end": ("float32", lambda D, nb, ib: ()),
+}
+WINDOW_SCHEMA.update(STRUCTURE_SCHEMA)
 WINDOW_METRICS = tuple(WINDOW_SCHEMA)
 
 # Velocity and timing window metrics (kernels.expressive): name -> (dtype, trailing shape as a

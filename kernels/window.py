@@ -13,8 +13,9 @@ import numpy as np
 from numba import njit
 
 from kernels.codes import ngram_ids
-from kernels.spec import (check_bar_capacity, check_beat, check_positive, check_roll,
+from kernels.spec import (STRUCTURE_SCHEMA, check_bar_capacity, check_beat, check_positive, check_roll,
                           default_dense_threshold, empty_window_outputs, window_grid)
+from kernels.structure import structure_metrics
 
 
 def entropy_table(num: int) -> tuple[np.ndarray, int]:
@@ -239,17 +240,18 @@ def _run(hits, L, stride, steps_per_bar, beat, n, fast_threshold, dense_threshol
 
 
 def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4, ngram_n=4,
-                   fast_threshold=4, dense_threshold=None, num_bars=None, ioi_bins=None
-                   ) -> dict[str, np.ndarray]:
+                   fast_threshold=4, dense_threshold=None, num_bars=None, ioi_bins=None,
+                   bars_per_phrase=4) -> dict[str, np.ndarray]:
     """Every window metric (docs/metrics.md) of every window of one song, as [W, ...] arrays.
 
     num_bars (default seq_len // steps_per_bar) and ioi_bins (default steps_per_bar) fix the
-    widths of bar_hits and ioi_hist, so songs in other meters can share one table.
+    widths of bar_hits and ioi_hist, so songs in other meters can share one table;
+    bars_per_phrase places the fills (kernels/structure.py).
     """
     hits = check_roll(roll)
     T, D = hits.shape
     beat = check_beat(steps_per_bar, beats_per_bar)
-    check_positive(ngram_n=ngram_n)
+    check_positive(ngram_n=ngram_n, bars_per_phrase=bars_per_phrase)
     check_bar_capacity(steps_per_bar, D)
     num_bars = seq_len // steps_per_bar if num_bars is None else int(num_bars)
     ioi_bins = steps_per_bar if ioi_bins is None else int(ioi_bins)
@@ -262,5 +264,6 @@ def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4
     table, bits = entropy_table(max(L - ngram_n + 1, 1))
     _run(hits, L, int(stride), int(steps_per_bar), int(beat), int(ngram_n), int(fast_threshold),
          default_dense_threshold(D, dense_threshold), grams, num_grams, table, bits,
-         *(out[name] for name in out))
+         *(out[name] for name in out if name not in STRUCTURE_SCHEMA))
+    structure_metrics(hits, starts, L, steps_per_bar, bars_per_phrase, out)
     return out

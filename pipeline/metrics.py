@@ -88,7 +88,7 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
                                      beats_per_bar=bpb, ngram_n=p.ngram_n,
                                      fast_threshold=p.fast_threshold,
                                      dense_threshold=p.dense_threshold, num_bars=p.num_bars,
-                                     ioi_bins=p.steps_per_bar)
+                                     ioi_bins=p.steps_per_bar, bars_per_phrase=p.bars_per_phrase)
     windows.update(expressive_metrics(roll, velocity, offset, seq_len=p.seq_len, stride=p.stride,
                                       steps_per_bar=spb, beats_per_bar=bpb, positions=p.steps_per_bar))
     song = kernels.song_metrics(roll, steps_per_bar=spb, bars_per_phrase=p.bars_per_phrase,

@@ -186,6 +186,31 @@ def test_data_built_elsewhere_is_scored_whole_against_the_training_export(tiny, 
                                                                     8).total().best_threshold()
 
 
+@pytest.mark.parametrize("output", ["joint", "autoregressive"])
+def test_joint_heads_are_scored_by_their_whole_vector_nll(tmp_path, output):
+    """A joint/autoregressive model's NLL row is −log2 p(whole drum vector), not a per-drum sum."""
+    data = make_ready(tmp_path / "data")
+    ckpt = make_checkpoint(tmp_path / "run" / "last.pt", data / "store.zarr", train_steps=15, output=output)
+    res = evaluate(_cfg(data, ckpt, tmp_path / "out", "evaluate.generated.enabled=false"))
+    model, _, _ = load_for_inference(ckpt)
+    w = _windows(data, "validation")
+    probs, log2p = model_probs(model, w.steps, w.mask, w.start, w.targets)
+    x = torch.as_tensor(w.steps, dtype=torch.float64)
+    inside = model.double().step_log_prob(x, start=torch.as_tensor(w.start)).numpy()   # targets in the window
+    np.testing.assert_allclose(log2p[:, :-1][w.mask[:, 1:]], inside[w.mask[:, 1:]], rtol=1e-5, atol=1e-6)
+    want = -log2p[w.scored].mean()
+    np.testing.assert_allclose(res["scores"]["model"]["nll_bits_per_step"], want, rtol=1e-5)
+    per_drum = -np.where(w.targets > 0, np.log2(probs), np.log2(1 - probs)).sum(-1)
+    assert abs(per_drum[w.scored].mean() - want) > 1e-3   # not the independent formula
+
+
+def test_a_stride_off_the_bar_lines_is_a_config_error(tiny, tmp_path):
+    from train.training.optim import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.stride=24 is not a whole number of bars"):
+        evaluate(_cfg(*tiny, tmp_path, "evaluate.stride=24"))
+
+
 def test_windows_are_read_from_the_export(tiny):
     data, _ = tiny
     s = Store(data / "store.zarr")

@@ -37,7 +37,8 @@ def window_kwargs(draw):
     return dict(seq_len=draw(st.integers(1, 48)), stride=draw(st.integers(1, 5)), steps_per_bar=spb,
                 beats_per_bar=bpb, ngram_n=draw(st.integers(1, 5)),
                 fast_threshold=draw(st.integers(0, 6)),
-                dense_threshold=draw(st.sampled_from([None, 0, 1, 2.5])))
+                dense_threshold=draw(st.sampled_from([None, 0, 1, 2.5])),
+                bars_per_phrase=draw(st.integers(1, 4)))
 
 
 def assert_same(got: dict, want: dict, rtol=2e-6, atol=2e-6):
@@ -131,7 +132,9 @@ def test_long_song_entropy_does_not_drift():
 def test_ranges(roll, kw):
     m = kernels.window_metrics(roll, **kw)
     D = roll.shape[1]
-    for name in ("drum_density", "co_occurrence", "syncopation", "transitions", "dense_bar_fraction"):
+    for name in ("drum_density", "co_occurrence", "syncopation", "transitions", "dense_bar_fraction",
+                 "bar_sim_lag1", "bar_sim_lag2", "bar_sim_lag4", "bar_repeat_rate", "fill_position",
+                 "fill_at_phrase_end"):
         assert ((m[name] >= 0) & (m[name] <= 1)).all(), name
     assert (m["transitions"].sum(axis=2) <= D + 1e-5).all()
     assert ((m["max_hits"] >= 0) & (m["max_hits"] <= D)).all()
@@ -316,3 +319,59 @@ def test_scoring_windows_score_every_predictable_step_once(lengths, seq_len, dat
 def test_scoring_windows_reject_a_stride_that_leaves_gaps():
     with pytest.raises(ValueError, match="unscored"):
         kernels.spec.scoring_windows(np.array([0, 100]), 16, 32)
+# --- structure metrics (kernels/structure.py) ---------------------------------------------------
+
+@st.composite
+def bar_songs(draw):
+    """Songs built from a few distinct bars (silent ones included), so repeats, ties and
+    silent-vs-silent pairs actually occur, unlike in random rolls."""
+    spb, _ = draw(st.sampled_from(METERS))
+    D = draw(st.sampled_from([1, 3, 9]))
+    vocab = [np.zeros((spb, D), np.uint8)] + [
+        draw(arrays(np.uint8, (spb, D), elements=st.sampled_from([0, 0, 1]))) for _ in range(2)]
+    order = draw(st.lists(st.integers(0, 2), min_size=0, max_size=14))
+    tail = draw(st.integers(0, spb - 1))
+    roll = np.concatenate([vocab[i] for i in order] + [np.ones((tail, D), np.uint8)]) if order else \
+        np.zeros((tail, D), np.uint8)
+    return roll, spb
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(song=bar_songs(), bars=st.integers(1, 9), stride_bars=st.integers(1, 3), bpp=st.integers(1, 4))
+def test_structure_metrics_match_reference_on_repeating_bars(song, bars, stride_bars, bpp):
+    roll, spb = song
+    kw = dict(seq_len=bars * spb, stride=stride_bars * spb, steps_per_bar=spb, beats_per_bar=1,
+              bars_per_phrase=bpp)
+    got, want = kernels.window_metrics(roll, **kw), ref.window_metrics(roll, **kw)
+    for name in kernels.spec.STRUCTURE_SCHEMA:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_structure_of_hand_made_grooves():
+    spb = 4
+    a = np.array([[1, 0], [0, 0], [0, 1], [0, 0]], np.uint8)        # kick, snare
+    b = np.array([[1, 0], [0, 0], [0, 1], [1, 1]], np.uint8)        # + a pickup: sim(a, b) = 2/4
+    silent = np.zeros((spb, 2), np.uint8)
+
+    def m(*bars, bpp=4, start_bar=0):
+        roll = np.concatenate([silent] * start_bar + list(bars))
+        out = kernels.window_metrics(roll, seq_len=len(bars) * spb, stride=start_bar * spb or 1,
+                                     steps_per_bar=spb, beats_per_bar=1, bars_per_phrase=bpp)
+        return {k: float(out[k][-1]) for k in kernels.spec.STRUCTURE_SCHEMA}
+
+    loop = m(*[a] * 8)                                                 # a one-bar loop
+    assert loop["bar_sim_lag1"] == loop["bar_sim_lag4"] == loop["bar_repeat_rate"] == 1.0
+    assert loop["fill_position"] == loop["fill_at_phrase_end"] == 0.0  # nothing changes: no fill
+    quiet = m(*[silent] * 5)                                           # silent vs silent: the same bar
+    assert quiet["bar_sim_lag1"] == quiet["bar_sim_lag4"] == quiet["bar_repeat_rate"] == 1.0
+    assert m(a, silent)["bar_sim_lag1"] == 0.0 and m(a)["bar_sim_lag1"] == 0.0   # no pair: 0
+    fills = m(a, a, a, b, a, a, a, b)                                  # a fill ends each phrase
+    assert fills["bar_sim_lag1"] == pytest.approx((4 * 1 + 3 * 0.5) / 7)
+    assert fills["bar_sim_lag4"] == 1.0 and fills["bar_repeat_rate"] == pytest.approx(4 / 7)
+    # phrase 1: the fill (bar 3, last) and the bar after it (bar 4: its change is as large) tie
+    assert fills["fill_at_phrase_end"] == pytest.approx((1 + 0.5) / 2)
+    # song-aligned: a window starting at song bar 2 sees bars 2..9; its whole phrase is bars 4..7
+    late = m(a, a, a, a, a, b, a, a, start_bar=2)
+    assert late["fill_at_phrase_end"] == 1.0 and late["fill_position"] == 1.0
+    tied = m(a, a, b, a, bpp=2)                        # phrase (0, 1): no change; (2, 3): a tie
+    assert tied["fill_position"] == tied["fill_at_phrase_end"] == pytest.approx(0.5)

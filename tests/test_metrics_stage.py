@@ -52,7 +52,8 @@ def test_stage_layout_and_values_match_reference(tmp_path, small_store):
     summary = run(_cfg(tmp_path, store_path))
     out = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r")
     starts = {s.name: ref.window_metrics(s.hits, seq_len=64, stride=3, steps_per_bar=s.steps_per_bar,
-                                         beats_per_bar=s.beats_per_bar, num_bars=4, ioi_bins=16)
+                                         beats_per_bar=s.beats_per_bar, num_bars=4, ioi_bins=16,
+                                         bars_per_phrase=2)
               for s in songs}
     expected_w = sum(len(v["avg_hits"]) for v in starts.values())
     # 200 steps: starts 0..136 by 3 -> 46; short: 1; empty: 0; waltz 150: 29; exact 64: 1
@@ -166,13 +167,15 @@ def _check_sample(out, store: Store, cfg, rng, num=40):
         i, a, L = (int(out[f"window/{k}"][w]) for k in ("song", "start", "length"))
         song = store.song(i)
         roll = song.hits[a:a + L]
-        # the reference on just this window; silent padding in front keeps the absolute bar phase
-        pad = a % song.steps_per_bar
+        # the reference on just this window; silent padding in front keeps the absolute bar and
+        # phrase phase (the structure metrics place fills on the song's phrase grid)
+        pad = a % (song.steps_per_bar * m.bars_per_phrase)
         want = ref.window_metrics(np.concatenate([np.zeros((pad, roll.shape[1]), np.uint8), roll]),
                                   seq_len=L, stride=max(pad, 1), steps_per_bar=song.steps_per_bar,
                                   beats_per_bar=song.beats_per_bar, ngram_n=m.ngram_n,
                                   fast_threshold=m.fast_threshold, dense_threshold=m.dense_threshold,
-                                  num_bars=m.seq_len // m.steps_per_bar, ioi_bins=m.steps_per_bar)
+                                  num_bars=m.seq_len // m.steps_per_bar, ioi_bins=m.steps_per_bar,
+                                  bars_per_phrase=m.bars_per_phrase)
         row = 1 if pad else 0
         for name in WINDOW_SCHEMA:
             np.testing.assert_allclose(out[f"window/{name}"][w], want[name][row], rtol=1e-5, atol=1e-6,

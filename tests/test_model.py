@@ -2,6 +2,7 @@
 checkpoint round trip, loss, and a tiny model overfitting one real Groove batch."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -39,11 +40,16 @@ def rolls(B: int, L: int, seed: int, p: float = 0.3) -> torch.Tensor:
     return (torch.rand(B, L, D, generator=g, dtype=torch.float64) < p).double()
 
 
-@pytest.fixture(scope="module", params=[(b, lb) for b in BACKENDS for lb in (0, 2)],
-                ids=lambda p: f"{p[0]}-lookback{p[1]}")
+# every backend and lookback with per-drum outputs; the joint and autoregressive heads on a mix
+OUTPUT_CASES = [(b, lb, "independent") for b in BACKENDS for lb in (0, 2)] + [
+    ("gru", 2, "joint"), ("transformer", 0, "joint"), ("lstm", 2, "autoregressive"),
+    ("transformer", 2, "autoregressive")]
+
+
+@pytest.fixture(scope="module", params=OUTPUT_CASES, ids=lambda p: f"{p[0]}-lookback{p[1]}-{p[2]}")
 def model(request):
-    backend, lookback = request.param
-    return tiny(backend, lookback_bars=lookback)
+    backend, lookback, output = request.param
+    return tiny(backend, lookback_bars=lookback, output=output, head_hidden_dim=6)
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -113,6 +119,95 @@ def test_incremental_step_equals_full_forward(backend, hierarchy, lookback):
     state = m.init_state(3, start=start)
     inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
     torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("output", ["joint", "autoregressive"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_incremental_step_equals_full_forward_for_joint_heads(backend, output):
+    m = tiny(backend, lookback_bars=2, output=output, head_hidden_dim=6,
+             **({"max_context": 6} if backend == "transformer" else {}))
+    L = 3 * SPB * BPP + 2
+    x, start = rolls(2, L, 12), torch.tensor([3, 0])
+    full, _, _, z = m(x, start=start, return_hidden=True)
+    assert full.shape == (2, L, m.head.num_params) and z.shape == (2, L, 16)
+    state = m.init_state(2, start=start)
+    inc, hid = zip(*(m.step(x[:, t], state, return_hidden=True) for t in range(L)))
+    torch.testing.assert_close(torch.stack(inc, 1), full, rtol=0, atol=1e-10)
+    torch.testing.assert_close(torch.stack(hid, 1), z, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_bar_in_phrase_position_is_song_aligned_and_incremental(backend):
+    """phrase_position: the step read and the step predicted know their bar in the song's phrase
+    (absolute position from `start`); one phrase later everything is the same, one bar later not."""
+    m = tiny(backend, phrase_position=True, lookback_bars=1, **({"max_context": 6} if backend == "transformer" else {}))
+    L = 2 * SPB * BPP + 3
+    x, start = rolls(2, L, 13), torch.tensor([SPB, 3 * SPB + 1])
+    full = m(x, start=start)[0]
+    state = m.init_state(2, start=start)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    torch.testing.assert_close(m(x, start=start + SPB * BPP)[0], full, rtol=0, atol=1e-12)
+    assert not torch.allclose(m(x, start=start + SPB)[0], full)
+    plain = tiny(backend, lookback_bars=1, **({"max_context": 6} if backend == "transformer" else {}))
+    torch.testing.assert_close(plain(x, start=start + SPB)[0], plain(x, start=start)[0], rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- song's phrase grid
+def song_grid(backend: str, **kw) -> HierarchicalDrumModel:
+    return tiny(backend, song_phrases=True, phrase_position=True, lookback_bars=1,
+                **({"max_context": 6} if backend == "transformer" else {}), **kw)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_song_phrases_are_causal_and_incremental(backend):
+    m = song_grid(backend, output="joint")
+    L = 3 * SPB * BPP + 1
+    x = rolls(2, L, 21)
+    start = torch.tensor([SPB, 3 * SPB])                 # one bar into a phrase (off = 1) for both rows
+    full, bars, phrases = m(x, start=start)
+    assert phrases.shape[1] == (L // SPB + 1) // BPP     # a partial first phrase, then whole ones
+    state = m.init_state(2, start=start)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    g = torch.Generator().manual_seed(2)
+    for t in range(0, L - 1, 3):
+        y = x.clone()
+        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+        out = m(y, start=start)
+        torch.testing.assert_close(out[0][:, :t + 1], full[:, :t + 1], rtol=0, atol=1e-12)
+        slots = ((t + 1) // SPB + 1) // BPP             # phrase slots complete through step t (off = 1)
+        torch.testing.assert_close(out[2][:, :slots], phrases[:, :slots], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="share their phrase"):
+        m.init_state(2, start=torch.tensor([0, SPB]))
+
+
+def test_phrase_context_arrives_at_the_songs_phrase_ends():
+    """A window starting one bar into a phrase: its first phrase context arrives after one bar
+    (the song's phrase ends there), not after bpp bars as when phrases count from the window."""
+    x = rolls(1, 3 * SPB, 3)
+    for song_phrases, first in ((True, SPB - 1), (False, SPB * BPP - 1)):
+        m = tiny("gru", song_phrases=song_phrases)
+        before = m(x, start=torch.tensor([SPB]))[0]
+        with torch.no_grad():
+            m.bar_to_phrase.bias.add_(1.0)               # changes every phrase's state, nothing else
+        changed = ~torch.isclose(m(x, start=torch.tensor([SPB]))[0], before).all(-1)[0]
+        assert changed.tolist() == [False] * first + [True] * (3 * SPB - first)
+
+
+def test_phrase_targets_follow_the_song_grid():
+    B, L = 2, 3 * SPB * BPP
+    step = rolls(B, L, 8)
+    preds = (torch.zeros(B, L, D, dtype=torch.float64), None, torch.zeros(B, 3, D, dtype=torch.float64))
+    off = torch.tensor([1, 0])
+    _, terms = compute_loss(preds, {"step": step}, {"phrase": 1.0}, steps_per_bar=SPB, bars_per_phrase=BPP,
+                            phrase_offset=off)
+    hits = (step > 0).double()
+    err = []                           # targets of preds 0, 1: slots 1, 2; row 0 (off 1) from bars 1, 3
+    for b, slots in ((0, [(1 * SPB, 3 * SPB), (3 * SPB, 5 * SPB)]), (1, [(2 * SPB, 4 * SPB), (4 * SPB, 6 * SPB)])):
+        for a, e in slots:
+            err.append((0.5 - hits[b, a:e].mean(0)).pow(2).mean())
+    torch.testing.assert_close(terms["phrase"], torch.stack(err).mean())
 
 
 def test_lookback_features_read_one_and_two_bars_back():
@@ -223,6 +318,23 @@ def test_hydra_model_configs_build(name):
     assert m.use_transformer == (name == "transformer") and not m.hierarchy
 
 
+def test_drums_rnn_config_is_the_peer_baseline():
+    """model=drums_rnn: 3-layer LSTM of 256, joint 512-way output, no lookback, no hierarchy."""
+    cfg = compose(["model=drums_rnn"])
+    m = HierarchicalDrumModel.from_config({**OmegaConf.to_container(cfg.model, resolve=True), "num_drums": 9})
+    assert m.step_rnn.rnn.num_layers == 3 and m.step_rnn.rnn.hidden_size == 256
+    assert isinstance(m.step_rnn.rnn, torch.nn.LSTM) and not m.hierarchy and m.lookback_bars == 0
+    assert m.head.output == "joint" and m.output_layer[-1].out_features == 512
+    x = rolls(1, 20, 3)[..., :1].expand(1, 20, 9).float().contiguous()
+    assert m(x)[0].shape == (1, 20, 512)
+
+
+def test_groove_cpu_experiment_composes():
+    cfg = compose(["+experiment=groove_cpu"])
+    assert cfg.model.output == "joint" and cfg.paths.ready == "data/groove/ready"
+    assert cfg.trainer.limit_train_batches == -1 and cfg.window.stride % cfg.window.steps_per_bar == 0
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="rnn_type"):
         HierarchicalDrumModel(9, rnn_type="rnn")
@@ -251,7 +363,7 @@ def test_compute_loss_values_mask_and_weights():
                                 steps_per_bar=SPB, bars_per_phrase=BPP)
     hits = (step > 0).double()
     bce = torch.nn.functional.binary_cross_entropy_with_logits(preds[0][:, :-1], hits[:, 1:],
-                                                               reduction="none").mean(-1)
+                                                               reduction="none").sum(-1) / math.log(2)
     want_step = bce[mask[:, 1:]].mean()
     bar_means = hits.reshape(B, L // SPB, SPB, D).mean(2)
     err = (torch.sigmoid(preds[1][:, :-1]) - bar_means[:, 1:]).pow(2).mean(-1)  # [B, 3]

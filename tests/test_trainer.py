@@ -76,12 +76,13 @@ def test_scheduler_bad_key_is_named():
 def test_bad_config_values_are_all_reported_before_work(tmp_path):
     cfg = compose(["trainer.precision=fp8", "trainer.batch_size=0", "trainer.optimizer.type=Adamm",
                    "trainer.resume=" + str(tmp_path / "nope.pt"), "rl=reinforce", "rl.sample_steps=10",
-                   "trainer.accumulate_grad_batches=0", "trainer.seq_len=100"])
+                   "trainer.accumulate_grad_batches=0", "trainer.seq_len=100", "window.stride=24"])
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     msg = str(err.value)
     for key in ("paths.ready=" + str(cfg.paths.ready), "trainer.precision='fp8'", "trainer.batch_size=0", "Adamm", "nope.pt",
-                "rl.sample_steps=10", "accumulate_grad_batches=0", "trainer.seq_len=100"):
+                "rl.sample_steps=10", "accumulate_grad_batches=0", "trainer.seq_len=100",
+                "window.stride=24 is not a whole number of bars"):
         assert key in msg
 
 

@@ -66,17 +66,18 @@ def make_ready(root: Path, seed: int = 0, songs: list[Song] | None = None) -> Pa
     return root
 
 
-def make_checkpoint(path: Path, store: Path, train_steps: int = 40, use_transformer: bool = False) -> Path:
+def make_checkpoint(path: Path, store: Path, train_steps: int = 40, use_transformer: bool = False,
+                    output: str = "independent") -> Path:
     """Train a tiny model on the train split of `store` and save it as the trainer would."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: threads only contend
     try:
-        return _train_and_save(path, store, train_steps, use_transformer)
+        return _train_and_save(path, store, train_steps, use_transformer, output)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: bool) -> Path:
+def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: bool, output: str) -> Path:
     from pipeline.config import compose
     from pipeline.store import Store
     from train.training.checkpoint import save_checkpoint
@@ -87,7 +88,7 @@ def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: 
     dm = DrumMap.default()
     model = HierarchicalDrumModel(dm.num_drums, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16,
                                   num_layers=1, dropout=0.0, use_transformer=use_transformer,
-                                  steps_per_bar=SPB, bars_per_phrase=2, nhead=2,
+                                  steps_per_bar=SPB, bars_per_phrase=2, nhead=2, output=output, head_hidden_dim=8,
                                   expressive=True, expressive_dim=8)   # heads untrained: varied, off-grid
     s = Store(store)
     hits = np.asarray(s.hits[:])
@@ -95,8 +96,7 @@ def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: 
     x = torch.as_tensor(windows, dtype=torch.float32)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(train_steps):
-        logits = model(x)[0]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :-1], x[:, 1:])
+        loss = -model.step_log_prob(x).mean()          # bits per step, any output head
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -38,6 +38,7 @@ from train.evaluate.windows import Windows, split_song_ids, split_songs, split_w
 from train.generate.run import played_values, sample
 from train.training.checkpoint import load_for_inference, train_hint
 from train.training.data import resolve_ready_dir
+from train.training.optim import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +46,29 @@ MODEL_ROW = "model"
 
 
 @torch.no_grad()
-def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """sigmoid(step_logits) in float64, [B, L, D]; probs[:, t] is the prediction for step t+1."""
-    logits = model(torch.as_tensor(steps, dtype=torch.float32), mask=torch.as_tensor(mask),
-                   start=torch.as_tensor(start))[0]
-    return torch.sigmoid(logits.double()).numpy()
+def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray,
+                targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(per-drum probabilities [B, L, D] float64, probs[:, t] the prediction for step t+1;
+    log2 p of each next step's whole drum vector: [B, L] against `targets` [B, L, D] (targets[:, t]
+    = step t+1, the step after the window included), else [B, L−1] inside the window): the model's
+    own whole-vector NLL, right for joint and autoregressive output heads too."""
+    x = torch.as_tensor(steps, dtype=torch.float32)
+    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start))[0].double()
+    if targets is None:
+        log2p = model.step_log_prob(x.double(), step_logits=logits)
+    else:
+        log2p = model.head.log_prob(logits, torch.as_tensor(targets, dtype=torch.float64)) / math.log(2.0)
+    return model.step_marginals(logits).numpy(), log2p.numpy()
 
 
 def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) -> SongScores:
-    """`predict(steps, mask, start, steps_per_bar)` -> probs, scored per song on the windows' scored steps."""
+    """`predict(steps, mask, start, steps_per_bar, targets)` -> probs, or (probs, log2 p of each
+    target step's whole drum vector), scored per song on the windows' scored steps."""
     acc = SongScores(num_drums)
     for steps, mask, start, spb, targets, scored, song in windows.batches(batch_size):
-        acc.update(predict(steps, mask, start, spb), targets, scored, song)
+        out = predict(steps, mask, start, spb, targets)
+        probs, log2p = out if isinstance(out, tuple) else (out, None)
+        acc.update(probs, targets, scored, song, log2p)
     return acc
 
 
@@ -67,7 +79,7 @@ def tune_ngram(b: DictConfig, train_songs: list[np.ndarray], validation: Windows
     alphas = list(b.ngram_alphas) if b.ngram_alpha == "auto" else [float(b.ngram_alpha)]
 
     def nll(model: NGramBaseline) -> float:
-        acc = score_windows(lambda s, m, a, spb: model.predict(s, m), validation, num_drums, batch_size).total()
+        acc = score_windows(lambda s, m, a, spb, y: model.predict(s, m), validation, num_drums, batch_size).total()
         log.info("evaluate: n-gram n=%d alpha=%g: %.4f bits/step on validation", model.n, model.alpha,
                  acc.nll_bits / acc.steps)
         return acc.nll_bits / acc.steps
@@ -106,6 +118,8 @@ def metric_kwargs(cfg: DictConfig) -> dict:
     kw = {k: v for k, v in metrics_cfg.items() if k in params and k not in ("seq_len", "stride")}
     spb = int(cfg.window.steps_per_bar)
     kw["steps_per_bar"] = spb
+    if "bars_per_phrase" in params:  # the structure metrics' phrase (fill placement)
+        kw["bars_per_phrase"] = int(cfg.window.bars_per_phrase)
     if "num_bars" in params:  # fixes bar_hits' width, so a short real window stacks with the rest
         kw["num_bars"] = int(cfg.window.seq_len) // spb
     return kw
@@ -149,7 +163,7 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     log.info("evaluate: generating %d windows of %d steps", num, seq_len)
     expressive = store is not None and bool(model.config.get("expressive", False))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
-                 top_p=gcfg.top_p, seed=int(gcfg.seed), expressive=expressive)
+                 top_p=gcfg.top_p, top_k=gcfg.get("top_k"), seed=int(gcfg.seed), expressive=expressive)
     gen, *heads = gen if expressive else (gen, None, None)
     log.info("evaluate: window metrics of %d real and %d generated windows; OA and KL", len(real_rolls), num)
     kw = metric_kwargs(cfg)
@@ -219,6 +233,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     ecfg = cfg.evaluate
     seq_len, spb, bpp = int(cfg.window.seq_len), int(cfg.window.steps_per_bar), int(cfg.window.bars_per_phrase)
+    if int(ecfg.stride) % spb:
+        raise ConfigError(f"evaluate.stride={ecfg.stride} is not a whole number of bars of window.steps_per_bar="
+                          f"{spb}: scored windows must start on bar lines, as the training windows do")
     model, ckpt_path, ready, store, names = load_inputs(cfg)
     D, batch = len(names), int(ecfg.batch_size)
     windows = split_windows(ready, cfg.split, seq_len, int(ecfg.stride), spb, bpp)
@@ -234,9 +251,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if not train_songs:
         raise ValueError(f"{ref}: no song in the train split to fit the baselines on")
     baselines, ngram_grid = fit_baselines(cfg, train_songs, train_bars, validation, D)
-    predictors = {MODEL_ROW: lambda s, m, a, bars: model_probs(model, s, m, a)}
+    predictors = {MODEL_ROW: lambda s, m, a, bars, y: model_probs(model, s, m, a, y)}
     for name, base in baselines.items():
-        predictors[name] = lambda s, m, a, bars, base=base: base.predict(s, m, bars, a)
+        predictors[name] = lambda s, m, a, bars, y, base=base: base.predict(s, m, bars, a)
 
     songs = np.unique(windows.song)
     subsets = song_subsets(store, songs, list(ecfg.subsets))
@@ -411,7 +428,8 @@ def _img(pictures: dict, key: str, out_dir: Path) -> str:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError):
+    with pipeline.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError), \
+            pipeline.config.exit_on("evaluate", ConfigError, code=2):
         result = evaluate(cfg)
     out = Path(cfg.evaluate.out_dir)
     for name, r in result["scores"].items():

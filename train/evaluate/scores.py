@@ -66,18 +66,28 @@ class ScoreAccumulator:
         self.pos = np.zeros((num_drums, num_bins), np.int64)   # target hits per probability bin
         self.neg = np.zeros((num_drums, num_bins), np.int64)   # target rests per probability bin
 
-    def update(self, probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None) -> None:
+    def update(self, probs: np.ndarray, steps: np.ndarray, mask: np.ndarray | None = None,
+               log2_prob: np.ndarray | None = None) -> None:
         """Score positions 0..L-2 of windows `steps` against steps 1..L-1 (the targets inside the window)."""
         y = np.asarray(steps)[:, 1:]
         m = np.ones(y.shape[:2], bool) if mask is None else np.asarray(mask, bool)[:, 1:]
-        self.update_targets(np.asarray(probs)[:, :-1], y, m)
+        self.update_targets(np.asarray(probs)[:, :-1], y, m,
+                            None if log2_prob is None else np.asarray(log2_prob)[:, :y.shape[1]])
 
-    def update_targets(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray) -> None:
-        """Score `probs` [B, L, D] against `targets` [B, L, D] where `scored` [B, L] is True."""
+    def update_targets(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray,
+                       log2_prob: np.ndarray | None = None) -> None:
+        """Score `probs` [B, L, D] against `targets` [B, L, D] where `scored` [B, L] is True.
+
+        `log2_prob` [B, L] (optional): log2 p of each target step's whole drum vector, from a model
+        whose drums are not independent (joint/autoregressive heads); the NLL then sums it instead
+        of the per-drum formula, which only holds for independent predictions."""
         m = np.asarray(scored, bool)
         p = np.clip(np.asarray(probs, np.float64)[m], PROB_FLOOR, 1.0 - PROB_FLOOR)   # [N, D]
         y = np.asarray(targets)[m] > 0
-        self.nll_bits -= float(np.where(y, np.log2(p), np.log2(1.0 - p)).sum())
+        if log2_prob is None:
+            self.nll_bits -= float(np.where(y, np.log2(p), np.log2(1.0 - p)).sum())
+        else:
+            self.nll_bits -= float(np.asarray(log2_prob, np.float64)[m].sum())
         self.steps += int(p.shape[0])
         bins = np.minimum((p * self.num_bins).astype(np.int64), self.num_bins - 1)
         for d in range(self.num_drums):
@@ -140,12 +150,14 @@ class SongScores:
         self.num_drums, self.num_bins = int(num_drums), int(num_bins)
         self.songs: dict[int, ScoreAccumulator] = {}
 
-    def update(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray, song: np.ndarray) -> None:
+    def update(self, probs: np.ndarray, targets: np.ndarray, scored: np.ndarray, song: np.ndarray,
+               log2_prob: np.ndarray | None = None) -> None:
         song = np.asarray(song)
         for s in np.unique(song):
             rows = song == s
             acc = self.songs.setdefault(int(s), ScoreAccumulator(self.num_drums, self.num_bins))
-            acc.update_targets(np.asarray(probs)[rows], np.asarray(targets)[rows], np.asarray(scored)[rows])
+            acc.update_targets(np.asarray(probs)[rows], np.asarray(targets)[rows], np.asarray(scored)[rows],
+                               None if log2_prob is None else np.asarray(log2_prob)[rows])
 
     def total(self, songs=None) -> ScoreAccumulator:
         """The pooled scores of `songs` (default: every song scored)."""

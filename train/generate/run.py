@@ -82,7 +82,7 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
 @torch.no_grad()
 def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.ndarray | None = None,
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
-           batch_size: int = 64, expressive: bool = False):
+           batch_size: int = 64, top_k: int | None = None, expressive: bool = False):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
@@ -96,7 +96,7 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         start = torch.zeros(n, t0, num_drums)
         if t0:
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
-        seq = model.generate(start, length, temperature=temperature, top_p=top_p, seed=seed + b,
+        seq = model.generate(start, length, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + b,
                              expressive=expressive)
         out.append(seq if expressive else (seq,))
         log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
@@ -167,7 +167,8 @@ def run(cfg: DictConfig) -> dict:
                     ckpt_path, g.velocity)
     lap("load")
     drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
-                   temperature=float(g.temperature), top_p=g.top_p, seed=int(g.seed), expressive=expressive)
+                   temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
+                   expressive=expressive)
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
     t0 = 0 if prime is None else len(prime)
     lap("sample")

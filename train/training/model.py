@@ -12,12 +12,15 @@ k = 1..K, all ≤ t, so it keeps this causality.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from train.training.heads import OUTPUTS, IndependentHead, StepHead, make_head, sample_bernoulli
 
 RNN_TYPES = ("gru", "lstm")
 DEFAULT_LOSS_WEIGHTS = {"step": 1.0, "bar": 0.5, "phrase": 0.25}
@@ -147,11 +150,30 @@ class GenerationState:
     bar_sum_x: Tensor | None = None
     phrase_sum_h: Tensor | None = None   # ... over the phrase in progress
     phrase_sum_x: Tensor | None = None
-    bars_done: int = 0
+    bars_done: int = 0     # complete bars, counted from the first bar of the phrase holding step 0
+    phrase_bars: int = 0   # bars pooled into the phrase in progress
     bar_ctx: Tensor | None = None        # [B, H] projected state of the last complete bar
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
     features: Tensor | None = None       # [B, H] the state behind the last logits (expressive heads)
+
+
+# --------------------------------------------------------------------------- phrase pooling
+def pool_phrases(bars: Tensor, offset: Tensor, bars_per_phrase: int) -> Tensor:
+    """Phrase inputs [B, P, F]: the mean of `bars` [B, nb, F] over each phrase slot of the grid
+    that puts offset[b] bars of the first phrase before the window (window bar k is slot bar
+    k + offset). Slot 0 is a partial phrase when offset > 0 (its bars in the window only); a slot
+    past the window's end is partial too and is never read before it completes (causality).
+    P = (nb + max offset) // bpp; with offset 0, the nb // bpp complete phrases."""
+    B, nb, F = bars.shape
+    P = (nb + int(offset.max())) // bars_per_phrase if B else 0
+    if P == 0:
+        return bars.new_zeros(B, 0, F)
+    k = torch.arange(P * bars_per_phrase, device=bars.device)[None] - offset[:, None]   # [B, P·bpp]
+    valid = (k >= 0) & (k < nb)
+    picked = bars.gather(1, k.clamp(0, nb - 1)[..., None].expand(-1, -1, F)) * valid[..., None]
+    count = valid.reshape(B, P, bars_per_phrase).sum(2, keepdim=True).clamp(min=1)
+    return picked.reshape(B, P, bars_per_phrase, F).sum(2) / count
 
 
 # --------------------------------------------------------------------------- lookback input
@@ -178,18 +200,23 @@ class HierarchicalDrumModel(nn.Module):
     """Next-step drum hits from a step level, a bar level and a phrase level.
 
     forward(step [B, L, D], bar=None, phrase=None, mask=None, start=None) returns
-    `step_logits` [B, L, D] (logits of step t+1's hits), `bar_preds` [B, nb, D] (logits of bar
-    k+1's mean pattern), `phrase_preds` [B, nph, D] (same for phrases); the last two are None for
-    a flat model (`hierarchy=False`). `bar`/`phrase` are accepted for the dataset's batch layout
-    but ignored: the model pools its own bars from `step` so no future can leak in.
+    `step_logits` [B, L, P] (the output head's parameters for step t+1's drum vector: D logits
+    for output="independent", 2^D for "joint", D + head_hidden_dim for "autoregressive"; see
+    train/training/heads.py), `bar_preds` [B, nb, D] (logits of bar k+1's mean pattern),
+    `phrase_preds` [B, nph, D] (same for phrases); the last two are None for a flat model
+    (`hierarchy=False`). With return_hidden=True a fourth item is z [B, L, H], the step-level
+    state the head reads (for further per-step heads). `bar`/`phrase` are accepted for the
+    dataset's batch layout but ignored: the model pools its own bars from `step` so no future can
+    leak in.
     """
 
     def __init__(self, num_drums: int, step_hidden_dim: int = 128, bar_hidden_dim: int = 128,
                  phrase_hidden_dim: int = 128, num_layers: int = 2, dropout: float = 0.1,
                  use_transformer: bool = False, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
-                 max_context: int = 512, lookback_bars: int = 0, expressive: bool = False,
-                 expressive_dim: int = 64):
+                 max_context: int = 512, lookback_bars: int = 0, output: str = "independent",
+                 head_hidden_dim: int = 64, phrase_position: bool = False, song_phrases: bool = False,
+                 expressive: bool = False, expressive_dim: int = 64):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -197,7 +224,9 @@ class HierarchicalDrumModel(nn.Module):
                             use_transformer=bool(use_transformer), steps_per_bar=int(steps_per_bar),
                             bars_per_phrase=int(bars_per_phrase), rnn_type=str(rnn_type),
                             nhead=int(nhead), hierarchy=bool(hierarchy), max_context=int(max_context),
-                            lookback_bars=int(lookback_bars), expressive=bool(expressive),
+                            lookback_bars=int(lookback_bars), output=str(output),
+                            head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position),
+                            song_phrases=bool(song_phrases), expressive=bool(expressive),
                             expressive_dim=int(expressive_dim))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
@@ -210,10 +239,20 @@ class HierarchicalDrumModel(nn.Module):
             self.lookback = nn.Linear(self.lookback_bars * (D + 1), H)
         self.in_pos = nn.Embedding(steps_per_bar, H)    # phase of the step read
         self.out_pos = nn.Embedding(steps_per_bar, H)   # phase of the step predicted
+        self.phrase_position = bool(phrase_position)
+        self.song_phrases = bool(song_phrases)     # phrases on the song's grid, not the window's
+        if self.phrase_position:    # bar in phrase on the song's grid: when a fill or crash is due
+            self.in_bar_pos = nn.Embedding(bars_per_phrase, H)
+            self.out_bar_pos = nn.Embedding(bars_per_phrase, H)
         self.drop = nn.Dropout(dropout)
         self.step_rnn = self._level(H)
+        # the step distribution: output_layer gives the head's parameters (heads.py)
+        self.head: StepHead = make_head(output, D, head_hidden_dim)
         self.output_layer = nn.Sequential(nn.LayerNorm(H), nn.Linear(H, H), nn.GELU(),
-                                          nn.Dropout(dropout), nn.Linear(H, D))
+                                          nn.Dropout(dropout), nn.Linear(H, self.head.num_params))
+        if expressive:   # velocity and offset of each hit, given the step's hits (train/training/expressive.py)
+            from train.training.expressive import ExpressiveHeads
+            self.expressive = ExpressiveHeads(H, D, int(expressive_dim))
         if self.hierarchy:
             # pooled step states + the bar's mean pattern -> one bar-level input
             self.step_to_bar = nn.Linear(H + D, Hb)
@@ -226,9 +265,6 @@ class HierarchicalDrumModel(nn.Module):
             self.phrase_head = nn.Linear(Hp, D)
             self.phrase_to_step = nn.Linear(Hp, H)
             self.phrase_start = nn.Parameter(torch.zeros(Hp))
-        if expressive:   # velocity and offset of each hit, given the step's hits (train/training/expressive.py)
-            from train.training.expressive import ExpressiveHeads
-            self.expressive = ExpressiveHeads(H, D, int(expressive_dim))
 
     # ---- config / checkpoint contract
     def _check_config(self) -> None:
@@ -245,6 +281,8 @@ class HierarchicalDrumModel(nn.Module):
                 raise ValueError(f"max_context must be ≥ 1, got {c['max_context']}")
         elif c["rnn_type"] not in RNN_TYPES:
             raise ValueError(f"rnn_type must be one of {RNN_TYPES}, got {c['rnn_type']!r}")
+        if c["output"] not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {c['output']!r}")
 
     @property
     def config(self) -> dict:
@@ -263,7 +301,17 @@ class HierarchicalDrumModel(nn.Module):
 
     # ---- full forward pass (training)
     def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
-                mask: Tensor | None = None, start: Tensor | None = None):
+                mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False):
+        z, bar_preds, phrase_preds = self.features(step, start)
+        out = (self.output_layer(self.drop(z)), bar_preds, phrase_preds)
+        if self._config["expressive"]:
+            # a 4th prediction: (velocity, offset) of steps 1..L-1 given their true hits (teacher
+            # forcing), from the states that predict them, z[:, :-1]
+            out += (self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0),)
+        return out + (z,) if return_hidden else out
+
+    def features(self, step: Tensor, start: Tensor | None = None):
+        """(z [B, L, H], bar_preds, phrase_preds): the step-level state before the output head."""
         if step.dim() != 3 or step.shape[-1] != self.num_drums:
             raise ValueError(f"step must be [B, L, {self.num_drums}], got {tuple(step.shape)}")
         B, L, D = step.shape
@@ -272,36 +320,43 @@ class HierarchicalDrumModel(nn.Module):
         start = step.new_zeros(B, dtype=torch.long) if start is None else start.to(step.device).long()
         phase = (start[:, None] + t) % spb                                    # [B, L]
         x = self.input(step) + self.in_pos(phase)
+        if self.phrase_position:
+            pos = start[:, None] + t                                           # absolute step
+            x = x + self.in_bar_pos((pos // spb) % bpp)
+            out_bar = self.out_bar_pos(((pos + 1) // spb) % bpp)
         if self.lookback_bars:
             x = x + self.lookback(lookback_features(step, spb, self.lookback_bars))
         h = self.step_rnn(self.drop(x))                                        # [B, L, H]
         z = h + self.out_pos((phase + 1) % spb)
+        if self.phrase_position:
+            z = z + out_bar
         if not self.hierarchy:
-            return self._with_expressive((self.output_layer(self.drop(z)), None, None), z, step)
+            return z, None, None
 
         nb = L // spb
-        bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2),
-                            step[:, :nb * spb].reshape(B, nb, spb, D).mean(2)], -1)
+        bar_x = step[:, :nb * spb].reshape(B, nb, spb, D).mean(2)
+        bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2), bar_x], -1)
         bar_h = _run(self.bar_rnn, self.drop(self.step_to_bar(bar_in)))      # [B, nb, Hb]
-        nph = nb // bpp
-        phrase_in = torch.cat([bar_h[:, :nph * bpp].reshape(B, nph, bpp, bar_h.shape[-1]).mean(2),
-                               step[:, :nph * bpp * spb].reshape(B, nph, bpp * spb, D).mean(2)], -1)
-        phrase_h = _run(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)))  # [B, nph, Hp]
+        off = self.phrase_offset(start)                                        # [B]
+        phrase_in = pool_phrases(torch.cat([bar_h, bar_x], -1), off, bpp)    # [B, P, Hb + D]
+        phrase_h = _run(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)))  # [B, P, Hp]
 
-        # step t may use bar k only once bar k is complete: k < (t+1) // spb; row 0 = "none yet"
+        # step t may use bar k only once bar k is complete: k < (t+1) // spb; row 0 = "none yet";
+        # phrase slots likewise, counted on the phrase grid (off bars before the window's first)
         bars = torch.cat([self.bar_start.expand(B, 1, -1), bar_h], 1)
         phrases = torch.cat([self.phrase_start.expand(B, 1, -1), phrase_h], 1)
-        z = (z + self.bar_to_step(bars[:, (t + 1) // spb])
-             + self.phrase_to_step(phrases[:, (t + 1) // (spb * bpp)]))
-        return self._with_expressive((self.output_layer(self.drop(z)), self.bar_head(bar_h),
-                                      self.phrase_head(phrase_h)), z, step)
+        done = (off[:, None] * spb + t + 1) // (spb * bpp)                    # [B, L]
+        phrase_ctx = phrases.gather(1, done[..., None].expand(-1, -1, phrases.shape[-1]))
+        z = z + self.bar_to_step(bars[:, (t + 1) // spb]) + self.phrase_to_step(phrase_ctx)
+        return z, self.bar_head(bar_h), self.phrase_head(phrase_h)
 
-    def _with_expressive(self, preds: tuple, z: Tensor, step: Tensor) -> tuple:
-        """With expressive heads, a 4th prediction: (velocity, offset) of steps 1..L-1 given their
-        true hits (teacher forcing), from the states that predict them, z[:, :-1]."""
-        if not self._config["expressive"]:
-            return preds
-        return (*preds, self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0))
+    def phrase_offset(self, start: Tensor | None) -> Tensor:
+        """[B] bars of the song's phrase before the window's first bar: ((start // spb) mod bpp)
+        with song_phrases, else 0 (phrases counted from the window's first bar)."""
+        if start is None or not self.song_phrases:
+            return torch.zeros(1 if start is None else len(start), dtype=torch.long,
+                               device=None if start is None else start.device)
+        return (start.long() // self.steps_per_bar) % self.bars_per_phrase
 
     # ---- incremental path (generation)
     def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0) -> GenerationState:
@@ -321,25 +376,38 @@ class HierarchicalDrumModel(nn.Module):
             state.phrase_sum_x = like.new_zeros(batch_size, D)
             state.bar_ctx = self.bar_to_step(self.bar_start).expand(batch_size, H)
             state.phrase_ctx = self.phrase_to_step(self.phrase_start).expand(batch_size, H)
+            off = self.phrase_offset(start)
+            if bool((off != off[0]).any()):
+                raise ValueError("song_phrases: the rows of one generation batch must share their phrase "
+                                 f"phase, (start // steps_per_bar) mod bars_per_phrase; got {off.tolist()}")
+            state.bars_done = int(off[0])       # bars of the first phrase before step 0
+            state.phrase_bars = 0
         return state
 
-    def step(self, x: Tensor, state: GenerationState) -> Tensor:
-        """Consume step `state.t` (x [B, D]) and return the logits of step t+1 [B, D]; equals
-        forward(...)[0][:, t] on the same prefix (see tests/test_model.py)."""
+    def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False):
+        """Consume step `state.t` (x [B, D]) and return the head parameters of step t+1 [B, P]
+        (and z [B, H] with return_hidden); equals forward(...)[0][:, t] on the same prefix (see
+        tests/test_model.py)."""
         spb = self.steps_per_bar
         phase = (state.start + state.t) % spb
         inp = self.input(x) + self.in_pos(phase)
+        pos = state.start + state.t                                             # absolute step
+        if self.phrase_position:
+            inp = inp + self.in_bar_pos((pos // spb) % self.bars_per_phrase)
         if self.lookback_bars:
             inp = inp + self.lookback(self._lookback_step(x, state))
         h, state.step = self.step_rnn.step(self.drop(inp), state.step)
         z = h + self.out_pos((phase + 1) % spb)
+        if self.phrase_position:
+            z = z + self.out_bar_pos(((pos + 1) // spb) % self.bars_per_phrase)
         if self.hierarchy:
             if state.t >= 0:
                 self._advance_bars(h, x, state)
             z = z + state.bar_ctx + state.phrase_ctx
         state.t += 1
         state.features = z
-        return self.output_layer(self.drop(z))
+        out = self.output_layer(self.drop(z))
+        return (out, z) if return_hidden else out
 
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
         """`lookback_features` of step t = state.t from the ring of the last K·spb inputs
@@ -370,11 +438,14 @@ class HierarchicalDrumModel(nn.Module):
         state.phrase_sum_h = state.phrase_sum_h + bar_h
         state.phrase_sum_x = state.phrase_sum_x + state.bar_sum_x
         state.bar_sum_h, state.bar_sum_x = torch.zeros_like(h), torch.zeros_like(x)
-        state.bars_done += 1
+        state.bars_done += 1                 # on the phrase grid (starts at the phrase offset)
+        state.phrase_bars += 1               # bars pooled into this phrase (fewer in a first partial one)
         if state.bars_done % bpp:
             return
-        phrase_in = self.bar_to_phrase(torch.cat([state.phrase_sum_h / bpp,
-                                                  state.phrase_sum_x / (spb * bpp)], -1))
+        n = state.phrase_bars
+        phrase_in = self.bar_to_phrase(torch.cat([state.phrase_sum_h / n,
+                                                  state.phrase_sum_x / (spb * n)], -1))
+        state.phrase_bars = 0
         phrase_h, state.phrase = self.phrase_rnn.step(self.drop(phrase_in), state.phrase)
         state.phrase_ctx = self.phrase_to_step(phrase_h)
         state.phrase_sum_h = torch.zeros_like(state.phrase_sum_h)
@@ -383,15 +454,17 @@ class HierarchicalDrumModel(nn.Module):
     @torch.no_grad()
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
-                 start: Tensor | int = 0, expressive: bool = False):
+                 start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
         `step` per generated step: RNN states / a ring KV cache are carried, bars and phrases
         are pooled as they complete. `start` ([B] or int) is the absolute position of the prime's
-        first step, as in forward (sets the bar phase). Deterministic for a given `seed`.
-        `expressive=True` (a model with expressive heads) returns (hits, velocity, offset): each
-        sampled step's velocity / 127 and offset in steps given its hits (0 over the prime)."""
+        first step, as in forward (sets the bar phase). Each step's drum vector is drawn from the
+        output head's joint distribution with temperature / top_k / top_p (heads.decode_joint).
+        Deterministic for a given `seed`. `expressive=True` (a model with expressive heads) returns
+        (hits, velocity, offset): each sampled step's velocity / 127 and offset in steps given its
+        hits (0 over the prime)."""
         was_training = self.training
         self.eval()
         try:
@@ -404,15 +477,15 @@ class HierarchicalDrumModel(nn.Module):
             out[:, :T0] = prime
             played = like.new_zeros(2, B, T0 + length, D)
             state = self.init_state(B, t=0 if T0 else -1, start=start)
-            logits = None
+            logits = z = None
             for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
-                logits = self.step(x, state)
+                logits, z = self.step(x, state, return_hidden=True)
             for i in range(length):
-                out[:, T0 + i] = sample_hits(logits, temperature, top_p, gen)
-                if expressive:
-                    played[:, :, T0 + i] = torch.stack(self.expressive(state.features, out[:, T0 + i] > 0))
+                out[:, T0 + i] = self.head.sample(logits, gen, temperature, top_k, top_p)
+                if expressive:   # how the sampled hits are played, from the state that chose them
+                    played[:, :, T0 + i] = torch.stack(self.expressive(z, out[:, T0 + i] > 0))
                 if i + 1 < length:
-                    logits = self.step(out[:, T0 + i], state)
+                    logits, z = self.step(out[:, T0 + i], state, return_hidden=True)
             if expressive:
                 return (out[0], *played[:, 0]) if unbatched else (out, *played)
             return out[0] if unbatched else out
@@ -434,31 +507,41 @@ class HierarchicalDrumModel(nn.Module):
 
     def compute_loss(self, preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
                      level_loss: str = "mse"):
-        """`compute_loss` with this model's bar/phrase grid, plus the expressive terms when the
-        model has its heads (train/training/expressive.py)."""
+        """`compute_loss` with this model's bar/phrase grid and output head, plus the expressive
+        terms when the model has its heads (train/training/expressive.py)."""
+        start = batch.get("start")
+        offset = self.phrase_offset(start) if self.song_phrases and start is not None else None
         total, terms = compute_loss(preds[:3], batch, weights, level_loss=level_loss,
-                                    steps_per_bar=self.steps_per_bar, bars_per_phrase=self.bars_per_phrase)
-        if len(preds) > 3:
+                                    steps_per_bar=self.steps_per_bar, bars_per_phrase=self.bars_per_phrase,
+                                    head=self.head, phrase_offset=offset)
+        if self._config["expressive"] and len(preds) > 3:   # the velocity and offset terms
             from train.training.expressive import add_expressive_loss
             total, terms = add_expressive_loss(total, terms, preds[3], batch, weights)
         return total, terms
+
+    # ---- scoring (evaluate, rewards): the one place that turns head parameters into numbers
+    def step_marginals(self, step_logits: Tensor) -> Tensor:
+        """p(drum d hits at step t+1) [..., D] from forward's step output [..., P]."""
+        return self.head.marginals(step_logits)
+
+    def step_log_prob(self, step: Tensor, mask: Tensor | None = None, start: Tensor | None = None,
+                      step_logits: Tensor | None = None) -> Tensor:
+        """log2 p(step[:, t+1] | step[:, :t+1]) [B, L−1] in bits: the whole drum vector's
+        probability (the loss definition for every output head); a forward pass unless
+        `step_logits` (forward's first output on `step`) is given. Rows where mask[:, t+1] is False
+        are padding (still computed; callers mask them)."""
+        if step_logits is None:
+            step_logits = self(step, mask=mask, start=start)[0]
+        return self.head.log_prob(step_logits[:, :-1], step[:, 1:]) / math.log(2.0)
 
 
 # --------------------------------------------------------------------------- sampling and loss
 def sample_hits(logits: Tensor, temperature: float = 1.0, top_p: float | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-    """Binary hits from independent Bernoullis p = sigmoid(logits / temperature).
-
-    temperature ≤ 0 is greedy (p > 0.5). top_p is nucleus sampling per drum over its two outcomes
-    {hit, rest}: where the likelier outcome alone has probability ≥ top_p it is taken, else both
-    stay and the drum is sampled as usual."""
-    if temperature <= 0:
-        return (logits > 0).to(logits.dtype)
-    p = torch.sigmoid(logits / temperature)
-    if top_p is not None:
-        p = torch.where(torch.maximum(p, 1 - p) >= top_p, (p >= 0.5).to(p.dtype), p)
-    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-    return (u < p).to(p.dtype)
+    """Per-drum Bernoulli sampling of independent logits (`heads.sample_bernoulli`): p = σ(logit / T),
+    T ≤ 0 greedy; top_p per drum over its two outcomes. Decoding over the joint step event is
+    `model.head.sample` (what `generate` uses)."""
+    return sample_bernoulli(logits, temperature, generator, top_p)
 
 
 def _level_targets(step: Tensor, mask: Tensor | None, size: int, count: int) -> tuple[Tensor, Tensor]:
@@ -472,21 +555,46 @@ def _level_targets(step: Tensor, mask: Tensor | None, size: int, count: int) -> 
     return means, mask[:, size - 1:count * size:size].bool()
 
 
+def _phrase_targets(step: Tensor, mask: Tensor | None, spb: int, bpp: int, count: int,
+                    offset: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`_level_targets` of phrase slots on the grid shifted by `offset` [B] bars (None: 0): slot j
+    holds window steps from (j·bpp − offset)·spb; it counts only when wholly inside the window and
+    real."""
+    B, L, D = step.shape
+    if offset is None or not bool(offset.any()):
+        return _level_targets(step, mask, spb * bpp, count)
+    span = spb * bpp
+    first = (torch.arange(count, device=step.device)[None] * bpp - offset[:, None]) * spb    # [B, count]
+    idx = (first[..., None] + torch.arange(span, device=step.device)).clamp(0, L - 1)       # [B, count, span]
+    hits = (step > 0).to(step.dtype).gather(1, idx.reshape(B, -1)[..., None].expand(-1, -1, D))
+    means = hits.reshape(B, count, span, D).mean(2)
+    real = (first >= 0) & (first + span <= L)
+    if mask is not None:
+        real = real & mask.bool().gather(1, (first + span - 1).clamp(0, L - 1))
+    return means, real
+
+
 def _masked_mean(per_item: Tensor, valid: Tensor) -> Tensor:
     valid = valid.to(per_item.dtype)
     return (per_item * valid).sum() / valid.sum().clamp(min=1)
 
 
 def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
-                 *, level_loss: str = "mse", steps_per_bar: int = 16, bars_per_phrase: int = 4):
+                 *, level_loss: str = "mse", steps_per_bar: int = 16, bars_per_phrase: int = 4,
+                 head: StepHead | None = None, phrase_offset: Tensor | None = None):
     """Weighted sum of the three levels' next-item losses; returns (total, {"step", "bar", "phrase"}).
 
-    preds = (step_logits [B, L, D], bar_preds [B, nb, D] | None, phrase_preds [B, nph, D] | None),
-    batch = {"step" [B, L, D], "mask" [B, L] (optional)}; hits y = step > 0, m = mask.
+    preds = (step_logits [B, L, P], bar_preds [B, nb, D] | None, phrase_preds [B, nph, D] | None),
+    batch = {"step" [B, L, D], "mask" [B, L] (optional)}; hits y = step > 0, m = mask; `head`
+    (heads.py; None = independent Bernoullis, step_logits [B, L, D]) gives p(y | step_logits).
 
-    step   = Σ_{b, t<L−1, d} m[b,t+1] · BCE(σ(step_logits[b,t,d]), y[b,t+1,d]) / (D · Σ m[b,t+1])
+    step   = −Σ_{b, t<L−1} m[b,t+1] · log2 p(y[b,t+1] | step_logits[b,t]) / Σ m[b,t+1]
+             (NLL of the whole drum vector in bits per step, the same for every output head;
+             for independent logits it is Σ_d BCE_d / ln 2)
     bar    = mean over real bars k ≥ 1 of ℓ(bar_preds[b,k−1], ȳ_k),  ȳ_k = mean of y over bar k
-    phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each)
+    phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each); with
+             `phrase_offset` [B] (song_phrases) phrase slot j covers window steps
+             [(j·bpp − offset)·spb, (j+1)·bpp − offset)·spb), as the model pools them
     ℓ = mean_d (σ(p) − ȳ)² for level_loss="mse" (reaches 0), or BCE-with-logits against the
     soft target ȳ for "bce" (floored at the entropy of ȳ). A level counts only when every step of
     its target bar/phrase is real. total = Σ_k weights[k] · term_k; a zero weight disables a term
@@ -499,10 +607,10 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
     weights = {**DEFAULT_LOSS_WEIGHTS, **dict(weights or {})}
     step_logits, bar_preds, phrase_preds = preds
     step, mask = batch["step"], batch.get("mask")
-    target = (step[:, 1:] > 0).to(step_logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(step_logits[:, :-1], target, reduction="none").mean(-1)
-    valid = mask[:, 1:] if mask is not None else torch.ones_like(bce, dtype=torch.bool)
-    terms = {"step": _masked_mean(bce, valid)}
+    head = IndependentHead(step.shape[-1]) if head is None else head
+    nll = -head.log_prob(step_logits[:, :-1], step[:, 1:]) / math.log(2.0)      # bits [B, L−1]
+    valid = mask[:, 1:] if mask is not None else torch.ones_like(nll, dtype=torch.bool)
+    terms = {"step": _masked_mean(nll, valid)}
 
     for name, preds_k, size in (("bar", bar_preds, steps_per_bar),
                                 ("phrase", phrase_preds, steps_per_bar * bars_per_phrase)):
@@ -512,7 +620,11 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
         if preds_k.shape[1] < 2:                       # no next bar/phrase to predict
             terms[name] = preds_k.sum() * 0.0          # still in the graph (see below)
             continue
-        means, real = _level_targets(step, mask, size, preds_k.shape[1])
+        if name == "phrase":
+            means, real = _phrase_targets(step, mask, steps_per_bar, bars_per_phrase, preds_k.shape[1],
+                                          phrase_offset)
+        else:
+            means, real = _level_targets(step, mask, size, preds_k.shape[1])
         pred, want = preds_k[:, :-1], means[:, 1:].to(preds_k.dtype)
         if level_loss == "mse":
             per = (torch.sigmoid(pred) - want).pow(2).mean(-1)

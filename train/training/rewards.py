@@ -42,7 +42,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from train.training.loss_weighting import UncertaintyWeighting
@@ -292,9 +291,12 @@ class RewardShaper:
         return self.weighting({k: (-r.detach() if detach else -r).mean() for k, r in rs.items()})
 
     # --- surrogate ---------------------------------------------------------------------------
-    def surrogate(self, step_logits: torch.Tensor, batch: dict):
-        """(loss, logs): −mean R of the expected metrics of the next-step predictions."""
-        p = torch.sigmoid(step_logits[:, :-1].float())                  # predictions of steps 1..L−1
+    def surrogate(self, step_logits: torch.Tensor, batch: dict, model: torch.nn.Module | None = None):
+        """(loss, logs): −mean R of the expected metrics of the next-step predictions. With `model`
+        its output head turns step_logits into per-drum probabilities (any `model.output`); without,
+        step_logits are independent per-drum logits."""
+        p = (model.step_marginals(step_logits[:, :-1].float()) if model is not None
+             else torch.sigmoid(step_logits[:, :-1].float()))            # predictions of steps 1..L−1
         L = p.shape[1]
         mask = batch["mask"][:, 1:L + 1].to(p.dtype) if "mask" in batch else p.new_ones(p.shape[:2])
         start = batch.get("start", torch.zeros(p.shape[0], dtype=torch.long)).to(p.device)
@@ -361,8 +363,8 @@ class RewardShaper:
         finally:
             model.train(was_training)
         cont = seq[:, self.prime:]
-        cont_logits = logits[:, self.prime - 1:].float()                # logits[:, t] predict step t+1
-        logp = -F.binary_cross_entropy_with_logits(cont_logits, cont.float(), reduction="none").sum((1, 2))
+        # log p of the sampled continuation's whole drum vectors (any output head), in nats
+        logp = model.head.log_prob(logits[:, self.prime - 1:].float(), cont.float()).sum(1)
         values = self._score(cont, start + self.prime)
         # ioi_var's `window` target: the kernel's ioi_var of the real steps of the sampled span
         # (same length, same kernel), not of the whole stored window

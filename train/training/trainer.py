@@ -69,6 +69,10 @@ def validate_config(cfg: DictConfig) -> None:
     need(int(tc.seq_len) == int(cfg.window.seq_len),
          f"trainer.seq_len={tc.seq_len} differs from window.seq_len={cfg.window.seq_len}: the "
          "training windows are the windows whose metrics were precomputed; set window.seq_len")
+    need(int(cfg.window.stride) % int(cfg.window.steps_per_bar) == 0,
+         f"window.stride={cfg.window.stride} is not a whole number of bars of window.steps_per_bar="
+         f"{cfg.window.steps_per_bar}: windows must start on bar lines, so that the model's bars and "
+         "phrases are the song's")
     need(int(tc.save_top_k) >= -1, f"trainer.save_top_k={tc.save_top_k}: -1 (all), 0 (none) or k ≥ 1")
     need(int(tc.log_interval) >= 1, f"trainer.log_interval={tc.log_interval}: must be ≥ 1")
     need(RUN_NAME.fullmatch(str(tc.run_name)) is not None,
@@ -511,7 +515,7 @@ def train_step(p: Parts, batches, micro: int, clip: float, d: Dist) -> tuple[dic
 def shape_rewards(p: Parts, loss, terms: dict, step_logits, batch: dict, step_logs: dict):
     """Add the weighted reward loss (`rl` term) to the model's; its reward logs go into step_logs."""
     shaper = p.shaper
-    rl_loss, rl_logs = (shaper.surrogate(step_logits, batch) if shaper.mode == "surrogate"
+    rl_loss, rl_logs = (shaper.surrogate(step_logits, batch, p.raw_model) if shaper.mode == "surrogate"
                         else shaper.reinforce(p.raw_model, batch))
     step_logs.update(rl_logs)
     return loss + shaper.weight * rl_loss, {**terms, "rl": rl_loss}

@@ -1,0 +1,99 @@
+"""`python -m train.evaluate.sweep checkpoint=… split=validation`: choose decoding by generated-vs-real fit.
+
+For every point of the grid `evaluate.decoding_sweep.{temperature, top_k, top_p}` (all
+combinations), the checkpoint generates the same number of windows `train.evaluate` would
+(`evaluate.generated.*`, same seed) and their window metrics are compared with the split's real
+windows (Yang & Lerch overlapping area, `train.evaluate.scores.compare_sets`). Per point:
+the mean and the minimum OA over the metrics, the generated/real ratio of mean `ngram_unique`
+and the generated − real mean lag-1 bar similarity. The point of highest mean OA is the
+suggested default (`best`). Out: `<evaluate.out_dir>/decoding_sweep.{json,md}` and a sheet of
+the best point's first generated rolls next to real ones (`decoding_sweep.png`).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import pipeline.config
+from pipeline.atomic import atomic_path
+from pipeline.store import Store
+
+
+def _points(grid: DictConfig) -> list[dict]:
+    values = {k: list(grid[k]) for k in ("temperature", "top_k", "top_p")}
+    return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+
+
+def _summary(comparison: dict) -> dict:
+    oa = {k: v["overlap_area"] for k, v in comparison.items()}
+
+    def ratio(name, fn):
+        c = comparison.get(name)
+        return None if c is None else fn(c["generated_mean"], c["real_mean"])
+
+    return {"mean_oa": sum(oa.values()) / max(len(oa), 1), "min_oa": min(oa.values(), default=0.0),
+            "worst_metric": min(oa, key=oa.get) if oa else None,
+            "ngram_unique_ratio": ratio("ngram_unique", lambda g, r: g / r if r else None),
+            "lag1_similarity_diff": ratio("bar_sim_lag1", lambda g, r: g - r), "oa": oa,
+            "generated_mean": {k: v["generated_mean"] for k, v in comparison.items()},
+            "real_mean": {k: v["real_mean"] for k, v in comparison.items()}}
+
+
+def sweep(cfg: DictConfig) -> dict:
+    from train.evaluate.plots import save_sheet
+    from train.evaluate.run import generated_vs_real, split_windows
+    from train.training.checkpoint import load_for_inference
+
+    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
+    store = Store(cfg.paths.store)
+    seq_len, spb = int(cfg.window.seq_len), int(cfg.window.steps_per_bar)
+    windows = split_windows(store, cfg.split, seq_len, int(cfg.evaluate.stride), steps_per_bar=spb)
+    rows, best, best_gen = [], None, None
+    for point in _points(cfg.evaluate.decoding_sweep):
+        run_cfg = OmegaConf.merge(cfg, {"evaluate": {"generated": point}})
+        comparison, _, _, gen = generated_vs_real(run_cfg, model, windows, store.num_drums)
+        row = {**point, **_summary(comparison)}
+        rows.append(row)
+        print(f"T={point['temperature']} top_k={point['top_k']} top_p={point['top_p']}: "
+              f"mean OA {row['mean_oa']:.3f}  min OA {row['min_oa']:.3f} ({row['worst_metric']})", flush=True)
+        if best is None or row["mean_oa"] > best["mean_oa"]:
+            best, best_gen = row, gen
+    out = Path(cfg.evaluate.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k = min(4, len(best_gen))
+    real_rows = [w[m] for w, m in zip(windows.steps[:k], windows.mask[:k])]
+    save_sheet(out / "decoding_sweep.png", list(best_gen[:k]) + real_rows, store.drum_names, spb,
+               titles=[f"generated {i}" for i in range(k)] + [f"real {i}" for i in range(k)])
+    result = {"checkpoint": str(ckpt_path), "split": cfg.split, "rows": rows,
+              "best": {key: best[key] for key in ("temperature", "top_k", "top_p")}}
+    with atomic_path(out / "decoding_sweep.json") as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2))
+    with atomic_path(out / "decoding_sweep.md") as tmp:
+        Path(tmp).write_text(markdown(rows))
+    return result
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| temperature | top_k | top_p | mean OA | min OA (metric) | ngram_unique gen/real | lag-1 sim gen − real |",
+             "|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        nu = "–" if r["ngram_unique_ratio"] is None else f"{r['ngram_unique_ratio']:.2f}"
+        lag = "–" if r["lag1_similarity_diff"] is None else f"{r['lag1_similarity_diff']:+.3f}"
+        lines.append(f"| {r['temperature']} | {r['top_k']} | {r['top_p']} | {r['mean_oa']:.3f} | "
+                     f"{r['min_oa']:.3f} ({r['worst_metric']}) | {nu} | {lag} |")
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with pipeline.config.exit_on("evaluate.sweep", FileNotFoundError, ValueError, KeyError):
+        result = sweep(cfg)
+    print(f"best: {result['best']}  table: {Path(cfg.evaluate.out_dir) / 'decoding_sweep.md'}")
+
+
+if __name__ == "__main__":
+    main()
