@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import pipeline.config
 from pipeline.atomic import atomic_path
-from pipeline.store import Store
 
 
 def _points(grid: DictConfig) -> list[dict]:
@@ -45,17 +44,16 @@ def _summary(comparison: dict) -> dict:
 
 def sweep(cfg: DictConfig) -> dict:
     from train.evaluate.plots import save_sheet
-    from train.evaluate.run import generated_vs_real, split_windows
-    from train.training.checkpoint import load_for_inference
+    from train.evaluate.run import generated_vs_real, load_inputs
+    from train.evaluate.windows import split_windows
 
-    model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint)
-    store = Store(cfg.paths.store)
+    model, ckpt_path, ready, store, _ = load_inputs(cfg)   # the windows the export wrote (one grid)
     seq_len, spb = int(cfg.window.seq_len), int(cfg.window.steps_per_bar)
-    windows = split_windows(store, cfg.split, seq_len, int(cfg.evaluate.stride), steps_per_bar=spb)
+    windows = split_windows(ready, cfg.split, seq_len, int(cfg.evaluate.stride), spb, int(cfg.window.bars_per_phrase))
     rows, best, best_gen = [], None, None
     for point in _points(cfg.evaluate.decoding_sweep):
-        run_cfg = OmegaConf.merge(cfg, {"evaluate": {"generated": point}})
-        comparison, _, _, gen = generated_vs_real(run_cfg, model, windows, store.num_drums)
+        run_cfg = OmegaConf.merge(cfg, {"evaluate": {"generated": {**point, "bootstrap_samples": 0}}})   # means only
+        comparison, _, _, gen = generated_vs_real(run_cfg, model, windows, store.num_drums, store)
         row = {**point, **_summary(comparison)}
         rows.append(row)
         print(f"T={point['temperature']} top_k={point['top_k']} top_p={point['top_p']}: "
