@@ -6,23 +6,23 @@ import sys
 import pytest
 
 from pipeline.config import REPO_ROOT, compose
-from tests.tiny_checkpoint import OVERRIDES, make_checkpoint, make_store
-from train.evaluate.run import generated_vs_real, split_windows
-from train.evaluate.sweep import sweep
-from train.training.checkpoint import load_for_inference
 from pipeline.store import Store
+from tests.tiny_checkpoint import OVERRIDES, make_checkpoint, make_ready
+from train.evaluate.run import generated_vs_real
+from train.evaluate.sweep import sweep
+from train.evaluate.windows import split_windows
+from train.training.checkpoint import load_for_inference
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sweep")
-    store = make_store(d / "store.zarr")
-    return store, make_checkpoint(d / "run" / "last.pt", store, train_steps=15, output="joint")
+    d = make_ready(tmp_path_factory.mktemp("sweep"))
+    return d, make_checkpoint(d / "run" / "last.pt", d / "store.zarr", train_steps=15, output="joint")
 
 
 def test_sweep_scores_every_point_as_evaluate_would(tiny, tmp_path):
-    store, ckpt = tiny
-    cfg = compose(OVERRIDES + [f"paths.store={store}", f"checkpoint={ckpt}", f"evaluate.out_dir={tmp_path}",
+    data, ckpt = tiny
+    cfg = compose(OVERRIDES + [f"paths.data_dir={data}", f"checkpoint={ckpt}", f"evaluate.out_dir={tmp_path}",
                                "evaluate.decoding_sweep.temperature=[0.5,1.0]",
                                "evaluate.decoding_sweep.top_p=[null,0.9]", "evaluate.generated.max_samples=4"],
                   config_name="evaluate")
@@ -33,10 +33,11 @@ def test_sweep_scores_every_point_as_evaluate_would(tiny, tmp_path):
     assert res["best"] == {k: best[k] for k in ("temperature", "top_k", "top_p")}
     # a row is exactly what evaluate's generated-vs-real gives at that setting
     model, _, _ = load_for_inference(ckpt)
-    windows = split_windows(Store(store), "validation", 64, 64, steps_per_bar=16)
+    windows = split_windows(data / "ready", "validation", 64, 64, 16, 2)
     point = compose(OVERRIDES + ["evaluate.generated.temperature=1.0", "evaluate.generated.top_p=0.9",
-                                 "evaluate.generated.max_samples=4"], config_name="evaluate")
-    comparison = generated_vs_real(point, model, windows, 9)[0]
+                                 "evaluate.generated.max_samples=4", "evaluate.generated.bootstrap_samples=0"],
+                    config_name="evaluate")
+    comparison = generated_vs_real(point, model, windows, 9, Store(data / "store.zarr"))[0]
     assert rows[3]["oa"] == {k: v["overlap_area"] for k, v in comparison.items()}
     assert "bar_sim_lag1" in rows[3]["oa"] and rows[3]["lag1_similarity_diff"] is not None
     saved = json.loads((tmp_path / "decoding_sweep.json").read_text())
