@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -86,13 +87,23 @@ def build(cfg: DictConfig) -> dict:
         # partial: dask would otherwise walk the song records once per task looking for collections
         write = dask.delayed(partial(_write_chunk, root, interim / "songs", records, offsets))
         tasks = [write(s, min(s + chunk, total)) for s in range(0, total, chunk)]
-        hit_counts = dask.compute(*tasks, scheduler=cfg.store.scheduler, num_workers=int(cfg.store.workers))
+        hit_counts = _compute(tasks, cfg.store)
         write_metadata(root, meta_songs, attrs)
         root.attrs["num_hits"] = int(sum(hit_counts))
     summary = {"songs": len(records), "steps": total, "hits": int(sum(hit_counts)), "chunks": len(tasks),
                "store": str(cfg.paths.store)}
     log.info("build: %(songs)d songs, %(steps)d steps, %(hits)d hits in %(chunks)d chunks -> %(store)s", summary)
     return summary
+
+
+def _compute(tasks: list, store_cfg) -> tuple:
+    """dask.compute that returns only once every task has stopped. On a failure dask raises at once
+    while other threads still write chunks into the temporary store; atomic_path then removes it,
+    and a late chunk would recreate it as a stale temporary."""
+    if store_cfg.scheduler != "threads":
+        return dask.compute(*tasks, scheduler=store_cfg.scheduler, num_workers=int(store_cfg.workers))
+    with ThreadPoolExecutor(int(store_cfg.workers)) as pool:   # leaving waits for running tasks
+        return dask.compute(*tasks, scheduler="threads", pool=pool)
 
 
 def _meta_song(r: dict) -> Song:
