@@ -196,7 +196,8 @@ def test_joint_heads_are_scored_by_their_whole_vector_nll(tmp_path, output):
     w = _windows(data, "validation")
     probs, log2p = model_probs(model, w.steps, w.mask, w.start, w.targets)
     x = torch.as_tensor(w.steps, dtype=torch.float64)
-    inside = model.double().step_log_prob(x, start=torch.as_tensor(w.start)).numpy()   # targets in the window
+    with torch.no_grad():
+        inside = model.double().step_log_prob(x, start=torch.as_tensor(w.start)).numpy()   # targets in the window
     np.testing.assert_allclose(log2p[:, :-1][w.mask[:, 1:]], inside[w.mask[:, 1:]], rtol=1e-5, atol=1e-6)
     want = -log2p[w.scored].mean()
     np.testing.assert_allclose(res["scores"]["model"]["nll_bits_per_step"], want, rtol=1e-5)

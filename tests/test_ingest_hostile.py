@@ -89,7 +89,7 @@ def test_far_notes_and_huge_headers_are_refused_before_allocating(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
     _good_midi(inp / "good.mid")
-    _mido_file(inp / "far.mid", [(2 ** 28, 36, 90)])       # 37 bytes asking for gigabytes
+    _mido_file(inp / "far.mid", [(2 ** 28 - 1, 36, 90)])   # 37 bytes asking for gigabytes (the largest MIDI delta)
     _mido_file(inp / "long.mid", [(0, 36, 90), (10 ** 7, 38, 90)])
     report = ingest(_cfg(tmp_path, "midi", inp))
     reasons = _reasons(report)

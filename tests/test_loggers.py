@@ -141,7 +141,7 @@ def test_mlflow_run_is_marked_killed_when_a_trial_is_pruned(tiny, tmp_path):
 
 def test_no_logger_writes_only_the_summary(tiny, tmp_path):
     fit(compose([*tiny, f"trainer.run_dir={tmp_path}", "trainer.logger=[]", "trainer.max_epochs=1"]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "metrics.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "checkpoints", "metrics.json"]   # .lock: the run lock
 
 
 @pytest.mark.parametrize("name", ["wandb", "mlflow"])

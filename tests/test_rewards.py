@@ -75,7 +75,7 @@ def test_batches_carry_exactly_the_enabled_window_targets(tiny, tmp_path):
 
     off = compose(tiny)
     assert rewards.window_metrics_needed(off.rl) == []
-    on = compose(tiny + ["rl=surrogate", "rl.terms.syncopation.weight=0.5"])
+    on = compose(tiny + ["rl=surrogate", "rl.terms.syncopation.weight=0.5", "model.expressive=false"])
     assert rewards.window_metrics_needed(on.rl) == ["avg_hits", "syncopation"]
     _, train, _ = build_data(on, Dist())
     batch = next(iter(train))

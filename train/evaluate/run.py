@@ -53,6 +53,11 @@ def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray,
     = step t+1, the step after the window included), else [B, L−1] inside the window): the model's
     own whole-vector NLL, right for joint and autoregressive output heads too."""
     x = torch.as_tensor(steps, dtype=torch.float32)
+    with torch.no_grad():
+        return _model_probs(model, x, mask, start, targets)
+
+
+def _model_probs(model, x, mask, start, targets):
     logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start))[0].double()
     if targets is None:
         log2p = model.step_log_prob(x.double(), step_logits=logits)
