@@ -43,7 +43,9 @@ def position_means(store: Store, ids: np.ndarray, steps_per_bar: int) -> np.ndar
 
 def _scores(pred_v: np.ndarray, pred_o: np.ndarray, true_v: np.ndarray, true_o: np.ndarray) -> dict:
     # undefined for a constant prediction or truth: 0 (no linear relation to report)
-    corr = float(np.corrcoef(pred_v, true_v)[0, 1]) if min(pred_v.std(), true_v.std()) > 0 else 0.0
+    pred_v, true_v = np.asarray(pred_v, np.float64), np.asarray(true_v, np.float64)
+    spread = min(np.ptp(pred_v), np.ptp(true_v)) if len(true_v) else 0.0   # exact: float32 std of a constant is not 0
+    corr = float(np.corrcoef(pred_v, true_v)[0, 1]) if spread > 0 else 0.0
     return {"velocity_mse": float(np.mean((pred_v - true_v) ** 2)),
             "offset_mse": float(np.mean((pred_o - true_o) ** 2)), "velocity_corr": corr}
 
