@@ -166,6 +166,13 @@ class Store:
     def song_slice(self, i: int) -> slice:
         return slice(int(self.song_offsets[i]), int(self.song_offsets[i + 1]))
 
+    def rows(self, name: str, i: int, start: int, length: int) -> np.ndarray:
+        """Rows [start, start + length) of song i's per-step array `name` (STEP_ARRAYS), cut at the
+        song's end; reads only those rows, not the whole song."""
+        sl = self.song_slice(i)
+        a = sl.start + int(start)
+        return np.asarray(self.root[name][a:min(a + int(length), sl.stop)])
+
     def song(self, i: int) -> Song:
         sl = self.song_slice(i)
         kw = {f: self.meta[f][i] for f in STR_FIELDS}

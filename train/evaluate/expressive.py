@@ -22,8 +22,7 @@ def played_windows(store: Store, song: np.ndarray, start: np.ndarray, seq_len: i
     N, D = len(song), store.num_drums
     vel, off = np.zeros((N, seq_len, D), np.float32), np.zeros((N, seq_len, D), np.float32)
     for n, (s, a) in enumerate(zip(song, start)):
-        sl = store.song_slice(int(s))
-        v, o = store.velocity[sl][a:a + seq_len], store.offset[sl][a:a + seq_len]
+        v, o = (store.rows(name, int(s), a, seq_len) for name in ("velocity", "offset"))
         vel[n, :len(v)], off[n, :len(o)] = v / VELOCITY_SCALE, o / OFFSET_UNITS
     return vel, off
 

@@ -174,7 +174,7 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     kw = metric_kwargs(cfg)
     real_played = gen_played = None
     if store is not None:
-        real_played = [tuple(np.asarray(a[store.song_slice(int(s))][st:st + len(r)]) for a in (store.velocity, store.offset))
+        real_played = [tuple(store.rows(a, int(s), st, len(r)) for a in ("velocity", "offset"))
                        for r, s, st in zip(real_rolls, real_songs, real_starts)]
         gen_played = [played_values(g, heads[0][i] if expressive else None, heads[1][i] if expressive else None,
                                     0, 100) for i, g in enumerate(gen)]
