@@ -26,6 +26,7 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.ingest import read_shard
 from pipeline.lock import LockHeld, data_dir_lock
+from pipeline.progress import heartbeat
 from pipeline.parallel import dask_scheduler
 from pipeline.store import STEP_ARRAYS, Song, create_store, write_metadata
 
@@ -130,7 +131,7 @@ def _meta_song(r: dict) -> Song:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("build", FileNotFoundError, LockHeld), data_dir_lock(cfg, "build"):
+    with pipeline.config.exit_on("build", FileNotFoundError, LockHeld), data_dir_lock(cfg, "build"), heartbeat("build"):
         build(cfg)
 
 

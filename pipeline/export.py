@@ -40,6 +40,7 @@ import pipeline.config
 from kernels.spec import window_counts
 from pipeline.atomic import atomic_path
 from pipeline.lock import LockHeld, data_dir_lock
+from pipeline.progress import heartbeat
 from pipeline.parallel import executor, ordered_map
 from pipeline.store import SPLITS, STEP_ARRAYS, Store, attrs_hash
 
@@ -242,10 +243,15 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with pipeline.config.exit_on("export", FileNotFoundError, ValueError, LockHeld), \
-            data_dir_lock(cfg, "export"):
-        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
-               stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
-               scheduler=cfg.export.scheduler, workers=cfg.export.workers)
+            data_dir_lock(cfg, "export"), heartbeat("export"):
+        export_from_config(cfg)
+
+
+def export_from_config(cfg: DictConfig) -> dict:
+    """`export` with the paths, window and `export.*` settings of a composed config."""
+    return export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
+                  stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
+                  scheduler=cfg.export.scheduler, workers=cfg.export.workers)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
 from pipeline.lock import LockHeld, data_dir_lock
+from pipeline.progress import heartbeat
 from pipeline.parallel import dask_scheduler
 from pipeline.midi import MidiError, read_midi
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song, compressors
@@ -476,7 +477,7 @@ def _report(cfg, where, results, songs, skipped) -> dict:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("ingest", IngestError, LockHeld), data_dir_lock(cfg, "ingest"):
+    with pipeline.config.exit_on("ingest", IngestError, LockHeld), data_dir_lock(cfg, "ingest"), heartbeat("ingest"):
         ingest(cfg)
 
 

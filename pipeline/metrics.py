@@ -33,6 +33,7 @@ from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, WINDOW
                           window_grid)
 from pipeline.atomic import atomic_path, is_url, join
 from pipeline.config import CONF_DIR, exit_on
+from pipeline.progress import heartbeat
 from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.parallel import executor, ordered_map
 from pipeline.store import Store
@@ -281,7 +282,7 @@ def _finish(root: zarr.Group, p: Params, store: Store, num_windows: int, errors:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on("metrics", FileNotFoundError, ValueError, LockHeld), data_dir_lock(cfg, "metrics"):
+    with exit_on("metrics", FileNotFoundError, ValueError, LockHeld), data_dir_lock(cfg, "metrics"), heartbeat("metrics"):
         summary = run(cfg)
     print(json.dumps(summary))
 

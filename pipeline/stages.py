@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from pipeline.build import build
 import pipeline.config
 from pipeline.config import compose
-from pipeline.export import FORMAT_VERSION, export
+from pipeline.export import FORMAT_VERSION, export_from_config
 from pipeline.ingest import IngestError, ingest
 from pipeline.metrics import run as compute_metrics
 from pipeline.progress import heartbeat
@@ -46,9 +46,7 @@ def run_all(cfg: DictConfig, echo=lambda line: None, cli: bool = False) -> dict:
     echo(f"{metrics['windows']} windows of {metrics['songs']} songs, "
          f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
     with exit_on("export", FileNotFoundError, ValueError), heartbeat("export"):
-        export(cfg.paths.store, cfg.paths.metrics, cfg.paths.ready, seq_len=int(cfg.window.seq_len),
-               stride=int(cfg.window.stride), metric_names=list(cfg.export.metrics),
-               scheduler=cfg.export.scheduler, workers=cfg.export.workers)
+        export_from_config(cfg)
     echo(f"training arrays -> {cfg.paths.ready}")
     return {"ingest": report, "build": summary, "metrics": metrics, "ready": str(cfg.paths.ready)}
 
