@@ -350,3 +350,24 @@ def test_expressive_scores_against_direct_computation(tiny, tmp_path):
     assert e["baseline"]["velocity_mse"] == pytest.approx(np.mean((base - true_v) ** 2), rel=1e-6)
     assert e["baseline"]["offset_mse"] == pytest.approx(np.mean(np.array(true_o) ** 2), rel=1e-6)
     assert "## Velocity and timing" in (tmp_path / "report.md").read_text()
+
+
+def test_real_windows_leave_out_short_songs_for_generated_vs_real():
+    """A one-bar fill (or a song's partial last window) does not join the real set that 16-bar
+    generated windows are compared with, unless fewer than two windows are long enough."""
+    from train.evaluate.run import real_windows
+    from train.evaluate.windows import Windows
+    L, D = 8, 3
+    lengths = [8, 8, 3, 5]                       # two full windows, a short song, a partial one
+    real = np.zeros((4, L + 1), bool)
+    for i, n in enumerate(lengths):
+        real[i, :n] = True
+    rows = np.ones((4, L + 1, D), np.uint8)
+    w = Windows(rows=rows, real=real, song=np.arange(4), start=np.zeros(4, np.int64),
+                first=np.zeros(4, np.int64), steps_per_bar=np.full(4, 4))
+    rolls, songs, _ = real_windows(w, min_steps=L)
+    assert [len(r) for r in rolls] == [8, 8] and list(songs) == [0, 1]
+    assert [len(r) for r in real_windows(w)[0]] == lengths              # 0: every window
+    assert [len(r) for r in real_windows(w, min_steps=6)[0]] == [8, 8]
+    w.real[1, 5:] = False                        # one full window left: too few, keep all
+    assert len(real_windows(w, min_steps=L)[0]) == 4
