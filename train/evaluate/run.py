@@ -323,8 +323,9 @@ def evaluate(cfg: DictConfig) -> dict:
         if k:
             pictures["generated_samples"] = save_sheet(plots / "generated_samples.png", list(gen[:k]), names, spb,
                                                        titles=[f"generated {i}" for i in range(k)])
-            real_rows = [w[m] for w, m in zip(windows.steps[:k], windows.mask[:k])]
-            real_titles = [f"real: {store.meta['name'][s]} @ {a}" for s, a in zip(windows.song[:k], windows.start[:k])]
+            rolls, songs, starts = real_windows(windows, int(ecfg.generated.get("real_min_steps") or 0))
+            real_rows = rolls[:k]      # the real windows the comparison used (no one-bar fills beside 16 bars)
+            real_titles = [f"real: {store.meta['name'][s]} @ {a}" for s, a in zip(songs[:k], starts[:k])]
             pictures["real_samples"] = save_sheet(plots / "real_samples.png", real_rows, names, spb, titles=real_titles)
             pictures["real_vs_generated_rolls"] = save_side_by_side(
                 plots / "real_vs_generated_rolls.png", real_rows, list(gen[:k]), names, spb, seq_len,
