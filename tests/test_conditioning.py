@@ -148,3 +148,41 @@ def test_style_asked_of_an_unconditioned_model_exits_2(tmp_path):
     assert condition_ids(model, OmegaConf.create({"style": None, "beat_type": None, "bpm": 100})) is None
     with pytest.raises(ConfigError, match="without style conditioning"):
         condition_ids(model, OmegaConf.create({"style": "funk", "beat_type": None, "bpm": None}))
+
+
+def test_style_classifier_on_real_and_generated_windows(run_dir, data_dir, tmp_path):
+    from train.evaluate.style_classifier import LogisticRegression, run, table
+
+    base = _overrides(data_dir) + [f"style_classifier.out={tmp_path}/sc.json", "style_classifier.samples_per_style=3"]
+    real = run(compose(base + ["checkpoint=null"], config_name="style_classifier"))
+    # the tiny store's two styles share one groove (they differ only by chance): check the
+    # bookkeeping, both styles and every validation window of them scored once
+    assert real["styles"] == ["funk", "rock"] and "generated" not in real
+    assert real["validation"]["windows"] == sum(map(sum, real["validation"]["confusion"])) > 0
+    out = run(compose(base + [f"checkpoint={run_dir}/checkpoints"], config_name="style_classifier"))
+    gen = out["generated"]
+    assert gen["windows"] == 6 and np.array(gen["confusion"]).sum(1).tolist() == [3, 3]
+    assert 0.0 <= gen["accuracy"] <= 1.0 and "| funk |" in table(out)
+    assert json_load(tmp_path / "sc.json")["generated"]["windows"] == 6
+    # the classifier itself: two separable clouds are told apart, whatever their sizes (balanced)
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 1, (200, 3)), rng.normal(3, 1, (20, 3))]
+    y = np.r_[np.zeros(200, int), np.ones(20, int)]
+    clf = LogisticRegression().fit(x, y, 2)
+    assert (clf.predict(x) == y).mean() > 0.95 and (clf.predict(x[200:]) == 1).mean() > 0.8
+
+
+def test_style_classifier_refuses_an_unconditioned_checkpoint(data_dir, tmp_path):
+    from tests.tiny_checkpoint import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "plain.pt", data_dir / "store.zarr", train_steps=1)
+    proc = subprocess.run([sys.executable, "-m", "train.evaluate.style_classifier", *_overrides(data_dir),
+                           f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path}/h", f"style_classifier.out={tmp_path}/o.json"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not conditioned on style" in proc.stderr, proc.stderr
+
+
+def json_load(path):
+    import json
+
+    return json.loads(Path(path).read_text())
