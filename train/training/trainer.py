@@ -222,7 +222,7 @@ def condition_vocab(cfg) -> dict[str, list[str]] | None:
 
 def model_structure(model: torch.nn.Module) -> str:
     """The module tree and the parameter count per level (trainer.log_model_structure)."""
-    levels = {"step": ("input", "lookback", "in_pos", "out_pos", "step_rnn"),
+    levels = {"step": ("input", "lookback", "in_pos", "out_pos", "step_rnn", "conditions"),
               "bar": ("step_to_bar", "bar_rnn", "bar_to_step", "bar_start"),
               "phrase": ("bar_to_phrase", "phrase_rnn", "phrase_to_step", "phrase_start")}
     counts = dict.fromkeys([*levels, "heads", "other"], 0)
