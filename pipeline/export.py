@@ -6,6 +6,8 @@ Layout of `data/ready/` (every file a plain `.npy`, loadable with `np.load(mmap_
     offset.npy               int8 [N, D]    each hit's timing in 1/128 step
     song_offsets.npy         int64 [S + 1]
     song_steps_per_bar.npy   int32 [S]
+    song_<field>.npy         [S]            the song table conditioning reads (SONG_LABELS): style,
+                                            beat_type (unicode str), bpm (float32)
     windows_<split>.npy      [W_split, 5]   columns WINDOW_COLUMNS: metrics row, song, start,
                                             length, global row offset (= song_offsets[song] + start);
                                             int32 when every value fits, else int64
@@ -49,6 +51,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 WINDOW_COLUMNS = ("row", "song", "start", "length", "offset")
 _WINDOW_KEYS = ("song", "start", "length")   # window/<key> arrays that index, not metrics
+# per-song labels the trainer may condition on (train/training/conditioning.py); plain unicode
+# arrays, so they load with allow_pickle=False
+SONG_LABELS = ("style", "beat_type", "bpm")
 
 
 def _window_blocks(win: zarr.Group):
@@ -207,6 +212,10 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             jobs += _copy_jobs(store.root[name], store_path / name, tmp / f"{name}.npy", block)
         np.save(tmp / "song_offsets.npy", store.song_offsets.astype(np.int64))
         np.save(tmp / "song_steps_per_bar.npy", store.meta["steps_per_bar"].astype(np.int32))
+        for name in SONG_LABELS:
+            values = store.meta[name]     # strings: a plain <U array (Zarr's StringDType does not cast)
+            values = values.astype(np.float32) if name == "bpm" else np.array([str(v) for v in values], str)
+            np.save(tmp / f"song_{name}.npy", values)
         counts = _write_tables(tmp, store, win, per_song)
         (tmp / "metrics").mkdir()
         shapes = {}
@@ -232,7 +241,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
             "store": str(store_path), "store_hash": store.hash, "metrics_store": str(metrics_path),
-            "metrics_hash": attrs_hash(mattrs)[:16],
+            "metrics_hash": attrs_hash(mattrs)[:16], "song_labels": list(SONG_LABELS),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     log.info("export: %d steps, %d windows (%s), %d metrics -> %s", manifest["num_steps"],

@@ -10,6 +10,9 @@ Per sample `generate.out_dir/sample_NNN.{mid,npz,png}` and one `sheet.png` of al
 - PNG: drums x steps with bar lines and drum names (`generate.plots=false`: none, and no matplotlib).
 A prime (`generate.prime=groove.mid` or `.npz`) keeps its first `generate.prime_bars` bars and the
 model continues them; the outputs hold the prime followed by the continuation.
+A conditioned model (`model.conditioning`) generates in the style, beat/fill and tempo asked for:
+`generate.style=funk generate.beat_type=beat generate.bpm=100` (null = none, unconditional); a
+label the model was not trained with exits 2 listing the ones it knows.
 Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
@@ -27,12 +30,10 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
 from train.training.checkpoint import load_for_inference, train_hint
+from train.training.optim import ConfigError
 
 log = logging.getLogger(__name__)
 
-
-
-log = logging.getLogger(__name__)
 
 def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
     """The configured drum map when it names the checkpoint's drums, else one built from the checkpoint."""
@@ -82,12 +83,14 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
 @torch.no_grad()
 def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.ndarray | None = None,
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
-           batch_size: int = 64, top_k: int | None = None, expressive: bool = False):
+           batch_size: int = 64, top_k: int | None = None, expressive: bool = False,
+           cond: list[int] | None = None):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
     `expressive=True` (a model with expressive heads) returns (hits, velocity / 127, offset in
-    steps) float arrays of the same shape, 0 over the prime.
+    steps) float arrays of the same shape, 0 over the prime. `cond`: condition ids of every
+    sample (`condition_ids`; None: unconditional).
     """
     t0 = 0 if prime is None else len(prime)
     out = []
@@ -97,7 +100,7 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         if t0:
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
         seq = model.generate(start, length, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + b,
-                             expressive=expressive)
+                             expressive=expressive, cond=None if cond is None else torch.tensor(cond))
         out.append(seq if expressive else (seq,))
         log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
     if not out:
@@ -105,6 +108,28 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
     hits, *played = (torch.cat(part).detach().cpu().numpy() for part in zip(*out))
     hits = (hits > 0).astype(np.uint8)
     return (hits, *played) if expressive else hits
+
+
+def condition_ids(model, g) -> list[int] | None:
+    """The ids of `generate.style` / `beat_type` / `bpm` for a conditioned model (None for an
+    unconditioned one). A label the model does not know, or a style/beat type asked of a model
+    trained without that condition, is a ConfigError naming the known ones. `generate.bpm` is
+    also the MIDI tempo, so an unconditioned model just plays at it."""
+    from train.training.conditioning import request_ids
+
+    vocab = model.config.get("conditioning") or {}
+    asked = {name: g.get(name) for name in ("style", "beat_type", "bpm")}
+    lacking = [n for n in ("style", "beat_type") if asked[n] is not None and n not in vocab]
+    if lacking:
+        raise ConfigError(f"generate.{lacking[0]}={asked[lacking[0]]!r}: this checkpoint was trained "
+                          f"without {lacking[0]} conditioning (its conditions: {sorted(vocab) or 'none'}; "
+                          "train with model.conditioning=[style,beat_type,bpm])")
+    if not vocab:
+        return None
+    try:
+        return request_ids(vocab, model.config.get("bpm_buckets", ()), asked)
+    except ValueError as e:
+        raise ConfigError(f"generate.{e}") from None
 
 
 def save_npz(path: Path, sequence: np.ndarray, offset: np.ndarray | None = None) -> None:
@@ -165,10 +190,11 @@ def run(cfg: DictConfig) -> dict:
     if g.expressive and not expressive:
         log.warning("%s has no expressive heads: every hit at generate.velocity=%s on the grid",
                     ckpt_path, g.velocity)
+    cond = condition_ids(model, g)
     lap("load")
     drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
                    temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
-                   expressive=expressive)
+                   expressive=expressive, cond=cond)
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
     t0 = 0 if prime is None else len(prime)
     lap("sample")
@@ -237,6 +263,7 @@ def summary(result: dict, report: str | None) -> str:
 
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("generate", FileNotFoundError, ValueError, KeyError):
+    with pipeline.config.exit_on("generate", FileNotFoundError, ValueError, KeyError), \
+            pipeline.config.exit_on("generate", ConfigError, code=2):    # an unknown generate.style …
         result = run(cfg)
     print(summary(result, cfg.generate.get("report")))

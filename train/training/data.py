@@ -19,6 +19,8 @@ and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "song")`:
     bar      float32 [B, L//spb, D]  mean of each bar's spb steps (padding counts as silence), + bar_mask
     phrase   float32 [B, L//(spb·bpp), D]                                                   + phrase_mask
     song_metrics  dict name -> [B, ...]  the window's song's row of metrics.zarr song/<name>
+and with `conditions={name: labels}` (a conditioned model's vocabulary, train/training/conditioning.py):
+    cond     int64   [B, C]          the window's song's condition ids (0 = none / unseen label)
 """
 from __future__ import annotations
 
@@ -91,7 +93,8 @@ class CompleteHierarchicalDrumDataset(Dataset):
                  stride: int | None = None, steps_per_bar: int = 16, bars_per_phrase: int = 4,
                  augment: bool = False, *, max_shift_bars: int | None = None,
                  velocity_jitter: float = 0.0, seed: int = 0, metrics: list[str] | None = None,
-                 fields: tuple[str, ...] = (), levels: tuple[str, ...] = ()):
+                 fields: tuple[str, ...] = (), levels: tuple[str, ...] = (),
+                 conditions: dict[str, list[str]] | None = None, bpm_buckets: tuple[float, ...] = ()):
         self.ready = resolve_ready_dir(store)
         manifest = json.loads((self.ready / "manifest.json").read_text())
         if split not in manifest["windows"]:
@@ -120,6 +123,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
             if set(value) - set(allowed):
                 raise ValueError(f"{name} {sorted(set(value) - set(allowed))} unknown; choose from {allowed}")
         self.drum_names = list(manifest["drum_names"])
+        self.conditions, self.bpm_buckets = dict(conditions or {}), tuple(bpm_buckets)
         self._maps: dict[str, Any] | None = None
         maps = self._open()
         self._len = len(maps["table"])
@@ -154,6 +158,9 @@ class CompleteHierarchicalDrumDataset(Dataset):
                 self._maps["offset"] = self._load_offset(load)
             if "song" in self.levels:
                 self._maps["song_metrics"] = self._song_table()
+            if self.conditions:
+                from train.training.conditioning import read_song_labels, song_ids
+                self._maps["cond"] = song_ids(self.conditions, read_song_labels(self.ready), self.bpm_buckets)
         return self._maps
 
     def _load_offset(self, load):
@@ -241,6 +248,8 @@ class CompleteHierarchicalDrumDataset(Dataset):
             rows = np.where(mask, t[:, OFFSET, None] + np.arange(L), 0)
             out["offset"] = torch.from_numpy(np.where(mask[..., None], m["offset"][rows], 0).astype(np.int8))
         self._levels(out, step, t)
+        if self.conditions:
+            out["cond"] = torch.from_numpy(m["cond"][t[:, SONG]])
         out["metrics"] = {name: torch.from_numpy(_take(arr, t[:, ROW])) for name, arr in m["metrics"].items()}
         return out
 

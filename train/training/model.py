@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +156,7 @@ class GenerationState:
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
     features: Tensor | None = None       # [B, H] the state behind the last logits (expressive heads)
+    cond: Tensor | None = None           # [B, H] the conditions' embedding sum (condition_input)
 
 
 # --------------------------------------------------------------------------- phrase pooling
@@ -216,7 +217,9 @@ class HierarchicalDrumModel(nn.Module):
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
                  max_context: int = 512, lookback_bars: int = 0, output: str = "independent",
                  head_hidden_dim: int = 64, phrase_position: bool = False, song_phrases: bool = False,
-                 expressive: bool = False, expressive_dim: int = 64):
+                 expressive: bool = False, expressive_dim: int = 64,
+                 conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+                 bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -228,6 +231,12 @@ class HierarchicalDrumModel(nn.Module):
                             head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position),
                             song_phrases=bool(song_phrases), expressive=bool(expressive),
                             expressive_dim=int(expressive_dim))
+        # only a conditioned model records these keys: older checkpoints keep an equal config
+        if conditioning:
+            vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
+                     else conditioning)
+            self._config.update(conditioning={str(k): [str(v) for v in vs] for k, vs in vocab.items()},
+                                bpm_buckets=[float(b) for b in bpm_buckets], cond_dropout=float(cond_dropout))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
@@ -245,6 +254,9 @@ class HierarchicalDrumModel(nn.Module):
             self.in_bar_pos = nn.Embedding(bars_per_phrase, H)
             self.out_bar_pos = nn.Embedding(bars_per_phrase, H)
         self.drop = nn.Dropout(dropout)
+        # one embedding table per condition, row 0 = none (train/training/conditioning.py)
+        self.conditions = nn.ModuleDict({name: nn.Embedding(len(labels) + 1, H) for name, labels
+                                         in self._config.get("conditioning", {}).items()})
         self.step_rnn = self._level(H)
         # the step distribution: output_layer gives the head's parameters (heads.py)
         self.head: StepHead = make_head(output, D, head_hidden_dim)
@@ -283,6 +295,15 @@ class HierarchicalDrumModel(nn.Module):
             raise ValueError(f"rnn_type must be one of {RNN_TYPES}, got {c['rnn_type']!r}")
         if c["output"] not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {c['output']!r}")
+        if c.get("conditioning"):
+            from train.training.conditioning import check_names
+            problems = check_names(list(c["conditioning"]))
+            if problems:
+                raise ValueError("; ".join(problems))
+            if not 0.0 <= c["cond_dropout"] <= 1.0:
+                raise ValueError(f"cond_dropout must be in [0, 1], got {c['cond_dropout']}")
+            if "bpm" in c["conditioning"] and sorted(c["bpm_buckets"]) != c["bpm_buckets"]:
+                raise ValueError(f"bpm_buckets must be increasing tempo edges, got {c['bpm_buckets']}")
 
     @property
     def config(self) -> dict:
@@ -301,8 +322,9 @@ class HierarchicalDrumModel(nn.Module):
 
     # ---- full forward pass (training)
     def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
-                mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False):
-        z, bar_preds, phrase_preds = self.features(step, start)
+                mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False,
+                cond: Tensor | None = None):
+        z, bar_preds, phrase_preds = self.features(step, start, cond)
         out = (self.output_layer(self.drop(z)), bar_preds, phrase_preds)
         if self._config["expressive"]:
             # a 4th prediction: (velocity, offset) of steps 1..L-1 given their true hits (teacher
@@ -310,8 +332,9 @@ class HierarchicalDrumModel(nn.Module):
             out += (self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0),)
         return out + (z,) if return_hidden else out
 
-    def features(self, step: Tensor, start: Tensor | None = None):
-        """(z [B, L, H], bar_preds, phrase_preds): the step-level state before the output head."""
+    def features(self, step: Tensor, start: Tensor | None = None, cond: Tensor | None = None):
+        """(z [B, L, H], bar_preds, phrase_preds): the step-level state before the output head.
+        `cond` [B, C] long: condition ids (None = all none); see `condition_input`."""
         if step.dim() != 3 or step.shape[-1] != self.num_drums:
             raise ValueError(f"step must be [B, L, {self.num_drums}], got {tuple(step.shape)}")
         B, L, D = step.shape
@@ -320,6 +343,8 @@ class HierarchicalDrumModel(nn.Module):
         start = step.new_zeros(B, dtype=torch.long) if start is None else start.to(step.device).long()
         phase = (start[:, None] + t) % spb                                    # [B, L]
         x = self.input(step) + self.in_pos(phase)
+        if len(self.conditions):
+            x = x + self.condition_input(cond, B, step.device)[:, None]
         if self.phrase_position:
             pos = start[:, None] + t                                           # absolute step
             x = x + self.in_bar_pos((pos // spb) % bpp)
@@ -350,6 +375,19 @@ class HierarchicalDrumModel(nn.Module):
         z = z + self.bar_to_step(bars[:, (t + 1) // spb]) + self.phrase_to_step(phrase_ctx)
         return z, self.bar_head(bar_h), self.phrase_head(phrase_h)
 
+    def condition_input(self, cond: Tensor | None, batch_size: int, device) -> Tensor:
+        """[B, H]: the sum of the condition embeddings, added to every step's input. `cond` [B, C]
+        holds ids in the order of `config["conditioning"]` (0 = none; None: all none). In training
+        each id is replaced by none with probability cond_dropout, so the none rows learn
+        unconditional generation."""
+        if cond is None:
+            cond = torch.zeros(batch_size, len(self.conditions), dtype=torch.long, device=device)
+        cond = cond.to(device).long()
+        p = self._config["cond_dropout"]
+        if self.training and p > 0:
+            cond = cond.masked_fill(torch.rand(cond.shape, device=device) < p, 0)
+        return sum(emb(cond[:, i]) for i, emb in enumerate(self.conditions.values()))
+
     def phrase_offset(self, start: Tensor | None) -> Tensor:
         """[B] bars of the song's phrase before the window's first bar: ((start // spb) mod bpp)
         with song_phrases, else 0 (phrases counted from the window's first bar)."""
@@ -359,12 +397,19 @@ class HierarchicalDrumModel(nn.Module):
         return (start.long() // self.steps_per_bar) % self.bars_per_phrase
 
     # ---- incremental path (generation)
-    def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0) -> GenerationState:
+    def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0,
+                   cond: Tensor | None = None) -> GenerationState:
         """A fresh state whose next consumed step has index `t` (use −1 for a silent lead-in step
-        that belongs to no bar). `start` is the absolute position of step 0, as in forward."""
+        that belongs to no bar). `start` is the absolute position of step 0, as in forward;
+        `cond` [B, C] or [C] the condition ids of every step (None: none)."""
         like = next(self.parameters())
         start = torch.as_tensor(start, dtype=torch.long, device=like.device).expand(batch_size).clone()
         state = GenerationState(t=t, start=start, step=self.step_rnn.init_state(batch_size, like))
+        if len(self.conditions):
+            if cond is not None:
+                cond = torch.as_tensor(cond, dtype=torch.long, device=like.device)
+                cond = cond.expand(batch_size, len(self.conditions))
+            state.cond = self.condition_input(cond, batch_size, like.device)
         if self.lookback_bars:
             state.history = like.new_zeros(batch_size, self.lookback_bars * self.steps_per_bar, self.num_drums)
         if self.hierarchy:
@@ -391,6 +436,8 @@ class HierarchicalDrumModel(nn.Module):
         spb = self.steps_per_bar
         phase = (state.start + state.t) % spb
         inp = self.input(x) + self.in_pos(phase)
+        if state.cond is not None:
+            inp = inp + state.cond
         pos = state.start + state.t                                             # absolute step
         if self.phrase_position:
             inp = inp + self.in_bar_pos((pos // spb) % self.bars_per_phrase)
@@ -454,7 +501,8 @@ class HierarchicalDrumModel(nn.Module):
     @torch.no_grad()
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
-                 start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False):
+                 start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False,
+                 cond: Tensor | None = None):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
@@ -464,7 +512,8 @@ class HierarchicalDrumModel(nn.Module):
         output head's joint distribution with temperature / top_k / top_p (heads.decode_joint).
         Deterministic for a given `seed`. `expressive=True` (a model with expressive heads) returns
         (hits, velocity, offset): each sampled step's velocity / 127 and offset in steps given its
-        hits (0 over the prime)."""
+        hits (0 over the prime). `cond` [B, C] or [C]: condition ids (conditioning.request_ids;
+        None: unconditional)."""
         was_training = self.training
         self.eval()
         try:
@@ -476,7 +525,7 @@ class HierarchicalDrumModel(nn.Module):
             out = like.new_zeros(B, T0 + length, D)
             out[:, :T0] = prime
             played = like.new_zeros(2, B, T0 + length, D)
-            state = self.init_state(B, t=0 if T0 else -1, start=start)
+            state = self.init_state(B, t=0 if T0 else -1, start=start, cond=cond)
             logits = z = None
             for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
                 logits, z = self.step(x, state, return_hidden=True)

@@ -170,7 +170,8 @@ def build_data(cfg, d: Dist):
     fields = tuple(tc.get("fields", ())) + (("velocity", "offset") if cfg.model.get("expressive") else ())
     common = dict(seq_len=int(tc.seq_len), stride=int(w.stride), steps_per_bar=int(w.steps_per_bar),
                   bars_per_phrase=int(w.bars_per_phrase), metrics=rewards.window_metrics_needed(cfg.rl),
-                  fields=tuple(dict.fromkeys(fields)), levels=tuple(tc.get("levels", ())))
+                  fields=tuple(dict.fromkeys(fields)), levels=tuple(tc.get("levels", ())),
+                  conditions=condition_vocab(cfg), bpm_buckets=tuple(cfg.model.get("bpm_buckets") or ()))
     try:    # a window that differs from the export's, a metric it lacks: config errors (exit 2)
         train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
                                                    seed=int(tc.seed), **common)
@@ -192,15 +193,36 @@ def build_data(cfg, d: Dist):
     return train_ds, train, val
 
 
-def build_model(cfg, num_drums: int) -> torch.nn.Module:
+def build_model(cfg, num_drums: int, conditions: dict | None = None) -> torch.nn.Module:
     from train.training.model import HierarchicalDrumModel
 
-    return HierarchicalDrumModel(**model_kwargs(cfg, num_drums)[0])
+    kwargs = model_kwargs(cfg, num_drums)[0]
+    if conditions:     # the vocabularies, not just the names: they travel in the checkpoint
+        kwargs["conditioning"] = conditions
+    return HierarchicalDrumModel(**kwargs)
+
+
+def condition_vocab(cfg) -> dict[str, list[str]] | None:
+    """{condition: labels} of `model.conditioning`, from the train split's songs in the export
+    (train/training/conditioning.py); None when the model is unconditioned."""
+    from train.training import conditioning
+    from train.training.data import SONG, resolve_ready_dir
+
+    names = list(cfg.model.get("conditioning") or [])
+    if not names:
+        return None
+    try:
+        ready = resolve_ready_dir(cfg.paths.ready)
+        labels = conditioning.read_song_labels(ready)
+        train_songs = np.unique(np.load(ready / "windows_train.npy", allow_pickle=False)[:, SONG])
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"model.conditioning={names}: {e}") from None
+    return conditioning.build_vocab(names, labels, train_songs, list(cfg.model.get("bpm_buckets") or ()))
 
 
 def model_structure(model: torch.nn.Module) -> str:
     """The module tree and the parameter count per level (trainer.log_model_structure)."""
-    levels = {"step": ("input", "lookback", "in_pos", "out_pos", "step_rnn"),
+    levels = {"step": ("input", "lookback", "in_pos", "out_pos", "step_rnn", "conditions"),
               "bar": ("step_to_bar", "bar_rnn", "bar_to_step", "bar_start"),
               "phrase": ("bar_to_phrase", "phrase_rnn", "phrase_to_step", "phrase_start")}
     counts = dict.fromkeys([*levels, "heads", "other"], 0)
@@ -218,7 +240,7 @@ def model_structure(model: torch.nn.Module) -> str:
 def forward_loss(model, raw_model, batch: dict, weights: dict):
     """(total loss, {term: value}, step logits) of one batch; `model` may be the DDP wrapper."""
     preds = model(batch["step"], batch.get("bar"), batch.get("phrase"), mask=batch.get("mask"),
-                  start=batch.get("start"))
+                  start=batch.get("start"), cond=batch.get("cond"))
     total, terms = raw_model.compute_loss(preds, batch, weights)
     return total, terms, preds[0]
 
@@ -342,7 +364,7 @@ def setup(cfg: DictConfig, d: Dist) -> Parts:
     """Data, model, optimizer, schedule, scaler, reward shaping."""
     tc = cfg.trainer
     train_ds, train_loader, val_loader = build_data(cfg, d)
-    raw_model = build_model(cfg, train_ds.num_drums).to(d.device)
+    raw_model = build_model(cfg, train_ds.num_drums, train_ds.conditions).to(d.device)
     torch.manual_seed(int(tc.seed) + d.rank)  # per-rank streams (dropout, sampling) after a shared init
     model = raw_model
     if tc.compile:
