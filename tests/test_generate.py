@@ -138,6 +138,26 @@ def test_a_three_four_and_a_six_eight_part_round_trip_through_ingest(ckpt, tmp_p
         assert (int(store.meta["steps_per_bar"][j]), int(store.meta["beats_per_bar"][j])) == (12, meter[0])
 
 
+def test_humanize_plays_a_six_eight_part_on_its_own_bar(ckpt, tmp_path):
+    from train.generate.humanize import humanize_roll
+    from train.generate.humanize import run as humanize
+    from train.training.expressive import to_midi_values
+
+    dm = DrumMap.default()
+    hits = np.zeros((24, dm.num_drums), np.uint8)
+    hits[::6, 0] = hits[3::6, 2] = 1
+    write_midi(tmp_path / "jig.mid", hits, drum_map=dm, bpm=90.0, beats_per_bar=6, beat_unit=8)
+    humanize(compose(OVERRIDES + [f"checkpoint={ckpt}", f"input={tmp_path / 'jig.mid'}",
+                                  f"output={tmp_path / 'human.mid'}"], config_name="humanize"))
+    out = read_midi(tmp_path / "human.mid", dm, 4)
+    assert (out.steps_per_bar, out.beats_per_bar) == (12, 6)
+    np.testing.assert_array_equal(out.hits, hits)
+    model, _, _ = load_for_inference(ckpt)
+    vel, _ = to_midi_values(hits, *humanize_roll(model, hits, 12))
+    np.testing.assert_array_equal(out.velocity, vel)
+    assert not np.array_equal(vel, to_midi_values(hits, *humanize_roll(model, hits))[0])   # read on 12, not 16
+
+
 def test_meter_config_errors_name_the_key(ckpt, tmp_path):
     with pytest.raises(ValueError, match="generate.time_signature='3-4'"):
         run(_cfg(ckpt, tmp_path / "a", "generate.time_signature='3-4'"))
