@@ -290,6 +290,7 @@ def test_songs_of_another_meter_are_scored_on_their_own_bar(tiny, tmp_path):
         np.testing.assert_allclose(four[row]["nll_bits_per_step"], ref["scores"][row]["nll_bits_per_step"],
                                    rtol=1e-6)
     assert "1 songs in 3/4" in (tmp_path / "out" / "report.md").read_text()
+    assert "1 in 3/4" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_one_rule_for_reports_and_the_experiment_recipe():

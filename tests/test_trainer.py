@@ -210,6 +210,7 @@ def test_songs_of_every_meter_train_in_batches_of_one_meter(tmp_path):
                                        "trainer.max_epochs=1", "trainer.limit_train_batches=-1", "trainer.batch_size=4"]))
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["model_config"]["max_steps_per_bar"] == 20 and last["model_config"]["steps_per_bar"] == 16
+    assert last["bar_lengths"] == [12, 16, 20]                  # the meters it learnt (generate warns for others)
     windows = np.load(tmp_path / "ready" / "windows_train.npy")
     per_meter = np.unique(np.array([songs[s].steps_per_bar for s in windows[:, 1]]), return_counts=True)
     # drop_last per meter: a meter's tail smaller than a batch is cut, unless it holds less than one batch

@@ -206,6 +206,10 @@ def run(cfg: DictConfig) -> dict:
         model.bar_length(spb)
     except ValueError as err:
         raise ValueError(f"generate: a {beats}/{unit} bar ({spb} steps) with {ckpt_path}: {err}") from err
+    trained = [int(b) for b in ckpt.get("bar_lengths", [])]     # the meters of its training data
+    if trained and spb not in trained:
+        log.warning("%s was trained on bars of %s steps, not %d: its %d/%d reuses positions learnt in other "
+                    "meters", ckpt_path, trained, spb, beats, unit)
     length = int(g.steps) if g.steps is not None else int(g.bars) * spb
     if length < 1 or int(g.num_samples) < 1:
         raise ValueError(f"generate: need num_samples >= 1 and a length >= 1 step, got "

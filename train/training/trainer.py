@@ -327,7 +327,7 @@ class Parts:
     shaper: object                     # rewards.RewardShaper or None
     autocast: Callable
     weights: dict                      # trainer.loss_weights
-    info: dict                         # drum names/pitches for the checkpoint
+    info: dict                         # drum names/pitches and the bar lengths trained on, for the checkpoint
     plain_cfg: dict
     batches_per_epoch: int
     total_steps: int
@@ -373,7 +373,8 @@ def setup(cfg: DictConfig, d: Dist) -> Parts:
         optimizer=optimizer, scheduler=build_scheduler(optimizer, tc.scheduler, total_steps),
         scaler=torch.amp.GradScaler(d.device.type, enabled=str(tc.precision) == "16-mixed"), shaper=shaper,
         autocast=lambda: torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
-        weights=OmegaConf.to_container(tc.loss_weights, resolve=True), info=drum_info(cfg, train_ds.ready, d.is_main),
+        weights=OmegaConf.to_container(tc.loss_weights, resolve=True),
+        info={**drum_info(cfg, train_ds.ready, d.is_main), "bar_lengths": train_ds.bar_lengths},
         plain_cfg=OmegaConf.to_container(cfg, resolve=True), batches_per_epoch=batches_per_epoch,
         total_steps=total_steps, max_epochs=max_epochs)
 
