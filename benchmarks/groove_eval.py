@@ -19,7 +19,7 @@ from pipeline.config import compose
 from pipeline.store import Store
 from train.evaluate.run import fit_baselines, score_windows, scores_with_intervals, song_subsets
 from train.evaluate.scores import ScoreAccumulator
-from train.evaluate.windows import split_songs, split_windows
+from train.evaluate.windows import songs_by_meter, split_songs, split_windows
 
 
 def main() -> None:
@@ -41,7 +41,10 @@ def main() -> None:
     old = windows.scored & grid[:, None] & (np.arange(L) < L - 1)[None, :]
     store = Store(cfg.paths.store)
     subsets = song_subsets(store, np.unique(windows.song), list(cfg.evaluate.subsets))
+    meters = songs_by_meter(store.meta, np.unique(windows.song), int(store.attrs.get("steps_per_quarter", 4)))
+    subsets.update({f"meter={m}": ids for m, ids in meters.items()} if len(meters) > 1 else {})
     out = {"split": args.split, "songs": int(len(np.unique(windows.song))), "windows": len(windows),
+           "meters": {m: int(len(ids)) for m, ids in meters.items()},
            "predictable_steps": int(windows.scored.sum()), "previously_scored_steps": int(old.sum()),
            "baselines": {}, "subsets": {k: {"songs": int(len(v))} for k, v in subsets.items()}}
     out["previously_missed_fraction"] = round(1 - out["previously_scored_steps"] / out["predictable_steps"], 4)

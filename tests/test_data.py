@@ -155,14 +155,34 @@ def test_songs_the_metrics_stage_skipped_are_left_out(tmp_path, caplog):
     assert set(ds.windows[:, 1].tolist()) == {1, 2} and len(ds) == 1 + 5
 
 
-def test_other_bar_lengths_are_excluded_with_a_logged_count(tmp_path, caplog):
+def test_every_bar_length_is_read_and_batches_hold_one_meter(tmp_path):
+    """A 3/4 (12-step) song is read beside the 16-step ones (none left out); each window carries
+    its song's bar length; make_loader's batches never mix meters; the model trains on both."""
+    from train.training.model import HierarchicalDrumModel
+
     songs = make_songs([200, 192, 64], steps_per_bar=[16, 12, 16])
     build_ready(tmp_path, songs, seq_len=64, stride=16)
-    with caplog.at_level(logging.WARNING, logger="train.training.data"):
-        ds = CompleteHierarchicalDrumDataset(tmp_path / "ready", "train", 64, 16, 16, 4)
-    assert ds.excluded_songs == 1 and ds.excluded_windows == (192 - 64) // 16 + 1
-    assert "1 songs (9 windows) left out: steps_per_bar != 16" in caplog.text
-    assert set(ds.windows[:, 1].tolist()) == {0, 2} and len(ds) == 9 + 1
+    ds = CompleteHierarchicalDrumDataset(tmp_path / "ready", "train", 64, 16, 16, 4, levels=("bar",))
+    every = np.load(tmp_path / "ready" / "windows_train.npy")
+    assert len(ds) == len(every) == 9 + 9 + 1 and set(ds.windows[:, 1].tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(ds.window_bar_lengths, np.where(every[:, 1] == 1, 12, 16))
+    assert ds.bar_lengths == [12, 16]
+    loader = make_loader(ds, 4, seed=3)
+    model = HierarchicalDrumModel(ds.num_drums, 8, 8, 8, 1, dropout=0.0, steps_per_bar=16, bars_per_phrase=4,
+                                  max_steps_per_bar=16)
+    seen = []
+    for batch in loader:
+        spb = batch["steps_per_bar"].unique().tolist()
+        assert len(spb) == 1 and batch["bar"].shape[1] == 64 // spb[0]
+        assert set(spb) == {12 if s == 1 else 16 for s in batch["song"].tolist()}
+        preds = model(batch["step"], mask=batch["mask"], start=batch["start"], steps_per_bar=batch["steps_per_bar"])
+        assert preds[1].shape[1] == (64 + int((batch["start"] % spb[0]).max())) // spb[0]
+        total, _ = model.compute_loss(preds, batch)
+        assert torch.isfinite(total)
+        seen += batch["song"].tolist()
+    assert sorted(seen) == sorted(every[:, 1].tolist())      # every window once, no meter dropped
+    with pytest.raises(ValueError, match="mixes bar lengths"):
+        ds[[0, 10]]                                          # a hand-picked batch of two meters
 
 
 def test_augmentation_shift_respects_its_bound(ready):
@@ -230,11 +250,13 @@ def test_thread_workers_give_the_same_batches_as_none(ready):
 
 
 def test_a_batch_gathers_only_what_is_asked_for(ready):
-    """Default: step, mask, song, start and the window metrics named; levels and fields on request."""
+    """Default: step, mask, song, start, steps_per_bar and the window metrics named; levels and
+    fields on request."""
     plain = CompleteHierarchicalDrumDataset(ready / "store.zarr", "train", SEQ, STRIDE, SPB, BPP,
                                             metrics=["avg_hits"])
     batch = plain[[0, 5]]
-    assert set(batch) == {"step", "mask", "song", "start", "metrics"} and set(batch["metrics"]) == {"avg_hits"}
+    assert set(batch) == {"step", "mask", "song", "start", "steps_per_bar", "metrics"}
+    assert set(batch["metrics"]) == {"avg_hits"} and batch["steps_per_bar"].tolist() == [SPB, SPB]
     assert "velocity" not in plain._open()                       # not even mapped
     full = _dataset(ready, levels=("bar", "phrase", "song"), metrics=[])
     rich = full[[0, 5]]

@@ -257,9 +257,10 @@ def test_bad_checkpoint_or_other_drums_fail_clearly(tiny, tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_songs_of_another_meter_are_left_out_as_in_training(tiny, tmp_path):
-    """3/4 songs (12 steps a bar) are not in the trainer's windows: evaluation leaves them out
-    for every row, fitting included, and says how many."""
+def test_songs_of_another_meter_are_scored_on_their_own_bar(tiny, tmp_path):
+    """A 3/4 song (12 steps a bar) beside 4/4 ones is scored by every row, counted by meter, and
+    scored as a subset of its own; the 4/4 songs score as without it where nothing is fitted on
+    the 3/4 one (the model; the position tables, one per meter)."""
     data, ckpt = tiny
     src = Store(data / "store.zarr")
     hits = np.asarray(src.hits[:])
@@ -276,15 +277,20 @@ def test_songs_of_another_meter_are_left_out_as_in_training(tiny, tmp_path):
     alone = make_ready(tmp_path / "alone", songs=songs)
     res = evaluate(_cfg(mixed, ckpt, tmp_path / "out", "evaluate.generated.enabled=false"))
     ref = evaluate(_cfg(alone, ckpt, tmp_path / "ref", "evaluate.generated.enabled=false"))
-    # the 192-step 3/4 song: left out, its 191 predictable steps counted
-    assert (res["excluded_songs"], res["excluded_steps"]) == (1, 191)
-    assert (ref["excluded_songs"], ref["excluded_steps"]) == (0, 0)
-    assert res["windows"] == ref["windows"] == 7
-    for row in ROWS:                      # same windows scored, and the baselines fitted on 4/4 only
-        assert res["scores"][row]["scored_steps"] == ref["scores"][row]["scored_steps"]
-        np.testing.assert_allclose(res["scores"][row]["nll_bits_per_step"],
-                                   ref["scores"][row]["nll_bits_per_step"], rtol=1e-12)
-    assert "1 songs (191 steps) of other meters left out" in (tmp_path / "out" / "report.md").read_text()
+    assert res["meters"] == {"4/4": ref["songs"], "3/4": 1} and ref["meters"] == {"4/4": ref["songs"]}
+    assert res["songs"] == ref["songs"] + 1 and res["predictable_steps"] == ref["predictable_steps"] + 191
+    assert res["windows"] > ref["windows"] == 7
+    four = res["subsets"]["meter=4/4"]["scores"]
+    for row in ROWS:                      # the 3/4 song's 191 steps are scored by every row
+        assert res["scores"][row]["scored_steps"] == ref["scores"][row]["scored_steps"] + 191
+        assert res["subsets"]["meter=3/4"]["scores"][row]["scored_steps"] == 191
+        assert np.isfinite(res["subsets"]["meter=3/4"]["scores"][row]["nll_bits_per_step"])
+        assert four[row]["scored_steps"] == ref["scores"][row]["scored_steps"]
+    for row in ("model", "position", "position_lag12"):
+        np.testing.assert_allclose(four[row]["nll_bits_per_step"], ref["scores"][row]["nll_bits_per_step"],
+                                   rtol=1e-6)
+    assert "1 songs in 3/4" in (tmp_path / "out" / "report.md").read_text()
+    assert "1 in 3/4" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_one_rule_for_reports_and_the_experiment_recipe():

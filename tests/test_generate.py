@@ -102,6 +102,71 @@ def test_plots_false_writes_no_pictures_and_never_imports_matplotlib(ckpt, tmp_p
     assert result["sheet"] is None and result["timings"]["sample_s"] > 0 and result["timings"]["plots_s"] >= 0
 
 
+@pytest.mark.parametrize("override, meter", [("generate.steps_per_bar=12", (3, 4)),
+                                             ("generate.time_signature=6/8", (6, 8))])
+def test_a_three_four_and_a_six_eight_part_round_trip_through_ingest(ckpt, tmp_path, override, meter):
+    """generate on a 12-step bar (3/4 from the bar, 6/8 named) -> MIDI with that time signature ->
+    the MIDI ingest and build -> the store holds the same hits, velocities and the meter."""
+    from pipeline.build import build
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
+
+    out = tmp_path / "gen"
+    res = run(_cfg(ckpt, out, "generate.num_samples=3", "generate.bars=4", "generate.seed=5",
+                   "generate.plots=false", override))
+    assert res["time_signature"] == f"{meter[0]}/{meter[1]}" and res["steps_per_bar"] == 12
+    assert res["rolls"].shape == (3, 4 * 12, 9) and res["rolls"].sum() > 0
+    four = run(_cfg(ckpt, tmp_path / "four", "generate.num_samples=3", "generate.bars=3", "generate.seed=5",
+                    "generate.plots=false"))
+    assert four["time_signature"] == "4/4" and four["rolls"].shape[1] == 48
+    assert not np.array_equal(four["rolls"], res["rolls"])        # the same seed on another bar grid
+    cfg = compose(["data=midi", f"data.path={out}", f"paths.data_dir={tmp_path / 'data'}",
+                   "ingest.scheduler=synchronous"])
+    ingest(cfg)
+    build(cfg)
+    store = Store(tmp_path / "data" / "store.zarr")
+    assert store.num_songs == 3
+    for j in range(store.num_songs):
+        i = int(str(store.meta["source"][j]).removesuffix(".mid").split("_")[-1])
+        with np.load(out / f"sample_{i:03d}.npz", allow_pickle=False) as z:
+            velocity = z["velocity"]
+        got = np.asarray(store.hits[store.song_slice(j)])
+        T = len(got)                       # the MIDI file ends with the bar of its last note
+        assert T % 12 == 0 and T <= 48 and not res["rolls"][i][T:].any()
+        np.testing.assert_array_equal(got, res["rolls"][i][:T])
+        np.testing.assert_array_equal(np.asarray(store.velocity[store.song_slice(j)]), velocity[:T])
+        assert (int(store.meta["steps_per_bar"][j]), int(store.meta["beats_per_bar"][j])) == (12, meter[0])
+
+
+def test_humanize_plays_a_six_eight_part_on_its_own_bar(ckpt, tmp_path):
+    from train.generate.humanize import humanize_roll
+    from train.generate.humanize import run as humanize
+    from train.training.expressive import to_midi_values
+
+    dm = DrumMap.default()
+    hits = np.zeros((24, dm.num_drums), np.uint8)
+    hits[::6, 0] = hits[3::6, 2] = 1
+    write_midi(tmp_path / "jig.mid", hits, drum_map=dm, bpm=90.0, beats_per_bar=6, beat_unit=8)
+    humanize(compose(OVERRIDES + [f"checkpoint={ckpt}", f"input={tmp_path / 'jig.mid'}",
+                                  f"output={tmp_path / 'human.mid'}"], config_name="humanize"))
+    out = read_midi(tmp_path / "human.mid", dm, 4)
+    assert (out.steps_per_bar, out.beats_per_bar) == (12, 6)
+    np.testing.assert_array_equal(out.hits, hits)
+    model, _, _ = load_for_inference(ckpt)
+    vel, _ = to_midi_values(hits, *humanize_roll(model, hits, 12))
+    np.testing.assert_array_equal(out.velocity, vel)
+    assert not np.array_equal(vel, to_midi_values(hits, *humanize_roll(model, hits))[0])   # read on 12, not 16
+
+
+def test_meter_config_errors_name_the_key(ckpt, tmp_path):
+    with pytest.raises(ValueError, match="generate.time_signature='3-4'"):
+        run(_cfg(ckpt, tmp_path / "a", "generate.time_signature='3-4'"))
+    with pytest.raises(ValueError, match="a bar of 12 steps, but generate.steps_per_bar=16"):
+        run(_cfg(ckpt, tmp_path / "b", "generate.time_signature=6/8", "generate.steps_per_bar=16"))
+    with pytest.raises(ValueError, match=r"5/4 bar \(20 steps\).*bars of 1..16 steps"):
+        run(_cfg(ckpt, tmp_path / "c", "generate.steps_per_bar=20"))
+
+
 def test_same_seed_same_drums_other_seed_other_drums(ckpt):
     model, _, _ = load_for_inference(ckpt)
     a, b, c = (sample(model, 3, 32, num_drums=9, seed=s, batch_size=2) for s in (3, 3, 4))

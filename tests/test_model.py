@@ -104,17 +104,19 @@ def test_bar_state_reaches_steps_only_after_the_bar_completes():
 
 
 # ----------------------------------------------------------------------------- incremental path
+@pytest.mark.parametrize("lead", [0, 3])
 @pytest.mark.parametrize("lookback", [0, 1, 2])
 @pytest.mark.parametrize("hierarchy", [True, False])
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_incremental_step_equals_full_forward(backend, hierarchy, lookback):
-    # max_context 6 < L: the ring-buffer cache must match the banded attention of forward
+def test_incremental_step_equals_full_forward(backend, hierarchy, lookback, lead):
+    # max_context 6 < L: the ring-buffer cache must match the banded attention of forward;
+    # lead 3: the windows start 3 steps into a bar (a partial first bar on the song's grid)
     m = tiny(backend, hierarchy, lookback_bars=lookback,
              **({"max_context": 6} if backend == "transformer" else {}))
     L = 3 * SPB * BPP + 2
     x = rolls(3, L, 11)
     x[:, 2 * SPB:3 * SPB] = x[:, SPB:2 * SPB]        # exact repeats: the lookback flags fire
-    start = torch.tensor([0, 1, 5])
+    start = torch.tensor([0, SPB, 5 * SPB]) + lead   # one bar phase per generation batch
     full = m(x, start=start)[0]
     state = m.init_state(3, start=start)
     inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
@@ -127,7 +129,7 @@ def test_incremental_step_equals_full_forward_for_joint_heads(backend, output):
     m = tiny(backend, lookback_bars=2, output=output, head_hidden_dim=6,
              **({"max_context": 6} if backend == "transformer" else {}))
     L = 3 * SPB * BPP + 2
-    x, start = rolls(2, L, 12), torch.tensor([3, 0])
+    x, start = rolls(2, L, 12), torch.tensor([3, 3 + SPB])
     full, _, _, z = m(x, start=start, return_hidden=True)
     assert full.shape == (2, L, m.head.num_params) and z.shape == (2, L, 16)
     state = m.init_state(2, start=start)
@@ -142,7 +144,7 @@ def test_bar_in_phrase_position_is_song_aligned_and_incremental(backend):
     (absolute position from `start`); one phrase later everything is the same, one bar later not."""
     m = tiny(backend, phrase_position=True, lookback_bars=1, **({"max_context": 6} if backend == "transformer" else {}))
     L = 2 * SPB * BPP + 3
-    x, start = rolls(2, L, 13), torch.tensor([SPB, 3 * SPB + 1])
+    x, start = rolls(2, L, 13), torch.tensor([SPB + 1, 3 * SPB + 1])
     full = m(x, start=start)[0]
     state = m.init_state(2, start=start)
     inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
@@ -151,6 +153,51 @@ def test_bar_in_phrase_position_is_song_aligned_and_incremental(backend):
     assert not torch.allclose(m(x, start=start + SPB)[0], full)
     plain = tiny(backend, lookback_bars=1, **({"max_context": 6} if backend == "transformer" else {}))
     torch.testing.assert_close(plain(x, start=start + SPB)[0], plain(x, start=start)[0], rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- every meter
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_another_bar_length_per_call_is_causal_and_incremental(backend):
+    """A 4-step-bar model reading 3-step bars (steps_per_bar=3, its position tables hold 6 rows):
+    windows start mid-bar (start mod 3 = 2: a partial first bar on the song's grid, as a 12-step
+    song cut at a 16-step stride), the incremental path equals forward, and nothing leaks back."""
+    m = song_grid(backend, max_steps_per_bar=6)
+    assert m.max_steps_per_bar == 6 and m.config["max_steps_per_bar"] == 6
+    spb, L = 3, 3 * 3 * BPP + 2
+    x, start = rolls(2, L, 31), torch.tensor([2, 2 + 3 * BPP])        # one bar and phrase phase
+    full, bars, phrases = m(x, start=start, steps_per_bar=torch.tensor([spb, spb]))
+    assert bars.shape[1] == (L + 2) // spb                              # the partial bar, then whole ones
+    assert not torch.allclose(full, m(x, start=start)[0])               # the bar length is read
+    state = m.init_state(2, start=start, steps_per_bar=spb)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    g = torch.Generator().manual_seed(3)
+    for t in range(0, L - 1, 2):
+        y = x.clone()
+        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+        torch.testing.assert_close(m(y, start=start, steps_per_bar=spb)[0][:, :t + 1], full[:, :t + 1],
+                                   rtol=0, atol=1e-12)
+        done = (2 + t + 1) // spb                                        # bar slots complete through t
+        torch.testing.assert_close(m(y, start=start, steps_per_bar=spb)[1][:, :done], bars[:, :done],
+                                   rtol=0, atol=1e-12)
+    greedy = m.generate(x[:, :5], 12, temperature=0, start=start, steps_per_bar=spb)
+    logits = m(greedy, start=start, steps_per_bar=spb)[0]
+    assert torch.equal(greedy[:, 5:], (logits[:, 4:-1] > 0).double())
+    with pytest.raises(ValueError, match="bars of 1..6 steps"):
+        m(x, steps_per_bar=7)
+    with pytest.raises(ValueError, match="one meter"):
+        m(x, steps_per_bar=torch.tensor([3, 4]))
+
+
+def test_bar_loss_targets_follow_a_mid_bar_start():
+    """compute_loss's bar term for windows starting 2 steps into a 3-step bar: bar slot k holds
+    window steps 3k − 2 .. 3k; only whole slots inside the window are targets (slot 0 is not)."""
+    x, preds = rolls(2, 19, 9), torch.randn(2, 7, D, dtype=torch.float64)   # slots 0..6: (19 + 2) // 3
+    got = compute_loss((torch.zeros(2, 19, D), preds, None), {"step": x}, {"step": 0, "bar": 1, "phrase": 0},
+                       steps_per_bar=3, bars_per_phrase=BPP, bar_lead=torch.tensor([2, 2]))[1]["bar"]
+    slots = [x[:, 3 * k - 2:3 * k + 1].mean(1) for k in range(1, 7)]       # whole slots 1..6
+    want = torch.stack([(torch.sigmoid(preds[:, k - 1]) - slots[k - 1]).pow(2).mean(-1) for k in range(1, 7)], 1)
+    torch.testing.assert_close(got, want.mean())
 
 
 # ----------------------------------------------------------------------------- song's phrase grid
@@ -229,7 +276,7 @@ def test_lookback_features_read_one_and_two_bars_back():
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_generation_with_lookback_follows_forward(backend):
     m = tiny(backend, lookback_bars=2, max_context=5)
-    start = torch.tensor([1, 6])
+    start = torch.tensor([1, 1 + SPB])          # one bar phase per generation batch
     out = m.generate(rolls(2, 3, 2), 5 * SPB, temperature=0, seed=0, start=start)
     logits = m(out, start=start)[0]                 # 5 bars: the ring wraps around twice
     assert torch.equal(out[:, 3:], (logits[:, 2:-1] > 0).double())
@@ -334,7 +381,9 @@ def test_drums_rnn_config_is_the_peer_baseline():
 
 def test_groove_cpu_experiment_composes():
     cfg = compose(["+experiment=groove_cpu"])
-    assert cfg.model.output == "joint" and cfg.paths.ready == "data/groove/ready"
+    assert cfg.model.output == "autoregressive" and cfg.paths.ready == "data/groove/ready"
+    assert cfg.model.song_phrases and cfg.model.phrase_position and cfg.trainer.early_stopping.patience == 2
+    assert cfg.generate.temperature == cfg.evaluate.generated.temperature == 0.8
     assert cfg.trainer.limit_train_batches == -1 and cfg.window.stride % cfg.window.steps_per_bar == 0
 
 

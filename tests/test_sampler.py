@@ -49,6 +49,28 @@ def test_ranks_share_every_window(n, world, batch, drop_last):
             assert len(seen) == n                           # exactly once
 
 
+@pytest.mark.parametrize("world, drop_last", [(1, False), (2, False), (2, True), (3, True)])
+def test_groups_bucket_batches_and_every_rank_yields_as_many(world, drop_last):
+    """groups (the windows' bar lengths): no batch mixes groups, ranks agree on the batch count,
+    every window is seen (without drop_last), and a group smaller than a batch is kept."""
+    groups = np.array([16] * 61 + [12] * 30 + [20] * 3)
+    n = len(groups)
+    per_rank = [_epoch(WindowBatchSampler(n, 8, seed=5, num_replicas=world, rank=r, drop_last=drop_last,
+                                          groups=groups), 2) for r in range(world)]
+    assert {len(b) for b in per_rank} == {len(WindowBatchSampler(n, 8, num_replicas=world, rank=0,
+                                                                 drop_last=drop_last, groups=groups))}
+    for batches in per_rank:
+        assert all(len(set(groups[b].tolist())) == 1 for b in batches)
+    seen = set(sum((sum(b, []) for b in per_rank), []))
+    assert {int(groups[i]) for i in seen} == {12, 16, 20}     # the 3 windows of 5/4 too
+    if not drop_last:
+        assert seen == set(range(n))
+    one = WindowBatchSampler(n, 8, seed=5, groups=np.full(n, 16))
+    assert _epoch(one, 2) == _epoch(WindowBatchSampler(n, 8, seed=5), 2)   # one group: the plain sampler
+    assert _epoch(WindowBatchSampler(n, 8, seed=5, groups=groups), 2) != _epoch(
+        WindowBatchSampler(n, 8, seed=5, groups=groups), 3)
+
+
 def test_resume_state_continues_with_unseen_batches():
     full = _epoch(WindowBatchSampler(50, 4, seed=3), 2)
     s = WindowBatchSampler(50, 4, seed=3)

@@ -1,7 +1,7 @@
 """Baselines the model is scored against, on exactly the windows the model sees.
 
-Every baseline is fitted with `fit(songs, steps_per_bar=None)` (each song's bar length; only
-repeat_bar uses it) and follows the model's output layout: `predict(steps, mask, steps_per_bar, start)`
+Every baseline is fitted with `fit(songs, steps_per_bar=None)` (each song's bar length: repeat_bar
+and the position tables use it) and follows the model's output layout: `predict(steps, mask, steps_per_bar, start)`
 takes windows `steps` [B, L, D] (0/1) starting at song step `start` [B] and returns `probs`
 [B, L, D] where `probs[:, t]` is the probability of each drum being hit at step t+1, computed only
 from `steps[:, :t+1]` of the same window and the position in the bar (the model never sees the
@@ -17,7 +17,9 @@ to [eps, 1 - eps] so the negative log-likelihood stays finite.
   before step t+1), counted on the training split with add-one smoothing,
       p = (hits + 1) / (count + 2);
   where the window does not reach back the longest lags, the deepest table whose lags it does
-  reach is used (position alone at the window's first bar).
+  reach is used (position alone at the window's first bar). One set of tables per bar length
+  (meter) of the training songs, each window read with its song's; a meter the training split
+  lacks falls back to the per-drum frequencies.
 - `NGramBaseline`: an n-gram model over step patterns (the bitmask of drums hit at a step) with
   back-off: the prediction for a context of k patterns interpolates its counts with the
   prediction of the (k-1)-pattern context,
@@ -128,7 +130,8 @@ class PositionBaseline:
     """p_d(phase of step t+1 in the bar, x_{t+1-k*spb, d} for k in lags), add-one smoothed (see above).
 
     Table j conditions on the first j lags (lags ascending): hits and counts [spb, 2^j, D], fitted
-    on the training songs' steps where all j lags lie inside the song (songs start on a bar).
+    on the training songs' steps where all j lags lie inside the song (songs start on a bar); one
+    list of tables per bar length of the training songs (`by_meter`).
     """
 
     def __init__(self, steps_per_bar: int, lags=(), eps: float = DEFAULT_EPS):
@@ -137,7 +140,9 @@ class PositionBaseline:
         if any(k < 1 for k in self.lags):
             raise ValueError(f"position baseline: lags must be >= 1 bar, got {self.lags}")
         self.name = "position" + ("_lag" + "".join(map(str, self.lags)) if self.lags else "")
-        self.tables: list[np.ndarray] = []      # per j: p [spb, 2^j, D]
+        self.tables: list[np.ndarray] = []      # per j: p [spb, 2^j, D] (the constructor's bar length)
+        self.by_meter: dict[int, list[np.ndarray]] = {}   # bar length -> its tables
+        self.fallback = FrequencyBaseline(eps)   # a meter the training songs lack
 
     @staticmethod
     def _states(lagged: list[np.ndarray]):
@@ -145,11 +150,20 @@ class PositionBaseline:
         return sum(((a > 0).astype(np.int64) << i for i, a in enumerate(lagged)), np.int64(0))
 
     def fit(self, songs: Iterable[np.ndarray], steps_per_bar=None) -> "PositionBaseline":
-        spb, songs = self.steps_per_bar, [_as_hits(s) for s in songs]
+        """`steps_per_bar`: each song's bar length (default the constructor's for all)."""
+        songs = [_as_hits(s) for s in songs]
         if not songs or not sum(len(s) for s in songs):
             raise ValueError(f"{self.name} baseline: the training split has no steps")
+        bars = np.full(len(songs), self.steps_per_bar) if steps_per_bar is None else np.asarray(steps_per_bar)
+        self.fallback.fit(songs)
+        self.by_meter = {int(spb): self._fit_meter([x for x, b in zip(songs, bars) if b == spb], int(spb))
+                         for spb in np.unique(bars)}
+        self.tables = self.by_meter.get(self.steps_per_bar, [])
+        return self
+
+    def _fit_meter(self, songs: list[np.ndarray], spb: int) -> list[np.ndarray]:
         D = songs[0].shape[1]
-        self.tables = []
+        tables = []
         for j in range(len(self.lags) + 1):
             size = spb * (1 << j) * D
             hits, counts = np.zeros(size), np.zeros(size)
@@ -160,15 +174,27 @@ class PositionBaseline:
                 key = ((t % spb)[:, None] * (1 << j) + self._states(lagged)) * D + np.arange(D)
                 hits += np.bincount(key.ravel(), weights=x[t].ravel(), minlength=size)
                 counts += np.bincount(key.ravel(), minlength=size)
-            self.tables.append(((hits + 1) / (counts + 2)).reshape(spb, 1 << j, D))
-        return self
+            tables.append(((hits + 1) / (counts + 2)).reshape(spb, 1 << j, D))
+        return tables
 
     def predict(self, steps: np.ndarray, mask: np.ndarray | None = None, steps_per_bar=None,
                 start=None) -> np.ndarray:
+        """`steps_per_bar` [B]: each window's bar length (default the constructor's): each row is
+        read with its meter's tables."""
         x = _as_hits(steps)
-        B, L, D = x.shape
-        spb = self.steps_per_bar
+        B = len(x)
         start = np.zeros(B, np.int64) if start is None else np.asarray(start, np.int64)
+        bars = np.full(B, self.steps_per_bar) if steps_per_bar is None else np.asarray(steps_per_bar)
+        probs = np.empty(x.shape)
+        for spb in np.unique(bars):   # one vectorised pass per meter in the batch
+            rows = bars == spb
+            tables = self.by_meter.get(int(spb))
+            probs[rows] = (self._predict(x[rows], start[rows], int(spb), tables) if tables is not None
+                           else self.fallback.predict(x[rows]))
+        return _floor(probs, self.eps)
+
+    def _predict(self, x: np.ndarray, start: np.ndarray, spb: int, tables: list[np.ndarray]) -> np.ndarray:
+        B, L, D = x.shape
         t = np.arange(L)
         phase = (start[:, None] + t[None, :] + 1) % spb                          # [B, L]
         span = (self.lags[-1] if self.lags else 0) * spb
@@ -177,12 +203,12 @@ class PositionBaseline:
         # j(t): how many lags reach inside the window from step t+1
         depth = np.searchsorted(np.array([k * spb for k in self.lags]), t + 1, side="right")
         probs = np.empty((B, L, D))
-        for j, table in enumerate(self.tables):
+        for j, table in enumerate(tables):
             cols = depth == j
             if cols.any():
                 state = self._states([a[:, cols] for a in lagged[:j]])
                 probs[:, cols] = table[phase[:, cols, None], state, np.arange(D)]
-        return _floor(probs, self.eps)
+        return probs
 
 
 class NGramBaseline:

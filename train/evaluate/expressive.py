@@ -4,8 +4,9 @@ On every true-hit cell of steps 1..L-1 of the split's windows (the cells the hea
 the true hits): velocity MSE in (velocity / 127)^2, offset MSE in steps^2, and the Pearson
 correlation of predicted and true velocity. Baselines on the same cells:
 
-    velocity: the train split's mean velocity per drum and bar position (the drum's mean where
-              a position has no hit in train; 64 where the drum never plays)
+    velocity: the train split's mean velocity per drum and bar position, on the train songs of
+              the window's meter (all train songs, positions mod its bar, where none has it; the
+              drum's mean where a position has no hit in train; 64 where the drum never plays)
     offset:   0 (every hit on the grid)
 """
 from __future__ import annotations
@@ -53,20 +54,26 @@ def _scores(pred_v: np.ndarray, pred_o: np.ndarray, true_v: np.ndarray, true_o: 
 def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.ndarray, steps_per_bar: int,
                       batch_size: int = 64) -> dict:
     """{"hits", "model": {velocity_mse, offset_mse, velocity_corr}, "baseline": {...}} (module docstring)
-    of `windows` of `store`; the baseline's means from songs `train_ids` of `ref`."""
-    L = windows.steps.shape[1]
+    of `windows` of `store`; the baseline's means from songs `train_ids` of `ref`. Each window is
+    read on its song's bar (windows.steps_per_bar; `steps_per_bar` is the model's)."""
+    L, D = windows.steps.shape[1], windows.steps.shape[2]
     vel, off = played_windows(store, windows.song, windows.start, L)
     # every scored step once: a song's last window overlaps the one before it (train.evaluate.windows)
     hit = (windows.steps[:, 1:] > 0) & windows.scored[:, :-1, None]
-    means = position_means(ref, train_ids, steps_per_bar)
-    pos = (windows.start[:, None] + np.arange(1, L)[None]) % steps_per_bar          # [N, L-1]
-    base_v = means[pos]                                                                # [N, L-1, D]
+    base_v = np.zeros((len(windows), L - 1, D))
     pred_v, pred_o = np.zeros_like(base_v, np.float32), np.zeros_like(base_v, np.float32)
-    for i in range(0, len(windows), batch_size):
-        sl = slice(i, i + batch_size)
-        preds = model(torch.as_tensor(windows.steps[sl], dtype=torch.float32), mask=torch.as_tensor(windows.mask[sl]),
-                      start=torch.as_tensor(windows.start[sl]))
-        pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3])
+    train_bars = ref.meta["steps_per_bar"][train_ids]
+    for spb in np.unique(windows.steps_per_bar):    # one meter at a time: its means, the model on its bar
+        rows = np.flatnonzero(windows.steps_per_bar == spb)
+        same = train_ids[train_bars == spb]
+        means = position_means(ref, same if len(same) else train_ids, int(spb))
+        base_v[rows] = means[(windows.start[rows, None] + np.arange(1, L)[None]) % spb]      # [n, L-1, D]
+        for i in range(0, len(rows), batch_size):
+            sl = rows[i:i + batch_size]
+            preds = model(torch.as_tensor(windows.steps[sl], dtype=torch.float32),
+                          mask=torch.as_tensor(windows.mask[sl]), start=torch.as_tensor(windows.start[sl]),
+                          steps_per_bar=int(spb))
+            pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3])
     true_v, true_o = vel[:, 1:][hit], off[:, 1:][hit]
     return {"hits": int(hit.sum()),
             "model": _scores(pred_v[hit], pred_o[hit], true_v, true_o),

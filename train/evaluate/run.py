@@ -1,8 +1,8 @@
 """`python -m train.evaluate checkpoint=… split=validation`: held-out scores, baselines, generated vs real.
 
 1. Windows of the split, read from the export (`paths.ready`) through the training dataset
-   (train.evaluate.windows): the songs the dataset reads for the split (songs of another bar length
-   left out, as in training, and counted), cut by `kernels.spec.scoring_windows` at
+   (train.evaluate.windows): the songs the dataset reads for the split (every meter, each window
+   on its song's bar; the report counts the songs per meter), cut by `kernels.spec.scoring_windows` at
    `evaluate.stride` (default seq_len) so that every predictable step (1 .. T-1 of each song) is
    scored exactly once: each window also predicts the step after it, and a song's last window
    ends at the song's end, its already-scored steps masked.
@@ -34,7 +34,7 @@ from pipeline.atomic import atomic_path
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
 from train.evaluate.scores import SongScores, compare_sets
-from train.evaluate.windows import Windows, split_song_ids, split_songs, split_windows
+from train.evaluate.windows import Windows, songs_by_meter, split_song_ids, split_songs, split_windows
 from train.generate.run import played_values, sample
 from train.training.checkpoint import load_for_inference, train_hint
 from train.training.data import resolve_ready_dir
@@ -47,18 +47,31 @@ MODEL_ROW = "model"
 
 @torch.no_grad()
 def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray,
-                targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                targets: np.ndarray | None = None, steps_per_bar: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(per-drum probabilities [B, L, D] float64, probs[:, t] the prediction for step t+1;
     log2 p of each next step's whole drum vector: [B, L] against `targets` [B, L, D] (targets[:, t]
     = step t+1, the step after the window included), else [B, L−1] inside the window): the model's
-    own whole-vector NLL, right for joint and autoregressive output heads too."""
+    own whole-vector NLL, right for joint and autoregressive output heads too. `steps_per_bar` [B]:
+    each window's bar length (None: the model's); the model runs once per meter in the batch."""
     x = torch.as_tensor(steps, dtype=torch.float32)
-    with torch.no_grad():
-        return _model_probs(model, x, mask, start, targets)
+    if steps_per_bar is None or len(np.unique(steps_per_bar)) <= 1:
+        spb = None if steps_per_bar is None or not len(steps_per_bar) else int(steps_per_bar[0])
+        return _model_probs(model, x, mask, start, targets, spb)
+    probs, log2p = None, None
+    for spb in np.unique(steps_per_bar):
+        rows = np.flatnonzero(steps_per_bar == spb)
+        p, lp = _model_probs(model, x[rows], mask[rows], start[rows], None if targets is None else targets[rows],
+                             int(spb))
+        if probs is None:
+            probs, log2p = np.empty((len(x), *p.shape[1:])), np.empty((len(x), *lp.shape[1:]))
+        probs[rows], log2p[rows] = p, lp
+    return probs, log2p
 
 
-def _model_probs(model, x, mask, start, targets):
-    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start))[0].double()
+def _model_probs(model, x, mask, start, targets, steps_per_bar=None):
+    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start),
+                   steps_per_bar=steps_per_bar)[0].double()
     if targets is None:
         log2p = model.step_log_prob(x.double(), step_logits=logits)
     else:
@@ -162,7 +175,8 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     heads give them (at velocity 100 on the grid for a model without heads, as generate writes)."""
     gcfg = cfg.evaluate.generated
     seq_len = int(cfg.window.seq_len)
-    real_rolls, real_songs, real_starts = real_windows(windows, int(gcfg.get("real_min_steps") or 0))
+    real_rolls, real_songs, real_starts = real_windows(windows, int(gcfg.get("real_min_steps") or 0),
+                                                       int(cfg.window.steps_per_bar))
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
     log.info("evaluate: generating %d windows of %d steps", num, seq_len)
@@ -187,9 +201,12 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     return comparison, real, generated, gen
 
 
-def real_windows(windows: Windows, min_steps: int = 0) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def real_windows(windows: Windows, min_steps: int = 0, steps_per_bar: int | None = None
+                 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """The split's songs laid end to end in seq_len windows (starts 0, seq_len, …; no tail windows,
-    which overlap), each trimmed to its real steps; and the song and start of each.
+    which overlap), each trimmed to its real steps; and the song and start of each. With
+    `steps_per_bar`, only songs of that bar length (the meter the model generates in, whose bar
+    the metrics are computed on), unless the split has none.
 
     Windows of fewer than `min_steps` real steps are left out: a one-bar Groove fill (76 of the 122
     validation songs are fills of ~21 steps) has no bar-to-bar similarity and few hits, so beside
@@ -197,6 +214,8 @@ def real_windows(windows: Windows, min_steps: int = 0) -> tuple[list[np.ndarray]
     long (tiny data), all are kept and a warning says so."""
     L = windows.seq_len
     keep = (windows.start % L == 0) & windows.mask.any(1)
+    if steps_per_bar is not None and (keep & (windows.steps_per_bar == steps_per_bar)).any():
+        keep &= windows.steps_per_bar == steps_per_bar
     long_enough = keep & (windows.mask.sum(1) >= min_steps)
     if min_steps > 0 and long_enough.sum() < 2 <= keep.sum():
         log.warning("evaluate: fewer than 2 real windows of %d steps; comparing all %d", min_steps, int(keep.sum()))
@@ -268,12 +287,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if not train_songs:
         raise ValueError(f"{ref}: no song in the train split to fit the baselines on")
     baselines, ngram_grid = fit_baselines(cfg, train_songs, train_bars, validation, D)
-    predictors = {MODEL_ROW: lambda s, m, a, bars, y: model_probs(model, s, m, a, y)}
+    predictors = {MODEL_ROW: lambda s, m, a, bars, y: model_probs(model, s, m, a, y, bars)}
     for name, base in baselines.items():
         predictors[name] = lambda s, m, a, bars, y, base=base: base.predict(s, m, bars, a)
 
     songs = np.unique(windows.song)
+    meters = songs_by_meter(store.meta, songs, int(store.attrs.get("steps_per_quarter", 4)))
     subsets = song_subsets(store, songs, list(ecfg.subsets))
+    if len(meters) >= 2:     # each meter's songs scored on their own too
+        subsets.update({f"meter={name}": ids for name, ids in meters.items()})
     scores, subset_scores = {}, {k: {"songs": int(len(v)), "scores": {}} for k, v in subsets.items()}
     for name, predict in predictors.items():
         log.info("evaluate: scoring %s on %d windows of %s", name, len(windows), cfg.split)
@@ -296,7 +318,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "reference": str(ref), "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
         "steps_per_bar": spb, "songs": int(len(songs)),
         "predictable_steps": int(np.maximum(lengths - 1, 0).sum()),
-        "excluded_songs": windows.excluded_songs, "excluded_steps": windows.excluded_steps,
+        "meters": {name: int(len(ids)) for name, ids in meters.items()},
         "bootstrap": OmegaConf.to_container(ecfg.bootstrap, resolve=True),
         "scores": scores, "subsets": subset_scores,
         "ngram_selection": ngram_grid,
@@ -307,7 +329,7 @@ def evaluate(cfg: DictConfig) -> dict:
         from train.evaluate.expressive import expressive_scores
         # the baseline's means come from the reference export's train songs (those the dataset reads)
         ref_store = store if same else Store(json.loads((ref / "manifest.json").read_text())["store"])
-        train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)[0]
+        train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)
         result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size))
     if ecfg.generated.enabled:
         comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store)
@@ -370,9 +392,8 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
              f"{s[MODEL_ROW]['scored_steps']} of the songs' {result['predictable_steps']} predictable steps "
              "scored, each once (a window also predicts the step after it; a song's last window ends at "
              f"its end). Baselines fitted on the train split and thresholds chosen on the validation split "
-             f"of `{result['reference']}`. As in training, only songs of {result['steps_per_bar']} steps a "
-             f"bar are scored: {result['excluded_songs']} songs ({result['excluded_steps']} steps) of other "
-             f"meters left out.", "",
+             f"of `{result['reference']}`. Every meter is scored, each song on its own bar: "
+             + ", ".join(f"{n} songs in {m}" for m, n in result["meters"].items()) + ".", "",
              "## Next-step prediction (teacher forced)", "",
              "Lower NLL is better; the onset threshold of each row is the one that maximises its F1 on the "
              f"validation split. Intervals: {boot['level']:.0%} bootstrap over songs ({boot['samples']} "
@@ -399,11 +420,12 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
     if "generated_vs_real" in result:
         lines += ["", "## Generated vs real", "",
                   f"{result['generated_samples']} generated windows of {result['seq_len']} steps against the "
-                  f"split's {result.get('generated_real_windows', '')} windows of at least "
-                  f"{result.get('generated_real_min_steps', 0)} real steps (shorter ones, one-bar fills and song "
-                  "ends, are left out: `evaluate.generated.real_min_steps`). OA and KL compare the intra-set distances of the real windows with the "
-                  "real-to-generated distances (Yang & Lerch 2020): OA near 1 and KL near 0 mean the generated "
-                  "windows sit among the real ones as the real ones sit among each other.", "",
+                  f"split's {result.get('generated_real_windows', '')} windows in the model's bar of "
+                  f"{result['steps_per_bar']} steps and of at least {result.get('generated_real_min_steps', 0)} "
+                  "real steps (shorter ones, one-bar fills and song ends, are left out: "
+                  "`evaluate.generated.real_min_steps`). OA and KL compare the intra-set distances of the real "
+                  "windows with the real-to-generated distances (Yang & Lerch 2020): OA near 1 and KL near 0 "
+                  "mean the generated windows sit among the real ones as the real ones sit among each other.", "",
                   "| metric | real mean | real std | generated mean | generated std | OA | OA 95% CI | KL | KL 95% CI |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         if not result["generated_vs_real"]:

@@ -1,8 +1,8 @@
 """The windows evaluation scores, read from the export (`data/ready/`) through the training dataset.
 
 The dataset (`train.training.data.CompleteHierarchicalDrumDataset`) says which songs a split holds
-once the training rules are applied (the export's split, songs of another bar length left out, as
-in training); `kernels.spec.scoring_windows` (the training window rule plus one tail window per
+(the export's split: songs of every bar length, as in training; each window carries its song's
+`steps_per_bar`); `kernels.spec.scoring_windows` (the training window rule plus one tail window per
 song) says where the windows lie, so that every predictable step is scored exactly once; the rows
 come from the export's memory-mapped `hits.npy`. Nothing is re-cut from the store.
 """
@@ -30,8 +30,6 @@ class Windows:
     start: np.ndarray
     first: np.ndarray
     steps_per_bar: np.ndarray
-    excluded_songs: int = 0        # songs of the split left out for their meter
-    excluded_steps: int = 0        # ... and their predictable steps
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -63,7 +61,7 @@ class Windows:
 
     def select(self, keep: np.ndarray) -> "Windows":
         return Windows(self.rows[keep], self.real[keep], self.song[keep], self.start[keep], self.first[keep],
-                       self.steps_per_bar[keep], self.excluded_songs, self.excluded_steps)
+                       self.steps_per_bar[keep])
 
     def batches(self, batch_size: int):
         """(steps, mask, start, steps_per_bar, targets, scored, song) of consecutive windows."""
@@ -75,16 +73,12 @@ class Windows:
 
 
 def split_song_ids(ready: Path, split: str, steps_per_bar: int, seq_len: int, bars_per_phrase: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, excluded) song ids of a split as the dataset reads it (`all`: every split)."""
+                   ) -> np.ndarray:
+    """Song ids of a split as the dataset reads it (`all`: every split), every meter."""
     splits = _splits(ready) if split == "all" else [split]
-    kept, every = [], []
-    for name in splits:
-        ds = CompleteHierarchicalDrumDataset(ready, name, seq_len, None, steps_per_bar, bars_per_phrase)
-        kept.append(np.unique(ds.windows[:, SONG]))
-        every.append(np.unique(np.load(ds.ready / f"windows_{name}.npy", allow_pickle=False)[:, SONG]))
-    kept, every = np.unique(np.concatenate(kept)), np.unique(np.concatenate(every))
-    return kept, np.setdiff1d(every, kept)
+    ids = [np.unique(CompleteHierarchicalDrumDataset(ready, name, seq_len, None, steps_per_bar,
+                                                     bars_per_phrase).windows[:, SONG]) for name in splits]
+    return np.unique(np.concatenate(ids))
 
 
 def _splits(ready: Path) -> list[str]:
@@ -95,13 +89,11 @@ def split_windows(ready: str | Path, split: str, seq_len: int, stride: int, step
                   bars_per_phrase: int) -> Windows:
     """The split's scoring windows at `stride` (<= seq_len), with the step after each (see Windows)."""
     ready = resolve_ready_dir(ready)
-    songs, excluded = split_song_ids(ready, split, steps_per_bar, seq_len, bars_per_phrase)
+    songs = split_song_ids(ready, split, steps_per_bar, seq_len, bars_per_phrase)
     offsets = np.load(ready / "song_offsets.npy", allow_pickle=False)
     lengths = np.diff(offsets)
     if len(songs) == 0:
-        why = (f"its {len(excluded)} songs have another steps_per_bar than the model's {steps_per_bar}"
-               if len(excluded) else "it holds no song with windows")
-        raise ValueError(f"{ready}: nothing to score in split {split!r}: {why}")
+        raise ValueError(f"{ready}: nothing to score in split {split!r}: it holds no song with windows")
     song, start, first = scoring_windows(offsets, seq_len, stride, align=steps_per_bar)
     keep = np.isin(song, songs)
     song, start, first = song[keep], start[keep], first[keep]
@@ -111,16 +103,30 @@ def split_windows(ready: str | Path, split: str, seq_len: int, stride: int, step
     rows = np.asarray(hits[np.where(real, offsets[song][:, None] + pos, 0)]) > 0
     rows &= real[..., None]
     spb = np.load(ready / "song_steps_per_bar.npy", allow_pickle=False)[song].astype(np.int64)
-    return Windows(rows.astype(np.uint8), real, song, start, first, spb, int(len(excluded)),
-                   int(np.maximum(lengths[excluded] - 1, 0).sum()))
+    return Windows(rows.astype(np.uint8), real, song, start, first, spb)
 
 
 def split_songs(ready: str | Path, split: str, steps_per_bar: int, seq_len: int, bars_per_phrase: int
                 ) -> tuple[list[np.ndarray], list[int]]:
     """The split's whole songs as the dataset reads them (what the baselines are fitted on), and their bar lengths."""
     ready = resolve_ready_dir(ready)
-    songs, _ = split_song_ids(ready, split, steps_per_bar, seq_len, bars_per_phrase)
+    songs = split_song_ids(ready, split, steps_per_bar, seq_len, bars_per_phrase)
     offsets = np.load(ready / "song_offsets.npy", allow_pickle=False)
     hits = np.load(ready / "hits.npy", mmap_mode="r", allow_pickle=False)
     spb = np.load(ready / "song_steps_per_bar.npy", allow_pickle=False)
     return [np.asarray(hits[offsets[i]:offsets[i + 1]]) for i in songs], [int(spb[i]) for i in songs]
+
+
+def meter_name(steps_per_bar: int, beats_per_bar: int, steps_per_quarter: int) -> str:
+    """"3/4", "6/8", "4/4" … from a song's bar (steps) and beats; "N steps" where no whole beat unit fits."""
+    if beats_per_bar > 0 and (steps_per_quarter * 4 * beats_per_bar) % steps_per_bar == 0:
+        return f"{beats_per_bar}/{steps_per_quarter * 4 * beats_per_bar // steps_per_bar}"
+    return f"{steps_per_bar} steps"
+
+
+def songs_by_meter(meta: dict, songs: np.ndarray, steps_per_quarter: int) -> dict[str, np.ndarray]:
+    """{meter name: song ids} of `songs` (store metadata steps_per_bar, beats_per_bar), most songs first."""
+    names = np.array([meter_name(int(meta["steps_per_bar"][i]), int(meta["beats_per_bar"][i]), steps_per_quarter)
+                      for i in songs], dtype=object)
+    groups = {str(n): np.asarray(songs)[names == n] for n in set(names.tolist())}
+    return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])))

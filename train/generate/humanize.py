@@ -22,13 +22,14 @@ from train.training.expressive import to_midi_values
 
 
 @torch.no_grad()
-def humanize_roll(model, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(velocity / 127, offset in steps) [T, D] for the hits [T, D] of one part."""
+def humanize_roll(model, hits: np.ndarray, steps_per_bar: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(velocity / 127, offset in steps) [T, D] for the hits [T, D] of one part, read on bars of
+    `steps_per_bar` steps (its meter; default the model's)."""
     if not model.config.get("expressive"):
         raise ValueError("the checkpoint's model has no expressive heads (train it with model.expressive=true)")
     model.eval()
     x = torch.as_tensor(np.asarray(hits) > 0, dtype=torch.float32)[None]
-    state = model.init_state(1, t=-1)                 # a silent lead-in step, as generation starts
+    state = model.init_state(1, t=-1, steps_per_bar=steps_per_bar)   # a silent lead-in step, as generation starts
     model.step(torch.zeros(1, x.shape[-1]), state)
     vel, off = torch.zeros_like(x[0]), torch.zeros_like(x[0])
     for t in range(x.shape[1]):
@@ -51,10 +52,12 @@ def run(cfg: DictConfig) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input MIDI not found")
     roll = read_midi(path, drum_map, spq)
-    spb = int(model.config.get("steps_per_bar", roll.steps_per_bar))
-    if roll.steps_per_bar != spb:
-        raise ValueError(f"{path}: {roll.steps_per_bar} steps a bar; the model was trained on {spb}")
-    velocity, offset = to_midi_values(roll.hits, *humanize_roll(model, roll.hits))
+    spb = int(roll.steps_per_bar)                  # the part's meter, read on its own bar
+    try:
+        model.bar_length(spb)
+    except ValueError as err:
+        raise ValueError(f"{path}: {spb} steps a bar: {err}") from err
+    velocity, offset = to_midi_values(roll.hits, *humanize_roll(model, roll.hits, spb))
     write_midi(cfg.output, roll.hits, velocity, drum_map=drum_map, bpm=roll.bpm, steps_per_quarter=spq,
                beats_per_bar=roll.beats_per_bar, beat_unit=spq * 4 * roll.beats_per_bar // spb, offset=offset)
     return {"checkpoint": ckpt_path, "output": Path(cfg.output), "hits": roll.hits, "velocity": velocity,

@@ -13,6 +13,8 @@ model continues them; the outputs hold the prime followed by the continuation.
 A conditioned model (`model.conditioning`) generates in the style, beat/fill and tempo asked for:
 `generate.style=funk generate.beat_type=beat generate.bpm=100` (null = none, unconditional); a
 label the model was not trained with exits 2 listing the ones it knows.
+The meter: `generate.time_signature` ("6/8"), else `generate.steps_per_bar` (12 -> 3/4), else a MIDI
+prime's, else the model's bar; the model generates on that bar and the MIDI file says it.
 Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
@@ -80,17 +82,64 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
     raise ValueError(f"{path}: a prime must be a .mid/.midi or .npz file")
 
 
+def meter_of(steps_per_bar: int, steps_per_quarter: int) -> tuple[int, int, int]:
+    """(steps_per_bar, beats_per_bar, beat_unit) of a bar: quarter beats where they fit (12 -> 3/4,
+    20 -> 5/4), else eighths (14 -> 7/8) or sixteenths."""
+    for unit in (4, 8, 16):
+        if steps_per_bar > 0 and (steps_per_bar * unit) % (4 * steps_per_quarter) == 0:
+            return steps_per_bar, steps_per_bar * unit // (4 * steps_per_quarter), unit
+    raise ValueError(f"a bar of {steps_per_bar} steps at {steps_per_quarter} steps a quarter has no time "
+                     "signature in quarters, eighths or sixteenths")
+
+
+def generation_meter(g: DictConfig, model_bar: int, steps_per_quarter: int,
+                     prime_meter: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """(steps_per_bar, beats_per_bar, beat_unit) to generate in and write into the MIDI files:
+    generate.time_signature ("6/8"), else generate.steps_per_bar, else a MIDI prime's meter, else
+    the model's bar (its training grid)."""
+    from pipeline.midi import MidiError, steps_per_bar_for
+
+    sig, bar = g.get("time_signature"), g.get("steps_per_bar")
+    if sig:
+        num, _, den = str(sig).partition("/")
+        if not (num.isdigit() and den.isdigit() and int(num) > 0 and int(den) > 0):
+            raise ValueError(f"generate.time_signature={sig!r}: expected beats/unit, e.g. '3/4' or '6/8'")
+        try:
+            spb = steps_per_bar_for(int(num), int(den), steps_per_quarter, "generate.time_signature")
+        except MidiError as err:
+            raise ValueError(str(err)) from err
+        if bar is not None and int(bar) != spb:
+            raise ValueError(f"generate.time_signature={sig} is a bar of {spb} steps, but "
+                             f"generate.steps_per_bar={bar}; set one of them")
+        return spb, int(num), int(den)
+    if bar is not None:
+        return meter_of(int(bar), steps_per_quarter)
+    return prime_meter or meter_of(int(model_bar), steps_per_quarter)
+
+
+def prime_meter(path: str | Path, drum_map: DrumMap, steps_per_quarter: int) -> tuple[int, int, int] | None:
+    """(steps_per_bar, beats_per_bar, beat_unit) of a MIDI prime's time signature; None for an NPZ."""
+    if Path(path).suffix.lower() not in (".mid", ".midi") or not Path(path).is_file():
+        return None
+    from pipeline.midi import read_midi
+
+    roll = read_midi(path, drum_map, steps_per_quarter)
+    unit = steps_per_quarter * 4 * int(roll.beats_per_bar) // int(roll.steps_per_bar)
+    return int(roll.steps_per_bar), int(roll.beats_per_bar), unit
+
+
 @torch.no_grad()
 def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.ndarray | None = None,
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
            batch_size: int = 64, top_k: int | None = None, expressive: bool = False,
-           cond: list[int] | None = None):
+           cond: list[int] | None = None, steps_per_bar: int | None = None):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
     `expressive=True` (a model with expressive heads) returns (hits, velocity / 127, offset in
     steps) float arrays of the same shape, 0 over the prime. `cond`: condition ids of every
-    sample (`condition_ids`; None: unconditional).
+    sample (`condition_ids`; None: unconditional). `steps_per_bar`: the bar (meter) to
+    generate in, default the model's.
     """
     t0 = 0 if prime is None else len(prime)
     out = []
@@ -100,7 +149,8 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         if t0:
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
         seq = model.generate(start, length, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + b,
-                             expressive=expressive, cond=None if cond is None else torch.tensor(cond))
+                             expressive=expressive, cond=None if cond is None else torch.tensor(cond),
+                             steps_per_bar=steps_per_bar)
         out.append(seq if expressive else (seq,))
         log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
     if not out:
@@ -139,12 +189,13 @@ def save_npz(path: Path, sequence: np.ndarray, offset: np.ndarray | None = None)
 
 
 def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: DrumMap, bpm: float,
-              steps_per_quarter: int, beats_per_bar: int, offset: np.ndarray | None = None) -> None:
+              steps_per_quarter: int, beats_per_bar: int, offset: np.ndarray | None = None,
+              beat_unit: int = 4) -> None:
     from pipeline.midi import write_midi
 
     with atomic_path(path) as tmp:
         write_midi(tmp, hits, velocity, drum_map=drum_map, bpm=bpm, steps_per_quarter=steps_per_quarter,
-                   beats_per_bar=beats_per_bar, offset=offset)
+                   beats_per_bar=beats_per_bar, offset=offset, beat_unit=beat_unit)
 
 
 def played_values(hits: np.ndarray, vel: np.ndarray | None, off: np.ndarray | None, t0: int,
@@ -173,10 +224,17 @@ def run(cfg: DictConfig) -> dict:
         timings[f"{name}_s"] = round(clock[-1] - clock[-2], 4)
     model, ckpt, ckpt_path = load_for_inference(cfg.checkpoint, train_hint(cfg))
     drum_map = checkpoint_drum_map(ckpt, cfg.drums)
-    spb = int(model.config.get("steps_per_bar", cfg.window.steps_per_bar))  # the grid it was trained on
     spq = int(ckpt.get("steps_per_quarter", 4))
-    if spb % spq:
-        raise ValueError(f"window.steps_per_bar={spb} is not a whole number of beats of {spq} steps")
+    model_bar = int(model.config.get("steps_per_bar", cfg.window.steps_per_bar))  # the grid it was trained on
+    spb, beats, unit = generation_meter(g, model_bar, spq, prime_meter(g.prime, drum_map, spq) if g.prime else None)
+    try:
+        model.bar_length(spb)
+    except ValueError as err:
+        raise ValueError(f"generate: a {beats}/{unit} bar ({spb} steps) with {ckpt_path}: {err}") from err
+    trained = [int(b) for b in ckpt.get("bar_lengths", [])]     # the meters of its training data
+    if trained and spb not in trained:
+        log.warning("%s was trained on bars of %s steps, not %d: its %d/%d reuses positions learnt in other "
+                    "meters", ckpt_path, trained, spb, beats, unit)
     length = int(g.steps) if g.steps is not None else int(g.bars) * spb
     if length < 1 or int(g.num_samples) < 1:
         raise ValueError(f"generate: need num_samples >= 1 and a length >= 1 step, got "
@@ -194,7 +252,7 @@ def run(cfg: DictConfig) -> dict:
     lap("load")
     drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
                    temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
-                   expressive=expressive, cond=cond)
+                   expressive=expressive, cond=cond, steps_per_bar=spb)
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
     t0 = 0 if prime is None else len(prime)
     lap("sample")
@@ -207,7 +265,7 @@ def run(cfg: DictConfig) -> dict:
         velocity, offset = played_values(hits, vels[i], offs[i], t0, int(g.velocity))
         stem = out_dir / f"sample_{i:03d}"
         save_midi(stem.with_suffix(".mid"), hits, velocity, drum_map=drum_map, bpm=bpm,
-                  steps_per_quarter=spq, beats_per_bar=spb // spq, offset=offset)
+                  steps_per_quarter=spq, beats_per_bar=beats, offset=offset, beat_unit=unit)
         save_npz(stem.with_suffix(".npz"), velocity, offset)
         files["midi"].append(stem.with_suffix(".mid"))
         files["npz"].append(stem.with_suffix(".npz"))
@@ -215,6 +273,7 @@ def run(cfg: DictConfig) -> dict:
     lap("write")
     sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, files) if g.plots else None
     result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
+              "time_signature": f"{beats}/{unit}", "steps_per_bar": spb,
               "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
     result["page"] = _page(cfg, result, drum_map, spb, spq) if g.plots else None
     lap("plots")
@@ -247,7 +306,8 @@ def summary(result: dict, report: str | None) -> str:
     out_dir = files["midi"][0].parent
     n = len(files["midi"])
     prime = f" after a {result['prime_steps']}-step prime" if result["prime_steps"] else ""
-    lines = [f"Generated {n} drum sample(s) of {result['length']} steps{prime} at {result['bpm']:g} bpm "
+    meter = f" in {result['time_signature']}" if result.get("time_signature") else ""
+    lines = [f"Generated {n} drum sample(s) of {result['length']} steps{prime}{meter} at {result['bpm']:g} bpm "
              f"from {result['checkpoint']}",
              f"  MIDI files: {out_dir}/sample_*.mid ({n} files, e.g. {files['midi'][0]})",
              f"  NPZ rolls:  {out_dir}/sample_*.npz (key `sequence`)"]

@@ -13,10 +13,12 @@ A batch (dict of tensors, B first) holds only what was asked for: always
     mask     bool    [B, L]          True on real steps (a song shorter than L is padded, never dropped)
     metrics  dict name -> [B, ...]   the window metrics asked for (`metrics=`; default: all exported)
     song, start  int64 [B]           store song index and song-relative first step
+    steps_per_bar int64 [B]          each window's song's bar length (its meter; one value per
+                                     batch of `make_loader`, which buckets batches by meter)
 and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "song")`:
     velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
     offset   int8    [B, L, D]       timing of each hit in 1/128 step (ready/offset.npy), 0 elsewhere
-    bar      float32 [B, L//spb, D]  mean of each bar's spb steps (padding counts as silence), + bar_mask
+    bar      float32 [B, L//spb, D]  mean of each spb steps from the window's first (padding counts as silence), + bar_mask
     phrase   float32 [B, L//(spb·bpp), D]                                                   + phrase_mask
     song_metrics  dict name -> [B, ...]  the window's song's row of metrics.zarr song/<name>
 and with `conditions={name: labels}` (a conditioned model's vocabulary, train/training/conditioning.py):
@@ -27,7 +29,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -78,9 +79,10 @@ class CompleteHierarchicalDrumDataset(Dataset):
     """The windows of one split, with their stored metrics; `ds[i]` an item, `ds[[i, j, …]]` a batch.
 
     Windows are exactly the metric windows (`seq_len`, `stride` must equal those the metrics stage
-    used; checked here). Songs whose steps_per_bar differs from `steps_per_bar` (e.g. 3/4 songs for
-    a 16-step-bar model) are left out, with a logged count. Maps open lazily, once per process, so
-    the dataset pickles small for DataLoader workers.
+    used; checked here). Songs of every bar length are read: each window carries its song's
+    (`steps_per_bar` in the batch, `window_bar_lengths`), and `make_loader` puts windows of one bar
+    length in a batch. Maps open lazily, once per process, so the dataset pickles small for
+    DataLoader workers.
 
     augment: each window is replaced by a stored window of the same song shifted by a whole number
     of bars (at most `max_shift_bars`), so bar phase and stored metrics stay right and nothing wraps;
@@ -127,10 +129,6 @@ class CompleteHierarchicalDrumDataset(Dataset):
         self._maps: dict[str, Any] | None = None
         maps = self._open()
         self._len = len(maps["table"])
-        if maps["excluded_songs"]:
-            log.warning("%s/%s: %d songs (%d windows) left out: steps_per_bar != %d", self.ready, split,
-                        maps["excluded_songs"], maps["excluded_windows"], steps_per_bar)
-        self.excluded_songs, self.excluded_windows = maps["excluded_songs"], maps["excluded_windows"]
 
     # -- maps, opened once per process ---------------------------------------------------------
     def _open(self) -> dict[str, Any]:
@@ -138,9 +136,6 @@ class CompleteHierarchicalDrumDataset(Dataset):
             load = lambda name: np.load(self.ready / name, mmap_mode="r", allow_pickle=False)  # noqa: E731
             table = np.load(self.ready / f"windows_{self.split}.npy", allow_pickle=False)
             spb = np.load(self.ready / "song_steps_per_bar.npy", allow_pickle=False)
-            keep = spb[table[:, SONG]] == self.steps_per_bar
-            excluded = table[~keep]
-            table = np.ascontiguousarray(table[keep])
             # Windows of one song are contiguous: [first, last] table position of each window's song.
             new_song = np.r_[True, table[1:, SONG] != table[:-1, SONG]] if len(table) else np.zeros(0, bool)
             first = np.maximum.accumulate(np.where(new_song, np.arange(len(table)), 0))
@@ -149,8 +144,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
             self._maps = {
                 "hits": load("hits.npy"), "table": table, "first": first, "last": last,
                 "metrics": {n: load(f"metrics/{n}.npy") for n in self.metric_names},
-                "excluded_songs": int(len(np.unique(excluded[:, SONG]))),
-                "excluded_windows": int(len(excluded)),
+                "bar": spb[table[:, SONG]].astype(np.int64),     # each window's bar length
             }
             if "velocity" in self.fields:
                 self._maps["velocity"] = load("velocity.npy")
@@ -193,6 +187,16 @@ class CompleteHierarchicalDrumDataset(Dataset):
     @property
     def num_drums(self) -> int:
         return len(self.drum_names)
+
+    @property
+    def window_bar_lengths(self) -> np.ndarray:
+        """[W] the bar length (steps_per_bar) of each window's song: its meter."""
+        return self._open()["bar"]
+
+    @property
+    def bar_lengths(self) -> list[int]:
+        """The bar lengths this split holds, ascending."""
+        return [int(b) for b in np.unique(self.window_bar_lengths)]
 
     @property
     def windows(self) -> np.ndarray:
@@ -239,7 +243,8 @@ class CompleteHierarchicalDrumDataset(Dataset):
                         step, vel, mask)
         out: dict[str, Any] = {"step": torch.from_numpy(step), "mask": torch.from_numpy(mask),
                                "song": torch.from_numpy(t[:, SONG].copy()),
-                               "start": torch.from_numpy(t[:, START].copy())}
+                               "start": torch.from_numpy(t[:, START].copy()),
+                               "steps_per_bar": torch.from_numpy(m["bar"][idx])}
         if want_vel:
             if rng is not None and self.velocity_jitter > 0:
                 vel[:] = _jitter(vel, step, rng, self.velocity_jitter)
@@ -256,10 +261,11 @@ class CompleteHierarchicalDrumDataset(Dataset):
     def _levels(self, out: dict, step: np.ndarray, t: np.ndarray) -> None:
         """The levels asked for: bar/phrase means of the gathered steps (+ masks), song metrics."""
         B, L, D = step.shape
-        spb, bpp = self.steps_per_bar, self.bars_per_phrase
+        bpp = self.bars_per_phrase
         length = t[:, LENGTH, None]
         if "bar" in self.levels or "phrase" in self.levels:
-            bar = step.reshape(B, L // spb, spb, D).mean(2, dtype=np.float32)
+            spb = self._batch_bar_length(out["steps_per_bar"].numpy())
+            bar = step[:, :L // spb * spb].reshape(B, L // spb, spb, D).mean(2, dtype=np.float32)
             if "bar" in self.levels:
                 out["bar"] = torch.from_numpy(bar)
                 out["bar_mask"] = torch.from_numpy((np.arange(1, L // spb + 1) * spb)[None, :] <= length)
@@ -272,13 +278,26 @@ class CompleteHierarchicalDrumDataset(Dataset):
             out["song_metrics"] = {name: torch.from_numpy(_take(arr, t[:, SONG]))
                                    for name, arr in self._open()["song_metrics"].items()}
 
+    def _batch_bar_length(self, bars: np.ndarray) -> int:
+        values = np.unique(bars)
+        if len(values) > 1:
+            raise ValueError(f"levels bar/phrase: this batch mixes bar lengths {values.tolist()}; "
+                             "take batches from make_loader (one meter per batch)")
+        return int(values[0]) if len(values) else self.steps_per_bar
+
     def _shift(self, idx: np.ndarray, rng: np.random.Generator, m: dict) -> np.ndarray:
-        """Whole-bar re-windowing: another stored window of the same song, k bar-units away."""
-        unit = math.lcm(self.steps_per_bar, self.stride)            # steps: whole bars and whole strides
-        max_units = self.max_shift_bars * self.steps_per_bar // unit   # |shift| ≤ max_shift_bars bars
-        if max_units == 0:
-            return idx
-        k = rng.integers(-max_units, max_units + 1, size=len(idx))
+        """Whole-bar re-windowing: another stored window of the same song, k bar-units away
+        (each window's own bar: a shift never moves a song's bar lines)."""
+        bar = m["bar"][idx]
+        unit = np.lcm(bar, self.stride)                          # steps: whole bars and whole strides
+        max_units = self.max_shift_bars * bar // unit            # |shift| ≤ max_shift_bars bars
+        if len(np.unique(max_units)) <= 1:    # one meter per batch (make_loader): one draw
+            mu = int(max_units[0]) if len(idx) else 0
+            if mu == 0:
+                return idx
+            k = rng.integers(-mu, mu + 1, size=len(idx))
+        else:                                 # a hand-picked batch of several meters
+            k = rng.integers(-max_units, max_units + 1)
         j = idx + k * (unit // self.stride)
         ok = (j >= m["first"][idx]) & (j <= m["last"][idx])
         return np.where(ok, j, idx)
@@ -350,13 +369,21 @@ class WindowBatchSampler:
     batches, and when the number of windows divides by the world size (and drop_last=False) every
     window is seen exactly once per epoch across ranks.
 
+    `groups` [num_windows] (e.g. each window's bar length) buckets the batches: each group is
+    permuted, padded and sharded as above on its own and cut into batches, and the batches of all
+    groups are then shuffled together (seeded by (seed, epoch)), so a batch never mixes groups and
+    every rank still yields the same number of batches. With drop_last a group keeps its tail when
+    it holds less than one batch per rank (a rare meter is never dropped whole). One group (or
+    none) is exactly the plain sampler.
+
     `state_dict()` holds the epoch and `position` (batches of this epoch already delivered);
     `load_state_dict` + iterating again yields exactly the remaining batches of that epoch.
     `set_epoch(e)` for a new epoch starts it at 0; for the current epoch it keeps the position.
     """
 
     def __init__(self, num_windows: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int | None = None, rank: int | None = None):
+                 drop_last: bool = False, num_replicas: int | None = None, rank: int | None = None,
+                 groups: np.ndarray | None = None):
         if num_replicas is None or rank is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             num_replicas = (torch.distributed.get_world_size() if dist else 1) if num_replicas is None else num_replicas
@@ -369,6 +396,11 @@ class WindowBatchSampler:
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.epoch, self.position = 0, 0
+        self.groups = None
+        if groups is not None and len(np.unique(groups)) > 1:
+            self.groups = np.asarray(groups)
+            if len(self.groups) != self.num_windows:
+                raise ValueError(f"groups has {len(self.groups)} entries for {self.num_windows} windows")
 
     def rank_indices(self, epoch: int) -> np.ndarray:
         """This rank's windows for `epoch`, in order."""
@@ -380,14 +412,38 @@ class WindowBatchSampler:
         return order[self.rank::world]
 
     def batches(self, epoch: int) -> list[np.ndarray]:
-        mine = self.rank_indices(epoch)
-        count = len(mine) // self.batch_size if self.drop_last else -(-len(mine) // self.batch_size)
+        if self.groups is None:
+            mine = self.rank_indices(epoch)
+            return self._cut(mine, self._batch_count(self.num_windows))
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_windows) if self.shuffle
+                 else np.arange(self.num_windows, dtype=np.int64))
+        out = []
+        for g in np.unique(self.groups):
+            members = order[self.groups[order] == g]                       # in the epoch's order
+            per_rank, count = self._shares(len(members))
+            out += self._cut(np.resize(members, per_rank * self.num_replicas)[self.rank::self.num_replicas], count)
+        if self.shuffle:     # the same permutation on every rank: their groups' batch counts agree
+            out = [out[i] for i in np.random.default_rng([self.seed, epoch, 1]).permutation(len(out))]
+        return out
+
+    def _shares(self, n: int) -> tuple[int, int]:
+        """(windows per rank, batches per rank) of n windows; with drop_last, a group holding less
+        than one batch per rank keeps them (plain sampler: `_batch_count`)."""
+        world, bs = self.num_replicas, self.batch_size
+        short = self.groups is not None and n < world * bs
+        per_rank = n // world if self.drop_last and not short else -(-n // world)
+        return per_rank, (per_rank // bs if self.drop_last and not short else -(-per_rank // bs))
+
+    def _batch_count(self, n: int) -> int:
+        return self._shares(n)[1]
+
+    def _cut(self, mine: np.ndarray, count: int) -> list[np.ndarray]:
         return [mine[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
 
     def __len__(self) -> int:
-        per_rank = (self.num_windows // self.num_replicas if self.drop_last
-                    else -(-self.num_windows // self.num_replicas))
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        if self.groups is None:
+            return self._batch_count(self.num_windows)
+        return sum(self._batch_count(int(n)) for n in np.unique(self.groups, return_counts=True)[1])
 
     def start_position(self) -> int:
         """Where the next iteration begins: the saved position mid-epoch, else 0."""
@@ -481,10 +537,12 @@ def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, sh
                 **kwargs) -> WindowLoader:
     """The loader the trainer uses: one gather per batch, sharded and resumable (`loader.sampler`).
 
-    num_workers prefetching threads; see WindowLoader.
+    num_workers prefetching threads; see WindowLoader. Batches are bucketed by the windows' bar
+    length (their songs' meter), so each batch runs the model on one bar grid.
     """
     sampler = WindowBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                 num_replicas=num_replicas, rank=rank)
+                                 num_replicas=num_replicas, rank=rank,
+                                 groups=getattr(dataset, "window_bar_lengths", None))   # one meter per batch
     return WindowLoader(dataset, batch_size=None, sampler=sampler, collate_fn=collate,
                         num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 

@@ -1,9 +1,13 @@
 """The step → bar → phrase drum model, its loss, and incremental generation (see docs/model.md).
 
 Shapes: B batch, L steps, D drums, spb = steps_per_bar, bpp = bars_per_phrase,
-nb = L // spb complete bars, nph = nb // bpp complete phrases. Bars and phrases are counted
-from the first step of the sequence (like the dataset's `bar`/`phrase` means); the musical
-phase of each step comes from `start` through the position-in-bar embeddings.
+nb = L // spb complete bars, nph = nb // bpp complete phrases. Bars lie on the song's grid: a
+window whose `start` is not a bar line (a 12-step song cut at a 16-step stride) begins with the
+partial bar it starts in (lead = start mod spb steps of it lie before the window); with lead 0
+(every window of a 16-step model at a whole-bar stride) bars are counted from the first step.
+The musical phase of each step comes from `start` through the position-in-bar embeddings. The bar
+length is per call (`steps_per_bar=`, default the model's): one model reads every meter whose bar
+fits its position tables (`max_steps_per_bar`).
 
 Causality: `step_logits[:, t]` (hits of step t+1) depends only on `step[:, :t+1]`;
 `bar_preds[:, k]` (mean pattern of bar k+1) only on bars ≤ k; `phrase_preds[:, j]` likewise.
@@ -157,6 +161,9 @@ class GenerationState:
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
     features: Tensor | None = None       # [B, H] the state behind the last logits (expressive heads)
     cond: Tensor | None = None           # [B, H] the conditions' embedding sum (condition_input)
+    steps_per_bar: int = 16              # the bar length this generation runs in (its meter)
+    lead: int = 0                        # steps of step 0's bar before step 0: start mod spb
+    bar_steps: int = 0                   # steps pooled into the bar in progress (fewer in a first partial one)
 
 
 # --------------------------------------------------------------------------- phrase pooling
@@ -175,6 +182,18 @@ def pool_phrases(bars: Tensor, offset: Tensor, bars_per_phrase: int) -> Tensor:
     picked = bars.gather(1, k.clamp(0, nb - 1)[..., None].expand(-1, -1, F)) * valid[..., None]
     count = valid.reshape(B, P, bars_per_phrase).sum(2, keepdim=True).clamp(min=1)
     return picked.reshape(B, P, bars_per_phrase, F).sum(2) / count
+
+
+def pool_bars(x: Tensor, lead: Tensor, steps_per_bar: int) -> Tensor:
+    """Bar inputs [B, nb, F]: the mean of `x` [B, L, F] over each bar of the song's grid, lead[b]
+    steps of the first bar lying before the window (slot 0 is then a partial bar, pooled over its
+    steps in the window; `pool_phrases` one level down). With lead 0 everywhere, the L // spb
+    complete bars of the window, as one reshape."""
+    B, L, F = x.shape
+    if not bool(lead.any()):
+        nb = L // steps_per_bar
+        return x[:, :nb * steps_per_bar].reshape(B, nb, steps_per_bar, F).mean(2)
+    return pool_phrases(x, lead, steps_per_bar)
 
 
 # --------------------------------------------------------------------------- lookback input
@@ -217,7 +236,7 @@ class HierarchicalDrumModel(nn.Module):
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
                  max_context: int = 512, lookback_bars: int = 0, output: str = "independent",
                  head_hidden_dim: int = 64, phrase_position: bool = False, song_phrases: bool = False,
-                 expressive: bool = False, expressive_dim: int = 64,
+                 expressive: bool = False, expressive_dim: int = 64, max_steps_per_bar: int = 0,
                  conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
                  bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0):
         super().__init__()
@@ -230,7 +249,8 @@ class HierarchicalDrumModel(nn.Module):
                             lookback_bars=int(lookback_bars), output=str(output),
                             head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position),
                             song_phrases=bool(song_phrases), expressive=bool(expressive),
-                            expressive_dim=int(expressive_dim))
+                            expressive_dim=int(expressive_dim),
+                            max_steps_per_bar=int(max_steps_per_bar or 0))
         # only a conditioned model records these keys: older checkpoints keep an equal config
         if conditioning:
             vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
@@ -246,8 +266,11 @@ class HierarchicalDrumModel(nn.Module):
         self.input = nn.Linear(D, H)
         if self.lookback_bars:      # its own layer: a lookback-free checkpoint keeps its keys
             self.lookback = nn.Linear(self.lookback_bars * (D + 1), H)
-        self.in_pos = nn.Embedding(steps_per_bar, H)    # phase of the step read
-        self.out_pos = nn.Embedding(steps_per_bar, H)   # phase of the step predicted
+        # phase in the bar, one row per step of the longest bar read: every meter shares the rows of
+        # its steps (the downbeat is row 0 in 4/4, 3/4 and 6/8 alike)
+        self.max_steps_per_bar = max(self._config["max_steps_per_bar"], int(steps_per_bar))
+        self.in_pos = nn.Embedding(self.max_steps_per_bar, H)    # phase of the step read
+        self.out_pos = nn.Embedding(self.max_steps_per_bar, H)   # phase of the step predicted
         self.phrase_position = bool(phrase_position)
         self.song_phrases = bool(song_phrases)     # phrases on the song's grid, not the window's
         if self.phrase_position:    # bar in phrase on the song's grid: when a fill or crash is due
@@ -323,8 +346,8 @@ class HierarchicalDrumModel(nn.Module):
     # ---- full forward pass (training)
     def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
                 mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False,
-                cond: Tensor | None = None):
-        z, bar_preds, phrase_preds = self.features(step, start, cond)
+                steps_per_bar: Tensor | int | None = None, cond: Tensor | None = None):
+        z, bar_preds, phrase_preds = self.features(step, start, steps_per_bar, cond)
         out = (self.output_layer(self.drop(z)), bar_preds, phrase_preds)
         if self._config["expressive"]:
             # a 4th prediction: (velocity, offset) of steps 1..L-1 given their true hits (teacher
@@ -332,13 +355,31 @@ class HierarchicalDrumModel(nn.Module):
             out += (self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0),)
         return out + (z,) if return_hidden else out
 
-    def features(self, step: Tensor, start: Tensor | None = None, cond: Tensor | None = None):
+    def bar_length(self, steps_per_bar: Tensor | int | None = None) -> int:
+        """The one bar length of a call: None = the model's; a [B] tensor (a batch's songs) must hold
+        one value (batches are bucketed by meter); it must fit the position tables."""
+        if steps_per_bar is None:
+            return self.steps_per_bar
+        if isinstance(steps_per_bar, Tensor):
+            values = steps_per_bar.unique()
+            if len(values) != 1:
+                raise ValueError(f"one bar length per call: a batch must hold songs of one meter, got "
+                                 f"steps_per_bar {values.tolist()} (make_loader buckets batches by meter)")
+            steps_per_bar = values[0]
+        spb = int(steps_per_bar)
+        if not 1 <= spb <= self.max_steps_per_bar:
+            raise ValueError(f"steps_per_bar={spb}: this model reads bars of 1..{self.max_steps_per_bar} "
+                             "steps (its position tables, model.max_steps_per_bar)")
+        return spb
+
+    def features(self, step: Tensor, start: Tensor | None = None, steps_per_bar: Tensor | int | None = None,
+                 cond: Tensor | None = None):
         """(z [B, L, H], bar_preds, phrase_preds): the step-level state before the output head.
         `cond` [B, C] long: condition ids (None = all none); see `condition_input`."""
         if step.dim() != 3 or step.shape[-1] != self.num_drums:
             raise ValueError(f"step must be [B, L, {self.num_drums}], got {tuple(step.shape)}")
         B, L, D = step.shape
-        spb, bpp = self.steps_per_bar, self.bars_per_phrase
+        spb, bpp = self.bar_length(steps_per_bar), self.bars_per_phrase
         t = torch.arange(L, device=step.device)
         start = step.new_zeros(B, dtype=torch.long) if start is None else start.to(step.device).long()
         phase = (start[:, None] + t) % spb                                    # [B, L]
@@ -358,21 +399,24 @@ class HierarchicalDrumModel(nn.Module):
         if not self.hierarchy:
             return z, None, None
 
-        nb = L // spb
-        bar_x = step[:, :nb * spb].reshape(B, nb, spb, D).mean(2)
-        bar_in = torch.cat([h[:, :nb * spb].reshape(B, nb, spb, h.shape[-1]).mean(2), bar_x], -1)
+        lead = start % spb                                                     # [B] song grid
+        bar_in = pool_bars(torch.cat([h, step], -1), lead, spb)              # [B, nb, H + D]
+        bar_x = bar_in[..., h.shape[-1]:]
         bar_h = _run(self.bar_rnn, self.drop(self.step_to_bar(bar_in)))      # [B, nb, Hb]
-        off = self.phrase_offset(start)                                        # [B]
+        off = self.phrase_offset(start, spb)                                   # [B]
         phrase_in = pool_phrases(torch.cat([bar_h, bar_x], -1), off, bpp)    # [B, P, Hb + D]
         phrase_h = _run(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)))  # [B, P, Hp]
 
-        # step t may use bar k only once bar k is complete: k < (t+1) // spb; row 0 = "none yet";
-        # phrase slots likewise, counted on the phrase grid (off bars before the window's first)
+        # step t may use bar slot k only once it is complete: k < (lead + t + 1) // spb; row 0 =
+        # "none yet"; phrase slots likewise, counted on the phrase grid (off bars before the
+        # window's first bar)
         bars = torch.cat([self.bar_start.expand(B, 1, -1), bar_h], 1)
         phrases = torch.cat([self.phrase_start.expand(B, 1, -1), phrase_h], 1)
-        done = (off[:, None] * spb + t + 1) // (spb * bpp)                    # [B, L]
+        bar_done = (lead[:, None] + t + 1) // spb                             # [B, L]
+        done = (off[:, None] * spb + lead[:, None] + t + 1) // (spb * bpp)    # [B, L]
+        bar_ctx = bars.gather(1, bar_done[..., None].expand(-1, -1, bars.shape[-1]))
         phrase_ctx = phrases.gather(1, done[..., None].expand(-1, -1, phrases.shape[-1]))
-        z = z + self.bar_to_step(bars[:, (t + 1) // spb]) + self.phrase_to_step(phrase_ctx)
+        z = z + self.bar_to_step(bar_ctx) + self.phrase_to_step(phrase_ctx)
         return z, self.bar_head(bar_h), self.phrase_head(phrase_h)
 
     def condition_input(self, cond: Tensor | None, batch_size: int, device) -> Tensor:
@@ -388,30 +432,37 @@ class HierarchicalDrumModel(nn.Module):
             cond = cond.masked_fill(torch.rand(cond.shape, device=device) < p, 0)
         return sum(emb(cond[:, i]) for i, emb in enumerate(self.conditions.values()))
 
-    def phrase_offset(self, start: Tensor | None) -> Tensor:
+    def phrase_offset(self, start: Tensor | None, steps_per_bar: int | None = None) -> Tensor:
         """[B] bars of the song's phrase before the window's first bar: ((start // spb) mod bpp)
         with song_phrases, else 0 (phrases counted from the window's first bar)."""
         if start is None or not self.song_phrases:
             return torch.zeros(1 if start is None else len(start), dtype=torch.long,
                                device=None if start is None else start.device)
-        return (start.long() // self.steps_per_bar) % self.bars_per_phrase
+        return (start.long() // self.bar_length(steps_per_bar)) % self.bars_per_phrase
 
     # ---- incremental path (generation)
     def init_state(self, batch_size: int, t: int = 0, start: Tensor | int = 0,
-                   cond: Tensor | None = None) -> GenerationState:
+                   steps_per_bar: int | None = None, cond: Tensor | None = None) -> GenerationState:
         """A fresh state whose next consumed step has index `t` (use −1 for a silent lead-in step
         that belongs to no bar). `start` is the absolute position of step 0, as in forward;
-        `cond` [B, C] or [C] the condition ids of every step (None: none)."""
+        `steps_per_bar` the bar length to generate in (default the model's); `cond` [B, C] or [C]
+        the condition ids of every step (None: none)."""
         like = next(self.parameters())
+        spb = self.bar_length(steps_per_bar)
         start = torch.as_tensor(start, dtype=torch.long, device=like.device).expand(batch_size).clone()
-        state = GenerationState(t=t, start=start, step=self.step_rnn.init_state(batch_size, like))
+        lead = start % spb
+        if bool((lead != lead[0]).any()):
+            raise ValueError("the rows of one generation batch must share their bar phase, start mod "
+                             f"steps_per_bar; got {lead.tolist()}")
+        state = GenerationState(t=t, start=start, step=self.step_rnn.init_state(batch_size, like),
+                                steps_per_bar=spb, lead=int(lead[0]) if batch_size else 0)
         if len(self.conditions):
             if cond is not None:
                 cond = torch.as_tensor(cond, dtype=torch.long, device=like.device)
                 cond = cond.expand(batch_size, len(self.conditions))
             state.cond = self.condition_input(cond, batch_size, like.device)
         if self.lookback_bars:
-            state.history = like.new_zeros(batch_size, self.lookback_bars * self.steps_per_bar, self.num_drums)
+            state.history = like.new_zeros(batch_size, self.lookback_bars * spb, self.num_drums)
         if self.hierarchy:
             H, D = self._config["step_hidden_dim"], self.num_drums
             state.bar = self.bar_rnn.init_state(batch_size, like)
@@ -421,7 +472,7 @@ class HierarchicalDrumModel(nn.Module):
             state.phrase_sum_x = like.new_zeros(batch_size, D)
             state.bar_ctx = self.bar_to_step(self.bar_start).expand(batch_size, H)
             state.phrase_ctx = self.phrase_to_step(self.phrase_start).expand(batch_size, H)
-            off = self.phrase_offset(start)
+            off = self.phrase_offset(start, spb)
             if bool((off != off[0]).any()):
                 raise ValueError("song_phrases: the rows of one generation batch must share their phrase "
                                  f"phase, (start // steps_per_bar) mod bars_per_phrase; got {off.tolist()}")
@@ -433,7 +484,7 @@ class HierarchicalDrumModel(nn.Module):
         """Consume step `state.t` (x [B, D]) and return the head parameters of step t+1 [B, P]
         (and z [B, H] with return_hidden); equals forward(...)[0][:, t] on the same prefix (see
         tests/test_model.py)."""
-        spb = self.steps_per_bar
+        spb = state.steps_per_bar
         phase = (state.start + state.t) % spb
         inp = self.input(x) + self.in_pos(phase)
         if state.cond is not None:
@@ -459,7 +510,7 @@ class HierarchicalDrumModel(nn.Module):
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
         """`lookback_features` of step t = state.t from the ring of the last K·spb inputs
         (slot j mod K·spb holds step j); indices < 0, the lead-in step included, are zeros."""
-        spb, t, ring = self.steps_per_bar, state.t, state.history
+        spb, t, ring = state.steps_per_bar, state.t, state.history
         n = ring.shape[1]
         # flags first: step t−K·spb shares its slot with step t, which is written next
         same = [(x == ring[:, (t - k * spb) % n]).all(-1) & (t - k * spb >= 0)
@@ -473,18 +524,23 @@ class HierarchicalDrumModel(nn.Module):
         return torch.cat(feats, -1)
 
     def _advance_bars(self, h: Tensor, x: Tensor, state: GenerationState) -> None:
-        """Accumulate the step into its bar; when a bar (phrase) completes, run its level once."""
-        spb, bpp = self.steps_per_bar, self.bars_per_phrase
+        """Accumulate the step into its bar; when a bar (phrase) completes, run its level once.
+        Bars lie on the song's grid: the first one is partial when step 0 is not a bar line."""
+        spb, bpp = state.steps_per_bar, self.bars_per_phrase
         state.bar_sum_h = state.bar_sum_h + h
         state.bar_sum_x = state.bar_sum_x + x
-        if (state.t + 1) % spb:
+        state.bar_steps += 1
+        if (state.lead + state.t + 1) % spb:
             return
-        bar_in = self.step_to_bar(torch.cat([state.bar_sum_h / spb, state.bar_sum_x / spb], -1))
+        n_steps = state.bar_steps
+        bar_in = self.step_to_bar(torch.cat([state.bar_sum_h / n_steps, state.bar_sum_x / n_steps], -1))
         bar_h, state.bar = self.bar_rnn.step(self.drop(bar_in), state.bar)
         state.bar_ctx = self.bar_to_step(bar_h)
         state.phrase_sum_h = state.phrase_sum_h + bar_h
-        state.phrase_sum_x = state.phrase_sum_x + state.bar_sum_x
+        # the bar's mean · spb (its sum when whole): a phrase pools bar means, as forward does
+        state.phrase_sum_x = state.phrase_sum_x + state.bar_sum_x * (spb / n_steps)
         state.bar_sum_h, state.bar_sum_x = torch.zeros_like(h), torch.zeros_like(x)
+        state.bar_steps = 0
         state.bars_done += 1                 # on the phrase grid (starts at the phrase offset)
         state.phrase_bars += 1               # bars pooled into this phrase (fewer in a first partial one)
         if state.bars_done % bpp:
@@ -502,13 +558,14 @@ class HierarchicalDrumModel(nn.Module):
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
                  start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False,
-                 cond: Tensor | None = None):
+                 steps_per_bar: int | None = None, cond: Tensor | None = None):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
         `step` per generated step: RNN states / a ring KV cache are carried, bars and phrases
         are pooled as they complete. `start` ([B] or int) is the absolute position of the prime's
-        first step, as in forward (sets the bar phase). Each step's drum vector is drawn from the
+        first step, as in forward (sets the bar phase); `steps_per_bar` the bar length (meter) to
+        generate in, default the model's. Each step's drum vector is drawn from the
         output head's joint distribution with temperature / top_k / top_p (heads.decode_joint).
         Deterministic for a given `seed`. `expressive=True` (a model with expressive heads) returns
         (hits, velocity, offset): each sampled step's velocity / 127 and offset in steps given its
@@ -525,21 +582,39 @@ class HierarchicalDrumModel(nn.Module):
             out = like.new_zeros(B, T0 + length, D)
             out[:, :T0] = prime
             played = like.new_zeros(2, B, T0 + length, D)
-            state = self.init_state(B, t=0 if T0 else -1, start=start, cond=cond)
-            logits = z = None
-            for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
-                logits, z = self.step(x, state, return_hidden=True)
-            for i in range(length):
-                out[:, T0 + i] = self.head.sample(logits, gen, temperature, top_k, top_p)
-                if expressive:   # how the sampled hits are played, from the state that chose them
-                    played[:, :, T0 + i] = torch.stack(self.expressive(z, out[:, T0 + i] > 0))
-                if i + 1 < length:
-                    logits, z = self.step(out[:, T0 + i], state, return_hidden=True)
+            start = torch.as_tensor(start, dtype=torch.long, device=like.device).expand(B)
+            spb = self.bar_length(steps_per_bar)
+            if cond is not None:    # [C] or [B, C] -> [B, C]: rows are sampled in groups below
+                cond = torch.as_tensor(cond, dtype=torch.long, device=like.device).expand(B, -1)
+            # one generation state runs rows of one bar (and song-phrase) phase: a group each
+            phase = (start % spb) * self.bars_per_phrase + self.phrase_offset(start, spb).expand(B)
+            for key in phase.unique():
+                rows = (phase == key).nonzero()[:, 0]
+                self._sample_rows(out, played, rows, T0, length, start[rows], spb, gen,
+                                  (temperature, top_k, top_p), expressive,
+                                  None if cond is None else cond[rows])
             if expressive:
                 return (out[0], *played[:, 0]) if unbatched else (out, *played)
             return out[0] if unbatched else out
         finally:
             self.train(was_training)
+
+    def _sample_rows(self, out: Tensor, played: Tensor, rows: Tensor, T0: int, length: int, start: Tensor,
+                     spb: int, gen: torch.Generator, decoding: tuple, expressive: bool,
+                     cond: Tensor | None = None) -> None:
+        """`generate` for the batch rows `rows` (one bar phase): fills out / played in place."""
+        n, D = len(rows), self.num_drums
+        rows = slice(None) if n == out.shape[0] else rows     # all rows: views of `out`, as always
+        state = self.init_state(n, t=0 if T0 else -1, start=start, steps_per_bar=spb, cond=cond)
+        logits = z = None
+        for x in (out[rows, :T0].unbind(1) if T0 else [out.new_zeros(n, D)]):
+            logits, z = self.step(x, state, return_hidden=True)
+        for i in range(length):
+            out[rows, T0 + i] = self.head.sample(logits, gen, *decoding)
+            if expressive:   # how the sampled hits are played, from the state that chose them
+                played[:, rows, T0 + i] = torch.stack(self.expressive(z, out[rows, T0 + i] > 0))
+            if i + 1 < length:
+                logits, z = self.step(out[rows, T0 + i], state, return_hidden=True)
 
     def _prime(self, start_seq: Tensor | None, batch_size: int, like: Tensor) -> tuple[Tensor, bool]:
         if start_seq is None:
@@ -559,10 +634,12 @@ class HierarchicalDrumModel(nn.Module):
         """`compute_loss` with this model's bar/phrase grid and output head, plus the expressive
         terms when the model has its heads (train/training/expressive.py)."""
         start = batch.get("start")
-        offset = self.phrase_offset(start) if self.song_phrases and start is not None else None
+        spb = self.bar_length(batch.get("steps_per_bar"))
+        offset = self.phrase_offset(start, spb) if self.song_phrases and start is not None else None
+        lead = start.long() % spb if start is not None else None
         total, terms = compute_loss(preds[:3], batch, weights, level_loss=level_loss,
-                                    steps_per_bar=self.steps_per_bar, bars_per_phrase=self.bars_per_phrase,
-                                    head=self.head, phrase_offset=offset)
+                                    steps_per_bar=spb, bars_per_phrase=self.bars_per_phrase,
+                                    head=self.head, phrase_offset=offset, bar_lead=lead)
         if self._config["expressive"] and len(preds) > 3:   # the velocity and offset terms
             from train.training.expressive import add_expressive_loss
             total, terms = add_expressive_loss(total, terms, preds[3], batch, weights)
@@ -574,13 +651,13 @@ class HierarchicalDrumModel(nn.Module):
         return self.head.marginals(step_logits)
 
     def step_log_prob(self, step: Tensor, mask: Tensor | None = None, start: Tensor | None = None,
-                      step_logits: Tensor | None = None) -> Tensor:
+                      step_logits: Tensor | None = None, steps_per_bar: Tensor | int | None = None) -> Tensor:
         """log2 p(step[:, t+1] | step[:, :t+1]) [B, L−1] in bits: the whole drum vector's
         probability (the loss definition for every output head); a forward pass unless
         `step_logits` (forward's first output on `step`) is given. Rows where mask[:, t+1] is False
         are padding (still computed; callers mask them)."""
         if step_logits is None:
-            step_logits = self(step, mask=mask, start=start)[0]
+            step_logits = self(step, mask=mask, start=start, steps_per_bar=steps_per_bar)[0]
         return self.head.log_prob(step_logits[:, :-1], step[:, 1:]) / math.log(2.0)
 
 
@@ -604,16 +681,15 @@ def _level_targets(step: Tensor, mask: Tensor | None, size: int, count: int) -> 
     return means, mask[:, size - 1:count * size:size].bool()
 
 
-def _phrase_targets(step: Tensor, mask: Tensor | None, spb: int, bpp: int, count: int,
-                    offset: Tensor | None) -> tuple[Tensor, Tensor]:
-    """`_level_targets` of phrase slots on the grid shifted by `offset` [B] bars (None: 0): slot j
-    holds window steps from (j·bpp − offset)·spb; it counts only when wholly inside the window and
+def _grid_targets(step: Tensor, mask: Tensor | None, span: int, count: int,
+                  lead: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`_level_targets` of slots of `span` steps on the grid shifted by `lead` [B] steps (None: 0):
+    slot j holds window steps from j·span − lead; it counts only when wholly inside the window and
     real."""
     B, L, D = step.shape
-    if offset is None or not bool(offset.any()):
-        return _level_targets(step, mask, spb * bpp, count)
-    span = spb * bpp
-    first = (torch.arange(count, device=step.device)[None] * bpp - offset[:, None]) * spb    # [B, count]
+    if lead is None or not bool(lead.any()):
+        return _level_targets(step, mask, span, count)
+    first = torch.arange(count, device=step.device)[None] * span - lead[:, None]            # [B, count]
     idx = (first[..., None] + torch.arange(span, device=step.device)).clamp(0, L - 1)       # [B, count, span]
     hits = (step > 0).to(step.dtype).gather(1, idx.reshape(B, -1)[..., None].expand(-1, -1, D))
     means = hits.reshape(B, count, span, D).mean(2)
@@ -630,7 +706,8 @@ def _masked_mean(per_item: Tensor, valid: Tensor) -> Tensor:
 
 def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
                  *, level_loss: str = "mse", steps_per_bar: int = 16, bars_per_phrase: int = 4,
-                 head: StepHead | None = None, phrase_offset: Tensor | None = None):
+                 head: StepHead | None = None, phrase_offset: Tensor | None = None,
+                 bar_lead: Tensor | None = None):
     """Weighted sum of the three levels' next-item losses; returns (total, {"step", "bar", "phrase"}).
 
     preds = (step_logits [B, L, P], bar_preds [B, nb, D] | None, phrase_preds [B, nph, D] | None),
@@ -643,7 +720,9 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
     bar    = mean over real bars k ≥ 1 of ℓ(bar_preds[b,k−1], ȳ_k),  ȳ_k = mean of y over bar k
     phrase = the same over phrases (steps_per_bar · bars_per_phrase steps each); with
              `phrase_offset` [B] (song_phrases) phrase slot j covers window steps
-             [(j·bpp − offset)·spb, (j+1)·bpp − offset)·spb), as the model pools them
+             [(j·bpp − offset)·spb, (j+1)·bpp − offset)·spb), as the model pools them;
+             `bar_lead` [B] (windows starting mid-bar: start mod spb) shifts the bar and phrase
+             slots back by that many steps, the song's grid the model pools
     ℓ = mean_d (σ(p) − ȳ)² for level_loss="mse" (reaches 0), or BCE-with-logits against the
     soft target ȳ for "bce" (floored at the entropy of ȳ). A level counts only when every step of
     its target bar/phrase is real. total = Σ_k weights[k] · term_k; a zero weight disables a term
@@ -669,11 +748,10 @@ def compute_loss(preds, batch: Mapping[str, Tensor], weights: Mapping[str, float
         if preds_k.shape[1] < 2:                       # no next bar/phrase to predict
             terms[name] = preds_k.sum() * 0.0          # still in the graph (see below)
             continue
-        if name == "phrase":
-            means, real = _phrase_targets(step, mask, steps_per_bar, bars_per_phrase, preds_k.shape[1],
-                                          phrase_offset)
-        else:
-            means, real = _level_targets(step, mask, size, preds_k.shape[1])
+        lead = bar_lead
+        if name == "phrase" and phrase_offset is not None:
+            lead = phrase_offset * steps_per_bar + (0 if bar_lead is None else bar_lead)
+        means, real = _grid_targets(step, mask, size, preds_k.shape[1], lead)
         pred, want = preds_k[:, :-1], means[:, 1:].to(preds_k.dtype)
         if level_loss == "mse":
             per = (torch.sigmoid(pred) - want).pow(2).mean(-1)

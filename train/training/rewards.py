@@ -351,15 +351,17 @@ class RewardShaper:
         prime = step[:, :self.prime]
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,)))               # from the (saved) torch RNG
         start = batch.get("start", torch.zeros(step.shape[0], dtype=torch.long)).to(step.device)
+        spb = batch.get("steps_per_bar")     # the batch's meter: sampled and scored on its bar grid
         with torch.no_grad():   # sampled under the same bar phase (start) as it is scored below
-            seq = model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed, start=start)
+            seq = model.generate(prime, length=self.sample, temperature=1.0, top_p=None, seed=seed, start=start,
+                                 steps_per_bar=spb)
         seq = seq[:, :self.prime + self.sample].to(step.dtype)
         # scored in the mode it was sampled in (generate runs in eval mode): with dropout on, the
         # log-probabilities would be another policy's, and the gradient off-policy
         was_training = model.training
         model.eval()
         try:
-            logits = model(seq[:, :-1], start=start)[0]
+            logits = model(seq[:, :-1], start=start, steps_per_bar=spb)[0]
         finally:
             model.train(was_training)
         cont = seq[:, self.prime:]

@@ -107,8 +107,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("bad config:\n  - " + "\n  - ".join(problems))
 
 
-def model_kwargs(cfg, num_drums: int) -> tuple[dict, list[str]]:
-    """(constructor kwargs of the model from cfg.model and the window, unknown model.* keys)."""
+def model_kwargs(cfg, num_drums: int, longest_bar: int = 0) -> tuple[dict, list[str]]:
+    """(constructor kwargs of the model from cfg.model and the window, unknown model.* keys);
+    `model.max_steps_per_bar: 0` becomes `longest_bar`, the data's longest bar (every meter it holds)."""
     from train.training.model import HierarchicalDrumModel
 
     params = set(inspect.signature(HierarchicalDrumModel.__init__).parameters) - {"self"}
@@ -116,6 +117,8 @@ def model_kwargs(cfg, num_drums: int) -> tuple[dict, list[str]]:
     kwargs = {k: v for k, v in given.items() if k in params}
     kwargs.update(num_drums=num_drums, steps_per_bar=int(cfg.window.steps_per_bar),
                   bars_per_phrase=int(cfg.window.bars_per_phrase))
+    if not kwargs.get("max_steps_per_bar"):
+        kwargs["max_steps_per_bar"] = max(int(longest_bar), kwargs["steps_per_bar"])
     return kwargs, sorted(set(given) - params)
 
 
@@ -193,14 +196,13 @@ def build_data(cfg, d: Dist):
     return train_ds, train, val
 
 
-def build_model(cfg, num_drums: int, conditions: dict | None = None) -> torch.nn.Module:
+def build_model(cfg, num_drums: int, longest_bar: int = 0, conditions: dict | None = None) -> torch.nn.Module:
     from train.training.model import HierarchicalDrumModel
 
-    kwargs = model_kwargs(cfg, num_drums)[0]
+    kwargs = model_kwargs(cfg, num_drums, longest_bar)[0]
     if conditions:     # the vocabularies, not just the names: they travel in the checkpoint
         kwargs["conditioning"] = conditions
     return HierarchicalDrumModel(**kwargs)
-
 
 def condition_vocab(cfg) -> dict[str, list[str]] | None:
     """{condition: labels} of `model.conditioning`, from the train split's songs in the export
@@ -240,7 +242,7 @@ def model_structure(model: torch.nn.Module) -> str:
 def forward_loss(model, raw_model, batch: dict, weights: dict):
     """(total loss, {term: value}, step logits) of one batch; `model` may be the DDP wrapper."""
     preds = model(batch["step"], batch.get("bar"), batch.get("phrase"), mask=batch.get("mask"),
-                  start=batch.get("start"), cond=batch.get("cond"))
+                  start=batch.get("start"), steps_per_bar=batch.get("steps_per_bar"), cond=batch.get("cond"))
     total, terms = raw_model.compute_loss(preds, batch, weights)
     return total, terms, preds[0]
 
@@ -346,7 +348,7 @@ class Parts:
     shaper: object                     # rewards.RewardShaper or None
     autocast: Callable
     weights: dict                      # trainer.loss_weights
-    info: dict                         # drum names/pitches for the checkpoint
+    info: dict                         # drum names/pitches and the bar lengths trained on, for the checkpoint
     plain_cfg: dict
     batches_per_epoch: int
     total_steps: int
@@ -364,7 +366,8 @@ def setup(cfg: DictConfig, d: Dist) -> Parts:
     """Data, model, optimizer, schedule, scaler, reward shaping."""
     tc = cfg.trainer
     train_ds, train_loader, val_loader = build_data(cfg, d)
-    raw_model = build_model(cfg, train_ds.num_drums, train_ds.conditions).to(d.device)
+    longest = max(train_ds.bar_lengths + val_loader.dataset.bar_lengths, default=0)   # every meter of the data
+    raw_model = build_model(cfg, train_ds.num_drums, longest, train_ds.conditions).to(d.device)
     torch.manual_seed(int(tc.seed) + d.rank)  # per-rank streams (dropout, sampling) after a shared init
     model = raw_model
     if tc.compile:
@@ -391,7 +394,8 @@ def setup(cfg: DictConfig, d: Dist) -> Parts:
         optimizer=optimizer, scheduler=build_scheduler(optimizer, tc.scheduler, total_steps),
         scaler=torch.amp.GradScaler(d.device.type, enabled=str(tc.precision) == "16-mixed"), shaper=shaper,
         autocast=lambda: torch.autocast(d.device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
-        weights=OmegaConf.to_container(tc.loss_weights, resolve=True), info=drum_info(cfg, train_ds.ready, d.is_main),
+        weights=OmegaConf.to_container(tc.loss_weights, resolve=True),
+        info={**drum_info(cfg, train_ds.ready, d.is_main), "bar_lengths": train_ds.bar_lengths},
         plain_cfg=OmegaConf.to_container(cfg, resolve=True), batches_per_epoch=batches_per_epoch,
         total_steps=total_steps, max_epochs=max_epochs)
 
