@@ -270,6 +270,9 @@ def test_model_config_errors_are_reported_with_the_rest(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path, "model=transformer", "model.nhead=3")
     with pytest.raises(ConfigError, match="divisible by nhead=3"):
         trainer.validate_config(cfg)
+    cfg = _cfg(tiny, tmp_path, "model.horizon_bars=999")     # more bars than a training window holds
+    with pytest.raises(ConfigError, match="model.horizon_bars=999: more bars than a training window"):
+        trainer.validate_config(cfg)
 
 
 def test_cli_model_error_exits_2_before_any_work(tiny, tmp_path):

@@ -116,6 +116,8 @@ def model_kwargs(cfg, num_drums: int) -> tuple[dict, list[str]]:
     kwargs = {k: v for k, v in given.items() if k in params}
     kwargs.update(num_drums=num_drums, steps_per_bar=int(cfg.window.steps_per_bar),
                   bars_per_phrase=int(cfg.window.bars_per_phrase))
+    if kwargs.get("horizon_bars") is None:    # null: the training window's bars, all the bar level sees here
+        kwargs["horizon_bars"] = int(cfg.window.seq_len) // int(cfg.window.steps_per_bar)
     return kwargs, sorted(set(given) - params)
 
 
@@ -127,6 +129,11 @@ def check_model(cfg) -> list[str]:
     kwargs, unknown = model_kwargs(cfg, num_drums=1)
     known = sorted(inspect.signature(HierarchicalDrumModel.__init__).parameters.keys() - {"self", "num_drums"})
     problems = [f"model.{k}: unknown model key (known: {', '.join(known)})" for k in unknown]
+    window_bars = int(cfg.window.seq_len) // int(cfg.window.steps_per_bar)
+    if isinstance(kwargs["horizon_bars"], int) and kwargs["horizon_bars"] > window_bars:
+        problems.append(f"model.horizon_bars={kwargs['horizon_bars']}: more bars than a training window of "
+                        f"window.seq_len={cfg.window.seq_len} holds ({window_bars}): generation would run the "
+                        "bar and phrase levels past what they were trained on (null = the window's bars, 0 = unbounded)")
     try:
         with torch.device("meta"):
             HierarchicalDrumModel(**kwargs)
