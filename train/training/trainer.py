@@ -421,9 +421,17 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
 def restore(p: Parts, path: Path, d: Dist) -> Progress:
     """Load a checkpoint into the parts (model, optimizer, schedule, scaler, rewards, sampler, RNG)."""
     ck = read_resume_checkpoint(path, d)
-    if ck["model_config"] != p.raw_model.config:
-        raise ConfigError(f"{path}: model config {ck['model_config']} differs from the "
-                          f"configured {p.raw_model.config}; use trainer.resume=never or match it")
+    # keys newer than the checkpoint take the constructor's defaults, as loading it does (horizon_bars 0)
+    defaults = {k: v.default for k, v in inspect.signature(type(p.raw_model).__init__).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    saved = {**{k: defaults[k] for k in p.raw_model.config.keys() - ck["model_config"].keys() if k in defaults},
+             **ck["model_config"]}
+    if saved != p.raw_model.config:
+        keys = sorted(k for k in saved.keys() | p.raw_model.config.keys()
+                      if saved.get(k) != p.raw_model.config.get(k))
+        raise ConfigError(f"{path}: model config {ck['model_config']} differs from the configured "
+                          f"{p.raw_model.config} (in {', '.join(f'model.{k}' for k in keys)}); "
+                          "use trainer.resume=never or match it")
     changed = changed_settings(ck.get("config") or {}, p.plain_cfg)
     if changed and d.is_main:
         print(f"warning: resuming {path}, whose optimizer and schedule state (learning rate included) "
