@@ -33,6 +33,7 @@ def build(backend: str, args) -> HierarchicalDrumModel:
                                  num_layers=args.layers, dropout=0.1, steps_per_bar=16,
                                  bars_per_phrase=4, nhead=4, max_context=args.context,
                                  lookback_bars=0 if backend == "transformer" else args.lookback,
+                                 horizon_bars=args.horizon_bars,
                                  **BACKENDS[backend]).eval()
 
 
@@ -76,6 +77,8 @@ def main() -> None:
     p.add_argument("--drums", type=int, default=9)
     p.add_argument("--lookback", type=int, default=2, help="lookback_bars of the RNNs (as conf/model/gru.yaml)")
     p.add_argument("--context", type=int, default=256, help="Transformer max_context (= window.seq_len)")
+    p.add_argument("--horizon-bars", type=int, default=0,
+                   help="bars the bar/phrase levels see (16 = a 256-step window; 0 = unbounded)")
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -84,7 +87,7 @@ def main() -> None:
                           "threads": torch.get_num_threads()},
               "model": {"hidden": args.hidden, "layers": args.layers, "drums": args.drums,
                         "steps_per_bar": 16, "bars_per_phrase": 4, "max_context": args.context,
-                        "batch": 1, "dtype": "float32"},
+                        "batch": 1, "dtype": "float32", "horizon_bars": args.horizon_bars},
               "method": ("incremental: median s/step over the `window` steps before N in one generation; "
                          "naive: median s of one full forward over an N-step prefix, measured at each N"),
               "window": args.window, "backends": {}}

@@ -11,12 +11,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 from pipeline.config import compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi
 from train.training.model import HierarchicalDrumModel, compute_loss, lookback_features, sample_hits
+from train.training.trainer import model_kwargs
 
 # tiny models on a shared 2-core machine: OpenMP threads only spin against each other
 torch.set_num_threads(1)
@@ -282,6 +282,48 @@ def test_generation_with_lookback_follows_forward(backend):
     assert torch.equal(out[:, 3:], (logits[:, 2:-1] > 0).double())
 
 
+# ----------------------------------------------------------------------------- horizon
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_generation_past_the_horizon_equals_the_bounded_forward(backend):
+    """horizon_bars = 4 bars (phrase level: 2 phrases) on a 10-bar sequence: step by step, the bar
+    and phrase levels are re-run over their last items once past the horizon, and every output
+    equals the full pass; within the horizon (a training window) the bound changes nothing."""
+    m = song_grid(backend, horizon_bars=4)
+    L = 10 * SPB + 2
+    x, start = rolls(2, L, 31), torch.tensor([SPB, 3 * SPB])      # phrase offset 1 for both rows
+    full = m(x, start=start)[0]
+    state = m.init_state(2, start=start)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    unbounded = song_grid(backend)
+    short = 4 * SPB + SPB - 1      # bar 4 completes at step 5·SPB − 1: the first step it can differ
+    torch.testing.assert_close(unbounded(x[:, :short], start=start)[0], m(x[:, :short], start=start)[0],
+                               rtol=0, atol=1e-12)
+    assert not torch.allclose(unbounded(x, start=start)[0], full)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_bar_and_phrase_levels_see_only_their_horizon(backend):
+    """Bar k's prediction is the bar level run afresh over the inputs of bars k−W+1..k (W = 4),
+    phrase j's over its last W // bpp = 2 phrase inputs: the same bounded context as a window of
+    W bars in training, whatever came before."""
+    m = tiny(backend, horizon_bars=4)
+    x, seen = rolls(1, 9 * SPB, 32), {}
+    hooks = [m.step_to_bar.register_forward_hook(lambda mod, i, o: seen.__setitem__("bar", o)),
+             m.bar_to_phrase.register_forward_hook(lambda mod, i, o: seen.__setitem__("phrase", o))]
+    _, bar_preds, phrase_preds = m(x)
+    for h in hooks:
+        h.remove()
+    for k in range(9):
+        alone = m.bar_rnn(seen["bar"][:, max(0, k - 3):k + 1])[:, -1]
+        torch.testing.assert_close(bar_preds[:, k], m.bar_head(alone), rtol=0, atol=1e-12)
+    for j in range(phrase_preds.shape[1]):
+        alone = m.phrase_rnn(seen["phrase"][:, max(0, j - 1):j + 1])[:, -1]
+        torch.testing.assert_close(phrase_preds[:, j], m.phrase_head(alone), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="horizon_bars"):
+        tiny(backend, horizon_bars=-1)
+
+
 def test_transformer_window_bounds_the_context():
     """Each layer sees max_context positions, so the receptive field is layers·(W−1)+1 steps."""
     m = tiny("transformer", hierarchy=False, max_context=4)     # 2 layers: field 7
@@ -359,19 +401,20 @@ def test_checkpoint_round_trip(tmp_path, backend):
 @pytest.mark.parametrize("name", ["gru", "lstm", "transformer"])
 def test_hydra_model_configs_build(name):
     cfg = compose([f"model={name}", "model.hierarchy=false"])
-    kwargs = {**OmegaConf.to_container(cfg.model, resolve=True), "num_drums": 9}
+    kwargs = model_kwargs(cfg, 9)[0]
     m = HierarchicalDrumModel.from_config(kwargs)
     # conditioning off (model.conditioning: []): its keys stay out of the config, as before they existed
     assert not kwargs["conditioning"]
     plain = {k: v for k, v in kwargs.items() if k not in ("conditioning", "bpm_buckets", "cond_dropout")}
     assert m.config == plain and m.steps_per_bar == cfg.window.steps_per_bar
+    assert m.horizon_bars == cfg.window.seq_len // cfg.window.steps_per_bar     # null: the window's bars
     assert m.use_transformer == (name == "transformer") and not m.hierarchy
 
 
 def test_drums_rnn_config_is_the_peer_baseline():
     """model=drums_rnn: 3-layer LSTM of 256, joint 512-way output, no lookback, no hierarchy."""
     cfg = compose(["model=drums_rnn"])
-    m = HierarchicalDrumModel.from_config({**OmegaConf.to_container(cfg.model, resolve=True), "num_drums": 9})
+    m = HierarchicalDrumModel.from_config(model_kwargs(cfg, 9)[0])
     assert m.step_rnn.rnn.num_layers == 3 and m.step_rnn.rnn.hidden_size == 256
     assert isinstance(m.step_rnn.rnn, torch.nn.LSTM) and not m.hierarchy and m.lookback_bars == 0
     assert m.head.output == "joint" and m.output_layer[-1].out_features == 512

@@ -127,6 +127,17 @@ def test_world_size_mismatch_and_cli_exit_2(tiny, finished, tmp_path):
     assert "saved by 2 process(es), this run has 1" in err[0] and "--nproc_per_node=2" in err[0]
 
 
+def test_checkpoint_from_before_horizon_bars_resumes_as_unbounded(tiny, finished, tmp_path):
+    """A checkpoint saved before the key existed is the unbounded model (its loading default):
+    resuming it needs model.horizon_bars=0, and the default (the window's bars) is named."""
+    ck = load_checkpoint(finished / "checkpoints" / "last.pt")
+    assert ck["model_config"].pop("horizon_bars") == 4                 # tiny windows: 64 steps, 4 bars
+    save_checkpoint(tmp_path / "checkpoints" / "last.pt", ck)
+    with pytest.raises(ConfigError, match=r"\(in model\.horizon_bars\)"):
+        fit(_cfg(tiny, tmp_path, "trainer.max_epochs=2"))
+    assert fit(_cfg(tiny, tmp_path, "trainer.max_epochs=2", "model.horizon_bars=0"))["epochs"] == 2
+
+
 # --- item 12: resume with changed settings; resuming a finished run ------------------------------
 
 def test_resume_warns_of_unapplied_optimizer_changes(tiny, tmp_path, capsys):
@@ -269,6 +280,9 @@ def test_model_config_errors_are_reported_with_the_rest(tiny, tmp_path):
     assert "trainer.batch_size=0" in msg
     cfg = _cfg(tiny, tmp_path, "model=transformer", "model.nhead=3")
     with pytest.raises(ConfigError, match="divisible by nhead=3"):
+        trainer.validate_config(cfg)
+    cfg = _cfg(tiny, tmp_path, "model.horizon_bars=999")     # more bars than a training window holds
+    with pytest.raises(ConfigError, match="model.horizon_bars=999: more bars than a training window"):
         trainer.validate_config(cfg)
 
 

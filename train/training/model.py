@@ -140,6 +140,21 @@ def _run(level: nn.Module, x: Tensor) -> Tensor:
     return level(x) if x.shape[1] else x
 
 
+def _run_bounded(level: nn.Module, x: Tensor, horizon: int) -> Tensor:
+    """Output k of a level that sees only its last `horizon` items, x[:, k−horizon+1 .. k], from a
+    fresh state (0: all of them): the bar and phrase levels never see more in generation than a
+    training window gave them. Items k < horizon are one ordinary run; each later item is the last
+    output of a run over its own `horizon` items (all in one batch)."""
+    B, T, C = x.shape
+    if not horizon or T <= horizon:
+        return _run(level, x)
+    head = level(x[:, :horizon])
+    tails = x.unfold(1, horizon, 1)[:, 1:]                        # [B, T−horizon, C, horizon]
+    tails = tails.permute(0, 1, 3, 2).reshape(-1, horizon, C)
+    last = level(tails)[:, -1].reshape(B, T - horizon, -1)
+    return torch.cat([head, last], 1)
+
+
 # --------------------------------------------------------------------------- generation state
 @dataclass
 class GenerationState:
@@ -159,6 +174,8 @@ class GenerationState:
     bar_ctx: Tensor | None = None        # [B, H] projected state of the last complete bar
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
+    bar_inputs: list | None = None       # the last horizon_bars bar-level inputs (bounded horizon)
+    phrase_inputs: list | None = None    # ... the last phrase-level inputs
     features: Tensor | None = None       # [B, H] the state behind the last logits (expressive heads)
     cond: Tensor | None = None           # [B, H] the conditions' embedding sum (condition_input)
     steps_per_bar: int = 16              # the bar length this generation runs in (its meter)
@@ -238,7 +255,7 @@ class HierarchicalDrumModel(nn.Module):
                  head_hidden_dim: int = 64, phrase_position: bool = False, song_phrases: bool = False,
                  expressive: bool = False, expressive_dim: int = 64, max_steps_per_bar: int = 0,
                  conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-                 bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0):
+                 bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0, horizon_bars: int = 0):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -250,7 +267,7 @@ class HierarchicalDrumModel(nn.Module):
                             head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position),
                             song_phrases=bool(song_phrases), expressive=bool(expressive),
                             expressive_dim=int(expressive_dim),
-                            max_steps_per_bar=int(max_steps_per_bar or 0))
+                            max_steps_per_bar=int(max_steps_per_bar or 0), horizon_bars=int(horizon_bars))
         # only a conditioned model records these keys: older checkpoints keep an equal config
         if conditioning:
             vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
@@ -262,6 +279,11 @@ class HierarchicalDrumModel(nn.Module):
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
         self.hierarchy, self.use_transformer = bool(hierarchy), bool(use_transformer)
         self.lookback_bars = int(lookback_bars)
+        # the bar level sees the last horizon_bars bars, the phrase level the phrases of as many
+        # bars (0 = everything since step 0): the training window's bars, so that generation
+        # past one window runs the levels as they were trained (docs/model.md, "Horizon")
+        self.horizon_bars = int(horizon_bars)
+        self.horizon_phrases = max(1, self.horizon_bars // bars_per_phrase) if self.horizon_bars else 0
 
         self.input = nn.Linear(D, H)
         if self.lookback_bars:      # its own layer: a lookback-free checkpoint keeps its keys
@@ -308,6 +330,8 @@ class HierarchicalDrumModel(nn.Module):
             raise ValueError(f"num_drums, steps_per_bar and bars_per_phrase must be ≥ 1, got {c}")
         if c["lookback_bars"] < 0:
             raise ValueError(f"lookback_bars must be ≥ 0 (0 disables), got {c['lookback_bars']}")
+        if c["horizon_bars"] < 0:
+            raise ValueError(f"horizon_bars must be ≥ 0 (0 = unbounded), got {c['horizon_bars']}")
         if c["use_transformer"]:
             for key in ("step_hidden_dim", "bar_hidden_dim", "phrase_hidden_dim"):
                 if c[key] % c["nhead"]:
@@ -402,10 +426,11 @@ class HierarchicalDrumModel(nn.Module):
         lead = start % spb                                                     # [B] song grid
         bar_in = pool_bars(torch.cat([h, step], -1), lead, spb)              # [B, nb, H + D]
         bar_x = bar_in[..., h.shape[-1]:]
-        bar_h = _run(self.bar_rnn, self.drop(self.step_to_bar(bar_in)))      # [B, nb, Hb]
+        bar_h = _run_bounded(self.bar_rnn, self.drop(self.step_to_bar(bar_in)), self.horizon_bars)  # [B, nb, Hb]
         off = self.phrase_offset(start, spb)                                   # [B]
         phrase_in = pool_phrases(torch.cat([bar_h, bar_x], -1), off, bpp)    # [B, P, Hb + D]
-        phrase_h = _run(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)))  # [B, P, Hp]
+        phrase_h = _run_bounded(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)),
+                                self.horizon_phrases)                          # [B, P, Hp]
 
         # step t may use bar slot k only once it is complete: k < (lead + t + 1) // spb; row 0 =
         # "none yet"; phrase slots likewise, counted on the phrase grid (off bars before the
@@ -478,6 +503,7 @@ class HierarchicalDrumModel(nn.Module):
                                  f"phase, (start // steps_per_bar) mod bars_per_phrase; got {off.tolist()}")
             state.bars_done = int(off[0])       # bars of the first phrase before step 0
             state.phrase_bars = 0
+            state.bar_inputs, state.phrase_inputs = [], []
         return state
 
     def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False):
@@ -534,7 +560,8 @@ class HierarchicalDrumModel(nn.Module):
             return
         n_steps = state.bar_steps
         bar_in = self.step_to_bar(torch.cat([state.bar_sum_h / n_steps, state.bar_sum_x / n_steps], -1))
-        bar_h, state.bar = self.bar_rnn.step(self.drop(bar_in), state.bar)
+        bar_h, state.bar = self._level_step(self.bar_rnn, self.drop(bar_in), state.bar,
+                                            state.bar_inputs, self.horizon_bars)
         state.bar_ctx = self.bar_to_step(bar_h)
         state.phrase_sum_h = state.phrase_sum_h + bar_h
         # the bar's mean · spb (its sum when whole): a phrase pools bar means, as forward does
@@ -549,10 +576,24 @@ class HierarchicalDrumModel(nn.Module):
         phrase_in = self.bar_to_phrase(torch.cat([state.phrase_sum_h / n,
                                                   state.phrase_sum_x / (spb * n)], -1))
         state.phrase_bars = 0
-        phrase_h, state.phrase = self.phrase_rnn.step(self.drop(phrase_in), state.phrase)
+        phrase_h, state.phrase = self._level_step(self.phrase_rnn, self.drop(phrase_in), state.phrase,
+                                                  state.phrase_inputs, self.horizon_phrases)
         state.phrase_ctx = self.phrase_to_step(phrase_h)
         state.phrase_sum_h = torch.zeros_like(state.phrase_sum_h)
         state.phrase_sum_x = torch.zeros_like(state.phrase_sum_x)
+
+    @staticmethod
+    def _level_step(level: nn.Module, x: Tensor, level_state: Any, recent: list, horizon: int):
+        """One item of a bar/phrase level, as `_run_bounded` computes it: an incremental step while
+        the level has seen at most `horizon` items (0: always), then the last output of a run over
+        the last `horizon` items (`recent` keeps them): O(horizon) per bar, O(1) amortised per step."""
+        if not horizon:
+            return level.step(x, level_state)
+        recent.append(x)
+        if len(recent) <= horizon:
+            return level.step(x, level_state)
+        del recent[0]
+        return level(torch.stack(recent, 1))[:, -1], None    # the carried state is not used again
 
     @torch.no_grad()
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,

@@ -119,6 +119,8 @@ def model_kwargs(cfg, num_drums: int, longest_bar: int = 0) -> tuple[dict, list[
                   bars_per_phrase=int(cfg.window.bars_per_phrase))
     if not kwargs.get("max_steps_per_bar"):
         kwargs["max_steps_per_bar"] = max(int(longest_bar), kwargs["steps_per_bar"])
+    if kwargs.get("horizon_bars") is None:    # null: the training window's bars, all the bar level sees here
+        kwargs["horizon_bars"] = int(cfg.window.seq_len) // int(cfg.window.steps_per_bar)
     return kwargs, sorted(set(given) - params)
 
 
@@ -130,6 +132,11 @@ def check_model(cfg) -> list[str]:
     kwargs, unknown = model_kwargs(cfg, num_drums=1)
     known = sorted(inspect.signature(HierarchicalDrumModel.__init__).parameters.keys() - {"self", "num_drums"})
     problems = [f"model.{k}: unknown model key (known: {', '.join(known)})" for k in unknown]
+    window_bars = int(cfg.window.seq_len) // int(cfg.window.steps_per_bar)
+    if isinstance(kwargs["horizon_bars"], int) and kwargs["horizon_bars"] > window_bars:
+        problems.append(f"model.horizon_bars={kwargs['horizon_bars']}: more bars than a training window of "
+                        f"window.seq_len={cfg.window.seq_len} holds ({window_bars}): generation would run the "
+                        "bar and phrase levels past what they were trained on (null = the window's bars, 0 = unbounded)")
     try:
         with torch.device("meta"):
             HierarchicalDrumModel(**kwargs)
@@ -440,9 +447,17 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
 def restore(p: Parts, path: Path, d: Dist) -> Progress:
     """Load a checkpoint into the parts (model, optimizer, schedule, scaler, rewards, sampler, RNG)."""
     ck = read_resume_checkpoint(path, d)
-    if ck["model_config"] != p.raw_model.config:
-        raise ConfigError(f"{path}: model config {ck['model_config']} differs from the "
-                          f"configured {p.raw_model.config}; use trainer.resume=never or match it")
+    # keys newer than the checkpoint take the constructor's defaults, as loading it does (horizon_bars 0)
+    defaults = {k: v.default for k, v in inspect.signature(type(p.raw_model).__init__).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    saved = {**{k: defaults[k] for k in p.raw_model.config.keys() - ck["model_config"].keys() if k in defaults},
+             **ck["model_config"]}
+    if saved != p.raw_model.config:
+        keys = sorted(k for k in saved.keys() | p.raw_model.config.keys()
+                      if saved.get(k) != p.raw_model.config.get(k))
+        raise ConfigError(f"{path}: model config {ck['model_config']} differs from the configured "
+                          f"{p.raw_model.config} (in {', '.join(f'model.{k}' for k in keys)}); "
+                          "use trainer.resume=never or match it")
     changed = changed_settings(ck.get("config") or {}, p.plain_cfg)
     if changed and d.is_main:
         print(f"warning: resuming {path}, whose optimizer and schedule state (learning rate included) "
