@@ -9,7 +9,7 @@ import zarr
 import pipeline.build
 from pipeline.build import build
 from pipeline.config import compose
-from pipeline.ingest import ingest
+from pipeline.ingest import ingest, iter_records
 from pipeline.store import Store
 
 
@@ -58,6 +58,23 @@ def test_store_holds_every_song_exactly(tmp_path, chunk, scheduler):
     assert len(store.attrs["source_hash"]) == 64
 
 
+def test_streamed_source_hash_is_the_hash_of_the_whole_manifest(tmp_path):
+    """build hashes the song records as it streams them; the digest is the sha256 of the manifest
+    written at once (drum map, grid, every record without its shard placement, keys sorted)."""
+    import hashlib
+
+    _npz_inputs(tmp_path / "in", [8, 12, 30])
+    cfg = _cfg(tmp_path)
+    ingest(cfg), build(cfg)
+    interim = tmp_path / "out" / "interim"
+    head = json.loads((interim / "manifest.json").read_text())
+    whole = {k: head[k] for k in ("drum_names", "drum_pitches", "mapping", "source", "steps_per_quarter")}
+    whole["songs"] = [{k: v for k, v in r.items() if k not in ("shard", "row")} for r in iter_records(interim)]
+    assert len(whole["songs"]) == head["num_songs"] == 3 and head["num_sections"] == 6
+    expected = hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest()
+    assert Store(tmp_path / "out" / "store.zarr").attrs["source_hash"] == expected
+
+
 def test_source_hash_follows_content(tmp_path):
     _npz_inputs(tmp_path / "in", [8, 12])
     cfg = _cfg(tmp_path)
@@ -83,8 +100,8 @@ def test_failed_build_keeps_previous_store(tmp_path):
     out = tmp_path / "out"
     before = zarr.open_group(str(out / "store.zarr"), mode="r")["hits"][:]
     # break the interim data: one song's rows vanish mid-build
-    manifest = json.loads((out / "interim" / "manifest.json").read_text())
-    shutil.rmtree(out / "interim" / "shards" / manifest["songs"][2]["shard"])
+    records = list(iter_records(out / "interim"))
+    shutil.rmtree(out / "interim" / "shards" / records[2]["shard"])
     with pytest.raises(FileNotFoundError):
         build(cfg)
     np.testing.assert_array_equal(Store(out / "store.zarr").hits[:], before)
