@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,7 +195,7 @@ class Store:
         self.velocity = self.root["velocity"]
         self.offset = self.root["offset"]
         self.song_offsets = self.root["song_offsets"][:]
-        self.meta = {f: self.root["songs"][f][:] for f in STR_FIELDS + INT_FIELDS + FLOAT_FIELDS}
+        self.meta = _Fields(self.root["songs"], STR_FIELDS + INT_FIELDS + FLOAT_FIELDS)
         self.section_offsets = self.root["section_offsets"][:]
         self.sections = self.root["sections"][:]
 
@@ -235,6 +236,28 @@ class Store:
 
     def songs_in_split(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.meta["split"] == split)
+
+
+class _Fields(Mapping):
+    """Store.meta: per-song field name -> array of every song, each read on first use. A stage that
+    needs two int fields (metrics) does not hold every song's name and source as Python strings
+    (~60 bytes each, the part of its memory that grew with the corpus)."""
+
+    def __init__(self, group: zarr.Group, names: tuple[str, ...]):
+        self._group, self._names, self._read = group, names, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._read:
+            self._read[name] = self._group[name][:]
+        return self._read[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def attrs_hash(attrs: dict) -> str:
