@@ -11,8 +11,8 @@ with the number of songs). Output (written atomically):
 
     data/interim/manifest.json    drum map, grid, song / step / section counts
     data/interim/songs.jsonl      one record per song in store order (metadata, shard, first row)
-    data/interim/shards/pNNNNN_dD one Zarr group per task: hits, velocity, offset (STEP_ARRAYS) [rows, D]
-                                  of its songs concatenated along time, zstd like the store
+    data/interim/shards/pNNNNN_dD one file per task: hits, velocity, offset (STEP_ARRAYS) [rows, D]
+                                  of its songs concatenated along time, one zstd frame (`read_shard`)
     data/ingest_report.json       files seen, songs kept, each skipped file and why, note counts
 
 A bad file is skipped with its reason (`ingest.on_error=skip`, default) or stops the stage with exit
@@ -26,6 +26,8 @@ import json
 import logging
 import math
 import os
+import stat
+import struct
 import zipfile
 from collections import Counter
 from functools import partial
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import zarr
+from numcodecs import Zstd
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline.config
@@ -43,10 +45,11 @@ from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.progress import heartbeat
 from pipeline.parallel import executor, ordered_map
 from pipeline.midi import MidiError, read_midi
-from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song, compressors
+from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song
 
 log = logging.getLogger(__name__)
 MIDI_SUFFIXES = {".mid", ".midi"}
+_ZSTD = Zstd(level=3)   # the store's codec and level (pipeline.store.compressors)
 
 
 class BadInput(ValueError):
@@ -230,29 +233,39 @@ def _info_bpm(path: Path, meta: dict) -> float | None:
 
 
 def check_entry(path: Path) -> None:
-    """A directory entry that looks like an input must be a readable, non-empty regular file."""
-    if path.is_symlink() and not path.exists():
-        raise BadInput(f"{path}: broken symbolic link (to {os.readlink(path)})")
-    if path.is_dir():
-        kind = "symbolic link to a folder (not followed)" if path.is_symlink() else "a folder, not a file"
+    """A directory entry that looks like an input must be a readable, non-empty regular file.
+    One stat call for a good file (this runs for every input file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        if os.path.islink(path):
+            raise BadInput(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
+        raise BadInput(f"{path}: not a regular file") from None
+    if stat.S_ISDIR(st.st_mode):
+        kind = "symbolic link to a folder (not followed)" if os.path.islink(path) else "a folder, not a file"
         raise BadInput(f"{path}: {kind}")
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise BadInput(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise BadInput(f"{path}: empty file")
 
 
-def scan_folder(root: Path, suffixes: set[str]) -> list[Path]:
+def scan_folder(root: Path, suffixes: set[str]) -> list[str]:
     """Every entry under `root` whose name ends in one of `suffixes`, plus every symlinked folder,
-    in sorted order. Symlinked folders are reported, not followed (loops, files outside the input);
-    load() refuses what is not a regular file, so each such entry appears in the report."""
+    as posix paths relative to `root`, sorted. Symlinked folders are reported, not followed (loops,
+    files outside the input); load() refuses what is not a regular file, so each such entry appears
+    in the report. Plain strings: pathlib objects cost more than parsing a Groove file does."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            if Path(name).suffix.lower() in suffixes or (name in dirnames and p.is_symlink()):
-                found.append(p)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        rel_dir = os.path.relpath(dirpath, root)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        for name in filenames:
+            if os.path.splitext(name)[1].lower() in suffixes:
+                found.append(prefix + name)
+        for name in dirnames:
+            if os.path.splitext(name)[1].lower() in suffixes or os.path.islink(os.path.join(dirpath, name)):
+                found.append(prefix + name)
+    return sorted(found)
 
 
 def _song_id(rel: str) -> str:
@@ -297,7 +310,7 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
     fail_fast (on_error=fail) the partition stops at its first bad file; the driver then reports the
     first bad file of all partitions in sorted order (partitions are contiguous runs of the sorted list).
     """
-    out, songs = [], {}
+    out, songs, rows_in = [], {}, {}
     for item in items:
         try:
             song, notes_mapped, unmapped = load(item)
@@ -307,9 +320,9 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
             out.append({"source": _label(item), "error": f"{_label(item)}: {type(exc).__name__}: {exc}"})
         else:
             shard = f"p{part:05d}_d{song.hits.shape[1]}"
-            rows = songs.setdefault(shard, [])
-            row = sum(s.num_steps for s in rows)
-            rows.append(song)
+            songs.setdefault(shard, []).append(song)
+            row = rows_in.get(shard, 0)
+            rows_in[shard] = row + song.num_steps
             out.append(_record(song, shard, row, notes_mapped, unmapped))
             continue
         if fail_fast:
@@ -319,19 +332,34 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
     return out
 
 
+_SHARD_MAGIC = b"HDS1"   # interim shard: magic, rows and drums (<QQ), then zstd(every STEP_ARRAYS array's bytes)
+
+
 def _write_shard(path: Path, songs: list[Song]) -> None:
-    grp = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for name, dtype in STEP_ARRAYS.items():
-        data = np.concatenate([getattr(s, name) for s in songs]).astype(dtype)
-        grp.create_array(name, data=data, chunks=data.shape, compressors=compressors("zstd"))
+    """One file per task: a zstd frame of its songs' per-step arrays, concatenated along time. A plain
+    file, not a Zarr group: creating a group and three arrays cost ~20 ms per shard, most of the
+    stage once MIDI parsing got fast (benchmarks/midi_read.py)."""
+    parts = [np.concatenate([getattr(s, name) for s in songs]).astype(dtype, copy=False)
+             for name, dtype in STEP_ARRAYS.items()]
+    rows, drums = parts[0].shape
+    payload = _ZSTD.encode(b"".join(np.ascontiguousarray(a).data for a in parts))
+    path.write_bytes(_SHARD_MAGIC + struct.pack("<QQ", rows, drums) + payload)
 
 
 def read_shard(path: Path) -> dict[str, np.ndarray]:
-    """All per-step arrays of one interim shard (what build reads)."""
-    if not (Path(path) / "zarr.json").exists():
-        raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)")
-    grp = zarr.open_group(str(path), mode="r")
-    return {name: grp[name][:] for name in STEP_ARRAYS}
+    """All per-step arrays of one interim shard (what build reads), read-only [rows, D] each."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)") from None
+    if data[:4] != _SHARD_MAGIC:
+        raise FileNotFoundError(f"{path}: not an interim shard of this version (rerun `python -m pipeline.ingest`)")
+    rows, drums = struct.unpack("<QQ", data[4:20])
+    raw, out, pos = _ZSTD.decode(data[20:]), {}, 0
+    for name, dtype in STEP_ARRAYS.items():
+        out[name] = np.frombuffer(raw, dtype, rows * drums, pos).reshape(rows, drums)
+        pos += rows * drums * np.dtype(dtype).itemsize
+    return out
 
 
 def _label(item) -> str:
@@ -390,13 +418,12 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
         raise IngestError(f"{root}: input folder does not exist (set data.path)")
     max_steps = int(cfg.ingest.max_steps)
     if source == "npz":
-        items = [(p, p.relative_to(root).as_posix()) for p in scan_folder(root, {".npz"})]
+        items = [(root / rel, rel) for rel in scan_folder(root, {".npz"})]
         load = _Load("npz", spb=int(data.get("steps_per_bar", 16)), bpm=float(data.get("bpm", 120.0)),
                      max_steps=max_steps)
     elif source == "midi":
         info = read_info_csv(root)   # each item carries its own info.csv row: tasks ship only theirs
-        items = [(p, rel, info.get(rel, {})) for p in scan_folder(root, MIDI_SUFFIXES)
-                 for rel in [p.relative_to(root).as_posix()]]
+        items = [(root / rel, rel, info.get(rel, {})) for rel in scan_folder(root, MIDI_SUFFIXES)]
         load = _Load("midi", drum_map=drum_map, spq=spq, max_steps=max_steps)
     else:
         raise IngestError(f"data.source must be builtin, npz or midi, got {source!r}")
