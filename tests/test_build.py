@@ -145,3 +145,19 @@ def test_builtin_corpus_store_equals_generated_songs(tmp_path):
         np.testing.assert_array_equal(got.velocity, song.velocity)
         np.testing.assert_array_equal(got.sections, song.sections)
         assert got.steps_per_bar == song.steps_per_bar and got.bpm == song.bpm
+
+
+def test_ingest_and_build_on_processes_write_the_synchronous_store(tmp_path):
+    """The task function and the loader pickle to worker processes (no closures); same store."""
+    from pipeline.store import content_hash
+
+    _npz_inputs(tmp_path / "in", [8, 12, 30, 5, 17])
+    hashes = []
+    for scheduler in ("processes", "synchronous"):
+        cfg = compose(["data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={tmp_path / scheduler}",
+                       f"ingest.scheduler={scheduler}", f"store.scheduler={scheduler}", "ingest.files_per_task=2",
+                       "store.chunk_steps=16"])
+        ingest(cfg), build(cfg)
+        hashes.append(content_hash(cfg.paths.store))
+    assert hashes[0] == hashes[1]
+    assert Store(tmp_path / "processes" / "store.zarr").num_songs == 5
