@@ -1,10 +1,13 @@
 """Groove MIDI reading and the whole ingest stage: mido (the reader before symusic) vs symusic, side by side.
 
-    python benchmarks/midi_read.py [--groove DIR]
+    python benchmarks/midi_read.py [--groove DIR] [--repeat 3]
 
-Both readers run in this one process, one after the other, on the same files: first every file's drum
-onsets (`_drum_onsets`), then the `ingest` stage (threads, the default config) with each reader.
-Prints one JSON object: seconds per case, the speed-up, onsets read (equal by construction of the test
+Both readers run in this one process on the same files: first every file's drum onsets
+(`_drum_onsets`), then the whole `ingest` stage (default config: threads, 2 workers; scanning,
+parsing, quantising, validation, shard writes, manifest and report) with each reader, the two
+alternating `--repeat` times so that both see the same weather on a shared machine. Prints one JSON
+object: wall and CPU seconds of every run, the speed-up of the best and of the median runs, onsets
+read (equal by construction of the test
 tests/test_groove.py::test_symusic_reading_matches_mido_file_by_file). Figures: benchmarks/README.md.
 """
 from __future__ import annotations
@@ -53,15 +56,15 @@ def time_reading(files: list[Path], reader) -> tuple[float, int]:
     return time.perf_counter() - t0, onsets
 
 
-def time_ingest(groove: Path, reader) -> float:
+def time_ingest(groove: Path, reader) -> tuple[float, float]:
     symusic_reader = pipeline.midi._drum_onsets
     pipeline.midi._drum_onsets = reader      # read_midi looks the reader up at call time
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = compose(["data=groove", f"data.path={groove}", f"paths.data_dir={tmp}"])
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ingest(cfg)
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, time.process_time() - c0
     finally:
         pipeline.midi._drum_onsets = symusic_reader
 
@@ -69,20 +72,28 @@ def time_ingest(groove: Path, reader) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--groove", default=os.environ.get("HIERDRUMS_GROOVE", str(REPO.parent / "shared/data/groove")))
+    ap.add_argument("--repeat", type=int, default=3, help="ingest runs per reader, alternating")
     args = ap.parse_args()
     groove = Path(args.groove)
     files = sorted(groove.rglob("*.mid"))
-    new = pipeline.midi._drum_onsets
-    read_mido, n_mido = time_reading(files, mido_onsets)
-    read_sym, n_sym = time_reading(files, new)
-    ingest_mido = time_ingest(groove, mido_onsets)
-    ingest_sym = time_ingest(groove, new)
+    readers = {"mido": mido_onsets, "symusic": pipeline.midi._drum_onsets}
+    read_mido, n_mido = time_reading(files, readers["mido"])
+    read_sym, n_sym = time_reading(files, readers["symusic"])
+    time_ingest(groove, readers["symusic"])        # warm-up: imports, first-call caches
+    runs = {name: [] for name in readers}
+    for _ in range(args.repeat):
+        for name, reader in readers.items():
+            runs[name].append(time_ingest(groove, reader))
+    best = {k: min(r) for k, r in runs.items()}
+    median = {k: sorted(r)[len(r) // 2] for k, r in runs.items()}
     print(json.dumps({
         "files": len(files), "onsets_mido": n_mido, "onsets_symusic": n_sym,
         "read_s": {"mido": round(read_mido, 2), "symusic": round(read_sym, 3)},
         "read_speedup": round(read_mido / read_sym, 1),
-        "ingest_stage_s": {"mido": round(ingest_mido, 2), "symusic": round(ingest_sym, 2)},
-        "ingest_speedup": round(ingest_mido / ingest_sym, 1),
+        "ingest_runs_wall_cpu_s": {k: [[round(w, 2), round(c, 2)] for w, c in r] for k, r in runs.items()},
+        "ingest_speedup_best_wall": round(best["mido"][0] / best["symusic"][0], 1),
+        "ingest_speedup_median_wall": round(median["mido"][0] / median["symusic"][0], 1),
+        "ingest_speedup_best_cpu": round(min(c for _, c in runs["mido"]) / min(c for _, c in runs["symusic"]), 1),
         "loadavg_1min": os.getloadavg()[0], "cpus": os.cpu_count(),
     }))
 

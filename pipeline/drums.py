@@ -1,8 +1,10 @@
 """Drum classes and the MIDI pitch -> class mapping (conf/drums/*.yaml)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -15,6 +17,14 @@ class DrumMap:
     @property
     def num_drums(self) -> int:
         return len(self.names)
+
+    @functools.cached_property
+    def lookup(self) -> np.ndarray:
+        """int64 [128]: MIDI pitch -> column, -1 where unmapped (one gather per file when reading MIDI)."""
+        lut = np.full(128, -1, np.int64)
+        for p, c in self.pitch_to_class.items():
+            lut[p] = c
+        return lut
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict) -> DrumMap:

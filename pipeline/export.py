@@ -96,8 +96,8 @@ def _stale(metrics_path: Path, store: Store, seq_len: int, stride: int, why: str
 
 def _write_tables(tmp: Path, store: Store, win: zarr.Group, counts: np.ndarray) -> dict[str, int]:
     """windows_<split>.npy, filled one chunk of window rows at a time; returns the rows per split."""
-    split_of_song = store.meta["split"]
-    sizes = {s: int(counts[split_of_song == s].sum()) for s in SPLITS}
+    split_of_song = _split_codes(store)
+    sizes = {s: int(counts[split_of_song == i].sum()) for i, s in enumerate(SPLITS)}
     W, N = int(counts.sum()), int(store.song_offsets[-1])
     dtype = np.int32 if max(W, N) <= np.iinfo(np.int32).max else np.int64
     out = {}
@@ -111,8 +111,8 @@ def _write_tables(tmp: Path, store: Store, win: zarr.Group, counts: np.ndarray) 
         pos = dict.fromkeys(SPLITS, 0)
         for a, song, start, length in _window_blocks(win):
             table = np.stack([a + np.arange(len(song)), song, start, length, store.song_offsets[song] + start], axis=1)
-            for s, (fh, offset) in out.items():
-                rows = np.ascontiguousarray(table[split_of_song[song] == s], dtype)
+            for i, (s, (fh, offset)) in enumerate(out.items()):
+                rows = np.ascontiguousarray(table[split_of_song[song] == i], dtype)
                 fh.seek(offset + pos[s] * 5 * rows.itemsize)
                 fh.write(rows.tobytes())
                 pos[s] += len(rows)
@@ -120,6 +120,19 @@ def _write_tables(tmp: Path, store: Store, win: zarr.Group, counts: np.ndarray) 
         for fh, _ in out.values():
             fh.close()
     return sizes
+
+
+def _split_codes(store: Store) -> np.ndarray:
+    """Each song's split as its index in SPLITS (int8; -1 for none), read a chunk of songs at a time:
+    the names as Python strings would cost ~60 bytes per song."""
+    names = store.root["songs"]["split"]
+    codes = np.full(names.shape[0], -1, np.int8)
+    step = max(1, int(names.chunks[0]))
+    for a in range(0, names.shape[0], step):
+        block = names[a:a + step]
+        for i, s in enumerate(SPLITS):
+            codes[a:a + len(block)][block == s] = i
+    return codes
 
 
 def _new_npy(src: zarr.Array, dst_path: Path, dtype=None) -> None:

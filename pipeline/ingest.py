@@ -4,12 +4,15 @@
     python -m pipeline.ingest data=npz data.path=/my/rolls
     python -m pipeline.ingest data=groove          # Groove MIDI Dataset, metadata from info.csv
 
-Files are parsed in parallel with a dask bag; each task writes its songs as one compressed shard, so
-the driver only ever holds metadata. Output (written atomically):
+Files are parsed in parallel tasks (`ingest.scheduler`: threads, processes or a dask.distributed
+address); each task writes its songs as one compressed shard, and the driver appends each task's song
+records to songs.jsonl as tasks finish, in input order, keeping only counters (memory does not grow
+with the number of songs). Output (written atomically):
 
-    data/interim/manifest.json    drum map, grid, and one record per song (metadata, shard, first row)
-    data/interim/shards/pNNNNN_dD one Zarr group per task: hits, velocity, offset (STEP_ARRAYS) [rows, D]
-                                  of its songs concatenated along time, zstd like the store
+    data/interim/manifest.json    drum map, grid, song / step / section counts
+    data/interim/songs.jsonl      one record per song in store order (metadata, shard, first row)
+    data/interim/shards/pNNNNN_dD one file per task: hits, velocity, offset (STEP_ARRAYS) [rows, D]
+                                  of its songs concatenated along time, one zstd frame (`read_shard`)
     data/ingest_report.json       files seen, songs kept, each skipped file and why, note counts
 
 A bad file is skipped with its reason (`ingest.on_error=skip`, default) or stops the stage with exit
@@ -23,14 +26,16 @@ import json
 import logging
 import math
 import os
+import stat
+import struct
 import zipfile
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
-import dask.bag as db
 import hydra
 import numpy as np
-import zarr
+from numcodecs import Zstd
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline.config
@@ -38,12 +43,13 @@ from pipeline.atomic import atomic_path
 from pipeline.drums import DrumMap
 from pipeline.lock import LockHeld, data_dir_lock
 from pipeline.progress import heartbeat
-from pipeline.parallel import dask_scheduler
+from pipeline.parallel import executor, ordered_map
 from pipeline.midi import MidiError, read_midi
-from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song, compressors
+from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song
 
 log = logging.getLogger(__name__)
 MIDI_SUFFIXES = {".mid", ".midi"}
+_ZSTD = Zstd(level=3)   # the store's codec and level (pipeline.store.compressors)
 
 
 class BadInput(ValueError):
@@ -227,29 +233,39 @@ def _info_bpm(path: Path, meta: dict) -> float | None:
 
 
 def check_entry(path: Path) -> None:
-    """A directory entry that looks like an input must be a readable, non-empty regular file."""
-    if path.is_symlink() and not path.exists():
-        raise BadInput(f"{path}: broken symbolic link (to {os.readlink(path)})")
-    if path.is_dir():
-        kind = "symbolic link to a folder (not followed)" if path.is_symlink() else "a folder, not a file"
+    """A directory entry that looks like an input must be a readable, non-empty regular file.
+    One stat call for a good file (this runs for every input file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        if os.path.islink(path):
+            raise BadInput(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
+        raise BadInput(f"{path}: not a regular file") from None
+    if stat.S_ISDIR(st.st_mode):
+        kind = "symbolic link to a folder (not followed)" if os.path.islink(path) else "a folder, not a file"
         raise BadInput(f"{path}: {kind}")
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise BadInput(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise BadInput(f"{path}: empty file")
 
 
-def scan_folder(root: Path, suffixes: set[str]) -> list[Path]:
+def scan_folder(root: Path, suffixes: set[str]) -> list[str]:
     """Every entry under `root` whose name ends in one of `suffixes`, plus every symlinked folder,
-    in sorted order. Symlinked folders are reported, not followed (loops, files outside the input);
-    load() refuses what is not a regular file, so each such entry appears in the report."""
+    as posix paths relative to `root`, sorted. Symlinked folders are reported, not followed (loops,
+    files outside the input); load() refuses what is not a regular file, so each such entry appears
+    in the report. Plain strings: pathlib objects cost more than parsing a Groove file does."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            if Path(name).suffix.lower() in suffixes or (name in dirnames and p.is_symlink()):
-                found.append(p)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+        rel_dir = os.path.relpath(dirpath, root)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        for name in filenames:
+            if os.path.splitext(name)[1].lower() in suffixes:
+                found.append(prefix + name)
+        for name in dirnames:
+            if os.path.splitext(name)[1].lower() in suffixes or os.path.islink(os.path.join(dirpath, name)):
+                found.append(prefix + name)
+    return sorted(found)
 
 
 def _song_id(rel: str) -> str:
@@ -294,7 +310,7 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
     fail_fast (on_error=fail) the partition stops at its first bad file; the driver then reports the
     first bad file of all partitions in sorted order (partitions are contiguous runs of the sorted list).
     """
-    out, songs = [], {}
+    out, songs, rows_in = [], {}, {}
     for item in items:
         try:
             song, notes_mapped, unmapped = load(item)
@@ -304,9 +320,9 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
             out.append({"source": _label(item), "error": f"{_label(item)}: {type(exc).__name__}: {exc}"})
         else:
             shard = f"p{part:05d}_d{song.hits.shape[1]}"
-            rows = songs.setdefault(shard, [])
-            row = sum(s.num_steps for s in rows)
-            rows.append(song)
+            songs.setdefault(shard, []).append(song)
+            row = rows_in.get(shard, 0)
+            rows_in[shard] = row + song.num_steps
             out.append(_record(song, shard, row, notes_mapped, unmapped))
             continue
         if fail_fast:
@@ -316,19 +332,34 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
     return out
 
 
+_SHARD_MAGIC = b"HDS1"   # interim shard: magic, rows and drums (<QQ), then zstd(every STEP_ARRAYS array's bytes)
+
+
 def _write_shard(path: Path, songs: list[Song]) -> None:
-    grp = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for name, dtype in STEP_ARRAYS.items():
-        data = np.concatenate([getattr(s, name) for s in songs]).astype(dtype)
-        grp.create_array(name, data=data, chunks=data.shape, compressors=compressors("zstd"))
+    """One file per task: a zstd frame of its songs' per-step arrays, concatenated along time. A plain
+    file, not a Zarr group: creating a group and three arrays cost ~20 ms per shard, most of the
+    stage once MIDI parsing got fast (benchmarks/midi_read.py)."""
+    parts = [np.concatenate([getattr(s, name) for s in songs]).astype(dtype, copy=False)
+             for name, dtype in STEP_ARRAYS.items()]
+    rows, drums = parts[0].shape
+    payload = _ZSTD.encode(b"".join(np.ascontiguousarray(a).data for a in parts))
+    path.write_bytes(_SHARD_MAGIC + struct.pack("<QQ", rows, drums) + payload)
 
 
 def read_shard(path: Path) -> dict[str, np.ndarray]:
-    """All per-step arrays of one interim shard (what build reads)."""
-    if not (Path(path) / "zarr.json").exists():
-        raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)")
-    grp = zarr.open_group(str(path), mode="r")
-    return {name: grp[name][:] for name in STEP_ARRAYS}
+    """All per-step arrays of one interim shard (what build reads), read-only [rows, D] each."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)") from None
+    if data[:4] != _SHARD_MAGIC:
+        raise FileNotFoundError(f"{path}: not an interim shard of this version (rerun `python -m pipeline.ingest`)")
+    rows, drums = struct.unpack("<QQ", data[4:20])
+    raw, out, pos = _ZSTD.decode(data[20:]), {}, 0
+    for name, dtype in STEP_ARRAYS.items():
+        out[name] = np.frombuffer(raw, dtype, rows * drums, pos).reshape(rows, drums)
+        pos += rows * drums * np.dtype(dtype).itemsize
+    return out
 
 
 def _label(item) -> str:
@@ -347,23 +378,39 @@ def hash_split(song_id: str, ratios: dict) -> str:
     return SPLITS[-1]
 
 
+class _Load:
+    """item -> (Song, notes_mapped, unmapped) for one source; a plain object (not a closure), so tasks
+    pickle to worker processes and cluster workers alike."""
+
+    def __init__(self, source: str, **opts):
+        self.source, self.opts = source, opts
+
+    def __call__(self, item):
+        o = self.opts
+        if self.source == "builtin":
+            from pipeline.corpus import generate_song
+            song = validate_song(generate_song(item, o["seed"], **o["corpus"]), f"builtin song {item}")
+            return song, int(song.hits.sum()), {}
+        path, rel = item[0], item[1]
+        check_entry(path)
+        if self.source == "npz":
+            return load_npz(path, rel, steps_per_bar=o["spb"], bpm=o["bpm"], max_steps=o["max_steps"]), 0, {}
+        return load_midi(path, rel, o["drum_map"], o["spq"], item[2], o["max_steps"])
+
+
 def _sources(cfg: DictConfig, drum_map: DrumMap):
     """(items, load(item) -> (Song, notes_mapped, unmapped), input description) for the configured source."""
     data, spq = cfg.data, int(cfg.ingest.steps_per_quarter)
     source = data.source
     if source == "builtin":
         # Each task generates its own songs (song i depends only on seed and i): parallel, and the
-        # driver never holds the corpus.
-        from pipeline.corpus import check_drum_map, generate_song
+        # driver never holds the corpus (items: a range, not a list).
+        from pipeline.corpus import check_drum_map
 
         opts = OmegaConf.to_container(data.corpus, resolve=True)
         num_songs, seed = int(opts.pop("num_songs")), int(opts.pop("seed"))
         check_drum_map(drum_map.names)   # the configured map: it labels the store's columns
-
-        def load(i):
-            song = validate_song(generate_song(i, seed, **opts), f"builtin song {i}")
-            return song, int(song.hits.sum()), {}
-        return list(range(num_songs)), load, f"builtin corpus (seed {seed})"
+        return range(num_songs), _Load("builtin", seed=seed, corpus=opts), f"builtin corpus (seed {seed})"
     if OmegaConf.is_missing(data, "path"):
         raise IngestError(f"data.path is not set: python -m pipeline data={source} data.path=/your/folder")
     root = Path(data.path)
@@ -371,29 +418,67 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
         raise IngestError(f"{root}: input folder does not exist (set data.path)")
     max_steps = int(cfg.ingest.max_steps)
     if source == "npz":
-        files = scan_folder(root, {".npz"})
-        spb, bpm = int(data.get("steps_per_bar", 16)), float(data.get("bpm", 120.0))
-
-        def load(item):
-            path, rel = item
-            check_entry(path)
-            return load_npz(path, rel, steps_per_bar=spb, bpm=bpm, max_steps=max_steps), 0, {}
+        items = [(root / rel, rel) for rel in scan_folder(root, {".npz"})]
+        load = _Load("npz", spb=int(data.get("steps_per_bar", 16)), bpm=float(data.get("bpm", 120.0)),
+                     max_steps=max_steps)
     elif source == "midi":
-        files = scan_folder(root, MIDI_SUFFIXES)
-        info = read_info_csv(root)
-
-        def load(item):
-            path, rel = item
-            check_entry(path)
-            return load_midi(path, rel, drum_map, spq, info.get(rel, {}), max_steps)
+        info = read_info_csv(root)   # each item carries its own info.csv row: tasks ship only theirs
+        items = [(root / rel, rel, info.get(rel, {})) for rel in scan_folder(root, MIDI_SUFFIXES)]
+        load = _Load("midi", drum_map=drum_map, spq=spq, max_steps=max_steps)
     else:
         raise IngestError(f"data.source must be builtin, npz or midi, got {source!r}")
-    items = [(p, p.relative_to(root).as_posix()) for p in files]
     return items, load, str(root)
 
 
+SONGS_FILE = "songs.jsonl"   # interim/: one JSON record per song, in store order (manifest.json: the rest)
+
+
+def iter_records(interim: Path):
+    """The song records of an interim folder, one at a time in store order (what build streams)."""
+    with open(Path(interim) / SONGS_FILE) as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def _task(part: tuple, load, shards_dir: Path, fail_fast: bool) -> list[dict]:
+    return _run_part(part[0], part[1], load, shards_dir, fail_fast)
+
+
+class _Tally:
+    """What the report and the manifest need, kept as counters while records stream to disk: one
+    set of counts per drum count (the most common count wins at the end), and the skipped files."""
+
+    def __init__(self):
+        self.files, self.skipped, self.by_drums = 0, [], {}
+
+    def skip(self, entry: dict) -> None:
+        self.skipped.append((self.files, entry))
+        self.files += 1
+
+    def add(self, rec: dict) -> None:
+        t = self.by_drums.setdefault(rec["num_drums"], {"songs": 0, "steps": 0, "sections": 0, "notes_mapped": 0,
+                                                         "dropped": Counter(), "unmapped_by_file": [],
+                                                         "splits": Counter()})
+        t["songs"] += 1
+        t["steps"] += rec["num_steps"]
+        t["sections"] += len(rec["sections"])
+        t["notes_mapped"] += rec["notes_mapped"]
+        t["splits"][rec["split"]] += 1
+        if rec["unmapped"]:
+            t["dropped"].update({int(p): n for p, n in rec["unmapped"].items()})
+            t["unmapped_by_file"].append({"file": rec["source"], "pitches": rec["unmapped"]})
+        self.files += 1
+
+    def keep(self) -> int:
+        """The drum count of most songs (the first seen among equals)."""
+        return max(self.by_drums.items(), key=lambda kv: kv[1]["songs"])[0]
+
+
 def ingest(cfg: DictConfig) -> dict:
-    """Run the stage; returns the report (also written to data/ingest_report.json)."""
+    """Run the stage; returns the report (also written to data/ingest_report.json).
+
+    Records stream to interim/songs.jsonl in input order as each task finishes (at most a few tasks
+    in flight), so the driver holds counters, not one record per song."""
     drum_map = DrumMap.from_config(cfg.drums)
     on_error = cfg.ingest.on_error
     if on_error not in ("skip", "fail"):
@@ -401,76 +486,86 @@ def ingest(cfg: DictConfig) -> dict:
     items, load, where = _sources(cfg, drum_map)
     if not items:
         raise IngestError(f"{where}: no input files found for source {cfg.data.source!r}")
-
-    interim = Path(cfg.paths.interim)
+    ratios = OmegaConf.to_container(cfg.ingest.split_ratios, resolve=True)
+    interim, tally = Path(cfg.paths.interim), _Tally()
     with atomic_path(interim, marker="ingest") as tmp:
         shards_dir = tmp / "shards"
         shards_dir.mkdir(parents=True)
         per_task = max(1, int(cfg.ingest.files_per_task))
-        parts = [items[i:i + per_task] for i in range(0, len(items), per_task)]
-        bag = db.from_sequence(list(enumerate(parts)), npartitions=len(parts))
-        fail_fast = on_error == "fail"
-        with dask_scheduler(cfg.ingest.scheduler, cfg.ingest.workers) as where_to_run:
-            results = bag.map(lambda pi: _run_part(pi[0], pi[1], load, shards_dir, fail_fast)).flatten().compute(
-                **where_to_run)
-        results = _reject_odd_drum_counts(results)
-        skipped = [{"file": r["source"], "reason": r["error"]} for r in results if "error" in r]
-        if skipped and on_error == "fail":
-            raise IngestError(skipped[0]["reason"])
-        songs = [r for r in results if "error" not in r]
-        if not songs:
+        parts = ((i, items[a:a + per_task]) for i, a in enumerate(range(0, len(items), per_task)))
+        task = partial(_task, load=load, shards_dir=shards_dir, fail_fast=on_error == "fail")
+        workers = int(cfg.ingest.workers or 0) or os.cpu_count() or 1
+        with open(tmp / SONGS_FILE, "w") as out, executor(cfg.ingest.scheduler, cfg.ingest.workers) as pool:
+            for results in ordered_map(pool, task, parts, 2 * workers):
+                for r in results:
+                    if "error" in r:
+                        if on_error == "fail":   # in input order: the first bad file of the sorted list
+                            raise IngestError(r["error"])
+                        tally.skip({"file": r["source"], "reason": r["error"]})
+                        continue
+                    if r["split"] not in SPLITS:
+                        r["split"] = hash_split(r["name"], ratios)
+                    out.write(json.dumps(r) + "\n")
+                    tally.add(r)
+        if not tally.by_drums:
+            skipped = [e for _, e in tally.skipped]
             raise IngestError(f"{where}: no usable input file ({len(skipped)} skipped; first: "
                               f"{skipped[0]['reason'] if skipped else 'none'})")
-        ratios = OmegaConf.to_container(cfg.ingest.split_ratios, resolve=True)
-        for r in songs:
-            if r["split"] not in SPLITS:
-                r["split"] = hash_split(r["name"], ratios)
-        num_drums = songs[0]["num_drums"]
+        num_drums = tally.keep()
+        if len(tally.by_drums) > 1:
+            _reject_odd_drum_counts(tmp / SONGS_FILE, num_drums, tally)
+            if on_error == "fail":
+                raise IngestError(min(tally.skipped, key=lambda ie: ie[0])[1]["reason"])
+        kept = tally.by_drums[num_drums]
         attrs = drum_map.to_attrs() if num_drums == drum_map.num_drums else {
             "drum_names": [f"drum{i}" for i in range(num_drums)], "drum_pitches": [0] * num_drums,
             "mapping": {}}
-        manifest = {**attrs, "steps_per_quarter": int(cfg.ingest.steps_per_quarter),
-                    "source": cfg.data.source, "songs": songs}
+        manifest = {**attrs, "steps_per_quarter": int(cfg.ingest.steps_per_quarter), "source": cfg.data.source,
+                    "songs_file": SONGS_FILE, "num_songs": kept["songs"], "num_steps": kept["steps"],
+                    "num_sections": kept["sections"]}
         (tmp / "manifest.json").write_text(json.dumps(manifest))
-        report = _report(cfg, where, results, songs, skipped)
+        report = _report(cfg, where, tally, kept)
         report_path = Path(cfg.paths.data_dir) / "ingest_report.json"
         with atomic_path(report_path) as rtmp:
             rtmp.write_text(json.dumps(report, indent=1))
-    for s in skipped:
+    for s in report["skipped"]:
         log.warning("skipped %s", s["reason"])
     log.info("ingest: %d songs, %d steps, %d skipped -> %s", report["songs"], report["steps"],
-             len(skipped), interim)
+             report["skipped_count"], interim)
     return report
 
 
-def _reject_odd_drum_counts(results: list[dict]) -> list[dict]:
-    """All songs share one drum count: the most common one; files with another are bad input
-    (their rows stay in a shard of their own that no record points to)."""
-    counts = Counter(r["num_drums"] for r in results if "error" not in r)
-    if len(counts) <= 1:
-        return results
-    keep = max(counts.items(), key=lambda kv: kv[1])[0]
-    out = []
-    for r in results:
-        if "error" not in r and r["num_drums"] != keep:
-            r = {"source": r["source"], "error": f"{r['source']}: {r['num_drums']} drum columns, "
-                                                f"the other files have {keep}"}
-        out.append(r)
-    return out
+def _reject_odd_drum_counts(songs_file: Path, keep: int, tally: _Tally) -> None:
+    """All songs share one drum count (`keep`, the most common); files with another are bad input:
+    their records leave songs.jsonl (rewritten line by line) and join the skipped files at their
+    place in input order (their rows stay in a shard of their own that no record points to)."""
+    errors = iter(sorted(i for i, _ in tally.skipped))
+    next_error, index = next(errors, None), 0
+    tmp = songs_file.with_suffix(".tmp")
+    with open(songs_file) as src, open(tmp, "w") as dst:
+        for line in src:
+            while index == next_error:   # the input index of this record: skip past the errors before it
+                next_error, index = next(errors, None), index + 1
+            rec = json.loads(line)
+            if rec["num_drums"] == keep:
+                dst.write(line)
+            else:
+                tally.skipped.append((index, {"file": rec["source"], "reason": f"{rec['source']}: "
+                                      f"{rec['num_drums']} drum columns, the other files have {keep}"}))
+            index += 1
+    tmp.replace(songs_file)
+    tally.skipped.sort(key=lambda ie: ie[0])
 
 
-def _report(cfg, where, results, songs, skipped) -> dict:
-    dropped = Counter()
-    for r in songs:
-        dropped.update({int(p): n for p, n in r["unmapped"].items()})
+def _report(cfg, where, tally: _Tally, kept: dict) -> dict:
+    skipped = [e for _, e in tally.skipped]
     return {
         "source": cfg.data.source, "input": where, "on_error": cfg.ingest.on_error,
-        "files": len(results), "songs": len(songs), "skipped_count": len(skipped),
-        "steps": int(sum(r["num_steps"] for r in songs)),
-        "notes_mapped": int(sum(r["notes_mapped"] for r in songs)),
-        "notes_dropped": {str(p): n for p, n in sorted(dropped.items())},
-        "unmapped_by_file": [{"file": r["source"], "pitches": r["unmapped"]} for r in songs if r["unmapped"]],
-        "splits": {s: sum(r["split"] == s for r in songs) for s in SPLITS},
+        "files": tally.files, "songs": kept["songs"], "skipped_count": len(skipped),
+        "steps": kept["steps"], "notes_mapped": kept["notes_mapped"],
+        "notes_dropped": {str(p): n for p, n in sorted(kept["dropped"].items())},
+        "unmapped_by_file": kept["unmapped_by_file"],
+        "splits": {s: kept["splits"][s] for s in SPLITS},
         "skipped": skipped,
     }
 

@@ -6,7 +6,6 @@ tests and by generation, so one definition of "a roll as MIDI" serves both direc
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -81,15 +80,21 @@ def _parse(path: Path, data: bytes, per_pitch: int):
         raise MidiError(f"{path}: unreadable MIDI ({type(exc).__name__}: {exc})") from exc
 
 
-def _drum_notes(score) -> np.ndarray:
-    """[N, 4] (tick, pitch, velocity, closed-at-track-end) of every drum note (channel 10)."""
-    parts = []
+def _drum_notes(score):
+    """(tick, pitch, velocity, closed-at-track-end) columns of every drum note (channel 10); one
+    drum track (the usual case) is returned without copying its columns into a joint table."""
+    cols = []
     for track in score.tracks:
         if track.is_drum and len(track.notes):
             n = track.notes.numpy()
-            end = n["time"].astype(np.int64) + n["duration"]
-            parts.append(np.stack([n["time"], n["pitch"], n["velocity"], end == end.max()], 1).astype(np.int64))
-    return np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+            tick = n["time"].astype(np.int64)
+            end = tick + n["duration"]
+            cols.append((tick, n["pitch"].astype(np.int64), n["velocity"].astype(np.int64), end == end.max()))
+    if len(cols) == 1:
+        return cols[0]
+    if not cols:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    return tuple(np.concatenate(c) for c in zip(*cols))
 
 
 def _drum_onsets(path: Path):
@@ -111,15 +116,16 @@ def _drum_onsets(path: Path):
     per_pitch = 2   # 1 would often read twice: tracks tend to end right at a note's end
     while True:
         score = _parse(path, data, per_pitch)
-        notes = _drum_notes(score)
-        at_end = np.bincount(notes[notes[:, 3] == 1, 1], minlength=128) if len(notes) else np.zeros(128)
-        if at_end.max() < per_pitch or per_pitch >= 4 ** 4:
+        tick, pitch, vel, at_end = _drum_notes(score)
+        if not len(tick) or np.bincount(pitch[at_end], minlength=128).max() < per_pitch or per_pitch >= 4 ** 4:
             break
         per_pitch *= 4
-    notes = notes[notes[:, 2] > 0]
+    if not vel.all():
+        on = vel > 0
+        tick, pitch, vel = tick[on], pitch[on], vel[on]
     timesigs = [(int(t.time), int(t.numerator), int(t.denominator)) for t in score.time_signatures]
     tempos = [(int(t.time), int(t.mspq)) for t in score.tempos]
-    return notes[:, 0], notes[:, 1], notes[:, 2], timesigs, tempos, int(score.tpq)
+    return tick, pitch, vel, timesigs, tempos, int(score.tpq)
 
 
 def quantise(tick: np.ndarray, tpq: int, steps_per_quarter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,39 +158,47 @@ def read_midi(path: str | Path, drum_map: DrumMap, steps_per_quarter: int = 4,
     onset, pitch, vel, timesigs, tempos, tpq = _drum_onsets(path)
     if not len(onset):
         raise MidiError(f"{path}: no drum notes (no notes on channel 10 / drum tracks)")
-
-    lut = np.full(128, -1, np.int64)
-    for p, c in drum_map.pitch_to_class.items():
-        lut[p] = c
-    cls = lut[pitch]
+    cls = drum_map.lookup[pitch]
     mapped = cls >= 0
-    unmapped = {int(p): int(n) for p, n in sorted(Counter(pitch[~mapped].tolist()).items())}
-    if not mapped.any():
-        raise MidiError(f"{path}: no drum notes in the mapping (unmapped pitches {unmapped})")
+    notes_mapped, unmapped = int(np.count_nonzero(mapped)), {}
+    if notes_mapped < len(cls):
+        counts = np.bincount(pitch[~mapped], minlength=128)
+        unmapped = {int(p): int(counts[p]) for p in np.flatnonzero(counts)}
+        if not notes_mapped:
+            raise MidiError(f"{path}: no drum notes in the mapping (unmapped pitches {unmapped})")
+        onset, cls, vel = onset[mapped], cls[mapped], vel[mapped]
 
     num, den = min(timesigs)[1:] if timesigs else (4, 4)
-    spb = steps_per_bar_for(num, den, steps_per_quarter, str(path))
+    spb, rest = divmod(steps_per_quarter * 4 * num, den)
+    if rest or spb <= 0:
+        spb = steps_per_bar_for(num, den, steps_per_quarter, str(path))   # raises with the reason
     tempo = min(tempos)[1] if tempos else mido.bpm2tempo(120)
     if tempo <= 0:
         raise MidiError(f"{path}: tempo {tempo} microseconds per quarter (must be positive)")
     bpm = float(mido.tempo2bpm(tempo))
 
-    step, off = quantise(onset[mapped], tpq, steps_per_quarter)
-    cls, v, tick = cls[mapped], np.clip(vel[mapped], 1, 127), onset[mapped]
-    first = np.lexsort((tick, -v, cls, step))        # per (step, class): loudest, then earliest first
-    step, cls, v, off = step[first], cls[first], v[first], off[first]
-    keep = np.ones(len(step), bool)
-    keep[1:] = (step[1:] != step[:-1]) | (cls[1:] != cls[:-1])
+    step, off = quantise(onset, tpq, steps_per_quarter)
     num_steps = (int(step.max()) // spb + 1) * spb
     if max_steps is not None and num_steps > max_steps:
-        raise MidiError(f"{path}: {num_steps} steps (last note at tick {int(onset[mapped].max())}), "
+        raise MidiError(f"{path}: {num_steps} steps (last note at tick {int(onset.max())}), "
                         f"more than max_steps={max_steps} (ingest.max_steps)")
-    velocity = np.zeros((num_steps, drum_map.num_drums), np.uint8)
-    offset = np.zeros((num_steps, drum_map.num_drums), np.int8)
-    velocity[step[keep], cls[keep]] = v[keep]
-    offset[step[keep], cls[keep]] = off[keep]
-    return MidiRoll(hits=(velocity > 0).astype(np.uint8), velocity=velocity, steps_per_bar=spb,
-                    beats_per_bar=num, bpm=bpm, notes_mapped=int(mapped.sum()), unmapped=unmapped,
+    D = drum_map.num_drums
+    if len(onset) > 1 and (onset[1:] < onset[:-1]).any():   # several drum tracks: ticks in order first
+        order = np.argsort(onset, kind="stable")
+        step, cls, vel, off = step[order], cls[order], vel[order], off[order]
+    # per (step, class): loudest first, then earliest (a stable sort of tick-ordered notes)
+    v = np.clip(vel, 1, 127)
+    cell = step * D + cls
+    first = np.argsort(cell * 128 + (127 - v), kind="stable")
+    cell, v, off = cell[first], v[first], off[first]
+    keep = np.ones(len(cell), bool)
+    keep[1:] = cell[1:] != cell[:-1]
+    velocity = np.zeros((num_steps, D), np.uint8)
+    offset = np.zeros((num_steps, D), np.int8)
+    velocity.reshape(-1)[cell[keep]] = v[keep]
+    offset.reshape(-1)[cell[keep]] = off[keep]
+    return MidiRoll(hits=(velocity > 0).view(np.uint8), velocity=velocity, steps_per_bar=spb,
+                    beats_per_bar=num, bpm=bpm, notes_mapped=notes_mapped, unmapped=unmapped,
                     offset=offset)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,44 +73,90 @@ def compressors(name: str):
     raise ValueError(f"store.compressor must be 'zstd' or 'none', got {name!r}")
 
 
+SONG_CHUNK = 16384   # songs per chunk of every per-song array: metadata is written a chunk at a time
+
+
 def create_store(path: str | Path, *, num_songs: int, num_steps: int, num_drums: int,
-                 chunk_steps: int = 65536, compressor: str = "zstd") -> zarr.Group:
-    """Create an empty store of the given size; the caller fills rows and metadata."""
+                 chunk_steps: int = 65536, compressor: str = "zstd", num_sections: int = 0) -> zarr.Group:
+    """Create an empty store of the given size; the caller fills rows (any order) and metadata
+    (`MetadataWriter`: in song order, a chunk of songs at a time)."""
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     chunks = (max(1, min(int(chunk_steps), max(num_steps, 1))), num_drums)
     for name, dtype in STEP_ARRAYS.items():
         root.create_array(name, shape=(num_steps, num_drums), chunks=chunks, dtype=dtype,
                           compressors=compressors(compressor), fill_value=0)
-    root.create_array("song_offsets", shape=(num_songs + 1,), dtype="int64", fill_value=0)
+    per_song = (SONG_CHUNK,)   # explicit: Zarr would make a string array one chunk of every song
+    root.create_array("song_offsets", shape=(num_songs + 1,), chunks=per_song, dtype="int64", fill_value=0)
+    root.create_array("section_offsets", shape=(num_songs + 1,), chunks=per_song, dtype="int64", fill_value=0)
+    root.create_array("sections", shape=(num_sections, 2), chunks=(SONG_CHUNK, 2), dtype="int64", fill_value=0)
     songs = root.create_group("songs")
     for f in STR_FIELDS:
-        songs.create_array(f, shape=(num_songs,), dtype=str)
+        songs.create_array(f, shape=(num_songs,), chunks=per_song, dtype=str)
     for f in INT_FIELDS:
-        songs.create_array(f, shape=(num_songs,), dtype="int32", fill_value=0)
+        songs.create_array(f, shape=(num_songs,), chunks=per_song, dtype="int32", fill_value=0)
     for f in FLOAT_FIELDS:
-        songs.create_array(f, shape=(num_songs,), dtype="float32", fill_value=0.0)
+        songs.create_array(f, shape=(num_songs,), chunks=per_song, dtype="float32", fill_value=0.0)
     return root
+
+
+class MetadataWriter:
+    """Writes song_offsets, per-song metadata, sections and attributes of a store made by
+    `create_store`, songs given one at a time in store order: it holds at most one chunk of songs
+    (SONG_CHUNK) and a few counters, so memory does not grow with the number of songs.
+
+        w = MetadataWriter(root); for s in songs: w.add(s); w.close(attrs)
+    """
+
+    def __init__(self, root: zarr.Group):
+        self.root, self.buf = root, []
+        self.songs = self.steps = self.sections = 0
+        self.splits = dict.fromkeys(SPLITS, 0)
+
+    def add(self, song: Song) -> None:
+        """One song's metadata (its rows are not read: a zero-width `hits` that knows T is enough)."""
+        self.buf.append(([str(getattr(song, f)) for f in STR_FIELDS],
+                         [getattr(song, f) for f in INT_FIELDS + FLOAT_FIELDS],
+                         song.num_steps, np.asarray(song.sections, np.int64).reshape(-1, 2)))
+        if song.split in self.splits:
+            self.splits[song.split] += 1
+        if len(self.buf) == SONG_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.buf:
+            return
+        a, b, root = self.songs, self.songs + len(self.buf), self.root
+        strs, nums, lengths, secs = zip(*self.buf)
+        for i, f in enumerate(STR_FIELDS):
+            root["songs"][f][a:b] = np.array([s[i] for s in strs], dtype=object)
+        for i, f in enumerate(INT_FIELDS + FLOAT_FIELDS):
+            root["songs"][f][a:b] = np.array([n[i] for n in nums], dtype=root["songs"][f].dtype)
+        root["song_offsets"][a + 1:b + 1] = self.steps + np.cumsum(lengths)
+        counts = np.array([len(x) for x in secs], np.int64)
+        root["section_offsets"][a + 1:b + 1] = self.sections + np.cumsum(counts)
+        if counts.sum():
+            root["sections"][self.sections:self.sections + int(counts.sum())] = np.concatenate(secs)
+        self.songs, self.steps, self.sections = b, self.steps + int(sum(lengths)), self.sections + int(counts.sum())
+        self.buf = []
+
+    def close(self, attrs: dict) -> None:
+        """Write the last songs and the attributes; the store must have been made for exactly these songs."""
+        self._flush()
+        root = self.root
+        made = (root["song_offsets"].shape[0] - 1, root["hits"].shape[0], root["sections"].shape[0])
+        if (self.songs, self.steps, self.sections) != made:
+            raise ValueError(f"{root.store}: metadata of {self.songs} songs, {self.steps} steps and "
+                             f"{self.sections} sections for a store made for {made[0]}, {made[1]} and {made[2]}")
+        root.attrs.update({"schema_version": SCHEMA_VERSION, "num_songs": self.songs,
+                           "num_steps": self.steps, "splits": self.splits, **attrs})
 
 
 def write_metadata(root: zarr.Group, songs: list[Song], attrs: dict) -> None:
     """Write song_offsets, per-song metadata, sections and attributes (everything but the rows)."""
-    lengths = np.array([s.num_steps for s in songs], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    root["song_offsets"][:] = offsets
-    for f in STR_FIELDS:
-        root["songs"][f][:] = np.array([str(getattr(s, f)) for s in songs], dtype=object) if songs else []
-    for f in INT_FIELDS:
-        root["songs"][f][:] = np.array([getattr(s, f) for s in songs], dtype=np.int32)
-    for f in FLOAT_FIELDS:
-        root["songs"][f][:] = np.array([getattr(s, f) for s in songs], dtype=np.float32)
-    sec = [np.asarray(s.sections, np.int64).reshape(-1, 2) for s in songs]
-    sec_offsets = np.concatenate([[0], np.cumsum([len(x) for x in sec])]).astype(np.int64)
-    root.create_array("section_offsets", data=sec_offsets)
-    all_sec = np.concatenate(sec) if sec and sec_offsets[-1] else np.zeros((0, 2), np.int64)
-    root.create_array("sections", data=all_sec.astype(np.int64))
-    splits = {name: int(sum(s.split == name for s in songs)) for name in SPLITS}
-    root.attrs.update({"schema_version": SCHEMA_VERSION, "num_songs": len(songs),
-                       "num_steps": int(offsets[-1]), "splits": splits, **attrs})
+    w = MetadataWriter(root)
+    for s in songs:
+        w.add(s)
+    w.close(attrs)
 
 
 def write_store(path: str | Path, songs: list[Song], attrs: dict, *, chunk_steps: int = 65536,
@@ -121,7 +168,8 @@ def write_store(path: str | Path, songs: list[Song], attrs: dict, *, chunk_steps
     """
     num_drums = songs[0].hits.shape[1] if songs else len(attrs.get("drum_names", [])) or 1
     root = create_store(path, num_songs=len(songs), num_steps=sum(s.num_steps for s in songs),
-                        num_drums=num_drums, chunk_steps=chunk_steps, compressor=compressor)
+                        num_drums=num_drums, chunk_steps=chunk_steps, compressor=compressor,
+                        num_sections=sum(len(np.asarray(s.sections).reshape(-1, 2)) for s in songs))
     if songs:
         for name, dtype in STEP_ARRAYS.items():
             root[name][:] = np.concatenate([getattr(s, name) for s in songs]).astype(dtype)
@@ -147,7 +195,7 @@ class Store:
         self.velocity = self.root["velocity"]
         self.offset = self.root["offset"]
         self.song_offsets = self.root["song_offsets"][:]
-        self.meta = {f: self.root["songs"][f][:] for f in STR_FIELDS + INT_FIELDS + FLOAT_FIELDS}
+        self.meta = _Fields(self.root["songs"], STR_FIELDS + INT_FIELDS + FLOAT_FIELDS)
         self.section_offsets = self.root["section_offsets"][:]
         self.sections = self.root["sections"][:]
 
@@ -188,6 +236,28 @@ class Store:
 
     def songs_in_split(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.meta["split"] == split)
+
+
+class _Fields(Mapping):
+    """Store.meta: per-song field name -> array of every song, each read on first use. A stage that
+    needs two int fields (metrics) does not hold every song's name and source as Python strings
+    (~60 bytes each, the part of its memory that grew with the corpus)."""
+
+    def __init__(self, group: zarr.Group, names: tuple[str, ...]):
+        self._group, self._names, self._read = group, names, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        if name not in self._read:
+            self._read[name] = self._group[name][:]
+        return self._read[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def attrs_hash(attrs: dict) -> str:

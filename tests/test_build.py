@@ -1,6 +1,5 @@
 """Stage `build`: interim songs -> Zarr store with dask; contents, chunking, parallel = serial, atomicity."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import zarr
 import pipeline.build
 from pipeline.build import build
 from pipeline.config import compose
-from pipeline.ingest import ingest
+from pipeline.ingest import ingest, iter_records
 from pipeline.store import Store
 
 
@@ -58,6 +57,23 @@ def test_store_holds_every_song_exactly(tmp_path, chunk, scheduler):
     assert len(store.attrs["source_hash"]) == 64
 
 
+def test_streamed_source_hash_is_the_hash_of_the_whole_manifest(tmp_path):
+    """build hashes the song records as it streams them; the digest is the sha256 of the manifest
+    written at once (drum map, grid, every record without its shard placement, keys sorted)."""
+    import hashlib
+
+    _npz_inputs(tmp_path / "in", [8, 12, 30])
+    cfg = _cfg(tmp_path)
+    ingest(cfg), build(cfg)
+    interim = tmp_path / "out" / "interim"
+    head = json.loads((interim / "manifest.json").read_text())
+    whole = {k: head[k] for k in ("drum_names", "drum_pitches", "mapping", "source", "steps_per_quarter")}
+    whole["songs"] = [{k: v for k, v in r.items() if k not in ("shard", "row")} for r in iter_records(interim)]
+    assert len(whole["songs"]) == head["num_songs"] == 3 and head["num_sections"] == 6
+    expected = hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest()
+    assert Store(tmp_path / "out" / "store.zarr").attrs["source_hash"] == expected
+
+
 def test_source_hash_follows_content(tmp_path):
     _npz_inputs(tmp_path / "in", [8, 12])
     cfg = _cfg(tmp_path)
@@ -83,8 +99,8 @@ def test_failed_build_keeps_previous_store(tmp_path):
     out = tmp_path / "out"
     before = zarr.open_group(str(out / "store.zarr"), mode="r")["hits"][:]
     # break the interim data: one song's rows vanish mid-build
-    manifest = json.loads((out / "interim" / "manifest.json").read_text())
-    shutil.rmtree(out / "interim" / "shards" / manifest["songs"][2]["shard"])
+    records = list(iter_records(out / "interim"))
+    (out / "interim" / "shards" / records[2]["shard"]).unlink()
     with pytest.raises(FileNotFoundError):
         build(cfg)
     np.testing.assert_array_equal(Store(out / "store.zarr").hits[:], before)
@@ -129,3 +145,19 @@ def test_builtin_corpus_store_equals_generated_songs(tmp_path):
         np.testing.assert_array_equal(got.velocity, song.velocity)
         np.testing.assert_array_equal(got.sections, song.sections)
         assert got.steps_per_bar == song.steps_per_bar and got.bpm == song.bpm
+
+
+def test_ingest_and_build_on_processes_write_the_synchronous_store(tmp_path):
+    """The task function and the loader pickle to worker processes (no closures); same store."""
+    from pipeline.store import content_hash
+
+    _npz_inputs(tmp_path / "in", [8, 12, 30, 5, 17])
+    hashes = []
+    for scheduler in ("processes", "synchronous"):
+        cfg = compose(["data=npz", f"data.path={tmp_path / 'in'}", f"paths.data_dir={tmp_path / scheduler}",
+                       f"ingest.scheduler={scheduler}", f"store.scheduler={scheduler}", "ingest.files_per_task=2",
+                       "store.chunk_steps=16"])
+        ingest(cfg), build(cfg)
+        hashes.append(content_hash(cfg.paths.store))
+    assert hashes[0] == hashes[1]
+    assert Store(tmp_path / "processes" / "store.zarr").num_songs == 5

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
-from pipeline.ingest import IngestError, hash_split, ingest, read_shard
+from pipeline.ingest import IngestError, hash_split, ingest, iter_records, read_shard
 from pipeline.midi import write_midi
 from tests.test_midi import _mido_file
 
@@ -22,7 +22,9 @@ def _cfg(tmp_path, source, inp, *extra):
 
 
 def _manifest(tmp_path):
-    return json.loads((tmp_path / "out" / "interim" / "manifest.json").read_text())
+    """The interim manifest with its song records (streamed to songs.jsonl) under "songs"."""
+    interim = tmp_path / "out" / "interim"
+    return {**json.loads((interim / "manifest.json").read_text()), "songs": list(iter_records(interim))}
 
 
 def _npz_folder(root: Path) -> dict[str, str]:
@@ -75,6 +77,9 @@ def test_npz_folder_skips_each_bad_file_with_its_reason(tmp_path):
         assert name in reasons[name] and pattern in reasons[name], reasons[name]
     on_disk = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
     assert on_disk["skipped"] == report["skipped"] and on_disk["skipped_count"] == len(bad)
+    # in input order, the rejected 5-drum file among the others (it is found only at the end)
+    names = [Path(s["file"]).name for s in report["skipped"]]
+    assert names == sorted(names) and "fivedrums.npz" in names
 
     songs = {r["name"]: r for r in _manifest(tmp_path)["songs"]}
     assert set(songs) == {"binary", "frac", "sub/velocity", "expressive/played"}

@@ -197,3 +197,32 @@ def test_write_then_read_keeps_offsets(tmp_path_factory, vel, data):
             on[msg.note] = now
         elif msg.type in ("note_off", "note_on"):
             assert now > on.pop(msg.note)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 100), st.sampled_from([35, 36, 38, 40, 42, 44, 39]),
+                          st.sampled_from([60, 100, 127])), min_size=1, max_size=40))
+def test_one_hit_per_cell_is_the_loudest_then_earliest_note_of_any_track(tmp_path_factory, notes):
+    """read_midi's sort (tick order across drum tracks, then one stable sort per cell) against the
+    rule written out note by note: per (step, class) the loudest note, the earliest of equally loud."""
+    from pipeline.midi import quantise
+
+    tracks = [[], []]
+    for track, tick, pitch, vel in notes:
+        tracks[track] += [(tick, _on(pitch, vel)), (tick + 1, _off(pitch))]
+    raw = [[(t - prev, m) for (t, m), prev in zip(sorted(tr, key=lambda e: e[0]), [0] + sorted(e[0] for e in tr))]
+           for tr in tracks if tr]
+    path = _raw_track_file(tmp_path_factory.mktemp("cells") / "two.mid", raw)
+    best = {}
+    for tick, pitch, vel in sorted((t, p, v) for _, t, p, v in notes if p in DM.pitch_to_class):
+        step, off = quantise(np.array([tick]), TPQ, 4)
+        cell = (int(step[0]), DM.pitch_to_class[pitch])
+        if cell not in best or vel > best[cell][0]:
+            best[cell] = (vel, int(off[0]))
+    if not best:
+        with pytest.raises(MidiError, match="no drum notes in the mapping"):
+            read_midi(path, DM)
+        return
+    roll = read_midi(path, DM)
+    got = {(int(s), int(c)): (int(roll.velocity[s, c]), int(roll.offset[s, c])) for s, c in np.argwhere(roll.hits)}
+    assert got == best

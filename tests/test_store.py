@@ -34,6 +34,36 @@ def test_store_round_trip(tmp_path):
     assert store.drum_names[0] == "kick"
 
 
+def test_metadata_is_written_a_chunk_of_songs_at_a_time(tmp_path, monkeypatch):
+    """MetadataWriter holds one chunk of songs (SONG_CHUNK): with chunks of 3 songs, 10 songs with
+    0-2 sections each read back exactly, and a store made for other counts is refused at close."""
+    import pipeline.store
+
+    monkeypatch.setattr(pipeline.store, "SONG_CHUNK", 3)
+    rng = np.random.default_rng(1)
+    songs = _songs(rng, [4, 7, 1, 9, 16, 3, 5, 8, 2, 6])
+    for i, s in enumerate(songs):
+        s.sections = np.array([[0, 1], [1, s.num_steps]][:i % 3])
+        s.split, s.style = ("train", "validation", "test")[i % 3], f"style{i}"
+    write_store(tmp_path / "s.zarr", songs, DrumMap.default().to_attrs(), chunk_steps=5)
+    store = Store(tmp_path / "s.zarr")
+    assert store.root["songs"]["name"].chunks == (3,)
+    assert list(store.song_offsets) == list(np.cumsum([0] + [s.num_steps for s in songs]))
+    assert list(store.section_offsets) == list(np.cumsum([0] + [i % 3 for i in range(10)]))
+    for i, s in enumerate(songs):
+        got = store.song(i)
+        assert (got.name, got.style, got.split) == (s.name, s.style, s.split)
+        assert got.bpm == pytest.approx(s.bpm) and got.steps_per_bar == 16
+        np.testing.assert_array_equal(got.sections, s.sections.reshape(-1, 2))
+        np.testing.assert_array_equal(got.hits, s.hits)
+    assert store.attrs["splits"] == {"train": 4, "validation": 3, "test": 3}
+    root = pipeline.store.create_store(tmp_path / "t.zarr", num_songs=2, num_steps=11, num_drums=9)
+    w = pipeline.store.MetadataWriter(root)
+    w.add(songs[0])
+    with pytest.raises(ValueError, match="metadata of 1 songs, 4 steps and 0 sections for a store made for 2, 11"):
+        w.close({})
+
+
 def test_old_schema_store_is_refused_with_how_to_rebuild(tmp_path):
     """A version-1 store (no `offset`) is refused: the message names the store and the rebuild command."""
     import zarr
