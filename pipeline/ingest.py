@@ -294,7 +294,7 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
     fail_fast (on_error=fail) the partition stops at its first bad file; the driver then reports the
     first bad file of all partitions in sorted order (partitions are contiguous runs of the sorted list).
     """
-    out, songs = [], {}
+    out, songs, rows_in = [], {}, {}
     for item in items:
         try:
             song, notes_mapped, unmapped = load(item)
@@ -304,9 +304,9 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
             out.append({"source": _label(item), "error": f"{_label(item)}: {type(exc).__name__}: {exc}"})
         else:
             shard = f"p{part:05d}_d{song.hits.shape[1]}"
-            rows = songs.setdefault(shard, [])
-            row = sum(s.num_steps for s in rows)
-            rows.append(song)
+            songs.setdefault(shard, []).append(song)
+            row = rows_in.get(shard, 0)          # the song's first row in its shard
+            rows_in[shard] = row + song.num_steps
             out.append(_record(song, shard, row, notes_mapped, unmapped))
             continue
         if fail_fast:
@@ -354,14 +354,18 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
     if source == "builtin":
         # Each task generates its own songs (song i depends only on seed and i): parallel, and the
         # driver never holds the corpus.
-        from pipeline.corpus import check_drum_map, generate_song
+        from pipeline.corpus import check_drum_map, song_maker
 
         opts = OmegaConf.to_container(data.corpus, resolve=True)
         num_songs, seed = int(opts.pop("num_songs")), int(opts.pop("seed"))
         check_drum_map(drum_map.names)   # the configured map: it labels the store's columns
+        try:
+            make = song_maker(seed, **opts)   # options checked once, not per song
+        except ValueError as exc:
+            raise IngestError(f"data.{exc}") from None
 
         def load(i):
-            song = validate_song(generate_song(i, seed, **opts), f"builtin song {i}")
+            song = validate_song(make(i), f"builtin song {i}")
             return song, int(song.hits.sum()), {}
         return list(range(num_songs)), load, f"builtin corpus (seed {seed})"
     if OmegaConf.is_missing(data, "path"):
