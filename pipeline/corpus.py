@@ -11,8 +11,9 @@ verse sounds the same every time it returns. Phrases end with fills (more often 
 fill is answered by a crash on the next downbeat, and the song ends on a crash. Per-bar noise
 (ghost notes, dropped and added hits, velocity jitter) keeps it from being trivially memorised.
 
-Python draws the random numbers, a numba kernel assembles the song from them; song `i` is drawn from `SeedSequence(seed, spawn_key=(i,))`, so it
-does not depend on `num_songs` and growing the corpus keeps the earlier songs. See docs/corpus.md.
+Python draws the random numbers, a numba kernel assembles the song from them; song `i` is drawn
+from `SeedSequence(seed, spawn_key=(i,))`, so it does not depend on `num_songs` and growing the
+corpus keeps the earlier songs. See docs/corpus.md.
 """
 from __future__ import annotations
 
