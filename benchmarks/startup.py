@@ -83,13 +83,15 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: an untrained default model)")
+    ap.add_argument("--plots", nargs="+", default=["true", "false"], choices=["true", "false"],
+                    help="the generate.plots cases to run")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     ckpt = args.checkpoint.resolve() if args.checkpoint else make_checkpoint(work / "best.pt")
     print(json.dumps({"load_avg": os.getloadavg(), "bars": args.bars, "samples": args.samples,
                       "checkpoint": str(args.checkpoint or "untrained default model")}))
-    for plots in (True, False):
+    for plots in (p == "true" for p in args.plots):
         runs = [one(ckpt, work / "out", args.bars, args.samples, plots) for _ in range(args.repeat)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(json.dumps({"plots": plots, "median": med, "runs": runs, "load_avg": os.getloadavg()}))
