@@ -7,8 +7,9 @@ each stage runs in its own fresh interpreter with that tree on PYTHONPATH (so it
 own), on the built-in corpus with ~690 steps per song. Per stage: wall and CPU seconds, peak RSS;
 per run: bytes on disk of interim/, store, metrics, ready/, the raw hit + velocity bytes, and a
 content hash (pipeline.store.content_hash of this tree) of the store and of the metrics output, so
-two trees can be shown to write identical data. A tiny warm-up run first compiles each tree's numba
-kernels (compilation is not what is measured). Figures and the machine: benchmarks/README.md.
+two trees can be shown to write identical data, and a hash of each array in them (where one tree
+writes an array the other does not, the arrays both write can still be compared). A tiny warm-up
+run first compiles each tree's numba kernels (compilation is not what is measured). Figures and the machine: benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -49,6 +50,25 @@ print(json.dumps({"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(t
 """
 
 
+def array_hashes(path: Path) -> dict[str, str]:
+    """sha256 (16 hex digits) of each array's dtype, shape and values: trees whose stores differ in
+    some array (the offset array that expressive timing added) can still show the rest identical."""
+    import hashlib
+
+    import numpy as np
+    import zarr
+
+    out = {}
+    for name, node in sorted(zarr.open_group(str(path), mode="r").members(max_depth=None), key=lambda kv: kv[0]):
+        if isinstance(node, zarr.Array):
+            h = hashlib.sha256(f"{node.dtype} {node.shape}".encode())
+            step = max(1, (1 << 20) // max(1, int(np.prod(node.shape[1:]))))
+            for a in range(0, node.shape[0] if node.ndim else 1, step):
+                h.update(np.ascontiguousarray(node[a:a + step] if node.ndim else node[()]).tobytes())
+            out[name] = h.hexdigest()[:16]
+    return out
+
+
 def du(path: Path) -> int:
     if not path.exists():
         return 0
@@ -82,8 +102,10 @@ def run_tree(tree: Path, songs: int, stages: list[str], work: Path, extra: list[
         out["steps"] = int(hits.shape[0])
         out["raw_hits_velocity_mb"] = round(2 * hits.shape[0] * hits.shape[1] / 2**20, 2)
         out["store_hash"] = content_hash(data / "store.zarr")[:16]
+        out["store_arrays"] = array_hashes(data / "store.zarr")
     if (data / "metrics.zarr").exists():
         out["metrics_hash"] = content_hash(data / "metrics.zarr")[:16]
+        out["metrics_arrays"] = array_hashes(data / "metrics.zarr")
     if sizes["store"]:
         out["interim_over_store"] = round(sizes["interim"] / sizes["store"], 2)
         out["ready_over_raw"] = round(sizes["ready"] / 2**20 / out["raw_hits_velocity_mb"], 2)

@@ -1,11 +1,14 @@
 """`python -m train.generate` end to end: how much of its wall time is sampling; prints JSON.
 
-    python benchmarks/startup.py [--bars 16] [--samples 4] [--repeat 3]
+    python benchmarks/startup.py [--bars 16] [--samples 4] [--repeat 3] [--checkpoint runs/x/checkpoints/best.pt]
 
 A checkpoint of the default model config (conf/model/gru.yaml, untrained: sampling costs the same)
-is saved once; then `python -m train.generate … generate.bars=16` runs in a fresh interpreter per
-case, with and without pictures (`generate.plots`), `--repeat` times. The child reports its phase
-times (train.generate.run's `timings`) and how long the interpreter took to get there (imports,
+is saved once, or `--checkpoint` names a trained one: an untrained model plays about half of all
+steps on every drum, so its audio previews (FluidSynth, when installed) cost several times what a
+trained model's sparser parts do. Then `python -m train.generate … generate.bars=16` runs in a fresh
+interpreter per case, with and without pictures (`generate.plots`), `--repeat` times. The child
+reports its phase times (train.generate.run's `timings`: load, sample, write, plots = sheet.png,
+page = index.html's rolls and audio) and how long the interpreter took to get there (imports,
 Hydra); the parent measures the whole process. Figures: benchmarks/README.md.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,13 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-import hydra, train.generate as g
+import hydra
+from train.generate.run import run
 from omegaconf import DictConfig
 import pipeline.config
 @hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     t1 = time.perf_counter()
-    result = g.run(cfg)
+    result = run(cfg)
     print(json.dumps({"to_run_s": round(t1 - t0, 3), **result["timings"]}))
 sys.argv = ["generate", *sys.argv[1:]]
 main()
@@ -58,6 +63,7 @@ def make_checkpoint(path: Path) -> Path:
 
 
 def one(ckpt: Path, out: Path, bars: int, samples: int, plots: bool) -> dict:
+    shutil.rmtree(out, ignore_errors=True)   # else a repeat finds its audio rendered (cached by MIDI hash)
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", CHILD, f"checkpoint={ckpt}", f"generate.out_dir={out}",
                         f"generate.bars={bars}", f"generate.num_samples={samples}", f"generate.plots={plots}",
@@ -76,12 +82,16 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=16)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: an untrained default model)")
+    ap.add_argument("--plots", nargs="+", default=["true", "false"], choices=["true", "false"],
+                    help="the generate.plots cases to run")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
-    ckpt = make_checkpoint(work / "best.pt")
-    print(json.dumps({"load_avg": os.getloadavg(), "bars": args.bars, "samples": args.samples}))
-    for plots in (True, False):
+    ckpt = args.checkpoint.resolve() if args.checkpoint else make_checkpoint(work / "best.pt")
+    print(json.dumps({"load_avg": os.getloadavg(), "bars": args.bars, "samples": args.samples,
+                      "checkpoint": str(args.checkpoint or "untrained default model")}))
+    for plots in (p == "true" for p in args.plots):
         runs = [one(ckpt, work / "out", args.bars, args.samples, plots) for _ in range(args.repeat)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(json.dumps({"plots": plots, "median": med, "runs": runs, "load_avg": os.getloadavg()}))

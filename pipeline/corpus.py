@@ -11,15 +11,18 @@ verse sounds the same every time it returns. Phrases end with fills (more often 
 fill is answered by a crash on the next downbeat, and the song ends on a crash. Per-bar noise
 (ghost notes, dropped and added hits, velocity jitter) keeps it from being trivially memorised.
 
-Everything is vectorised per song; song `i` is drawn from `SeedSequence(seed, spawn_key=(i,))`, so it
-does not depend on `num_songs` and growing the corpus keeps the earlier songs. See docs/corpus.md.
+Python draws the random numbers, a numba kernel assembles the song from them; song `i` is drawn
+from `SeedSequence(seed, spawn_key=(i,))`, so it does not depend on `num_songs` and growing the
+corpus keeps the earlier songs. See docs/corpus.md.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
+from numba import njit
 
 from pipeline.drums import DrumMap
 from pipeline.store import Song
@@ -43,11 +46,6 @@ FILL_RHYTHM_P = np.array([0.35, 0.2, 0.15, 0.2, 0.1])
 FILL_TYPES = ("snare", "toms", "snare_toms", "unison")
 FILL_RHYTHM_CDF = np.cumsum(FILL_RHYTHM_P)
 FILL_BEATS_CDF = np.cumsum([0.3, 0.45, 0.25])   # a fill lasts 1 beat, 2 beats or the whole bar
-
-
-def _draw(cdf: np.ndarray, u):
-    """Categorical draw(s) from uniform(s) `u` (cheaper than Generator.choice in a per-fill loop)."""
-    return np.minimum(np.searchsorted(cdf, u, side="right"), len(cdf) - 1)
 
 
 @dataclass(frozen=True)
@@ -178,43 +176,39 @@ def _structure(rng: np.random.Generator, opts: CorpusOptions) -> list[tuple[str,
     return sections
 
 
-def _grooves(rng: np.random.Generator, style: str) -> dict[str, np.ndarray]:
-    """The song's groove of each kind: a template chosen and its optional slots decided, once."""
-    out = {}
-    for kind, templates in _COMPILED[style].items():
-        codes = templates[int(rng.integers(len(templates)))].copy()
-        optional = codes == OPTIONAL
-        codes[optional] = np.where(rng.random(int(optional.sum())) < 0.5, HIT, REST)
-        out[kind] = codes
-    return out
+_KINDS = "ABC"          # groove kinds: every style has the three, in this order (their draw order)
+assert all(list(st.grooves) == list(_KINDS) for st in STYLES.values())
+_OPTIONAL = {name: {kind: [np.flatnonzero(t == OPTIONAL) for t in ts] for kind, ts in compiled.items()}
+             for name, compiled in _COMPILED.items()}
 
 
-def _fill(rng: np.random.Generator, style: Style, nbeats: int) -> tuple[np.ndarray, np.ndarray]:
-    """One fill of `nbeats` beats: hits [L, D] bool and a crescendo velocity [L]."""
-    L = nbeats * STEPS_PER_BEAT
-    k = np.arange(L)
-    u = rng.random(nbeats + 2 + L)
-    rhythm = _draw(FILL_RHYTHM_CDF, u[:nbeats])
-    rhythm[-1] = 0 if u[nbeats] < 0.5 else rhythm[-1]     # fills tend to end on straight 16ths
-    on = FILL_RHYTHMS[rhythm].reshape(-1)
-    kind = FILL_TYPES[int(_draw(_FILL_TYPE_CDF[style.name], u[nbeats + 1]))]
-    hits = np.zeros((L, len(DRUMS)), bool)
-    if kind == "snare":
-        hits[on, S] = True
-    elif kind == "toms":        # descend around the kit: snare, high, mid, low tom
-        seq = np.array([S, HT, MT, LT])
-        hits[k[on], seq[k[on] * len(seq) // L]] = True
-    elif kind == "snare_toms":  # snare on the first 8th of each beat, descending toms on the second
-        toms = np.array([HT, MT, LT])
-        drum = np.where(k % 4 < 2, S, toms[k * len(toms) // L])
-        hits[k[on], drum[on]] = True
-    else:                       # unison 8ths on kick and snare
-        on = k % 2 == 0
-        hits[on, S] = hits[on, K] = True
-    if kind != "unison":
-        hits[(k % STEPS_PER_BEAT == 0) & (u[nbeats + 2:] < 0.5), K] = True
-    velocity = 84.0 + 26.0 * k / max(L - 1, 1)
-    return hits, velocity
+def _grooves(rng: np.random.Generator, style: str) -> np.ndarray:
+    """The song's groove of each kind, stacked [kinds, steps_per_bar, D]: a template chosen and its
+    optional slots decided, once."""
+    templates = _COMPILED[style]
+    stack = np.empty((len(_KINDS), *templates["A"][0].shape), np.int8)
+    for j, kind in enumerate(_KINDS):
+        t = int(rng.integers(len(templates[kind])))
+        stack[j] = templates[kind][t]
+        slots = _OPTIONAL[style][kind][t]
+        if len(slots):                  # (rng.random(0) would draw nothing)
+            stack[j].flat[slots] = np.where(rng.random(len(slots)) < 0.5, HIT, REST)
+    return stack
+
+
+_BAR_GROOVE = {k: _KINDS.index(g) for k, g in SECTION_GROOVE.items()}
+_BEATS_CDF = FILL_BEATS_CDF.tolist()
+
+
+def _style_base(style: Style) -> np.ndarray:
+    base = BASE_VELOCITY.copy()
+    for drum, v in (style.velocity or {}).items():
+        base[DRUMS.index(drum)] = v
+    return base
+
+
+_BASE = {name: _style_base(st) for name, st in STYLES.items()}
+_ACCENT = {name: np.array(SWING_ACCENT if st.swing else STRAIGHT_ACCENT, np.float32) for name, st in STYLES.items()}
 
 
 def generate_song(i: int, seed: int = 0, **options) -> Song:
@@ -222,75 +216,170 @@ def generate_song(i: int, seed: int = 0, **options) -> Song:
     return _song(int(i), int(seed), _options(options))
 
 
+def song_maker(seed: int = 0, **options) -> Callable[[int], Song]:
+    """`generate_song` with the options checked once: i -> song i (what ingest's tasks call)."""
+    opts, seed = _options(options), int(seed)
+    return lambda i: _song(int(i), seed, opts)
+
+
 def _song(i: int, seed: int, opts: CorpusOptions) -> Song:
+    """Python draws every random number, in a fixed order (the song's layout decides how many);
+    `_assemble` (numba) lays the grooves, humanises and writes the fills from them. The order of the
+    draws and the float32/float64 steps of the arithmetic are the corpus: changing either changes
+    every song (tests/test_corpus.py pins the corpus by hash)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
     style = STYLES[opts.styles[i % len(opts.styles)]]     # round robin: every style, balanced
     spb, bpp = style.steps_per_bar, opts.bars_per_phrase
     structure = _structure(rng, opts)
-    grooves = _grooves(rng, style.name)
-
-    # Lay the section grooves bar by bar: codes [T, D].
-    bar_kind = np.concatenate([[k] * (n * bpp) for k, n in structure])
-    nbars, T, D = len(bar_kind), len(bar_kind) * spb, len(DRUMS)
-    kinds = sorted(grooves)
-    stack = np.stack([grooves[k] for k in kinds])
-    bar_groove = np.array([kinds.index(SECTION_GROOVE[k]) for k in bar_kind])
-    codes = stack[bar_groove].reshape(T, D)
-    gain = np.repeat(np.array([SECTION_GAIN[k] for k in bar_kind], np.float32), spb)
-
-    # Humanise: one uniform draw decides ghosts, drops and stray hits (their masks are disjoint).
-    u = rng.random((T, D), dtype=np.float32)
+    stack = _grooves(rng, style.name)
+    bar_kind = [k for k, n in structure for _ in range(n * bpp)]
+    nbars, D = len(bar_kind), len(DRUMS)
+    T = nbars * spb
+    u = rng.random((T, D), dtype=np.float32)       # one draw decides ghosts, drops and stray hits
     z = rng.standard_normal((T, D), dtype=np.float32)
-    ghost = (codes == GHOST) & (u < opts.ghost_prob)
-    drop = (codes == HIT) & (u < opts.drop_prob)
-    stray = (codes == REST) & (u > 1.0 - opts.add_prob)
-    stray[:, [OH, LT, MT, HT, CR, RD]] = False
-    hits = ((codes >= HIT) & ~drop) | ghost | stray
-
-    base = BASE_VELOCITY.copy()
-    for drum, v in (style.velocity or {}).items():
-        base[DRUMS.index(drum)] = v
-    accent = np.tile(np.array(SWING_ACCENT if style.swing else STRAIGHT_ACCENT, np.float32), spb // 4)
     song_gain = np.float32(rng.normal(0.0, 6.0))
-    vel = (base[None, :] + np.tile(accent, nbars)[:, None] + 14.0 * (codes == ACCENT)
-           + gain[:, None] + song_gain + np.float32(opts.velocity_jitter) * z)
-    soft = ghost | (stray & (np.arange(D) == S))
-    vel[soft] = 32.0 + 6.0 * z[soft]
-
-    # Fills at phrase ends, a crash on the downbeat after each fill, then the ending.
-    starts = np.cumsum([0] + [n * bpp for _, n in structure])          # section starts, in bars
-    last_bar = nbars - 1
-    phrase_ends = np.arange(bpp - 1, last_bar, bpp)                   # the last bar is never filled
-    p = np.where(np.isin(phrase_ends, starts[1:] - 1), opts.section_fill_prob, opts.phrase_fill_prob)
-    fill_bars = phrase_ends[rng.random(len(phrase_ends)) < p * style.fill_scale].tolist()
-    if opts.ending:                      # the song's last fill leads into the final crash
-        fill_bars = [b for b in fill_bars if b < last_bar - 1] + [last_bar - 1]
-    for bar in fill_bars:
-        nbeats = (1, 2, style.beats_per_bar)[int(_draw(FILL_BEATS_CDF, rng.random()))]
-        f_hits, f_vel = _fill(rng, style, nbeats)
-        s0 = (bar + 1) * spb - len(f_hits)
-        region = slice(s0, s0 + len(f_hits))
-        hits[region][:, HANDS] = False
-        hits[region] |= f_hits
-        vel[region] = np.where(f_hits, f_vel[:, None] + 0.5 * opts.velocity_jitter * z[region], vel[region])
-        down = (bar + 1) * spb
-        if down < T:
-            hits[down, [CH, RD]] = False
-            hits[down, [CR, K]] = True
-            vel[down, CR] = BASE_VELOCITY[CR] + gain[down] + opts.velocity_jitter * z[down, CR]
-    if opts.ending:
-        hits[last_bar * spb:] = False
-        hits[last_bar * spb, [K, CR]] = True
-
-    hits[:, CH] &= ~hits[:, OH]         # one hi-hat at a time
-    hits = hits.astype(np.uint8)
-    velocity = (np.clip(np.rint(vel), 1, 127) * hits).astype(np.uint8)
-    sections = np.stack([starts[:-1], starts[1:]], axis=1).astype(np.int64) * spb
+    starts = np.cumsum([0] + [n * bpp for _, n in structure]).tolist()  # section starts, in bars
+    fill_bars, fill_beats, fill_u = _draw_fills(rng, style, opts, nbars, {b - 1 for b in starts[1:]})
+    hits, velocity = _assemble(
+        stack, np.array([_BAR_GROOVE[k] for k in bar_kind], np.int64),
+        np.array([SECTION_GAIN[k] for k in bar_kind], np.float32), u, z,
+        np.float32(opts.ghost_prob), np.float32(opts.drop_prob), np.float32(1.0 - opts.add_prob),
+        _BASE[style.name], _ACCENT[style.name], song_gain, np.float32(opts.velocity_jitter),
+        np.float32(0.5 * opts.velocity_jitter), fill_bars, fill_beats, fill_u,
+        _FILL_TYPE_CDF[style.name], opts.ending)
+    sections = np.array(list(zip(starts[:-1], starts[1:])), np.int64) * spb
     return Song(
         name=f"builtin/{style.name}_{i:04d}", hits=hits, velocity=velocity, source="builtin",
         style=style.name, split="", drummer="builtin", beat_type="beat", steps_per_bar=spb,
         beats_per_bar=style.beats_per_bar, bpm=float(rng.integers(style.bpm[0], style.bpm[1] + 1)),
         sections=sections)
+
+
+def _draw_fills(rng: np.random.Generator, style: Style, opts: CorpusOptions, nbars: int, section_last: set):
+    """Which bars end in a fill, each fill's length in beats, and each fill's uniforms (rhythm per
+    beat, straight ending, fill type, kick per beat: nbeats + 2 + steps), concatenated."""
+    bpp, last_bar = opts.bars_per_phrase, nbars - 1
+    phrase_ends = range(bpp - 1, last_bar, bpp)                     # the last bar is never filled
+    r = rng.random(len(phrase_ends)).tolist()
+    fill_bars = [b for b, x in zip(phrase_ends, r)
+                 if x < (opts.section_fill_prob if b in section_last else opts.phrase_fill_prob) * style.fill_scale]
+    if opts.ending:                      # the song's last fill leads into the final crash
+        fill_bars = [b for b in fill_bars if b < last_bar - 1] + [last_bar - 1]
+    beats, us = [], []
+    for _ in fill_bars:
+        nbeats = (1, 2, style.beats_per_bar)[min(bisect.bisect_right(_BEATS_CDF, rng.random()), 2)]
+        beats.append(nbeats)
+        us.append(rng.random(nbeats + 2 + nbeats * STEPS_PER_BEAT))
+    return (np.array(fill_bars, np.int64), np.array(beats, np.int64),
+            np.concatenate(us) if us else np.zeros(0))
+
+
+@njit(cache=True, nogil=True)
+def _cdf_draw(cdf, x):
+    """Categorical draw from uniform `x`: np.searchsorted(cdf, x, side="right"), capped at the last category."""
+    n = 0
+    while n < len(cdf) and cdf[n] <= x:
+        n += 1
+    return min(n, len(cdf) - 1)
+
+
+@njit(cache=True, nogil=True)
+def _assemble(stack, bar_groove, bar_gain, u, z, ghost_p, drop_p, stray_above, base, accent, song_gain,
+              jitter, fill_jitter, fill_bars, fill_beats, fill_u, type_cdf, ending):
+    """hits, velocity uint8 [T, D] of one song from its grooves and draws (see `_song`)."""
+    T, D = u.shape
+    spb = stack.shape[1]
+    hits = np.zeros((T, D), np.uint8)
+    vel = np.zeros((T, D), np.float64)
+    _humanise(stack, bar_groove, bar_gain, u, z, ghost_p, drop_p, stray_above, base, accent, song_gain,
+              jitter, hits, vel)
+    pos = 0
+    for j in range(len(fill_bars)):
+        nbeats = fill_beats[j]
+        n = nbeats + 2 + nbeats * STEPS_PER_BEAT
+        _write_fill(hits, vel, z, (fill_bars[j] + 1) * spb, nbeats, fill_u[pos:pos + n], type_cdf, fill_jitter)
+        pos += n
+        down = (fill_bars[j] + 1) * spb       # a crash (and kick) on the downbeat after the fill
+        if down < T:
+            hits[down, CH] = 0
+            hits[down, RD] = 0
+            hits[down, CR] = 1
+            hits[down, K] = 1
+            vel[down, CR] = BASE_VELOCITY[CR] + bar_gain[down // spb] + jitter * z[down, CR]
+    if ending:
+        last = T - spb
+        hits[last:] = 0
+        hits[last, K] = 1
+        hits[last, CR] = 1
+    velocity = np.zeros((T, D), np.uint8)
+    for t in range(T):
+        if hits[t, OH]:                        # one hi-hat at a time
+            hits[t, CH] = 0
+        for d in range(D):
+            if hits[t, d]:
+                velocity[t, d] = np.uint8(min(max(np.rint(vel[t, d]), 1.0), 127.0))
+    return hits, velocity
+
+
+@njit(cache=True, nogil=True)
+def _humanise(stack, bar_groove, bar_gain, u, z, ghost_p, drop_p, stray_above, base, accent, song_gain,
+              jitter, hits, vel):
+    """The grooves laid bar by bar, with ghosts, drops, stray hits (K, S, CH) and velocities. The
+    velocity sum is float32 for drum base + metric accent, float64 from there (as numpy promoted it)."""
+    T, D = u.shape
+    spb = stack.shape[1]
+    for t in range(T):
+        bar = t // spb
+        for d in range(D):
+            c = stack[bar_groove[bar], t % spb, d]
+            x = u[t, d]
+            ghost = c == GHOST and x < ghost_p
+            drop = c == HIT and x < drop_p
+            stray = c == REST and x > stray_above and (d == K or d == S or d == CH)
+            hits[t, d] = (c >= HIT and not drop) or ghost or stray
+            if ghost or (stray and d == S):
+                vel[t, d] = np.float32(32.0) + np.float32(6.0) * z[t, d]
+            else:
+                v = np.float64(base[d] + accent[t % 4]) + (14.0 if c == ACCENT else 0.0)
+                vel[t, d] = v + np.float64(bar_gain[bar]) + np.float64(song_gain) + np.float64(jitter * z[t, d])
+
+
+@njit(cache=True, nogil=True)
+def _write_fill(hits, vel, z, end, nbeats, fu, type_cdf, fill_jitter):
+    """One fill of `nbeats` beats ending at step `end`: the hands cleared, the fill's hits written
+    with a crescendo velocity. fu: rhythm per beat, straight ending, fill type, kick per beat."""
+    L = nbeats * STEPS_PER_BEAT
+    s0 = end - L
+    rhythm = np.empty(nbeats, np.int64)
+    for b in range(nbeats):
+        rhythm[b] = _cdf_draw(FILL_RHYTHM_CDF, fu[b])
+    if fu[nbeats] < 0.5:                       # fills tend to end on straight 16ths
+        rhythm[nbeats - 1] = 0
+    kind = _cdf_draw(type_cdf, fu[nbeats + 1])  # FILL_TYPES: snare, toms, snare_toms, unison
+    f = np.zeros((L, hits.shape[1]), np.bool_)
+    for k in range(L):
+        on = FILL_RHYTHMS[rhythm[k // STEPS_PER_BEAT], k % STEPS_PER_BEAT]
+        if kind == 0:
+            f[k, S] = on
+        elif kind == 1:                        # descend around the kit: snare, high, mid, low tom
+            if on:
+                f[k, (S, HT, MT, LT)[k * 4 // L]] = True
+        elif kind == 2:                        # snare on each beat's first 8th, descending toms on the second
+            if on:
+                f[k, S if k % 4 < 2 else (HT, MT, LT)[k * 3 // L]] = True
+        elif k % 2 == 0:                       # unison 8ths on kick and snare
+            f[k, S] = f[k, K] = True
+        if kind != 3 and k % STEPS_PER_BEAT == 0 and fu[nbeats + 2 + k] < 0.5:
+            f[k, K] = True
+    den = max(L - 1, 1)
+    for k in range(L):
+        t = s0 + k
+        for d in range(hits.shape[1]):
+            if d != K:                         # a fill replaces the hands, not the kick
+                hits[t, d] = 0
+            if f[k, d]:
+                hits[t, d] = 1
+                vel[t, d] = 84.0 + 26.0 * k / den + np.float64(fill_jitter * z[t, d])
 
 
 def iter_corpus(num_songs: int = 400, seed: int = 0, **options) -> Iterator[Song]:

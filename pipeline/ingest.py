@@ -321,7 +321,7 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
         else:
             shard = f"p{part:05d}_d{song.hits.shape[1]}"
             songs.setdefault(shard, []).append(song)
-            row = rows_in.get(shard, 0)
+            row = rows_in.get(shard, 0)          # the song's first row in its shard
             rows_in[shard] = row + song.num_steps
             out.append(_record(song, shard, row, notes_mapped, unmapped))
             continue
@@ -383,13 +383,18 @@ class _Load:
     pickle to worker processes and cluster workers alike."""
 
     def __init__(self, source: str, **opts):
-        self.source, self.opts = source, opts
+        self.source, self.opts, self._make = source, opts, None
+
+    def __getstate__(self):            # the corpus maker (a closure) is rebuilt where the task runs
+        return {**self.__dict__, "_make": None}
 
     def __call__(self, item):
         o = self.opts
         if self.source == "builtin":
-            from pipeline.corpus import generate_song
-            song = validate_song(generate_song(item, o["seed"], **o["corpus"]), f"builtin song {item}")
+            if self._make is None:     # corpus options checked once per process, not per song
+                from pipeline.corpus import song_maker
+                self._make = song_maker(o["seed"], **o["corpus"])
+            song = validate_song(self._make(item), f"builtin song {item}")
             return song, int(song.hits.sum()), {}
         path, rel = item[0], item[1]
         check_entry(path)
@@ -405,11 +410,15 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
     if source == "builtin":
         # Each task generates its own songs (song i depends only on seed and i): parallel, and the
         # driver never holds the corpus (items: a range, not a list).
-        from pipeline.corpus import check_drum_map
+        from pipeline.corpus import check_drum_map, song_maker
 
         opts = OmegaConf.to_container(data.corpus, resolve=True)
         num_songs, seed = int(opts.pop("num_songs")), int(opts.pop("seed"))
         check_drum_map(drum_map.names)   # the configured map: it labels the store's columns
+        try:
+            song_maker(seed, **opts)   # a bad option stops ingest once, not once per song
+        except ValueError as exc:
+            raise IngestError(f"data.{exc}") from None
         return range(num_songs), _Load("builtin", seed=seed, corpus=opts), f"builtin corpus (seed {seed})"
     if OmegaConf.is_missing(data, "path"):
         raise IngestError(f"data.path is not set: python -m pipeline data={source} data.path=/your/folder")

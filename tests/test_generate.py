@@ -55,17 +55,18 @@ def test_expressive_by_default_one_drum_track_varied_and_off_grid(ckpt, tmp_path
         assert (off[hits == 0] == 0).all() and (vel[hits > 0] > 0).all()
 
 
-def test_cli_writes_midi_npz_png_per_sample_and_says_where(ckpt, tmp_path):
+def test_cli_writes_midi_npz_per_sample_one_sheet_and_says_where(ckpt, tmp_path):
     out = tmp_path / "gen"
     proc = _cli(tmp_path, f"checkpoint={ckpt.parent}", f"generate.out_dir={out}", "generate.num_samples=3",
                 "generate.bars=2", "generate.seed=7", "generate.bpm=96", f"generate.report={tmp_path}/none.md",
-                "generate.expressive=false")
+                "generate.expressive=false", "generate.preview=false")
     assert proc.returncode == 0, proc.stderr
     for i in range(3):
-        for suffix in (".mid", ".npz", ".png"):
+        for suffix in (".mid", ".npz"):
             assert (out / f"sample_{i:03d}{suffix}").is_file()
-    assert (out / "sheet.png").is_file()
-    assert f"{out}/sample_*.mid" in proc.stdout and f"{out}/sheet.png" in proc.stdout
+        assert (out / "preview" / f"sample_{i:03d}.png").is_file()    # each sample's roll: on the page
+    assert (out / "sheet.png").is_file() and not list(out.glob("sample_*.png"))   # no duplicate by default
+    assert f"{out}/sample_*.mid" in proc.stdout and f"Pictures:   {out}/sheet.png" in proc.stdout
     assert "Report:" in proc.stdout and "96 bpm" in proc.stdout
     dm = DrumMap.default()
     for i in range(3):
@@ -80,8 +81,15 @@ def test_cli_writes_midi_npz_png_per_sample_and_says_where(ckpt, tmp_path):
         np.testing.assert_array_equal(back, (seq > 0).astype(np.uint8))
         np.testing.assert_array_equal(roll.velocity[roll.hits > 0], 100)
         assert roll.bpm == pytest.approx(96) and roll.steps_per_bar == SPB
-        png = plt.imread(out / f"sample_{i:03d}.png")
-        assert png.ndim == 3 and png.shape[0] > 50 and png.shape[1] > 100
+
+
+def test_sample_pictures_adds_one_png_per_sample(ckpt, tmp_path):
+    result = run(_cfg(ckpt, tmp_path / "gen", "generate.num_samples=2", "generate.bars=2",
+                      "generate.sample_pictures=true", "generate.preview=false"))
+    assert result["files"]["png"] == [tmp_path / "gen" / f"sample_{i:03d}.png" for i in range(2)]
+    for png in result["files"]["png"]:
+        img = plt.imread(png)
+        assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 100
 
 
 def test_plots_false_writes_no_pictures_and_never_imports_matplotlib(ckpt, tmp_path):

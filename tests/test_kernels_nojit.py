@@ -25,3 +25,19 @@ def test_kernel_vs_reference_tests_pass_with_the_python_bodies():
                         "tests/test_kernels.py"], cwd=REPO_ROOT, env=NOJIT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+
+def test_corpus_kernels_as_python_make_the_same_songs():
+    # The built-in corpus's numba kernels (pipeline.corpus._assemble ...) run as plain Python give
+    # the same songs bit for bit: the float32/float64 steps are written out, not left to numba's typing.
+    code = ("import sys\n"
+            "from tests.test_corpus import VARIANT, _corpus_hash\n"
+            "from pipeline.corpus import _assemble, generate_corpus\n"
+            "print(hasattr(_assemble, 'py_func'), _corpus_hash(generate_corpus(12, 0)),"
+            " _corpus_hash(generate_corpus(12, 7, **VARIANT)))")
+    python, jit = (subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env={**NOJIT, "NUMBA_DISABLE_JIT": flag},
+                                  capture_output=True, text=True) for flag in ("1", "0"))
+    assert python.returncode == 0 and jit.returncode == 0, python.stderr[-2000:] + jit.stderr[-2000:]
+    assert python.stdout.split()[0] == "False" and jit.stdout.split()[0] == "True"
+    assert python.stdout.split()[1:] == jit.stdout.split()[1:]

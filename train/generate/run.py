@@ -1,13 +1,14 @@
 """`python -m train.generate checkpoint=… [overrides]`: drum MIDI, NPZ and piano rolls from a checkpoint.
 
-Per sample `generate.out_dir/sample_NNN.{mid,npz,png}` and one `sheet.png` of all samples:
+Per sample `generate.out_dir/sample_NNN.{mid,npz}`, one `sheet.png` of all samples and `index.html`
+(every sample's roll and audio, `preview/`); `sample_NNN.png` too with `generate.sample_pictures=true`:
 - MIDI: drum channel (10), each class at its canonical General MIDI pitch (the checkpoint's
   `drum_pitches`); by default each generated hit with the velocity and timing offset the model's
   expressive heads give it (`generate.expressive=false`, or a model without them: every hit at
   `generate.velocity` on the grid; the prime's hits always are);
 - NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), plus `velocity` and
   `offset` (int8, 1/128 step): the input format `pipeline.ingest` reads;
-- PNG: drums x steps with bar lines and drum names (`generate.plots=false`: none, and no matplotlib).
+- PNG: drums x steps with bar lines and drum names (`generate.plots=false`: none, no page, no matplotlib).
 A prime (`generate.prime=groove.mid` or `.npz`) keeps its first `generate.prime_bars` bars and the
 model continues them; the outputs hold the prime followed by the continuation.
 A conditioned model (`model.conditioning`) generates in the style, beat/fill and tempo asked for:
@@ -213,8 +214,9 @@ def played_values(hits: np.ndarray, vel: np.ndarray | None, off: np.ndarray | No
 
 def run(cfg: DictConfig) -> dict:
     """Generate and write every output; returns where they are, what was generated, and the seconds
-    each phase took (`timings`: load, sample, write, plots). `generate.plots=false` skips every
-    picture and the HTML page (train/report), so matplotlib is never imported."""
+    each phase took (`timings`: load, sample, write, plots, page: the page's rolls and audio).
+    `generate.plots=false` skips every picture and the HTML page (train/report), so matplotlib is
+    never imported."""
     g = cfg.generate
     clock = [time.perf_counter()]
     timings = {}
@@ -271,12 +273,16 @@ def run(cfg: DictConfig) -> dict:
         files["npz"].append(stem.with_suffix(".npz"))
         velocities.append(velocity)
     lap("write")
-    sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, files) if g.plots else None
+    sheet = None
+    if g.plots:
+        sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, files,
+                          bool(g.get("sample_pictures", False)))
+    lap("plots")
     result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
               "time_signature": f"{beats}/{unit}", "steps_per_bar": spb,
               "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
     result["page"] = _page(cfg, result, drum_map, spb, spq) if g.plots else None
-    lap("plots")
+    lap("page")
     return result
 
 
@@ -287,12 +293,13 @@ def _page(cfg: DictConfig, result: dict, drum_map: DrumMap, spb: int, spq: int) 
     return write_generate_page(cfg, result, drum_map, spb, spq)
 
 
-def _pictures(out_dir: Path, rolls: np.ndarray, velocities: list, names: list[str], spb: int, files: dict) -> Path:
-    """sample_NNN.png per sample (hits shaded by velocity) and sheet.png; matplotlib is imported
-    only here (about a second of start-up that `generate.plots=false` skips)."""
+def _pictures(out_dir: Path, rolls: np.ndarray, velocities: list, names: list[str], spb: int, files: dict,
+              per_sample: bool) -> Path:
+    """sheet.png (every sample) and, with `per_sample`, sample_NNN.png (hits shaded by velocity);
+    matplotlib is imported only here (about a second of start-up that `generate.plots=false` skips)."""
     from train.evaluate.plots import save_piano_roll, save_sheet
 
-    for i, (hits, velocity) in enumerate(zip(rolls, velocities)):
+    for i, (hits, velocity) in enumerate(zip(rolls, velocities) if per_sample else ()):
         png = out_dir / f"sample_{i:03d}.png"
         save_piano_roll(png, hits, names, spb, title=f"sample {i}", velocity=velocity)
         files["png"].append(png)
@@ -312,7 +319,8 @@ def summary(result: dict, report: str | None) -> str:
              f"  MIDI files: {out_dir}/sample_*.mid ({n} files, e.g. {files['midi'][0]})",
              f"  NPZ rolls:  {out_dir}/sample_*.npz (key `sequence`)"]
     if result["sheet"]:
-        lines.append(f"  Pictures:   {out_dir}/sample_*.png and {result['sheet']} (all samples)")
+        each = f"{out_dir}/sample_*.png and " if files["png"] else ""
+        lines.append(f"  Pictures:   {each}{result['sheet']} (all samples)")
     if report:
         where = report if Path(report).is_file() else f"{report} (not there yet: run `python -m train.evaluate`)"
         lines.append(f"  Report:     {where}")

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,14 +84,20 @@ def render_all(synth: Synth, midis, audio_dir: str | Path) -> dict[Path, Path]:
     {midi: audio path}. A file FluidSynth fails on is reported and left out, the others go on.
     Older renders of the same MIDI names are removed, so rerunning a command does not pile up audio."""
     audio_dir = Path(audio_dir)
+    midis = [Path(m) for m in midis]
+    outs = [audio_dir / audio_name(synth, m) for m in midis]
+    todo = {m: o for m, o in zip(midis, outs) if not o.is_file()}
+    # One FluidSynth process per file, as many at once as there are cores: each is one single-threaded
+    # synthesis (seconds per clip), so the page's clips render side by side instead of one by one.
+    with ThreadPoolExecutor(max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+        futures = {m: pool.submit(render, synth, m, o) for m, o in todo.items()}
     done = {}
-    for midi in midis:
-        out = audio_dir / audio_name(synth, midi)
+    for midi, out in zip(midis, outs):
         try:
-            done[Path(midi)] = out if out.is_file() else render(synth, midi, out)
+            done[midi] = futures[midi].result() if midi in futures else out
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             print(f"render: {err}", file=sys.stderr, flush=True)
-    prune(audio_dir, {Path(m).stem for m in midis}, {p.name for p in done.values()})
+    prune(audio_dir, {m.stem for m in midis}, {p.name for p in done.values()})
     return done
 
 
