@@ -156,6 +156,8 @@ class GenerationState:
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
     features: Tensor | None = None       # [B, H] the state behind the last logits (expressive heads)
+    played: Any = None                   # expressive history GRU state (expressive_history)
+    played_out: Tensor | None = None     # [B, expressive_dim] its output after the last step read
 
 
 # --------------------------------------------------------------------------- phrase pooling
@@ -204,8 +206,11 @@ class HierarchicalDrumModel(nn.Module):
     for output="independent", 2^D for "joint", D + head_hidden_dim for "autoregressive"; see
     train/training/heads.py), `bar_preds` [B, nb, D] (logits of bar k+1's mean pattern),
     `phrase_preds` [B, nph, D] (same for phrases); the last two are None for a flat model
-    (`hierarchy=False`). With return_hidden=True a fourth item is z [B, L, H], the step-level
-    state the head reads (for further per-step heads). `bar`/`phrase` are accepted for the
+    (`hierarchy=False`). With expressive heads a fourth item is (velocity, offset) [B, L−1, D] of
+    steps 1..L−1 given their true hits; with `expressive_history` they also read the played
+    `velocity` (uint8) and `offset` (int8, 1/128 step) [B, L, D] of the steps before (teacher
+    forcing; None = not played, zeros). With return_hidden=True the last item is z [B, L, H],
+    the step-level state the head reads (for further per-step heads). `bar`/`phrase` are accepted for the
     dataset's batch layout but ignored: the model pools its own bars from `step` so no future can
     leak in.
     """
@@ -216,7 +221,7 @@ class HierarchicalDrumModel(nn.Module):
                  rnn_type: str = "gru", nhead: int = 4, hierarchy: bool = True,
                  max_context: int = 512, lookback_bars: int = 0, output: str = "independent",
                  head_hidden_dim: int = 64, phrase_position: bool = False, song_phrases: bool = False,
-                 expressive: bool = False, expressive_dim: int = 64):
+                 expressive: bool = False, expressive_dim: int = 64, expressive_history: bool = False):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -227,7 +232,8 @@ class HierarchicalDrumModel(nn.Module):
                             lookback_bars=int(lookback_bars), output=str(output),
                             head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position),
                             song_phrases=bool(song_phrases), expressive=bool(expressive),
-                            expressive_dim=int(expressive_dim))
+                            expressive_dim=int(expressive_dim),
+                            expressive_history=bool(expressive) and bool(expressive_history))
         self._check_config()
         D, H, Hb, Hp = num_drums, step_hidden_dim, bar_hidden_dim, phrase_hidden_dim
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
@@ -252,7 +258,7 @@ class HierarchicalDrumModel(nn.Module):
                                           nn.Dropout(dropout), nn.Linear(H, self.head.num_params))
         if expressive:   # velocity and offset of each hit, given the step's hits (train/training/expressive.py)
             from train.training.expressive import ExpressiveHeads
-            self.expressive = ExpressiveHeads(H, D, int(expressive_dim))
+            self.expressive = ExpressiveHeads(H, D, int(expressive_dim), self._config["expressive_history"])
         if self.hierarchy:
             # pooled step states + the bar's mean pattern -> one bar-level input
             self.step_to_bar = nn.Linear(H + D, Hb)
@@ -301,13 +307,18 @@ class HierarchicalDrumModel(nn.Module):
 
     # ---- full forward pass (training)
     def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
-                mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False):
+                mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False,
+                velocity: Tensor | None = None, offset: Tensor | None = None):
         z, bar_preds, phrase_preds = self.features(step, start)
         out = (self.output_layer(self.drop(z)), bar_preds, phrase_preds)
         if self._config["expressive"]:
             # a 4th prediction: (velocity, offset) of steps 1..L-1 given their true hits (teacher
-            # forcing), from the states that predict them, z[:, :-1]
-            out += (self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0),)
+            # forcing), from the states that predict them, z[:, :-1] (and the played history)
+            past = None
+            if self._config["expressive_history"]:
+                from train.training.expressive import played_input
+                past = self.expressive.read(played_input(step, velocity, offset).to(z.dtype))[:, :-1]
+            out += (self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0, past),)
         return out + (z,) if return_hidden else out
 
     def features(self, step: Tensor, start: Tensor | None = None):
@@ -382,12 +393,21 @@ class HierarchicalDrumModel(nn.Module):
                                  f"phase, (start // steps_per_bar) mod bars_per_phrase; got {off.tolist()}")
             state.bars_done = int(off[0])       # bars of the first phrase before step 0
             state.phrase_bars = 0
+        if self._config["expressive_history"]:      # nothing played yet: forward's zero state
+            state.played_out = like.new_zeros(batch_size, self._config["expressive_dim"])
         return state
 
-    def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False):
+    def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False,
+             played: tuple[Tensor, Tensor] | None = None):
         """Consume step `state.t` (x [B, D]) and return the head parameters of step t+1 [B, P]
         (and z [B, H] with return_hidden); equals forward(...)[0][:, t] on the same prefix (see
-        tests/test_model.py)."""
+        tests/test_model.py). `played` = (velocity / 127, offset in steps) [B, D] of x, read by
+        the expressive history (None: not played; the silent lead-in step t = −1 is never read)."""
+        if self._config["expressive_history"] and state.t >= 0:
+            from train.training.expressive import played_input
+            vel, off = played if played is not None else (None, None)
+            state.played_out, state.played = self.expressive.read_step(
+                played_input(x, vel, off, scaled=True).to(x.dtype), state.played)
         spb = self.steps_per_bar
         phase = (state.start + state.t) % spb
         inp = self.input(x) + self.in_pos(phase)
@@ -408,6 +428,11 @@ class HierarchicalDrumModel(nn.Module):
         state.features = z
         out = self.output_layer(self.drop(z))
         return (out, z) if return_hidden else out
+
+    def play(self, state: GenerationState, hits: Tensor) -> tuple[Tensor, Tensor]:
+        """(velocity / 127, offset in steps) [B, D] of the next step's `hits` [B, D] from the state
+        `step` left (the expressive heads; forward's 4th output on the same prefix)."""
+        return self.expressive(state.features, hits > 0, state.played_out)
 
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
         """`lookback_features` of step t = state.t from the ring of the last K·spb inputs
@@ -454,7 +479,8 @@ class HierarchicalDrumModel(nn.Module):
     @torch.no_grad()
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
-                 start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False):
+                 start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False,
+                 prime_played: tuple[Tensor, Tensor] | None = None):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
@@ -464,7 +490,9 @@ class HierarchicalDrumModel(nn.Module):
         output head's joint distribution with temperature / top_k / top_p (heads.decode_joint).
         Deterministic for a given `seed`. `expressive=True` (a model with expressive heads) returns
         (hits, velocity, offset): each sampled step's velocity / 127 and offset in steps given its
-        hits (0 over the prime)."""
+        hits; over the prime its own `prime_played` (velocity / 127, offset in steps, shaped like
+        `start_seq`; None: 0), which the expressive history reads, so the continuation is played
+        in the prime's dynamics and feel."""
         was_training = self.training
         self.eval()
         try:
@@ -476,16 +504,18 @@ class HierarchicalDrumModel(nn.Module):
             out = like.new_zeros(B, T0 + length, D)
             out[:, :T0] = prime
             played = like.new_zeros(2, B, T0 + length, D)
+            if prime_played is not None and T0:
+                played[:, :, :T0] = torch.stack([torch.as_tensor(p).to(like).expand(B, T0, D) for p in prime_played])
             state = self.init_state(B, t=0 if T0 else -1, start=start)
-            logits = z = None
-            for x in (prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
-                logits, z = self.step(x, state, return_hidden=True)
+            logits = None
+            for i, x in enumerate(prime.unbind(1) if T0 else [like.new_zeros(B, D)]):
+                logits = self.step(x, state, played=played[:, :, i].unbind(0) if T0 else None)
             for i in range(length):
                 out[:, T0 + i] = self.head.sample(logits, gen, temperature, top_k, top_p)
                 if expressive:   # how the sampled hits are played, from the state that chose them
-                    played[:, :, T0 + i] = torch.stack(self.expressive(z, out[:, T0 + i] > 0))
+                    played[:, :, T0 + i] = torch.stack(self.play(state, out[:, T0 + i]))
                 if i + 1 < length:
-                    logits, z = self.step(out[:, T0 + i], state, return_hidden=True)
+                    logits = self.step(out[:, T0 + i], state, played=played[:, :, T0 + i].unbind(0))
             if expressive:
                 return (out[0], *played[:, 0]) if unbatched else (out, *played)
             return out[0] if unbatched else out
