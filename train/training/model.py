@@ -314,12 +314,18 @@ class HierarchicalDrumModel(nn.Module):
         if self._config["expressive"]:
             # a 4th prediction: (velocity, offset) of steps 1..L-1 given their true hits (teacher
             # forcing), from the states that predict them, z[:, :-1] (and the played history)
-            past = None
-            if self._config["expressive_history"]:
-                from train.training.expressive import played_input
-                past = self.expressive.read(played_input(step, velocity, offset).to(z.dtype))[:, :-1]
-            out += (self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0, past),)
+            out += (self.expressive_preds(z, step, velocity, offset),)
         return out + (z,) if return_hidden else out
+
+    def expressive_preds(self, z: Tensor, step: Tensor, velocity: Tensor | None = None,
+                         offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """forward's 4th output from the step states z [B, L, H] (`features`): (velocity, offset)
+        [B, L−1, D] of steps 1..L−1 given their true hits and, with the history, the played steps before."""
+        past = None
+        if self._config["expressive_history"]:
+            from train.training.expressive import played_input
+            past = self.expressive.read(played_input(step, velocity, offset).to(z.dtype))[:, :-1]
+        return self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0, past)
 
     def features(self, step: Tensor, start: Tensor | None = None):
         """(z [B, L, H], bar_preds, phrase_preds): the step-level state before the output head."""
