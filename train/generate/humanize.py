@@ -2,7 +2,8 @@
 
 Keeps the input's hits and gives each the velocity and timing offset the model's expressive heads
 predict for it, step by step from the start (the heads see the hits so far and the step's own
-hits and, with `expressive_history`, how it played the steps before). A quantised, fixed-velocity part comes out played; the tempo and meter are the input's.
+hits and, with `expressive_history`, how it played the steps before). A quantised, fixed-velocity
+part comes out played; the tempo and meter are the input's.
 Config: `conf/humanize.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
