@@ -326,10 +326,17 @@ def test_expressive_scores_against_direct_computation(tiny, tmp_path):
     s = Store(data / "store.zarr")
     windows = _windows(data, "validation")
     model, _, _ = load_for_inference(ckpt)
+    played = np.zeros((2, *windows.steps.shape))       # the true played values the history reads
+    for n, (song, a) in enumerate(zip(windows.song, windows.start)):
+        for k, arr in enumerate((s.velocity, s.offset)):
+            rows = np.asarray(arr[s.song_slice(int(song))])[a:a + SEQ_LEN]
+            played[k, n, :len(rows)] = rows
+    assert model.config["expressive_history"]
     with torch.no_grad():
         vel, off = (p.numpy() for p in model(torch.as_tensor(windows.steps, dtype=torch.float32),
                                              mask=torch.as_tensor(windows.mask),
-                                             start=torch.as_tensor(windows.start))[3])
+                                             start=torch.as_tensor(windows.start),
+                                             velocity=torch.as_tensor(played[0]), offset=torch.as_tensor(played[1]))[3])
     sums, counts = np.zeros((SPB, 9)), np.zeros((SPB, 9))
     for i in s.songs_in_split("train"):
         v = np.asarray(s.velocity[s.song_slice(int(i))], np.float64)

@@ -98,3 +98,38 @@ def test_midi_values_are_clamped_and_zero_off_hits():
     vel, off = to_midi_values(hits, np.array([[1.2, 0.5, -0.1]]), np.array([[-0.9, 0.2, 0.26]]))
     assert vel.tolist() == [[127, 0, 1]] and off.tolist() == [[-64, 0, 33]]
     assert vel.dtype == np.uint8 and off.dtype == np.int8
+
+
+def test_history_incremental_equals_teacher_forced_and_is_causal():
+    """With expressive_history the heads read the played steps before: step() fed each step's
+    (velocity / 127, offset) then play() gives forward's teacher-forced values, and changing how
+    step t was played changes the predictions of steps t+1.. only."""
+    model, batch = _model(lookback_bars=1, expressive_history=True), _batch(1, B=2)
+    step, vel_in, off_in = batch["step"], batch["velocity"], batch["offset"]
+    with torch.no_grad():
+        vel, off = model(step, velocity=vel_in, offset=off_in)[3]
+        state = model.init_state(2)
+        for t in range(L - 1):
+            model.step(step[:, t], state, played=(vel_in[:, t].float() / 127, off_in[:, t].float() / 128))
+            v, o = model.play(state, step[:, t + 1])
+            torch.testing.assert_close(v, vel[:, t], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(o, off[:, t], rtol=1e-4, atol=1e-5)
+        louder = vel_in.clone()
+        louder[:, 20] = step[:, 20].to(torch.uint8) * 127
+        vel2, _ = model(step, velocity=louder, offset=off_in)[3]
+    assert torch.equal(vel2[:, :20], vel[:, :20])          # pred k is step k+1's: reads steps <= k
+    assert (vel2[:, 20] - vel[:, 20]).abs().max() > 1e-4
+
+
+def test_prime_velocities_are_returned_and_carried_into_the_continuation():
+    """generate(prime_played=...) returns the prime's own velocity and offset over the prime, and
+    the history reads them: a louder prime changes how the same sampled hits are played."""
+    model = _model(expressive_history=True)
+    prime = _batch(4, B=1)["step"][0, :32]
+    soft, late = prime * 0.2, prime * 0.25
+    hits, vel, off = model.generate(prime, length=16, seed=5, expressive=True, prime_played=(soft, late))
+    torch.testing.assert_close(vel[:32], soft)
+    torch.testing.assert_close(off[:32], late)
+    hits2, vel2, _ = model.generate(prime, length=16, seed=5, expressive=True, prime_played=(prime * 0.95, late))
+    torch.testing.assert_close(hits2, hits)          # the hit model does not read velocities
+    assert (vel2[32:] - vel[32:]).abs().max() > 1e-4

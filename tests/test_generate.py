@@ -199,6 +199,38 @@ def test_prime_from_npz_and_midi_is_kept_and_continued(ckpt, tmp_path):
     assert res["bpm"] == pytest.approx(101.0)   # the MIDI prime's tempo when none is given
 
 
+def test_prime_is_written_as_played_and_its_dynamics_carried(ckpt, tmp_path):
+    """A played MIDI prime keeps its velocities and offsets in the output, and the expressive
+    history reads them: the same continuation (same seed, so the same hits) is played otherwise
+    after a soft prime than after a loud one. A 0/1 NPZ prime is hits only: generate.velocity."""
+    dm = DrumMap.default()
+    rng = np.random.default_rng(1)
+    groove = (rng.random((3 * SPB, dm.num_drums)) < 0.3).astype(np.uint8)
+    vel = (groove * rng.integers(20, 128, groove.shape)).astype(np.uint8)
+    off = (groove * rng.integers(-40, 41, groove.shape)).astype(np.int8)
+    off[0] = 0                                                # step 0 never lands before time 0
+    write_midi(tmp_path / "played.mid", groove, vel, drum_map=dm, offset=off)
+    res = run(_cfg(ckpt, tmp_path / "out", f"generate.prime={tmp_path}/played.mid", "generate.prime_bars=2",
+                   "generate.bars=2", "generate.num_samples=1", "generate.seed=4", "generate.plots=false"))
+    back = read_midi(tmp_path / "out" / "sample_000.mid", dm, 4)
+    assert res["rolls"].shape == (1, 4 * SPB, dm.num_drums)
+    np.testing.assert_array_equal(back.velocity[:2 * SPB], vel[:2 * SPB])
+    np.testing.assert_array_equal(back.offset[:2 * SPB], off[:2 * SPB])
+    model = load_for_inference(ckpt)[0]
+    prime, zero = groove[:2 * SPB], np.zeros((2 * SPB, dm.num_drums))
+    soft, loud = (sample(model, 2, 2 * SPB, num_drums=dm.num_drums, prime=prime, seed=4, expressive=True,
+                         prime_played=(prime * v, zero)) for v in (0.2, 0.95))
+    np.testing.assert_array_equal(soft[0], loud[0])            # the hit model reads no velocities
+    np.testing.assert_allclose(soft[1][:, :2 * SPB], np.broadcast_to(prime * 0.2, (2, 2 * SPB, dm.num_drums)))
+    assert np.abs(soft[1][:, 2 * SPB:] - loud[1][:, 2 * SPB:]).max() > 1e-4
+    np.savez(tmp_path / "hits.npz", sequence=groove)
+    run(_cfg(ckpt, tmp_path / "npz", f"generate.prime={tmp_path}/hits.npz", "generate.prime_bars=2",
+             "generate.bars=1", "generate.num_samples=1", "generate.plots=false", "generate.velocity=90"))
+    back = read_midi(tmp_path / "npz" / "sample_000.mid", dm, 4)
+    np.testing.assert_array_equal(back.velocity[:2 * SPB], groove[:2 * SPB] * 90)
+    assert not back.offset[:2 * SPB].any()
+
+
 def test_joint_model_decodes_with_top_k_top_p_reproducibly(tmp_path):
     """A joint-output checkpoint through `generate`: top-k / nucleus over the drum combinations,
     the same drums for the same seed; a bad top_p is refused with its name."""

@@ -2,7 +2,9 @@
 
 On every true-hit cell of steps 1..L-1 of the split's windows (the cells the heads predict, given
 the true hits): velocity MSE in (velocity / 127)^2, offset MSE in steps^2, and the Pearson
-correlation of predicted and true velocity. Baselines on the same cells:
+correlation of predicted and true velocity. A model with `expressive_history` reads the true
+velocity and offset of the steps before each predicted one (teacher forcing, like the hit NLL);
+`benchmarks/humanize_groove.py` scores it feeding back its own predictions. Baselines on the same cells:
 
     velocity: the train split's mean velocity per drum and bar position, on the train songs of
               the window's meter (all train songs, positions mod its bar, where none has it; the
@@ -72,7 +74,8 @@ def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.nd
             sl = rows[i:i + batch_size]
             preds = model(torch.as_tensor(windows.steps[sl], dtype=torch.float32),
                           mask=torch.as_tensor(windows.mask[sl]), start=torch.as_tensor(windows.start[sl]),
-                          steps_per_bar=int(spb))
+                          steps_per_bar=int(spb), velocity=torch.as_tensor(vel[sl] * VELOCITY_SCALE),
+                          offset=torch.as_tensor(off[sl] * OFFSET_UNITS))
             pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3])
     true_v, true_o = vel[:, 1:][hit], off[:, 1:][hit]
     return {"hits": int(hit.sum()),

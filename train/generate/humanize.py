@@ -2,7 +2,8 @@
 
 Keeps the input's hits and gives each the velocity and timing offset the model's expressive heads
 predict for it, step by step from the start (the heads see the hits so far and the step's own
-hits). A quantised, fixed-velocity part comes out played; the tempo and meter are the input's.
+hits and, with `expressive_history`, how it played the steps before). A quantised, fixed-velocity
+part comes out played; the tempo and meter are the input's.
 Config: `conf/humanize.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
@@ -33,10 +34,10 @@ def humanize_roll(model, hits: np.ndarray, steps_per_bar: int | None = None) -> 
     model.step(torch.zeros(1, x.shape[-1]), state)
     vel, off = torch.zeros_like(x[0]), torch.zeros_like(x[0])
     for t in range(x.shape[1]):
-        v, o = model.expressive(state.features, x[:, t] > 0)
+        v, o = model.play(state, x[:, t])
         vel[t], off[t] = v[0], o[0]
         if t + 1 < x.shape[1]:
-            model.step(x[:, t], state)
+            model.step(x[:, t], state, played=(v, o))
     return vel.numpy(), off.numpy()
 
 

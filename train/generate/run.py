@@ -16,12 +16,17 @@ A conditioned model (`model.conditioning`) generates in the style, beat/fill and
 label the model was not trained with exits 2 listing the ones it knows.
 The meter: `generate.time_signature` ("6/8"), else `generate.steps_per_bar` (12 -> 3/4), else a MIDI
 prime's, else the model's bar; the model generates on that bar and the MIDI file says it.
+model continues them; the outputs hold the prime followed by the continuation. Expressive output
+keeps the prime as it was played (its velocities and offsets: the MIDI's, or the NPZ's
+`velocity`/`offset` or velocity-valued `sequence`; a 0/1 NPZ at `generate.velocity` on the grid),
+and the model's expressive history reads them, so the continuation carries the prime's dynamics.
 Config: `conf/generate.yaml` (its own config_name, including the root config).
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import NamedTuple
 from pathlib import Path
 
 import hydra
@@ -38,6 +43,15 @@ from train.training.optim import ConfigError
 log = logging.getLogger(__name__)
 
 
+class Prime(NamedTuple):
+    """A prime file: hits [T, D] uint8 0/1, how they were played (velocity uint8 MIDI, offset int8
+    1/128 step; velocity None for a hits-only 0/1 NPZ) and the tempo (MIDI only)."""
+    hits: np.ndarray
+    velocity: np.ndarray | None
+    offset: np.ndarray
+    bpm: float | None
+
+
 def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
     """The configured drum map when it names the checkpoint's drums, else one built from the checkpoint."""
     names = [str(n) for n in ckpt["drum_names"]]
@@ -50,9 +64,16 @@ def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
 
 def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
                steps_per_bar: int | None = None) -> tuple[np.ndarray, float | None]:
-    """Hits [T, D] (uint8 0/1) and the tempo (MIDI only) of a prime file. A MIDI prime whose time
-    signature gives bars of another length than `steps_per_bar` (the model's) is an error: the
-    model would read it re-barred, its beats in the wrong places."""
+    """Hits [T, D] (uint8 0/1) and the tempo (MIDI only) of a prime file (`read_prime`)."""
+    prime = read_prime(path, drum_map, steps_per_quarter, steps_per_bar)
+    return prime.hits, prime.bpm
+
+
+def read_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
+               steps_per_bar: int | None = None) -> Prime:
+    """The hits, velocities, offsets and tempo of a prime file. A MIDI prime whose time signature
+    gives bars of another length than `steps_per_bar` (the model's) is an error: the model would
+    read it re-barred, its beats in the wrong places."""
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
@@ -69,7 +90,7 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
             raise ValueError(f"{path}: `sequence` has shape {seq.shape}, expected [steps, {drum_map.num_drums}]")
         if not np.isfinite(seq).all():
             raise ValueError(f"{path}: `sequence` holds NaN or inf")
-        return (seq > 0).astype(np.uint8), None
+        return _npz_played(path, seq, steps_per_bar)
     if suffix in (".mid", ".midi"):
         from pipeline.midi import read_midi
 
@@ -79,7 +100,9 @@ def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
                              f"steps, the model was trained on bars of {steps_per_bar} steps; use a prime "
                              "in the model's meter (or an NPZ prime, read as the model's bars)")
         bpm = getattr(roll, "bpm", None)
-        return (np.asarray(roll.hits) > 0).astype(np.uint8), (float(bpm) if bpm else None)
+        hits = (np.asarray(roll.hits) > 0).astype(np.uint8)
+        offset = np.zeros(hits.shape, np.int8) if roll.offset is None else np.asarray(roll.offset, np.int8)
+        return Prime(hits, np.asarray(roll.velocity, np.uint8), offset, float(bpm) if bpm else None)
     raise ValueError(f"{path}: a prime must be a .mid/.midi or .npz file")
 
 
@@ -127,19 +150,33 @@ def prime_meter(path: str | Path, drum_map: DrumMap, steps_per_quarter: int) -> 
     roll = read_midi(path, drum_map, steps_per_quarter)
     unit = steps_per_quarter * 4 * int(roll.beats_per_bar) // int(roll.steps_per_bar)
     return int(roll.steps_per_bar), int(roll.beats_per_bar), unit
+def _npz_played(path: Path, seq: np.ndarray, steps_per_bar: int | None) -> Prime:
+    """An NPZ prime read as `pipeline.ingest` reads an input song (velocity from `sequence` or a
+    `velocity` array, `offset`, each checked with a message naming the file); a 0/1 sequence with
+    no `velocity` array is hits only (velocity None)."""
+    from pipeline.ingest import load_npz
+
+    hits = (seq > 0).astype(np.uint8)
+    with np.load(path, allow_pickle=False) as npz:
+        hits_only = "velocity" not in npz.files and bool(np.isin(seq, (0, 1)).all())
+    song = load_npz(path, path.name, steps_per_bar=int(steps_per_bar or 16), bpm=120.0, max_steps=len(seq) + 1)
+    return Prime(hits, None if hits_only else np.asarray(song.velocity, np.uint8),
+                 np.asarray(song.offset, np.int8), None)
 
 
 @torch.no_grad()
 def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.ndarray | None = None,
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
            batch_size: int = 64, top_k: int | None = None, expressive: bool = False,
-           cond: list[int] | None = None, steps_per_bar: int | None = None):
+           cond: list[int] | None = None, steps_per_bar: int | None = None,
+           prime_played: tuple[np.ndarray, np.ndarray] | None = None):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
     `expressive=True` (a model with expressive heads) returns (hits, velocity / 127, offset in
-    steps) float arrays of the same shape, 0 over the prime. `cond`: condition ids of every
-    sample (`condition_ids`; None: unconditional). `steps_per_bar`: the bar (meter) to
+    steps) float arrays of the same shape; over the prime `prime_played` (velocity / 127, offset
+    in steps [T0, D], read by the model's expressive history; None: 0). `cond`: condition ids of
+    every sample (`condition_ids`; None: unconditional). `steps_per_bar`: the bar (meter) to
     generate in, default the model's.
     """
     t0 = 0 if prime is None else len(prime)
@@ -149,9 +186,11 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         start = torch.zeros(n, t0, num_drums)
         if t0:
             start[:] = torch.as_tensor(prime, dtype=torch.float32)
+        played = None if prime_played is None or not t0 else \
+            tuple(torch.as_tensor(np.asarray(p), dtype=torch.float32).expand(n, t0, num_drums) for p in prime_played)
         seq = model.generate(start, length, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + b,
                              expressive=expressive, cond=None if cond is None else torch.tensor(cond),
-                             steps_per_bar=steps_per_bar)
+                             steps_per_bar=steps_per_bar, prime_played=played)
         out.append(seq if expressive else (seq,))
         log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
     if not out:
@@ -200,15 +239,19 @@ def save_midi(path: Path, hits: np.ndarray, velocity: np.ndarray, *, drum_map: D
 
 
 def played_values(hits: np.ndarray, vel: np.ndarray | None, off: np.ndarray | None, t0: int,
-                  fixed_velocity: int) -> tuple[np.ndarray, np.ndarray]:
+                  fixed_velocity: int, prime: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """MIDI velocity (uint8) and offset (int8, 1/128 step) of one sample: the heads' values after
-    the prime; the prime's hits (or every hit without heads) at `fixed_velocity` on the grid."""
+    the prime; over the prime its own `prime` (velocity, offset) when given, else its hits at
+    `fixed_velocity` on the grid; without heads every hit at `fixed_velocity` on the grid."""
     from train.training.expressive import to_midi_values
 
     if vel is None:
         return hits * np.uint8(fixed_velocity), np.zeros(hits.shape, np.int8)
     velocity, offset = to_midi_values(hits, vel, off)
-    velocity[:t0], offset[:t0] = hits[:t0] * np.uint8(fixed_velocity), 0
+    if prime is not None:
+        velocity[:t0], offset[:t0] = prime[0][:t0], prime[1][:t0]
+    else:
+        velocity[:t0], offset[:t0] = hits[:t0] * np.uint8(fixed_velocity), 0
     return velocity, offset
 
 
@@ -241,10 +284,13 @@ def run(cfg: DictConfig) -> dict:
     if length < 1 or int(g.num_samples) < 1:
         raise ValueError(f"generate: need num_samples >= 1 and a length >= 1 step, got "
                          f"num_samples={g.num_samples}, length={length}")
-    prime, prime_bpm = None, None
+    prime, prime_bpm, prime_played = None, None, None
     if g.prime:
-        prime, prime_bpm = load_prime(g.prime, drum_map, spq, spb)
-        prime = prime[: int(g.prime_bars) * spb]
+        read = read_prime(g.prime, drum_map, spq, spb)
+        keep = int(g.prime_bars) * spb
+        prime, prime_bpm = read.hits[:keep], read.bpm
+        vel = read.hits * np.uint8(g.velocity) if read.velocity is None else read.velocity
+        prime_played = (vel[:keep], read.offset[:keep])         # MIDI units, as played_values writes them
     bpm = float(g.bpm or prime_bpm or 120.0)
     expressive = bool(g.expressive) and bool(model.config.get("expressive", False))
     if g.expressive and not expressive:
@@ -254,7 +300,9 @@ def run(cfg: DictConfig) -> dict:
     lap("load")
     drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
                    temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
-                   expressive=expressive, cond=cond, steps_per_bar=spb)
+                   expressive=expressive, cond=cond, steps_per_bar=spb,
+                   prime_played=None if prime_played is None else
+                   (prime_played[0] / 127.0, prime_played[1] / 128.0))
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
     t0 = 0 if prime is None else len(prime)
     lap("sample")
@@ -264,7 +312,7 @@ def run(cfg: DictConfig) -> dict:
     files = {"midi": [], "npz": [], "png": []}
     velocities = []
     for i, hits in enumerate(rolls):
-        velocity, offset = played_values(hits, vels[i], offs[i], t0, int(g.velocity))
+        velocity, offset = played_values(hits, vels[i], offs[i], t0, int(g.velocity), prime_played)
         stem = out_dir / f"sample_{i:03d}"
         save_midi(stem.with_suffix(".mid"), hits, velocity, drum_map=drum_map, bpm=bpm,
                   steps_per_quarter=spq, beats_per_bar=beats, offset=offset, beat_unit=unit)

@@ -8,6 +8,14 @@ training, the sampled ones in generation) and give per drum
     velocity in (0, 1)      = MIDI velocity / 127                      (sigmoid)
     offset   in (-0.5, 0.5) = timing in steps (OFFSET_UNITS per step)  (tanh / 2)
 
+With `history` (`model.expressive_history`) the heads also read how the steps so far were played:
+a GRU over [hits, velocity / 127, offset] of steps 0..t (`played_input`) whose state joins the
+features of step t+1. A drummer's dynamics and feel are carried across steps (a loud song stays
+loud): on Groove validation a causal running mean of the song's past velocity residuals alone is
+24% below the per-drum-and-position mean (docs/results.md, issue 12), information the hit
+features never see. Training is teacher forced (the true past values); generation and humanize
+feed back what the heads played, and a prime's own velocities and offsets.
+
 Losses are mean squared errors on hit cells only (a rest has no velocity or timing), weighted by
 `trainer.loss_weights.velocity` / `.offset`. Metric scale: velocity MSE in (velocity / 127)^2,
 offset MSE in steps^2.
@@ -26,16 +34,40 @@ TERMS = ("velocity", "offset")
 
 
 class ExpressiveHeads(nn.Module):
-    """One small MLP over [state, hits of the step] -> (velocity, offset) per drum."""
+    """One small MLP over [state, hits of the step (, played history)] -> (velocity, offset) per drum."""
 
-    def __init__(self, hidden_dim: int, num_drums: int, dim: int = 64):
+    def __init__(self, hidden_dim: int, num_drums: int, dim: int = 64, history: bool = False):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(hidden_dim + num_drums), nn.Linear(hidden_dim + num_drums, dim),
-                                 nn.GELU(), nn.Linear(dim, 2 * num_drums))
+        self.dim = dim
+        # its own module: a checkpoint without history keeps its keys
+        self.history = nn.GRU(3 * num_drums, dim, batch_first=True) if history else None
+        width = hidden_dim + num_drums + (dim if history else 0)
+        self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, 2 * num_drums))
 
-    def forward(self, features: Tensor, hits: Tensor) -> tuple[Tensor, Tensor]:
-        vel, off = self.net(torch.cat([features, hits.to(features.dtype)], -1)).chunk(2, -1)
+    def forward(self, features: Tensor, hits: Tensor, past: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`past`: `read`'s output at the step before (required with history, ignored without)."""
+        parts = [features, hits.to(features.dtype)] + ([past] if self.history is not None else [])
+        vel, off = self.net(torch.cat(parts, -1)).chunk(2, -1)
         return torch.sigmoid(vel), 0.5 * torch.tanh(off)
+
+    def read(self, played: Tensor) -> Tensor:
+        """History state [B, L, dim] after each step of `played` [B, L, 3D] (`played_input`)."""
+        return self.history(played)[0] if played.shape[1] else played.new_zeros(*played.shape[:2], self.dim)
+
+    def read_step(self, played: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One step of `read`: played [B, 3D] -> (history state [B, dim], carried GRU state)."""
+        y, state = self.history(played[:, None], state)
+        return y[:, 0], state
+
+
+def played_input(hits: Tensor, velocity: Tensor | None, offset: Tensor | None, scaled: bool = False) -> Tensor:
+    """[..., 3D]: hits (0/1), velocity / 127 and offset in steps of each cell, 0 on rests; the
+    history's input. `velocity`/`offset` in store units (uint8 MIDI velocity, int8 1/128 step), or
+    with `scaled` already in the heads' units; None reads as 0 (not played: a hits-only input)."""
+    hit = (hits > 0).to(torch.float32)
+    vel = hit * 0 if velocity is None else velocity.to(hit.dtype) / (1.0 if scaled else VELOCITY_SCALE)
+    off = hit * 0 if offset is None else offset.to(hit.dtype) / (1.0 if scaled else OFFSET_UNITS)
+    return torch.cat([hit, vel * hit, off * hit], -1)
 
 
 def targets(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:

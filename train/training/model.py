@@ -181,6 +181,8 @@ class GenerationState:
     steps_per_bar: int = 16              # the bar length this generation runs in (its meter)
     lead: int = 0                        # steps of step 0's bar before step 0: start mod spb
     bar_steps: int = 0                   # steps pooled into the bar in progress (fewer in a first partial one)
+    played: Any = None                   # expressive history GRU state (expressive_history)
+    played_out: Tensor | None = None     # [B, expressive_dim] its output after the last step read
 
 
 # --------------------------------------------------------------------------- phrase pooling
@@ -241,8 +243,11 @@ class HierarchicalDrumModel(nn.Module):
     for output="independent", 2^D for "joint", D + head_hidden_dim for "autoregressive"; see
     train/training/heads.py), `bar_preds` [B, nb, D] (logits of bar k+1's mean pattern),
     `phrase_preds` [B, nph, D] (same for phrases); the last two are None for a flat model
-    (`hierarchy=False`). With return_hidden=True a fourth item is z [B, L, H], the step-level
-    state the head reads (for further per-step heads). `bar`/`phrase` are accepted for the
+    (`hierarchy=False`). With expressive heads a fourth item is (velocity, offset) [B, L−1, D] of
+    steps 1..L−1 given their true hits; with `expressive_history` they also read the played
+    `velocity` (uint8) and `offset` (int8, 1/128 step) [B, L, D] of the steps before (teacher
+    forcing; None = not played, zeros). With return_hidden=True the last item is z [B, L, H],
+    the step-level state the head reads (for further per-step heads). `bar`/`phrase` are accepted for the
     dataset's batch layout but ignored: the model pools its own bars from `step` so no future can
     leak in.
     """
@@ -255,7 +260,8 @@ class HierarchicalDrumModel(nn.Module):
                  head_hidden_dim: int = 64, phrase_position: bool = False, song_phrases: bool = False,
                  expressive: bool = False, expressive_dim: int = 64, max_steps_per_bar: int = 0,
                  conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-                 bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0, horizon_bars: int = 0):
+                 bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0, horizon_bars: int = 0,
+                 expressive_history: bool = False):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -267,7 +273,8 @@ class HierarchicalDrumModel(nn.Module):
                             head_hidden_dim=int(head_hidden_dim), phrase_position=bool(phrase_position),
                             song_phrases=bool(song_phrases), expressive=bool(expressive),
                             expressive_dim=int(expressive_dim),
-                            max_steps_per_bar=int(max_steps_per_bar or 0), horizon_bars=int(horizon_bars))
+                            max_steps_per_bar=int(max_steps_per_bar or 0), horizon_bars=int(horizon_bars),
+                            expressive_history=bool(expressive) and bool(expressive_history))
         # only a conditioned model records these keys: older checkpoints keep an equal config
         if conditioning:
             vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
@@ -309,7 +316,7 @@ class HierarchicalDrumModel(nn.Module):
                                           nn.Dropout(dropout), nn.Linear(H, self.head.num_params))
         if expressive:   # velocity and offset of each hit, given the step's hits (train/training/expressive.py)
             from train.training.expressive import ExpressiveHeads
-            self.expressive = ExpressiveHeads(H, D, int(expressive_dim))
+            self.expressive = ExpressiveHeads(H, D, int(expressive_dim), self._config["expressive_history"])
         if self.hierarchy:
             # pooled step states + the bar's mean pattern -> one bar-level input
             self.step_to_bar = nn.Linear(H + D, Hb)
@@ -370,14 +377,25 @@ class HierarchicalDrumModel(nn.Module):
     # ---- full forward pass (training)
     def forward(self, step: Tensor, bar: Tensor | None = None, phrase: Tensor | None = None,
                 mask: Tensor | None = None, start: Tensor | None = None, return_hidden: bool = False,
-                steps_per_bar: Tensor | int | None = None, cond: Tensor | None = None):
+                steps_per_bar: Tensor | int | None = None, cond: Tensor | None = None,
+                velocity: Tensor | None = None, offset: Tensor | None = None):
         z, bar_preds, phrase_preds = self.features(step, start, steps_per_bar, cond)
         out = (self.output_layer(self.drop(z)), bar_preds, phrase_preds)
         if self._config["expressive"]:
             # a 4th prediction: (velocity, offset) of steps 1..L-1 given their true hits (teacher
-            # forcing), from the states that predict them, z[:, :-1]
-            out += (self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0),)
+            # forcing), from the states that predict them, z[:, :-1] (and the played history)
+            out += (self.expressive_preds(z, step, velocity, offset),)
         return out + (z,) if return_hidden else out
+
+    def expressive_preds(self, z: Tensor, step: Tensor, velocity: Tensor | None = None,
+                         offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """forward's 4th output from the step states z [B, L, H] (`features`): (velocity, offset)
+        [B, L−1, D] of steps 1..L−1 given their true hits and, with the history, the played steps before."""
+        past = None
+        if self._config["expressive_history"]:
+            from train.training.expressive import played_input
+            past = self.expressive.read(played_input(step, velocity, offset).to(z.dtype))[:, :-1]
+        return self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0, past)
 
     def bar_length(self, steps_per_bar: Tensor | int | None = None) -> int:
         """The one bar length of a call: None = the model's; a [B] tensor (a batch's songs) must hold
@@ -504,12 +522,21 @@ class HierarchicalDrumModel(nn.Module):
             state.bars_done = int(off[0])       # bars of the first phrase before step 0
             state.phrase_bars = 0
             state.bar_inputs, state.phrase_inputs = [], []
+        if self._config["expressive_history"]:      # nothing played yet: forward's zero state
+            state.played_out = like.new_zeros(batch_size, self._config["expressive_dim"])
         return state
 
-    def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False):
+    def step(self, x: Tensor, state: GenerationState, return_hidden: bool = False,
+             played: tuple[Tensor, Tensor] | None = None):
         """Consume step `state.t` (x [B, D]) and return the head parameters of step t+1 [B, P]
         (and z [B, H] with return_hidden); equals forward(...)[0][:, t] on the same prefix (see
-        tests/test_model.py)."""
+        tests/test_model.py). `played` = (velocity / 127, offset in steps) [B, D] of x, read by
+        the expressive history (None: not played; the silent lead-in step t = −1 is never read)."""
+        if self._config["expressive_history"] and state.t >= 0:
+            from train.training.expressive import played_input
+            vel, off = played if played is not None else (None, None)
+            state.played_out, state.played = self.expressive.read_step(
+                played_input(x, vel, off, scaled=True).to(x.dtype), state.played)
         spb = state.steps_per_bar
         phase = (state.start + state.t) % spb
         inp = self.input(x) + self.in_pos(phase)
@@ -532,6 +559,11 @@ class HierarchicalDrumModel(nn.Module):
         state.features = z
         out = self.output_layer(self.drop(z))
         return (out, z) if return_hidden else out
+
+    def play(self, state: GenerationState, hits: Tensor) -> tuple[Tensor, Tensor]:
+        """(velocity / 127, offset in steps) [B, D] of the next step's `hits` [B, D] from the state
+        `step` left (the expressive heads; forward's 4th output on the same prefix)."""
+        return self.expressive(state.features, hits > 0, state.played_out)
 
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
         """`lookback_features` of step t = state.t from the ring of the last K·spb inputs
@@ -599,7 +631,8 @@ class HierarchicalDrumModel(nn.Module):
     def generate(self, start_seq: Tensor | None = None, length: int = 256, temperature: float = 1.0,
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
                  start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False,
-                 steps_per_bar: int | None = None, cond: Tensor | None = None):
+                 steps_per_bar: int | None = None, cond: Tensor | None = None,
+                 prime_played: tuple[Tensor, Tensor] | None = None):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
@@ -610,8 +643,10 @@ class HierarchicalDrumModel(nn.Module):
         output head's joint distribution with temperature / top_k / top_p (heads.decode_joint).
         Deterministic for a given `seed`. `expressive=True` (a model with expressive heads) returns
         (hits, velocity, offset): each sampled step's velocity / 127 and offset in steps given its
-        hits (0 over the prime). `cond` [B, C] or [C]: condition ids (conditioning.request_ids;
-        None: unconditional)."""
+        hits; over the prime its own `prime_played` (velocity / 127, offset in steps, shaped like
+        `start_seq`; None: 0), which the expressive history reads, so the continuation is played
+        in the prime's dynamics and feel. `cond` [B, C] or [C]: condition ids
+        (conditioning.request_ids; None: unconditional)."""
         was_training = self.training
         self.eval()
         try:
@@ -623,6 +658,8 @@ class HierarchicalDrumModel(nn.Module):
             out = like.new_zeros(B, T0 + length, D)
             out[:, :T0] = prime
             played = like.new_zeros(2, B, T0 + length, D)
+            if prime_played is not None and T0:
+                played[:, :, :T0] = torch.stack([torch.as_tensor(p).to(like).expand(B, T0, D) for p in prime_played])
             start = torch.as_tensor(start, dtype=torch.long, device=like.device).expand(B)
             spb = self.bar_length(steps_per_bar)
             if cond is not None:    # [C] or [B, C] -> [B, C]: rows are sampled in groups below
@@ -647,15 +684,15 @@ class HierarchicalDrumModel(nn.Module):
         n, D = len(rows), self.num_drums
         rows = slice(None) if n == out.shape[0] else rows     # all rows: views of `out`, as always
         state = self.init_state(n, t=0 if T0 else -1, start=start, steps_per_bar=spb, cond=cond)
-        logits = z = None
-        for x in (out[rows, :T0].unbind(1) if T0 else [out.new_zeros(n, D)]):
-            logits, z = self.step(x, state, return_hidden=True)
+        logits = None
+        for i, x in enumerate(out[rows, :T0].unbind(1) if T0 else [out.new_zeros(n, D)]):
+            logits = self.step(x, state, played=played[:, rows, i].unbind(0) if T0 else None)
         for i in range(length):
             out[rows, T0 + i] = self.head.sample(logits, gen, *decoding)
             if expressive:   # how the sampled hits are played, from the state that chose them
-                played[:, rows, T0 + i] = torch.stack(self.expressive(z, out[rows, T0 + i] > 0))
+                played[:, rows, T0 + i] = torch.stack(self.play(state, out[rows, T0 + i]))
             if i + 1 < length:
-                logits, z = self.step(out[rows, T0 + i], state, return_hidden=True)
+                logits = self.step(out[rows, T0 + i], state, played=played[:, rows, T0 + i].unbind(0))
 
     def _prime(self, start_seq: Tensor | None, batch_size: int, like: Tensor) -> tuple[Tensor, bool]:
         if start_seq is None:

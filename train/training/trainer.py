@@ -248,8 +248,10 @@ def model_structure(model: torch.nn.Module) -> str:
 
 def forward_loss(model, raw_model, batch: dict, weights: dict):
     """(total loss, {term: value}, step logits) of one batch; `model` may be the DDP wrapper."""
+    played = {k: batch[k] for k in ("velocity", "offset") if k in batch}   # the expressive history's input
     preds = model(batch["step"], batch.get("bar"), batch.get("phrase"), mask=batch.get("mask"),
-                  start=batch.get("start"), steps_per_bar=batch.get("steps_per_bar"), cond=batch.get("cond"))
+                  start=batch.get("start"), steps_per_bar=batch.get("steps_per_bar"), cond=batch.get("cond"),
+                  **played)
     total, terms = raw_model.compute_loss(preds, batch, weights)
     return total, terms, preds[0]
 
