@@ -175,8 +175,7 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     heads give them (at velocity 100 on the grid for a model without heads, as generate writes)."""
     gcfg = cfg.evaluate.generated
     seq_len = int(cfg.window.seq_len)
-    real_rolls, real_songs, real_starts = real_windows(windows, int(gcfg.get("real_min_steps") or 0),
-                                                       int(cfg.window.steps_per_bar))
+    real_rolls, real_songs, real_starts = comparison_windows(cfg, windows)
     split_steps = sum(len(r) for r in real_rolls)
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
     log.info("evaluate: generating %d windows of %d steps", num, seq_len)
@@ -199,6 +198,13 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
                               samples=int(gcfg.get("bootstrap_samples", 0)), level=float(boot.get("level", 0.95)),
                               seed=int(boot.get("seed", 0)))
     return comparison, real, generated, gen
+
+
+def comparison_windows(cfg: DictConfig, windows: Windows) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The real windows generated ones are compared with (and drawn beside): `real_windows` of the
+    model's bar and at least `evaluate.generated.real_min_steps` steps."""
+    return real_windows(windows, int(cfg.evaluate.generated.get("real_min_steps") or 0),
+                        int(cfg.window.steps_per_bar))
 
 
 def real_windows(windows: Windows, min_steps: int = 0, steps_per_bar: int | None = None
@@ -345,7 +351,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if k:
             pictures["generated_samples"] = save_sheet(plots / "generated_samples.png", list(gen[:k]), names, spb,
                                                        titles=[f"generated {i}" for i in range(k)])
-            rolls, songs, starts = real_windows(windows, int(ecfg.generated.get("real_min_steps") or 0))
+            rolls, songs, starts = comparison_windows(cfg, windows)
             real_rows = rolls[:k]      # the real windows the comparison used (no one-bar fills beside 16 bars)
             real_titles = [f"real: {store.meta['name'][s]} @ {a}" for s, a in zip(songs[:k], starts[:k])]
             pictures["real_samples"] = save_sheet(plots / "real_samples.png", real_rows, names, spb, titles=real_titles)

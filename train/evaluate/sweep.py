@@ -44,7 +44,7 @@ def _summary(comparison: dict) -> dict:
 
 def sweep(cfg: DictConfig) -> dict:
     from train.evaluate.plots import save_sheet
-    from train.evaluate.run import generated_vs_real, load_inputs
+    from train.evaluate.run import comparison_windows, generated_vs_real, load_inputs
     from train.evaluate.windows import split_windows
 
     model, ckpt_path, ready, store, _ = load_inputs(cfg)   # the windows the export wrote (one grid)
@@ -63,7 +63,7 @@ def sweep(cfg: DictConfig) -> dict:
     out = Path(cfg.evaluate.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     k = min(4, len(best_gen))
-    real_rows = [w[m] for w, m in zip(windows.steps[:k], windows.mask[:k])]
+    real_rows = comparison_windows(cfg, windows)[0][:k]    # the real windows the comparison used
     save_sheet(out / "decoding_sweep.png", list(best_gen[:k]) + real_rows, store.drum_names, spb,
                titles=[f"generated {i}" for i in range(k)] + [f"real {i}" for i in range(k)])
     result = {"checkpoint": str(ckpt_path), "split": cfg.split, "rows": rows,
