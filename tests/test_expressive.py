@@ -133,3 +133,70 @@ def test_prime_velocities_are_returned_and_carried_into_the_continuation():
     hits2, vel2, _ = model.generate(prime, length=16, seed=5, expressive=True, prime_played=(prime * 0.95, late))
     torch.testing.assert_close(hits2, hits)          # the hit model does not read velocities
     assert (vel2[32:] - vel[32:]).abs().max() > 1e-4
+
+
+def test_spread_term_is_the_gaussian_nll_of_the_residual_and_moves_only_the_spread():
+    """`spread` = mean over hit cells of log σ + (x − μ)² / 2σ², summed over velocity and offset;
+    its gradient reaches the spread MLP and nothing else (the means and the hit model train as before)."""
+    model, batch = _model(expressive_spread=True).train(), _batch(4)
+    preds = model(batch["step"], velocity=batch["velocity"], offset=batch["offset"])
+    vel, off, sd_v, sd_o = preds[3]
+    terms = expressive_terms(preds[3], batch)
+    hit = (batch["step"][:, 1:] > 0) & batch["mask"][:, 1:, None]
+
+    def nll(mu, sd, want):
+        return (torch.log(sd) + (want - mu) ** 2 / (2 * sd ** 2))[hit].mean()
+    want = nll(vel, sd_v, batch["velocity"][:, 1:].float() / 127) + nll(off, sd_o, batch["offset"][:, 1:].float() / 128)
+    torch.testing.assert_close(terms["spread"], want)
+    model.zero_grad()
+    terms["spread"].backward()
+    moved = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert moved and all(n.startswith("expressive.spread.") for n in moved), moved
+    model.zero_grad()
+    preds = model(batch["step"], velocity=batch["velocity"], offset=batch["offset"])
+    mse = expressive_terms(preds[3], batch)
+    (mse["velocity"] + mse["offset"]).backward()
+    assert all(p.grad is None or not p.grad.abs().sum() for p in model.expressive.spread.parameters())
+
+
+def test_spread_learns_the_residual_scale():
+    """Offsets drawn around 0 with σ = 0.1 step: fitting the spread term brings σ near 0.1."""
+    model, batch = _model(expressive_spread=True).train(), _batch(5)
+    g = torch.Generator().manual_seed(0)
+    batch["offset"] = (batch["step"] * torch.randn(batch["step"].shape, generator=g) * 0.1 * 128).round().to(torch.int8)
+    opt = torch.optim.Adam(model.expressive.spread.parameters(), lr=1e-2)
+    for _ in range(150):
+        terms = expressive_terms(model(batch["step"], velocity=batch["velocity"], offset=batch["offset"])[3], batch)
+        opt.zero_grad()
+        terms["spread"].backward()
+        opt.step()
+    with torch.no_grad():
+        vel, off, _, sd_o = model(batch["step"], velocity=batch["velocity"], offset=batch["offset"])[3]
+    hit = batch["step"][:, 1:] > 0
+    rms = ((batch["offset"][:, 1:].float() / 128 - off)[hit] ** 2).mean().sqrt()
+    assert abs(float(sd_o[hit].mean()) - float(rms)) < 0.25 * float(rms)
+
+
+def test_generation_draws_velocity_and_offset_from_the_spread():
+    """expressive_temperature 0 plays the means (as a model without spread); 1 draws around them,
+    reproducibly by seed, and the draws' residuals have the spread's scale."""
+    model = _model(expressive_spread=True)
+    with torch.no_grad():   # σ = 0.05 everywhere: no draw reaches the clipped ends of the ranges
+        model.expressive.spread[-1].weight.zero_()
+        model.expressive.spread[-1].bias.fill_(float(np.log(0.05)))
+    hits0, vel0, off0 = model.generate(length=32, batch_size=4, seed=3, expressive=True, expressive_temperature=0.0)
+    hits1, vel1, off1 = model.generate(length=32, batch_size=4, seed=3, expressive=True)
+    again = model.generate(length=32, batch_size=4, seed=3, expressive=True)
+    for a, b in zip((hits1, vel1, off1), again):
+        torch.testing.assert_close(a, b)
+    assert ((vel1 > 0) & (vel1 <= 1)).all() and (off1.abs() <= 0.5).all()
+    # the means: the heads on the hits drawn (teacher forced, as the incremental test shows)
+    with torch.no_grad():
+        mv, mo, sv, so = model(hits1, velocity=(vel1 * 127).round(), offset=(off1 * 128).round())[3]
+    hit = hits1[:, 1:] > 0
+    z = ((off1[:, 1:] - mo) / so)[hit]
+    assert 0.8 < float(z.std()) < 1.2 and not torch.allclose(vel1, vel0)
+    state = model.init_state(1)
+    model.step(torch.zeros(1, D), state)
+    h = torch.ones(1, D)
+    torch.testing.assert_close(model.play(state, h), model.play(state, h, torch.Generator(), 0.0))

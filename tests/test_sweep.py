@@ -9,7 +9,7 @@ from pipeline.config import REPO_ROOT, compose
 from pipeline.store import Store
 from tests.tiny_checkpoint import OVERRIDES, make_checkpoint, make_ready
 from train.evaluate.run import generated_vs_real
-from train.evaluate.sweep import sweep
+from train.evaluate.sweep import sweep, within
 from train.evaluate.windows import split_windows
 from train.training.checkpoint import load_for_inference
 
@@ -29,7 +29,8 @@ def test_sweep_scores_every_point_as_evaluate_would(tiny, tmp_path):
     res = sweep(cfg)
     rows = res["rows"]
     assert [(r["temperature"], r["top_p"]) for r in rows] == [(0.5, None), (0.5, 0.9), (1.0, None), (1.0, 0.9)]
-    best = max(rows, key=lambda r: r["mean_oa"])
+    bars = cfg.evaluate.decoding_sweep.within
+    best = max(rows, key=lambda r: (within(r, bars), r["mean_oa"]))
     assert res["best"] == {k: best[k] for k in ("temperature", "top_k", "top_p")}
     # a row is exactly what evaluate's generated-vs-real gives at that setting
     model, _, _ = load_for_inference(ckpt)
@@ -50,3 +51,17 @@ def test_sweep_cli_reports_a_missing_checkpoint(tmp_path):
                            f"checkpoint={tmp_path}/nothing.pt", f"hydra.run.dir={tmp_path}/hydra"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "evaluate.sweep:" in proc.stderr and "nothing.pt" in proc.stderr
+
+
+def test_best_point_must_meet_the_structure_bars_before_mean_oa():
+    """A point inside the n-gram and lag-1 bars wins over a higher mean OA outside them; with no
+    point inside, the highest mean OA wins; a missing bar constrains nothing."""
+    from train.evaluate.sweep import _rank
+    bars = {"ngram_unique_ratio": 0.2, "lag1_similarity_diff": 0.05}
+    busy = {"mean_oa": 0.91, "ngram_unique_ratio": 1.44, "lag1_similarity_diff": -0.05}
+    stuck = {"mean_oa": 0.90, "ngram_unique_ratio": 1.05, "lag1_similarity_diff": 0.063}
+    fits = {"mean_oa": 0.88, "ngram_unique_ratio": 0.81, "lag1_similarity_diff": -0.049}
+    assert [within(r, bars) for r in (busy, stuck, fits)] == [False, False, True]
+    assert max((busy, stuck, fits), key=lambda r: _rank(r, bars)) is fits
+    assert max((busy, stuck), key=lambda r: _rank(r, bars)) is busy
+    assert within(stuck, {"ngram_unique_ratio": 0.2}) and within(busy, None)

@@ -76,7 +76,7 @@ def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.nd
                           mask=torch.as_tensor(windows.mask[sl]), start=torch.as_tensor(windows.start[sl]),
                           steps_per_bar=int(spb), velocity=torch.as_tensor(vel[sl] * VELOCITY_SCALE),
                           offset=torch.as_tensor(off[sl] * OFFSET_UNITS))
-            pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3])
+            pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3][:2])
     true_v, true_o = vel[:, 1:][hit], off[:, 1:][hit]
     return {"hits": int(hit.sum()),
             "model": _scores(pred_v[hit], pred_o[hit], true_v, true_o),

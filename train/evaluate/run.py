@@ -181,7 +181,8 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     log.info("evaluate: generating %d windows of %d steps", num, seq_len)
     expressive = store is not None and bool(model.config.get("expressive", False))
     gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
-                 top_p=gcfg.top_p, top_k=gcfg.get("top_k"), seed=int(gcfg.seed), expressive=expressive)
+                 top_p=gcfg.top_p, top_k=gcfg.get("top_k"), seed=int(gcfg.seed), expressive=expressive,
+                 expressive_temperature=float(gcfg.get("expressive_temperature", 1.0)))
     gen, *heads = gen if expressive else (gen, None, None)
     log.info("evaluate: window metrics of %d real and %d generated windows; OA and KL", len(real_rolls), num)
     kw = metric_kwargs(cfg)

@@ -169,12 +169,13 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
            batch_size: int = 64, top_k: int | None = None, expressive: bool = False,
            cond: list[int] | None = None, steps_per_bar: int | None = None,
-           prime_played: tuple[np.ndarray, np.ndarray] | None = None):
+           prime_played: tuple[np.ndarray, np.ndarray] | None = None, expressive_temperature: float = 1.0):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
     `expressive=True` (a model with expressive heads) returns (hits, velocity / 127, offset in
-    steps) float arrays of the same shape; over the prime `prime_played` (velocity / 127, offset
+    steps) float arrays of the same shape, drawn around the heads' means with `expressive_temperature`
+    (0: the means; model.generate); over the prime `prime_played` (velocity / 127, offset
     in steps [T0, D], read by the model's expressive history; None: 0). `cond`: condition ids of
     every sample (`condition_ids`; None: unconditional). `steps_per_bar`: the bar (meter) to
     generate in, default the model's.
@@ -190,7 +191,8 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
             tuple(torch.as_tensor(np.asarray(p), dtype=torch.float32).expand(n, t0, num_drums) for p in prime_played)
         seq = model.generate(start, length, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + b,
                              expressive=expressive, cond=None if cond is None else torch.tensor(cond),
-                             steps_per_bar=steps_per_bar, prime_played=played)
+                             steps_per_bar=steps_per_bar, prime_played=played,
+                             expressive_temperature=expressive_temperature)
         out.append(seq if expressive else (seq,))
         log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
     if not out:
@@ -301,6 +303,7 @@ def run(cfg: DictConfig) -> dict:
     drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
                    temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
                    expressive=expressive, cond=cond, steps_per_bar=spb,
+                   expressive_temperature=float(g.get("expressive_temperature", 1.0)),
                    prime_played=None if prime_played is None else
                    (prime_played[0] / 127.0, prime_played[1] / 128.0))
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))

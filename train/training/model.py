@@ -261,7 +261,7 @@ class HierarchicalDrumModel(nn.Module):
                  expressive: bool = False, expressive_dim: int = 64, max_steps_per_bar: int = 0,
                  conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
                  bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0, horizon_bars: int = 0,
-                 expressive_history: bool = False):
+                 expressive_history: bool = False, expressive_spread: bool = False):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -275,6 +275,8 @@ class HierarchicalDrumModel(nn.Module):
                             expressive_dim=int(expressive_dim),
                             max_steps_per_bar=int(max_steps_per_bar or 0), horizon_bars=int(horizon_bars),
                             expressive_history=bool(expressive) and bool(expressive_history))
+        if expressive and expressive_spread:   # recorded only when on: older checkpoints keep an equal config
+            self._config["expressive_spread"] = True
         # only a conditioned model records these keys: older checkpoints keep an equal config
         if conditioning:
             vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
@@ -316,7 +318,8 @@ class HierarchicalDrumModel(nn.Module):
                                           nn.Dropout(dropout), nn.Linear(H, self.head.num_params))
         if expressive:   # velocity and offset of each hit, given the step's hits (train/training/expressive.py)
             from train.training.expressive import ExpressiveHeads
-            self.expressive = ExpressiveHeads(H, D, int(expressive_dim), self._config["expressive_history"])
+            self.expressive = ExpressiveHeads(H, D, int(expressive_dim), self._config["expressive_history"],
+                                              spread=self._config.get("expressive_spread", False))
         if self.hierarchy:
             # pooled step states + the bar's mean pattern -> one bar-level input
             self.step_to_bar = nn.Linear(H + D, Hb)
@@ -388,14 +391,17 @@ class HierarchicalDrumModel(nn.Module):
         return out + (z,) if return_hidden else out
 
     def expressive_preds(self, z: Tensor, step: Tensor, velocity: Tensor | None = None,
-                         offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                         offset: Tensor | None = None) -> tuple[Tensor, ...]:
         """forward's 4th output from the step states z [B, L, H] (`features`): (velocity, offset)
-        [B, L−1, D] of steps 1..L−1 given their true hits and, with the history, the played steps before."""
+        [B, L−1, D] of steps 1..L−1 given their true hits and, with the history, the played steps
+        before; with `expressive_spread` then also their standard deviations (σ_vel, σ_off)."""
         past = None
         if self._config["expressive_history"]:
             from train.training.expressive import played_input
             past = self.expressive.read(played_input(step, velocity, offset).to(z.dtype))[:, :-1]
-        return self.expressive(self.drop(z[:, :-1]), step[:, 1:] > 0, past)
+        feats, hits = self.drop(z[:, :-1]), step[:, 1:] > 0
+        means = self.expressive(feats, hits, past)
+        return means + self.expressive.scale(feats, hits, past) if self.expressive.spread is not None else means
 
     def bar_length(self, steps_per_bar: Tensor | int | None = None) -> int:
         """The one bar length of a call: None = the model's; a [B] tensor (a batch's songs) must hold
@@ -560,10 +566,14 @@ class HierarchicalDrumModel(nn.Module):
         out = self.output_layer(self.drop(z))
         return (out, z) if return_hidden else out
 
-    def play(self, state: GenerationState, hits: Tensor) -> tuple[Tensor, Tensor]:
+    def play(self, state: GenerationState, hits: Tensor, gen: torch.Generator | None = None,
+             temperature: float = 0.0) -> tuple[Tensor, Tensor]:
         """(velocity / 127, offset in steps) [B, D] of the next step's `hits` [B, D] from the state
-        `step` left (the expressive heads; forward's 4th output on the same prefix)."""
-        return self.expressive(state.features, hits > 0, state.played_out)
+        `step` left: the expressive heads' means (forward's 4th output on the same prefix), or with
+        `gen` and `temperature` > 0 a draw around them from the heads' spread (expressive_spread)."""
+        if gen is None or not temperature:
+            return self.expressive(state.features, hits > 0, state.played_out)
+        return self.expressive.sample(state.features, hits > 0, state.played_out, gen, temperature)
 
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
         """`lookback_features` of step t = state.t from the ring of the last K·spb inputs
@@ -632,7 +642,7 @@ class HierarchicalDrumModel(nn.Module):
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
                  start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False,
                  steps_per_bar: int | None = None, cond: Tensor | None = None,
-                 prime_played: tuple[Tensor, Tensor] | None = None):
+                 prime_played: tuple[Tensor, Tensor] | None = None, expressive_temperature: float = 1.0):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
@@ -645,7 +655,9 @@ class HierarchicalDrumModel(nn.Module):
         (hits, velocity, offset): each sampled step's velocity / 127 and offset in steps given its
         hits; over the prime its own `prime_played` (velocity / 127, offset in steps, shaped like
         `start_seq`; None: 0), which the expressive history reads, so the continuation is played
-        in the prime's dynamics and feel. `cond` [B, C] or [C]: condition ids
+        in the prime's dynamics and feel. With the heads' spread (`expressive_spread`) each hit's
+        velocity and offset are drawn around their means, scaled by `expressive_temperature`
+        (0: the means). `cond` [B, C] or [C]: condition ids
         (conditioning.request_ids; None: unconditional)."""
         was_training = self.training
         self.eval()
@@ -669,7 +681,8 @@ class HierarchicalDrumModel(nn.Module):
             for key in phase.unique():
                 rows = (phase == key).nonzero()[:, 0]
                 self._sample_rows(out, played, rows, T0, length, start[rows], spb, gen,
-                                  (temperature, top_k, top_p), expressive,
+                                  (temperature, top_k, top_p),
+                                  float(expressive_temperature) if expressive else None,
                                   None if cond is None else cond[rows])
             if expressive:
                 return (out[0], *played[:, 0]) if unbatched else (out, *played)
@@ -678,9 +691,10 @@ class HierarchicalDrumModel(nn.Module):
             self.train(was_training)
 
     def _sample_rows(self, out: Tensor, played: Tensor, rows: Tensor, T0: int, length: int, start: Tensor,
-                     spb: int, gen: torch.Generator, decoding: tuple, expressive: bool,
+                     spb: int, gen: torch.Generator, decoding: tuple, expressive: float | None,
                      cond: Tensor | None = None) -> None:
-        """`generate` for the batch rows `rows` (one bar phase): fills out / played in place."""
+        """`generate` for the batch rows `rows` (one bar phase): fills out / played in place.
+        `expressive`: None (hits only), else the temperature of the heads' spread (0: their means)."""
         n, D = len(rows), self.num_drums
         rows = slice(None) if n == out.shape[0] else rows     # all rows: views of `out`, as always
         state = self.init_state(n, t=0 if T0 else -1, start=start, steps_per_bar=spb, cond=cond)
@@ -689,8 +703,8 @@ class HierarchicalDrumModel(nn.Module):
             logits = self.step(x, state, played=played[:, rows, i].unbind(0) if T0 else None)
         for i in range(length):
             out[rows, T0 + i] = self.head.sample(logits, gen, *decoding)
-            if expressive:   # how the sampled hits are played, from the state that chose them
-                played[:, rows, T0 + i] = torch.stack(self.play(state, out[rows, T0 + i]))
+            if expressive is not None:   # how the sampled hits are played, from the state that chose them
+                played[:, rows, T0 + i] = torch.stack(self.play(state, out[rows, T0 + i], gen, expressive))
             if i + 1 < length:
                 logits = self.step(out[rows, T0 + i], state, played=played[:, rows, T0 + i].unbind(0))
 
