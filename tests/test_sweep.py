@@ -31,7 +31,7 @@ def test_sweep_scores_every_point_as_evaluate_would(tiny, tmp_path):
     assert [(r["temperature"], r["top_p"]) for r in rows] == [(0.5, None), (0.5, 0.9), (1.0, None), (1.0, 0.9)]
     bars = cfg.evaluate.decoding_sweep.within
     best = max(rows, key=lambda r: (within(r, bars), r["mean_oa"]))
-    assert res["best"] == {k: best[k] for k in ("temperature", "top_k", "top_p")}
+    assert res["best"] == {k: best[k] for k in ("temperature", "top_k", "top_p", "expressive_temperature")}
     # a row is exactly what evaluate's generated-vs-real gives at that setting
     model, _, _ = load_for_inference(ckpt)
     windows = split_windows(data / "ready", "validation", 64, 64, 16, 2)

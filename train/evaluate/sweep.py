@@ -25,8 +25,13 @@ import pipeline.config
 from pipeline.atomic import atomic_path
 
 
+# the decoding keys swept (evaluate.generated.*); expressive_temperature scales the velocity and
+# timing draws around the heads' means (model.expressive_spread)
+AXES = ("temperature", "top_k", "top_p", "expressive_temperature")
+
+
 def _points(grid: DictConfig) -> list[dict]:
-    values = {k: list(grid[k]) for k in ("temperature", "top_k", "top_p")}
+    values = {k: list(grid[k]) for k in AXES if k in grid}
     return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
 
 
@@ -73,7 +78,7 @@ def sweep(cfg: DictConfig) -> dict:
         comparison, _, _, gen = generated_vs_real(run_cfg, model, windows, store.num_drums, store)
         row = {**point, **_summary(comparison)}
         rows.append(row)
-        print(f"T={point['temperature']} top_k={point['top_k']} top_p={point['top_p']}: "
+        print(" ".join(f"{k}={v}" for k, v in point.items()) + ": "
               f"mean OA {row['mean_oa']:.3f}  min OA {row['min_oa']:.3f} ({row['worst_metric']})", flush=True)
         if best is None or _rank(row, cfg.evaluate.decoding_sweep.get("within")) > \
                 _rank(best, cfg.evaluate.decoding_sweep.get("within")):
@@ -85,7 +90,7 @@ def sweep(cfg: DictConfig) -> dict:
     save_sheet(out / "decoding_sweep.png", list(best_gen[:k]) + real_rows, store.drum_names, spb,
                titles=[f"generated {i}" for i in range(k)] + [f"real {i}" for i in range(k)])
     result = {"checkpoint": str(ckpt_path), "split": cfg.split, "rows": rows,
-              "best": {key: best[key] for key in ("temperature", "top_k", "top_p")}}
+              "best": {key: best[key] for key in AXES if key in best}}
     with atomic_path(out / "decoding_sweep.json") as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2))
     with atomic_path(out / "decoding_sweep.md") as tmp:
@@ -94,12 +99,13 @@ def sweep(cfg: DictConfig) -> dict:
 
 
 def markdown(rows: list[dict], bars=None) -> str:
-    lines = ["| temperature | top_k | top_p | mean OA | min OA (metric) | ngram_unique gen/real | lag-1 sim gen − real | within |",
-             "|---:|---:|---:|---:|---|---:|---:|:-:|"]
+    axes = [k for k in AXES if rows and k in rows[0]]
+    lines = ["| " + " | ".join(axes) + " | mean OA | min OA (metric) | ngram_unique gen/real | lag-1 sim gen − real | within |",
+             "|" + "---:|" * len(axes) + "---:|---|---:|---:|:-:|"]
     for r in rows:
         nu = "–" if r["ngram_unique_ratio"] is None else f"{r['ngram_unique_ratio']:.2f}"
         lag = "–" if r["lag1_similarity_diff"] is None else f"{r['lag1_similarity_diff']:+.3f}"
-        lines.append(f"| {r['temperature']} | {r['top_k']} | {r['top_p']} | {r['mean_oa']:.3f} | "
+        lines.append("| " + " | ".join(str(r[k]) for k in axes) + f" | {r['mean_oa']:.3f} | "
                      f"{r['min_oa']:.3f} ({r['worst_metric']}) | {nu} | {lag} | {'yes' if within(r, bars) else 'no'} |")
     return "\n".join(lines) + "\n"
 
