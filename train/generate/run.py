@@ -8,7 +8,9 @@ Per sample `generate.out_dir/sample_NNN.{mid,npz}`, one `sheet.png` of all sampl
   `generate.velocity` on the grid; the prime's hits always are);
 - NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), plus `velocity` and
   `offset` (int8, 1/128 step): the input format `pipeline.ingest` reads;
-- PNG: drums x steps with bar lines and drum names (`generate.plots=false`: none, no page, no matplotlib).
+- PNG: drums x steps with bar lines and drum names, coloured by drum family and shaded by velocity
+  (train/report/rolls.py: numpy + Pillow; generate never imports matplotlib; `generate.plots=false`:
+  no pictures and no page).
 A prime (`generate.prime=groove.mid` or `.npz`) keeps its first `generate.prime_bars` bars and the
 model continues them; the outputs hold the prime followed by the continuation.
 A conditioned model (`model.conditioning`) generates in the style, beat/fill and tempo asked for:
@@ -260,8 +262,7 @@ def played_values(hits: np.ndarray, vel: np.ndarray | None, off: np.ndarray | No
 def run(cfg: DictConfig) -> dict:
     """Generate and write every output; returns where they are, what was generated, and the seconds
     each phase took (`timings`: load, sample, write, plots, page: the page's rolls and audio).
-    `generate.plots=false` skips every picture and the HTML page (train/report), so matplotlib is
-    never imported."""
+    `generate.plots=false` skips every picture and the HTML page (train/report)."""
     g = cfg.generate
     clock = [time.perf_counter()]
     timings = {}
@@ -326,7 +327,7 @@ def run(cfg: DictConfig) -> dict:
     lap("write")
     sheet = None
     if g.plots:
-        sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, files,
+        sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, spq, files,
                           bool(g.get("sample_pictures", False)))
     lap("plots")
     result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
@@ -344,18 +345,19 @@ def _page(cfg: DictConfig, result: dict, drum_map: DrumMap, spb: int, spq: int) 
     return write_generate_page(cfg, result, drum_map, spb, spq)
 
 
-def _pictures(out_dir: Path, rolls: np.ndarray, velocities: list, names: list[str], spb: int, files: dict,
-              per_sample: bool) -> Path:
-    """sheet.png (every sample) and, with `per_sample`, sample_NNN.png (hits shaded by velocity);
-    matplotlib is imported only here (about a second of start-up that `generate.plots=false` skips)."""
-    from train.evaluate.plots import save_piano_roll, save_sheet
+def _pictures(out_dir: Path, rolls: np.ndarray, velocities: list, names: list[str], spb: int, spq: int,
+              files: dict, per_sample: bool) -> Path:
+    """sheet.png (every sample) and, with `per_sample`, sample_NNN.png: the page's coloured rolls
+    (train/report/rolls.py, numpy + Pillow), hits shaded by velocity; no matplotlib (its import and
+    text layout were most of generate's time outside sampling: benchmarks/README.md, start-up)."""
+    from train.report.rolls import save_roll, save_roll_sheet
 
     for i, (hits, velocity) in enumerate(zip(rolls, velocities) if per_sample else ()):
         png = out_dir / f"sample_{i:03d}.png"
-        save_piano_roll(png, hits, names, spb, title=f"sample {i}", velocity=velocity)
+        save_roll(png, hits, names, spb, spq, velocity)
         files["png"].append(png)
-    return save_sheet(out_dir / "sheet.png", list(rolls), names, spb,
-                      titles=[f"sample {i}" for i in range(len(rolls))])
+    return save_roll_sheet(out_dir / "sheet.png", list(rolls), names, spb, spq, velocities,
+                           titles=[f"sample {i}" for i in range(len(rolls))])
 
 
 def summary(result: dict, report: str | None) -> str:
