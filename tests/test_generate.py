@@ -333,3 +333,22 @@ def test_humanize_keeps_the_hits_and_plays_them(ckpt, tmp_path):
                               f"hydra.run.dir={tmp_path}/hydra2"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode == 1 and "set input=" in missing.stderr
+
+
+def test_sampling_threads_are_set_then_restored_and_leave_the_drums_alone(ckpt, tmp_path):
+    from train.training.optim import ConfigError
+
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = run(_cfg(ckpt, tmp_path / "a", "generate.plots=false", "generate.num_samples=2"))
+        assert one["sample_threads"] == 1 and torch.get_num_threads() == 2     # the default, then the caller's
+        default = run(_cfg(ckpt, tmp_path / "b", "generate.plots=false", "generate.num_samples=2",
+                           "generate.num_threads=0"))
+        assert default["sample_threads"] == 2
+        np.testing.assert_array_equal(one["rolls"], default["rolls"])
+        with pytest.raises(ConfigError, match="generate.num_threads=-1"):
+            run(_cfg(ckpt, tmp_path / "c", "generate.plots=false", "generate.num_threads=-1"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from typing import NamedTuple
 from pathlib import Path
 
@@ -204,6 +205,23 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
     return (hits, *played) if expressive else hits
 
 
+@contextmanager
+def torch_threads(num_threads: int):
+    """`num_threads` intra-op CPU threads inside (0: torch's default), the caller's count after.
+    Step-by-step sampling of a small batch is many tiny ops: on two shared cores torch's second
+    thread made the Groove checkpoint's 4 x 256 steps take 1.5-54 s instead of 0.28 s, its
+    OpenMP worker spin-waiting for a busy core (benchmarks/README.md, start-up)."""
+    if int(num_threads) < 0:
+        raise ConfigError(f"generate.num_threads={num_threads}: must be >= 0 (0 = torch's default)")
+    before = torch.get_num_threads()
+    if int(num_threads) > 0:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def condition_ids(model, g) -> list[int] | None:
     """The ids of `generate.style` / `beat_type` / `bpm` for a conditioned model (None for an
     unconditioned one). A label the model does not know, or a style/beat type asked of a model
@@ -301,12 +319,13 @@ def run(cfg: DictConfig) -> dict:
                     ckpt_path, g.velocity)
     cond = condition_ids(model, g)
     lap("load")
-    drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
-                   temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
-                   expressive=expressive, cond=cond, steps_per_bar=spb,
-                   expressive_temperature=float(g.get("expressive_temperature", 1.0)),
-                   prime_played=None if prime_played is None else
-                   (prime_played[0] / 127.0, prime_played[1] / 128.0))
+    with torch_threads(int(g.get("num_threads", 0))) as threads:
+        drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
+                       temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
+                       expressive=expressive, cond=cond, steps_per_bar=spb,
+                       expressive_temperature=float(g.get("expressive_temperature", 1.0)),
+                       prime_played=None if prime_played is None else
+                       (prime_played[0] / 127.0, prime_played[1] / 128.0))
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
     t0 = 0 if prime is None else len(prime)
     lap("sample")
@@ -332,7 +351,8 @@ def run(cfg: DictConfig) -> dict:
     lap("plots")
     result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
               "time_signature": f"{beats}/{unit}", "steps_per_bar": spb,
-              "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
+              "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings,
+              "sample_threads": threads}
     result["page"] = _page(cfg, result, drum_map, spb, spq) if g.plots else None
     lap("page")
     return result
