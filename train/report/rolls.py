@@ -5,9 +5,9 @@ reads a groove at a glance, so beats are banded, each drum family has its colour
 follows its velocity (ghost notes faint, accents solid) when the sample has velocities.
 
 Drawn as a numpy RGB array (each step x drum cell a block of pixels) written with Pillow, drum names
-and bar numbers with Pillow's default font: a matplotlib figure per roll cost ~0.15 CPU-s, most of
-it text layout, and importing matplotlib ~1 s more, against milliseconds here (benchmarks/README.md,
-`train.generate` start-up). `generate` draws its `sheet.png` the same way (`save_roll_sheet`).
+and bar numbers with Pillow's default font: a matplotlib figure per roll cost ~0.14 CPU-s, most of
+it text layout, and importing matplotlib ~0.3 CPU-s more, against ~0.015 CPU-s here
+(benchmarks/README.md, `train.generate` start-up). `generate` draws its `sheet.png` the same way (`save_roll_sheet`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ FAMILY_COLORS = (("kick", "#b3261e"), ("snare", "#e8710a"), ("hihat", "#b8860b")
                  ("tom", "#188038"), ("crash", "#1967d2"), ("ride", "#7b1fa2"), ("", "#3c4043"))
 MIN_ALPHA = 0.18   # the softest hit stays visible
 BACKGROUND, BAND, GRID, BAR_LINE, TEXT = "#ffffff", "#eef0f2", "#ffffff", "#5f6368", "#202124"
-GRID_WIDTH = 1024  # pixels the steps span (at most 24 a step, at least 1): the old figure's width
+GRID_WIDTH = 1024  # pixels the steps span (at most 24 a step, at least 1): about the old figure's width
 
 
 def drum_color(name: str) -> str:
