@@ -92,22 +92,40 @@ def test_sample_pictures_adds_one_png_per_sample(ckpt, tmp_path):
         assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 100
 
 
-def test_plots_false_writes_no_pictures_and_never_imports_matplotlib(ckpt, tmp_path):
-    out = tmp_path / "gen"
+def _cli_imports_matplotlib(tmp_path, *args) -> tuple[subprocess.CompletedProcess, bool]:
+    """Run `python -m train.generate` and say whether it imported matplotlib."""
     code = ("import sys, runpy; sys.argv = sys.argv[1:]; "
             "sys.modules.pop('matplotlib', None); "
             "import atexit; atexit.register(lambda: print('matplotlib' in sys.modules))\n"
             "runpy.run_module('train.generate', run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code, "train.generate", *OVERRIDES, f"hydra.run.dir={tmp_path}/h",
-                           f"checkpoint={ckpt}", f"generate.out_dir={out}", "generate.num_samples=2",
-                           "generate.bars=2", "generate.plots=false"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+                           *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    return proc, proc.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_plots_false_writes_no_pictures_and_never_imports_matplotlib(ckpt, tmp_path):
+    out = tmp_path / "gen"
+    proc, imported = _cli_imports_matplotlib(tmp_path, f"checkpoint={ckpt}", f"generate.out_dir={out}",
+                                             "generate.num_samples=2", "generate.bars=2", "generate.plots=false")
     assert sorted(p.name for p in out.iterdir()) == ["sample_000.mid", "sample_000.npz", "sample_001.mid",
                                                      "sample_001.npz"]
-    assert "Pictures:" not in proc.stdout and proc.stdout.strip().splitlines()[-1] == "False"
+    assert "Pictures:" not in proc.stdout and not imported
     result = run(_cfg(ckpt, tmp_path / "again", "generate.plots=false", "generate.num_samples=1"))
     assert result["sheet"] is None and result["timings"]["sample_s"] > 0 and result["timings"]["plots_s"] >= 0
+
+
+def test_pictures_and_page_are_drawn_without_matplotlib(ckpt, tmp_path):
+    """The sheet, per-sample and page rolls are numpy + Pillow (train/report/rolls.py): importing
+    matplotlib and laying out its text was most of generate's time outside sampling."""
+    out = tmp_path / "gen"
+    proc, imported = _cli_imports_matplotlib(tmp_path, f"checkpoint={ckpt}", f"generate.out_dir={out}",
+                                             "generate.num_samples=2", "generate.bars=2", "generate.preview=false",
+                                             "generate.sample_pictures=true")
+    assert not imported and "Pictures:" in proc.stdout
+    for png in ["sheet.png", "sample_000.png", "sample_001.png", "preview/sample_000.png"]:
+        assert plt.imread(out / png).shape[1] > 100, png
+    assert (out / "index.html").is_file()
 
 
 @pytest.mark.parametrize("override, meter", [("generate.steps_per_bar=12", (3, 4)),
@@ -315,3 +333,22 @@ def test_humanize_keeps_the_hits_and_plays_them(ckpt, tmp_path):
                               f"hydra.run.dir={tmp_path}/hydra2"], cwd=REPO_ROOT, capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode == 1 and "set input=" in missing.stderr
+
+
+def test_sampling_threads_are_set_then_restored_and_leave_the_drums_alone(ckpt, tmp_path):
+    from train.training.optim import ConfigError
+
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = run(_cfg(ckpt, tmp_path / "a", "generate.plots=false", "generate.num_samples=2"))
+        assert one["sample_threads"] == 1 and torch.get_num_threads() == 2     # the default, then the caller's
+        default = run(_cfg(ckpt, tmp_path / "b", "generate.plots=false", "generate.num_samples=2",
+                           "generate.num_threads=0"))
+        assert default["sample_threads"] == 2
+        np.testing.assert_array_equal(one["rolls"], default["rolls"])
+        with pytest.raises(ConfigError, match="generate.num_threads=-1"):
+            run(_cfg(ckpt, tmp_path / "c", "generate.plots=false", "generate.num_threads=-1"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)

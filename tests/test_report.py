@@ -22,7 +22,10 @@ from tests.tiny_checkpoint import OVERRIDES, SPB, make_checkpoint, make_ready
 from train.report.audio import audio_name, find_synth, render_all
 from train.report.pages import pick_real
 from train.report.render import render_folders
-from train.report.rolls import MIN_ALPHA, roll_image
+from PIL import Image
+
+from train.report.rolls import (BAND, BAR_LINE, MIN_ALPHA, cell_size, drum_color, grid_pixels, rgb, roll_image,
+                              roll_picture, save_roll, save_roll_sheet)
 
 SYNTH, MISSING = find_synth(compose([]).preview)
 
@@ -170,6 +173,46 @@ def test_roll_shading_follows_velocity():
     assert np.all(np.diff(alpha[0]) > 0) and alpha[0, 3] == pytest.approx(1.0)
     assert np.all(alpha[1] == 0)                                  # no hit, nothing drawn
     np.testing.assert_array_equal(roll_image(hits, ["kick", "snare"], None)[..., 3], hits.T.astype(float))
+
+
+def _px(color: str) -> list[int]:
+    return list(np.round(rgb(color) * 255).astype(int))
+
+
+def test_roll_pixels_colour_each_hit_by_drum_and_shade_it_by_velocity(tmp_path):
+    names = ["kick", "snare", "closed_hihat"]
+    hits, velocity = np.zeros((32, 3), np.uint8), np.zeros((32, 3), np.uint8)
+    for step, drum, vel in ((0, 0, 127), (2, 0, 20), (4, 1, 127), (8, 2, 127)):
+        hits[step, drum], velocity[step, drum] = 1, vel
+    img = grid_pixels(hits, names, 16, 4, velocity)
+    w, h = cell_size(32, 3)
+    assert img.shape == (3 * h + 1, 32 * w + 1, 3) and w >= 3
+
+    def cell(step, drum):   # the middle pixel of a cell; the first drum is the bottom row
+        return list(img[(2 - drum) * h + h // 2, step * w + w // 2].astype(int))
+
+    assert cell(0, 0) == _px(drum_color("kick")) and cell(4, 1) == _px(drum_color("snare"))
+    assert cell(8, 2) == _px(drum_color("closed_hihat"))
+    assert cell(0, 2) == cell(1, 1) == [255, 255, 255]             # rests on beat 1: background
+    assert cell(5, 0) == cell(6, 2) == _px(BAND)                   # rests on beat 2: the band
+    assert sum(cell(2, 0)) > sum(cell(0, 0)) and cell(2, 0) != [255, 255, 255]   # soft: lighter, still there
+    assert list(img[h // 2, 16 * w]) == _px(BAR_LINE) == list(img[h // 2, -1])   # bar 2 and the closing line
+    assert list(img[h // 2, 3 * w]) == [255, 255, 255]             # the white line between steps
+    flat = grid_pixels(hits, names, 16, 4, None)
+    assert [int(v) for v in flat[2 * h + h // 2, 2 * w + w // 2]] == _px(drum_color("kick"))   # no velocities: solid
+
+    picture = roll_picture(hits, names, 16, 4, velocity)
+    left = picture.width - img.shape[1] - 4                       # drum names on the left, in their colours
+    margin = np.asarray(picture)[:, :left].reshape(-1, 3).astype(int)
+    assert np.abs(margin - _px(drum_color("snare"))).sum(1).min() < 40
+    png = save_roll(tmp_path / "r" / "roll.png", hits, names, 16, 4, velocity)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), np.asarray(picture))
+    assert sorted(p.name for p in png.parent.iterdir()) == ["roll.png"]          # no temp file left
+    sheet = save_roll_sheet(tmp_path / "sheet.png", [hits, hits[:16]], names, 16, 4, [velocity, None], ["a", "b"])
+    a, b = (np.asarray(roll_picture(r, names, 16, 4, v, t)) for r, v, t in ((hits, velocity, "a"), (hits[:16], None, "b")))
+    got = np.asarray(Image.open(sheet))
+    np.testing.assert_array_equal(got[:len(a)], a)
+    np.testing.assert_array_equal(got[len(a):, :b.shape[1]], b)
 
 
 def test_real_excerpts_come_from_the_split_by_seed(tiny):

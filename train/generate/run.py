@@ -8,7 +8,9 @@ Per sample `generate.out_dir/sample_NNN.{mid,npz}`, one `sheet.png` of all sampl
   `generate.velocity` on the grid; the prime's hits always are);
 - NPZ: key `sequence` [T, D] uint8 holding the velocity of each hit (0 = rest), plus `velocity` and
   `offset` (int8, 1/128 step): the input format `pipeline.ingest` reads;
-- PNG: drums x steps with bar lines and drum names (`generate.plots=false`: none, no page, no matplotlib).
+- PNG: drums x steps with bar lines and drum names, coloured by drum family and shaded by velocity
+  (train/report/rolls.py: numpy + Pillow; generate never imports matplotlib; `generate.plots=false`:
+  no pictures and no page).
 A prime (`generate.prime=groove.mid` or `.npz`) keeps its first `generate.prime_bars` bars and the
 model continues them; the outputs hold the prime followed by the continuation.
 A conditioned model (`model.conditioning`) generates in the style, beat/fill and tempo asked for:
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from typing import NamedTuple
 from pathlib import Path
 
@@ -202,6 +205,23 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
     return (hits, *played) if expressive else hits
 
 
+@contextmanager
+def torch_threads(num_threads: int):
+    """`num_threads` intra-op CPU threads inside (0: torch's default), the caller's count after.
+    Step-by-step sampling of a small batch is many tiny ops: on two shared cores torch's second
+    thread made the Groove checkpoint's 4 x 256 steps take 1.5-54 s instead of 0.28 s, its
+    OpenMP worker spin-waiting for a busy core (benchmarks/README.md, start-up)."""
+    if int(num_threads) < 0:
+        raise ConfigError(f"generate.num_threads={num_threads}: must be >= 0 (0 = torch's default)")
+    before = torch.get_num_threads()
+    if int(num_threads) > 0:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def condition_ids(model, g) -> list[int] | None:
     """The ids of `generate.style` / `beat_type` / `bpm` for a conditioned model (None for an
     unconditioned one). A label the model does not know, or a style/beat type asked of a model
@@ -260,8 +280,7 @@ def played_values(hits: np.ndarray, vel: np.ndarray | None, off: np.ndarray | No
 def run(cfg: DictConfig) -> dict:
     """Generate and write every output; returns where they are, what was generated, and the seconds
     each phase took (`timings`: load, sample, write, plots, page: the page's rolls and audio).
-    `generate.plots=false` skips every picture and the HTML page (train/report), so matplotlib is
-    never imported."""
+    `generate.plots=false` skips every picture and the HTML page (train/report)."""
     g = cfg.generate
     clock = [time.perf_counter()]
     timings = {}
@@ -300,12 +319,13 @@ def run(cfg: DictConfig) -> dict:
                     ckpt_path, g.velocity)
     cond = condition_ids(model, g)
     lap("load")
-    drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
-                   temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
-                   expressive=expressive, cond=cond, steps_per_bar=spb,
-                   expressive_temperature=float(g.get("expressive_temperature", 1.0)),
-                   prime_played=None if prime_played is None else
-                   (prime_played[0] / 127.0, prime_played[1] / 128.0))
+    with torch_threads(int(g.get("num_threads", 0))) as threads:
+        drawn = sample(model, int(g.num_samples), length, num_drums=drum_map.num_drums, prime=prime,
+                       temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
+                       expressive=expressive, cond=cond, steps_per_bar=spb,
+                       expressive_temperature=float(g.get("expressive_temperature", 1.0)),
+                       prime_played=None if prime_played is None else
+                       (prime_played[0] / 127.0, prime_played[1] / 128.0))
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))
     t0 = 0 if prime is None else len(prime)
     lap("sample")
@@ -326,12 +346,13 @@ def run(cfg: DictConfig) -> dict:
     lap("write")
     sheet = None
     if g.plots:
-        sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, files,
+        sheet = _pictures(out_dir, rolls, velocities, list(drum_map.names), spb, spq, files,
                           bool(g.get("sample_pictures", False)))
     lap("plots")
     result = {"checkpoint": ckpt_path, "rolls": rolls, "files": files, "sheet": sheet, "bpm": bpm,
               "time_signature": f"{beats}/{unit}", "steps_per_bar": spb,
-              "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings}
+              "prime_steps": 0 if prime is None else len(prime), "length": length, "timings": timings,
+              "sample_threads": threads}
     result["page"] = _page(cfg, result, drum_map, spb, spq) if g.plots else None
     lap("page")
     return result
@@ -344,18 +365,19 @@ def _page(cfg: DictConfig, result: dict, drum_map: DrumMap, spb: int, spq: int) 
     return write_generate_page(cfg, result, drum_map, spb, spq)
 
 
-def _pictures(out_dir: Path, rolls: np.ndarray, velocities: list, names: list[str], spb: int, files: dict,
-              per_sample: bool) -> Path:
-    """sheet.png (every sample) and, with `per_sample`, sample_NNN.png (hits shaded by velocity);
-    matplotlib is imported only here (about a second of start-up that `generate.plots=false` skips)."""
-    from train.evaluate.plots import save_piano_roll, save_sheet
+def _pictures(out_dir: Path, rolls: np.ndarray, velocities: list, names: list[str], spb: int, spq: int,
+              files: dict, per_sample: bool) -> Path:
+    """sheet.png (every sample) and, with `per_sample`, sample_NNN.png: the page's coloured rolls
+    (train/report/rolls.py, numpy + Pillow), hits shaded by velocity; no matplotlib (its import and
+    text layout were most of generate's time outside sampling: benchmarks/README.md, start-up)."""
+    from train.report.rolls import save_roll, save_roll_sheet
 
     for i, (hits, velocity) in enumerate(zip(rolls, velocities) if per_sample else ()):
         png = out_dir / f"sample_{i:03d}.png"
-        save_piano_roll(png, hits, names, spb, title=f"sample {i}", velocity=velocity)
+        save_roll(png, hits, names, spb, spq, velocity)
         files["png"].append(png)
-    return save_sheet(out_dir / "sheet.png", list(rolls), names, spb,
-                      titles=[f"sample {i}" for i in range(len(rolls))])
+    return save_roll_sheet(out_dir / "sheet.png", list(rolls), names, spb, spq, velocities,
+                           titles=[f"sample {i}" for i in range(len(rolls))])
 
 
 def summary(result: dict, report: str | None) -> str:

@@ -64,15 +64,26 @@ def audio_name(synth: Synth, midi: str | Path) -> str:
     return f"{midi.stem}-{digest}{SUFFIX[synth.format]}"
 
 
+# Load only the SoundFont samples the MIDI file plays (FluidSynth >= 2.0): a drum clip uses a few
+# of the 148 MB's instruments, and loading them all was ~0.1 of each clip's ~0.5 CPU-s
+# (benchmarks/README.md, audio previews); the audio is the same (within 2 of 32,768, dither).
+LAZY_LOADING = ("-o", "synth.dynamic-sample-loading=1")
+
+
+def _fluidsynth(synth: Synth, midi: Path, out: Path, options: tuple[str, ...]) -> subprocess.CompletedProcess:
+    cmd = [synth.program, "-ni", "-q", "-g", str(synth.gain), "-r", str(synth.sample_rate), *options,
+           "-T", synth.format, "-F", str(out), str(synth.soundfont), str(midi)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "LC_ALL": "C"})
+
+
 def render(synth: Synth, midi: str | Path, out: str | Path) -> Path:
     """Render one MIDI file to `out` (written to a temp sibling, then renamed)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        cmd = [synth.program, "-ni", "-q", "-g", str(synth.gain), "-r", str(synth.sample_rate),
-               "-T", synth.format, "-F", str(tmp), str(synth.soundfont), str(midi)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "LC_ALL": "C"})
+        proc = _fluidsynth(synth, Path(midi), Path(tmp), LAZY_LOADING)
+        if proc.returncode != 0 and "dynamic-sample-loading" in proc.stderr + proc.stdout:
+            proc = _fluidsynth(synth, Path(midi), Path(tmp), ())      # a FluidSynth older than 2.0
         if proc.returncode != 0 or not Path(tmp).is_file() or Path(tmp).stat().st_size == 0:
             raise RuntimeError(f"{midi}: FluidSynth could not render it "
                                f"(exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:300]})")
