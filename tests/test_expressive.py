@@ -200,3 +200,26 @@ def test_generation_draws_velocity_and_offset_from_the_spread():
     model.step(torch.zeros(1, D), state)
     h = torch.ones(1, D)
     torch.testing.assert_close(model.play(state, h), model.play(state, h, torch.Generator(), 0.0))
+
+
+def test_a_model_trained_on_grid_only_data_plays_on_the_grid():
+    """expressive_timing=False (the trainer's choice when every offset of the export is 0): the
+    heads' offsets, drawn or not, are replaced by 0; velocities still vary."""
+    model = _model(expressive_spread=True, expressive_timing=False)
+    assert model.config["expressive_timing"] is False
+    hits, vel, off = model.generate(length=32, batch_size=3, seed=1, expressive=True)
+    assert hits.sum() > 0 and not off.any() and vel[hits > 0].std() > 0
+    assert "expressive_timing" not in _model(expressive_spread=True).config   # on: recorded only when off
+
+
+def test_has_timing_reads_the_exported_offsets(tmp_path):
+    from train.training.data import CompleteHierarchicalDrumDataset
+    ds = CompleteHierarchicalDrumDataset.__new__(CompleteHierarchicalDrumDataset)
+    ds.ready = tmp_path
+    assert ds.has_timing is False                      # an export without offsets
+    offsets = np.zeros((1000, D), np.int8)
+    np.save(tmp_path / "offset.npy", offsets)
+    assert ds.has_timing is False
+    offsets[999, 3] = -2
+    np.save(tmp_path / "offset.npy", offsets)
+    assert ds.has_timing is True

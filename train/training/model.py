@@ -261,7 +261,7 @@ class HierarchicalDrumModel(nn.Module):
                  expressive: bool = False, expressive_dim: int = 64, max_steps_per_bar: int = 0,
                  conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
                  bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0, horizon_bars: int = 0,
-                 expressive_history: bool = False, expressive_spread: bool = False):
+                 expressive_history: bool = False, expressive_spread: bool = False, expressive_timing: bool = True):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -277,6 +277,8 @@ class HierarchicalDrumModel(nn.Module):
                             expressive_history=bool(expressive) and bool(expressive_history))
         if expressive and expressive_spread:   # recorded only when on: older checkpoints keep an equal config
             self._config["expressive_spread"] = True
+        if expressive and not expressive_timing:   # trained on grid-only data: plays on the grid (play)
+            self._config["expressive_timing"] = False
         # only a conditioned model records these keys: older checkpoints keep an equal config
         if conditioning:
             vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
@@ -570,10 +572,15 @@ class HierarchicalDrumModel(nn.Module):
              temperature: float = 0.0) -> tuple[Tensor, Tensor]:
         """(velocity / 127, offset in steps) [B, D] of the next step's `hits` [B, D] from the state
         `step` left: the expressive heads' means (forward's 4th output on the same prefix), or with
-        `gen` and `temperature` > 0 a draw around them from the heads' spread (expressive_spread)."""
+        `gen` and `temperature` > 0 a draw around them from the heads' spread (expressive_spread).
+        A model trained on data with every hit on the grid (`expressive_timing=False`, set by the
+        trainer from the export) plays offset 0."""
         if gen is None or not temperature:
-            return self.expressive(state.features, hits > 0, state.played_out)
-        return self.expressive.sample(state.features, hits > 0, state.played_out, gen, temperature)
+            vel, off = self.expressive(state.features, hits > 0, state.played_out)
+        else:
+            vel, off = self.expressive.sample(state.features, hits > 0, state.played_out, gen, temperature)
+        # data with every hit on the grid taught no timing: a drift of the untrained head is not a feel
+        return (vel, off) if self._config.get("expressive_timing", True) else (vel, torch.zeros_like(off))
 
     def _lookback_step(self, x: Tensor, state: GenerationState) -> Tensor:
         """`lookback_features` of step t = state.t from the ring of the last K·spb inputs

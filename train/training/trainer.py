@@ -203,12 +203,15 @@ def build_data(cfg, d: Dist):
     return train_ds, train, val
 
 
-def build_model(cfg, num_drums: int, longest_bar: int = 0, conditions: dict | None = None) -> torch.nn.Module:
+def build_model(cfg, num_drums: int, longest_bar: int = 0, conditions: dict | None = None,
+                timing: bool = True) -> torch.nn.Module:
+    """`timing=False` (data all on the grid): the model plays every hit on the grid (expressive_timing)."""
     from train.training.model import HierarchicalDrumModel
 
     kwargs = model_kwargs(cfg, num_drums, longest_bar)[0]
     if conditions:     # the vocabularies, not just the names: they travel in the checkpoint
         kwargs["conditioning"] = conditions
+    kwargs["expressive_timing"] = bool(timing)
     return HierarchicalDrumModel(**kwargs)
 
 def condition_vocab(cfg) -> dict[str, list[str]] | None:
@@ -376,7 +379,7 @@ def setup(cfg: DictConfig, d: Dist) -> Parts:
     tc = cfg.trainer
     train_ds, train_loader, val_loader = build_data(cfg, d)
     longest = max(train_ds.bar_lengths + val_loader.dataset.bar_lengths, default=0)   # every meter of the data
-    raw_model = build_model(cfg, train_ds.num_drums, longest, train_ds.conditions).to(d.device)
+    raw_model = build_model(cfg, train_ds.num_drums, longest, train_ds.conditions, train_ds.has_timing).to(d.device)
     torch.manual_seed(int(tc.seed) + d.rank)  # per-rank streams (dropout, sampling) after a shared init
     model = raw_model
     if tc.compile:
