@@ -35,7 +35,7 @@ from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
 from train.evaluate.scores import SongScores, compare_sets
 from train.evaluate.windows import Windows, songs_by_meter, split_song_ids, split_songs, split_windows
-from train.generate.run import played_values, sample
+from train.generate.run import played_values, sample, torch_threads
 from train.training.checkpoint import load_for_inference, train_hint
 from train.training.data import resolve_ready_dir
 from train.training.optim import ConfigError
@@ -180,9 +180,10 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
     num = max(2, min(int(gcfg.max_samples), math.ceil(split_steps / seq_len)))
     log.info("evaluate: generating %d windows of %d steps", num, seq_len)
     expressive = store is not None and bool(model.config.get("expressive", False))
-    gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
-                 top_p=gcfg.top_p, top_k=gcfg.get("top_k"), seed=int(gcfg.seed), expressive=expressive,
-                 expressive_temperature=float(gcfg.get("expressive_temperature", 1.0)))
+    with torch_threads(int(gcfg.get("num_threads", 1))):   # one thread: see generate.num_threads
+        gen = sample(model, num, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
+                     top_p=gcfg.top_p, top_k=gcfg.get("top_k"), seed=int(gcfg.seed), expressive=expressive,
+                     expressive_temperature=float(gcfg.get("expressive_temperature", 1.0)))
     gen, *heads = gen if expressive else (gen, None, None)
     log.info("evaluate: window metrics of %d real and %d generated windows; OA and KL", len(real_rolls), num)
     kw = metric_kwargs(cfg)
