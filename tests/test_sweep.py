@@ -65,3 +65,19 @@ def test_best_point_must_meet_the_structure_bars_before_mean_oa():
     assert max((busy, stuck, fits), key=lambda r: _rank(r, bars)) is fits
     assert max((busy, stuck), key=lambda r: _rank(r, bars)) is busy
     assert within(stuck, {"ngram_unique_ratio": 0.2}) and within(busy, None)
+
+
+def test_seeds_sweeps_are_averaged_point_by_point_and_best_chosen_inside_the_bars():
+    from train.evaluate.sweep_seeds import combine
+
+    def row(t, oa, nu, lag):
+        return {"temperature": t, "top_k": None, "top_p": None, "oa": {"a": oa, "b": 1.0},
+                "mean_oa": (oa + 1.0) / 2, "ngram_unique_ratio": nu, "lag1_similarity_diff": lag}
+    seeds = [{"rows": [row(0.8, 0.9, 0.7, 0.10), row(1.0, 0.6, 1.1, 0.0)]},
+             {"rows": [row(0.8, 0.7, 0.9, 0.02), row(1.0, 0.8, 1.3, -0.02)]}]
+    rows = combine(seeds)
+    assert [r["temperature"] for r in rows] == [0.8, 1.0]
+    assert rows[0]["oa"]["a"] == pytest.approx(0.8) and rows[0]["ngram_unique_ratio"] == pytest.approx(0.8)
+    assert rows[1]["lag1_similarity_diff"] == pytest.approx(-0.01) and rows[1]["worst_metric"] == "a"
+    assert within(rows[0], {"ngram_unique_ratio": 0.2, "lag1_similarity_diff": 0.05}) is False   # lag +0.06
+    assert within(rows[1], {"ngram_unique_ratio": 0.2, "lag1_similarity_diff": 0.05}) is True
