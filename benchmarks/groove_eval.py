@@ -50,7 +50,7 @@ def main() -> None:
     out["previously_missed_fraction"] = round(1 - out["previously_scored_steps"] / out["predictable_steps"], 4)
     names = list(store.drum_names)
     for name, base in baselines.items():
-        def predict(s, m, a, b, y=None, base=base):
+        def predict(s, m, a, b, y=None, song=None, base=base):
             return base.predict(s, m, b, a)
         per_song = score_windows(predict, windows, len(names), 64)
         tau = (per_song if validation is windows else score_windows(predict, validation, len(names), 64)

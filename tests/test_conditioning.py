@@ -186,3 +186,28 @@ def json_load(path):
     import json
 
     return json.loads(Path(path).read_text())
+
+
+def test_evaluate_scores_a_conditioned_model_given_each_song_s_labels(tmp_path):
+    """The model row of train.evaluate reads each window's song labels from the export: the same
+    probabilities as the model given those condition ids, not the unconditional ones."""
+    from train.evaluate.run import model_probs, song_conditions
+
+    model = _model(conditioning=VOCAB, bpm_buckets=EDGES).eval()
+    np.save(tmp_path / "song_style.npy", np.array(["funk/groove1", "rock", "jazz"]))
+    np.save(tmp_path / "song_beat_type.npy", np.array(["beat", "fill", "beat"]))
+    np.save(tmp_path / "song_bpm.npy", np.array([95.0, 130.0, 70.0]))
+    cond_of = song_conditions(model, tmp_path)
+    song = np.array([2, 0])
+    ids = cond_of(song)
+    want = C.song_ids(VOCAB, C.read_song_labels(tmp_path), EDGES)[song]
+    assert np.array_equal(ids, want) and ids.shape == (2, len(VOCAB)) and ids.any()
+    steps = (np.random.default_rng(0).random((2, 32, 9)) < 0.3).astype(np.uint8)
+    mask, start = np.ones((2, 32), bool), np.zeros(2, np.int64)
+    given, _ = model_probs(model, steps, mask, start, cond=ids)
+    with torch.no_grad():
+        direct = model.step_marginals(model(torch.as_tensor(steps, dtype=torch.float32), mask=torch.as_tensor(mask),
+                                            start=torch.as_tensor(start), cond=torch.as_tensor(ids))[0].double())
+    np.testing.assert_allclose(given, direct.numpy())
+    assert not np.allclose(given, model_probs(model, steps, mask, start)[0])
+    assert song_conditions(_model(), tmp_path)(song) is None     # unconditioned: nothing to read

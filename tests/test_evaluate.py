@@ -165,11 +165,11 @@ def test_test_split_uses_the_validation_threshold(tiny, tmp_path):
     assert res["generated_vs_real"] == {} and "fewer than 2 real windows" in (tmp_path / "report.md").read_text()
     val = _windows(data, "validation")
     freq = FrequencyBaseline().fit(_songs(data, "train"))
-    tau = score_windows(lambda x, m, a, b, y: freq.predict(x), val, 9, 8).total().best_threshold()
+    tau = score_windows(lambda x, m, a, b, y, song: freq.predict(x), val, 9, 8).total().best_threshold()
     assert res["scores"]["frequency"]["threshold"] == tau
     assert res["windows"] == 2 and res["split"] == "test"     # 96 steps: window 0 and a last one from 32
     model, _, _ = load_for_inference(ckpt)
-    tau_model = score_windows(lambda x, m, a, b, y: model_probs(model, x, m, a, y), val, 9, 8).total().best_threshold()
+    tau_model = score_windows(lambda x, m, a, b, y, song: model_probs(model, x, m, a, y), val, 9, 8).total().best_threshold()
     assert res["scores"]["model"]["threshold"] == tau_model
 
 
@@ -182,7 +182,7 @@ def test_data_built_elsewhere_is_scored_whole_against_the_training_export(tiny, 
     assert res["windows"] == 8 * 2 + 3 * 2 + 1 + 2 and res["reference"] == str(data / "ready")
     freq = FrequencyBaseline().fit(_songs(data, "train"))
     val = _windows(data, "validation")
-    assert res["scores"]["frequency"]["threshold"] == score_windows(lambda x, m, a, b, y: freq.predict(x), val, 9,
+    assert res["scores"]["frequency"]["threshold"] == score_windows(lambda x, m, a, b, y, song: freq.predict(x), val, 9,
                                                                     8).total().best_threshold()
 
 
@@ -233,7 +233,7 @@ def test_repeat_bar_on_a_store_of_repeating_bars_is_near_perfect(tmp_path):
                   split=split) for i, split in enumerate(["train", "validation"])]
     w = _windows(make_ready(tmp_path, songs=songs), "validation")
     rb = RepeatBarBaseline(SPB).fit([songs[0].hits])
-    acc = score_windows(lambda x, m, a, b, y: rb.predict(x, m, b), w, dm.num_drums, 4).total()
+    acc = score_windows(lambda x, m, a, b, y, song: rb.predict(x, m, b), w, dm.num_drums, 4).total()
     res = acc.result(acc.best_threshold())
     # only each window's first bar (15 of its 64 predictions) is not a repeat: the frequency model's ~2 bits/step
     assert res["f1"] > 0.85 and res["nll_bits_per_step"] < 0.6

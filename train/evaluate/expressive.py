@@ -54,10 +54,11 @@ def _scores(pred_v: np.ndarray, pred_o: np.ndarray, true_v: np.ndarray, true_o: 
 
 @torch.no_grad()
 def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.ndarray, steps_per_bar: int,
-                      batch_size: int = 64) -> dict:
+                      batch_size: int = 64, cond_of=None) -> dict:
     """{"hits", "model": {velocity_mse, offset_mse, velocity_corr}, "baseline": {...}} (module docstring)
     of `windows` of `store`; the baseline's means from songs `train_ids` of `ref`. Each window is
-    read on its song's bar (windows.steps_per_bar; `steps_per_bar` is the model's)."""
+    read on its song's bar (windows.steps_per_bar; `steps_per_bar` is the model's). `cond_of`: song
+    ids -> a conditioned model's condition ids (train.evaluate.run.song_conditions)."""
     L, D = windows.steps.shape[1], windows.steps.shape[2]
     vel, off = played_windows(store, windows.song, windows.start, L)
     # every scored step once: a song's last window overlaps the one before it (train.evaluate.windows)
@@ -75,7 +76,9 @@ def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.nd
             preds = model(torch.as_tensor(windows.steps[sl], dtype=torch.float32),
                           mask=torch.as_tensor(windows.mask[sl]), start=torch.as_tensor(windows.start[sl]),
                           steps_per_bar=int(spb), velocity=torch.as_tensor(vel[sl] * VELOCITY_SCALE),
-                          offset=torch.as_tensor(off[sl] * OFFSET_UNITS))
+                          offset=torch.as_tensor(off[sl] * OFFSET_UNITS),
+                          cond=None if cond_of is None or cond_of(windows.song[sl]) is None
+                          else torch.as_tensor(cond_of(windows.song[sl])))
             pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3][:2])
     true_v, true_o = vel[:, 1:][hit], off[:, 1:][hit]
     return {"hits": int(hit.sum()),

@@ -47,31 +47,32 @@ MODEL_ROW = "model"
 
 @torch.no_grad()
 def model_probs(model, steps: np.ndarray, mask: np.ndarray, start: np.ndarray,
-                targets: np.ndarray | None = None, steps_per_bar: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                targets: np.ndarray | None = None, steps_per_bar: np.ndarray | None = None,
+                cond: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(per-drum probabilities [B, L, D] float64, probs[:, t] the prediction for step t+1;
     log2 p of each next step's whole drum vector: [B, L] against `targets` [B, L, D] (targets[:, t]
     = step t+1, the step after the window included), else [B, L−1] inside the window): the model's
     own whole-vector NLL, right for joint and autoregressive output heads too. `steps_per_bar` [B]:
-    each window's bar length (None: the model's); the model runs once per meter in the batch."""
+    each window's bar length (None: the model's); the model runs once per meter in the batch.
+    `cond` [B, C]: a conditioned model's condition ids of each window's song (None: unconditional)."""
     x = torch.as_tensor(steps, dtype=torch.float32)
     if steps_per_bar is None or len(np.unique(steps_per_bar)) <= 1:
         spb = None if steps_per_bar is None or not len(steps_per_bar) else int(steps_per_bar[0])
-        return _model_probs(model, x, mask, start, targets, spb)
+        return _model_probs(model, x, mask, start, targets, spb, cond)
     probs, log2p = None, None
     for spb in np.unique(steps_per_bar):
         rows = np.flatnonzero(steps_per_bar == spb)
         p, lp = _model_probs(model, x[rows], mask[rows], start[rows], None if targets is None else targets[rows],
-                             int(spb))
+                             int(spb), None if cond is None else cond[rows])
         if probs is None:
             probs, log2p = np.empty((len(x), *p.shape[1:])), np.empty((len(x), *lp.shape[1:]))
         probs[rows], log2p[rows] = p, lp
     return probs, log2p
 
 
-def _model_probs(model, x, mask, start, targets, steps_per_bar=None):
-    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start),
-                   steps_per_bar=steps_per_bar)[0].double()
+def _model_probs(model, x, mask, start, targets, steps_per_bar=None, cond=None):
+    logits = model(x, mask=torch.as_tensor(mask), start=torch.as_tensor(start), steps_per_bar=steps_per_bar,
+                   cond=None if cond is None else torch.as_tensor(cond))[0].double()
     if targets is None:
         log2p = model.step_log_prob(x.double(), step_logits=logits)
     else:
@@ -79,12 +80,24 @@ def _model_probs(model, x, mask, start, targets, steps_per_bar=None):
     return model.step_marginals(logits).numpy(), log2p.numpy()
 
 
+def song_conditions(model, ready: Path):
+    """song ids [B] -> the conditioned model's condition ids [B, C] of those songs (their labels in
+    the export, as training read them), or -> None for an unconditioned model: a conditioned model
+    is scored given what it was trained to be given, p(steps | style, ...)."""
+    vocab = model.config.get("conditioning") or {}
+    if not vocab:
+        return lambda song: None
+    from train.training.conditioning import read_song_labels, song_ids
+    table = song_ids(vocab, read_song_labels(ready), tuple(model.config.get("bpm_buckets", ())))
+    return lambda song: table[np.asarray(song)]
+
+
 def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) -> SongScores:
-    """`predict(steps, mask, start, steps_per_bar, targets)` -> probs, or (probs, log2 p of each
-    target step's whole drum vector), scored per song on the windows' scored steps."""
+    """`predict(steps, mask, start, steps_per_bar, targets, song)` -> probs, or (probs, log2 p of
+    each target step's whole drum vector), scored per song on the windows' scored steps."""
     acc = SongScores(num_drums)
     for steps, mask, start, spb, targets, scored, song in windows.batches(batch_size):
-        out = predict(steps, mask, start, spb, targets)
+        out = predict(steps, mask, start, spb, targets, song)
         probs, log2p = out if isinstance(out, tuple) else (out, None)
         acc.update(probs, targets, scored, song, log2p)
     return acc
@@ -97,7 +110,7 @@ def tune_ngram(b: DictConfig, train_songs: list[np.ndarray], validation: Windows
     alphas = list(b.ngram_alphas) if b.ngram_alpha == "auto" else [float(b.ngram_alpha)]
 
     def nll(model: NGramBaseline) -> float:
-        acc = score_windows(lambda s, m, a, spb, y: model.predict(s, m), validation, num_drums, batch_size).total()
+        acc = score_windows(lambda s, m, a, spb, y, song: model.predict(s, m), validation, num_drums, batch_size).total()
         log.info("evaluate: n-gram n=%d alpha=%g: %.4f bits/step on validation", model.n, model.alpha,
                  acc.nll_bits / acc.steps)
         return acc.nll_bits / acc.steps
@@ -295,9 +308,15 @@ def evaluate(cfg: DictConfig) -> dict:
     if not train_songs:
         raise ValueError(f"{ref}: no song in the train split to fit the baselines on")
     baselines, ngram_grid = fit_baselines(cfg, train_songs, train_bars, validation, D)
-    predictors = {MODEL_ROW: lambda s, m, a, bars, y: model_probs(model, s, m, a, y, bars)}
+    cond_of = song_conditions(model, ready)
+    # the reference export's own labels for its validation windows (its song ids)
+    val_cond = cond_of if same else song_conditions(model, ref)
+
+    def val_predict(s, m, a, bars, y, song):
+        return model_probs(model, s, m, a, y, bars, val_cond(song))
+    predictors = {MODEL_ROW: lambda s, m, a, bars, y, song: model_probs(model, s, m, a, y, bars, cond_of(song))}
     for name, base in baselines.items():
-        predictors[name] = lambda s, m, a, bars, y, base=base: base.predict(s, m, bars, a)
+        predictors[name] = lambda s, m, a, bars, y, song, base=base: base.predict(s, m, bars, a)
 
     songs = np.unique(windows.song)
     meters = songs_by_meter(store.meta, songs, int(store.attrs.get("steps_per_quarter", 4)))
@@ -308,7 +327,8 @@ def evaluate(cfg: DictConfig) -> dict:
     for name, predict in predictors.items():
         log.info("evaluate: scoring %s on %d windows of %s", name, len(windows), cfg.split)
         per_song = score_windows(predict, windows, D, batch)
-        val = per_song if validation is windows else score_windows(predict, validation, D, batch)
+        val = per_song if validation is windows else score_windows(
+            val_predict if name == MODEL_ROW else predict, validation, D, batch)
         tau = val.total().best_threshold()
         scores[name] = scores_with_intervals(per_song, tau, names, None, ecfg.bootstrap)
         for key, ids in subsets.items():
@@ -338,7 +358,8 @@ def evaluate(cfg: DictConfig) -> dict:
         # the baseline's means come from the reference export's train songs (those the dataset reads)
         ref_store = store if same else Store(json.loads((ref / "manifest.json").read_text())["store"])
         train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)
-        result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size))
+        result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size),
+                                                 cond_of)
     if ecfg.generated.enabled:
         comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store)
         result["generated_vs_real"] = comparison
