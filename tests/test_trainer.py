@@ -77,7 +77,9 @@ def test_scheduler_bad_key_is_named():
 def test_bad_config_values_are_all_reported_before_work(tmp_path):
     cfg = compose(["trainer.precision=fp8", "trainer.batch_size=0", "trainer.optimizer.type=Adamm",
                    "trainer.resume=" + str(tmp_path / "nope.pt"), "rl=reinforce", "rl.sample_steps=10",
-                   "trainer.accumulate_grad_batches=0", "trainer.seq_len=100", "window.stride=24"])
+                   "trainer.accumulate_grad_batches=0", "trainer.seq_len=100", "window.stride=24",
+                   # a missing export, whatever this checkout's data/ready holds
+                   "paths.ready=" + str(tmp_path / "no_ready")])
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     msg = str(err.value)
