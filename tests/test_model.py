@@ -398,6 +398,26 @@ def test_checkpoint_round_trip(tmp_path, backend):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
+def test_embedding_std_scales_the_added_tables_and_1_keeps_torchs_draw():
+    """embedding_std sets the init of every table added to a step's input or state (positions,
+    bar in phrase, conditions); 1.0 leaves torch's own draw, so a seed builds the model it always did."""
+    kw = dict(num_drums=5, step_hidden_dim=32, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1,
+              phrase_position=True, conditioning={"style": ["rock", "funk"]})
+    torch.manual_seed(3)
+    plain = HierarchicalDrumModel(**kw)
+    torch.manual_seed(3)
+    one = HierarchicalDrumModel(**kw, embedding_std=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), one.state_dict().values()))
+    assert "embedding_std" not in one.config          # older checkpoints keep an equal config
+    torch.manual_seed(3)
+    small = HierarchicalDrumModel(**kw, embedding_std=0.02)
+    tables = [small.in_pos, small.out_pos, small.in_bar_pos, small.out_bar_pos, small.conditions["style"]]
+    for table, big in zip(tables, [one.in_pos, one.out_pos, one.in_bar_pos, one.out_bar_pos, one.conditions["style"]]):
+        assert 0.01 < table.weight.std().item() < 0.03 and big.weight.std().item() > 0.5
+    rebuilt = HierarchicalDrumModel.from_config(small.config)
+    assert rebuilt.config["embedding_std"] == 0.02
+
+
 @pytest.mark.parametrize("name", ["gru", "lstm", "transformer"])
 def test_hydra_model_configs_build(name):
     cfg = compose([f"model={name}", "model.hierarchy=false"])
@@ -406,6 +426,8 @@ def test_hydra_model_configs_build(name):
     # conditioning off (model.conditioning: []): its keys stay out of the config, as before they existed
     assert not kwargs["conditioning"]
     plain = {k: v for k, v in kwargs.items() if k not in ("conditioning", "bpm_buckets", "cond_dropout")}
+    if plain["embedding_std"] == 1.0:      # torch's own init: recorded only when set otherwise
+        del plain["embedding_std"]
     assert m.config == plain and m.steps_per_bar == cfg.window.steps_per_bar
     assert m.horizon_bars == cfg.window.seq_len // cfg.window.steps_per_bar     # null: the window's bars
     assert m.use_transformer == (name == "transformer") and not m.hierarchy

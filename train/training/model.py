@@ -261,7 +261,8 @@ class HierarchicalDrumModel(nn.Module):
                  expressive: bool = False, expressive_dim: int = 64, max_steps_per_bar: int = 0,
                  conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
                  bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0, horizon_bars: int = 0,
-                 expressive_history: bool = False, expressive_spread: bool = False, expressive_timing: bool = True):
+                 expressive_history: bool = False, expressive_spread: bool = False, expressive_timing: bool = True,
+                 embedding_std: float = 1.0):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -279,6 +280,8 @@ class HierarchicalDrumModel(nn.Module):
             self._config["expressive_spread"] = True
         if expressive and not expressive_timing:   # trained on grid-only data: plays on the grid (play)
             self._config["expressive_timing"] = False
+        if float(embedding_std) != 1.0:   # recorded only when set: older checkpoints keep an equal config
+            self._config["embedding_std"] = float(embedding_std)
         # only a conditioned model records these keys: older checkpoints keep an equal config
         if conditioning:
             vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
@@ -322,6 +325,14 @@ class HierarchicalDrumModel(nn.Module):
             from train.training.expressive import ExpressiveHeads
             self.expressive = ExpressiveHeads(H, D, int(expressive_dim), self._config["expressive_history"],
                                               spread=self._config.get("expressive_spread", False))
+        # the position and condition tables are added to the step's input and state; at torch's
+        # N(0, 1) they drown the GRU's state (|h| < 1) behind the output head's LayerNorm until
+        # training shrinks them (docs/model.md, "Initialisation")
+        # (at 1.0, torch's own draw stands, so a seed builds the model it always built)
+        for table in [self.in_pos, self.out_pos, *self.conditions.values()] + (
+                [self.in_bar_pos, self.out_bar_pos] if self.phrase_position else []):
+            if float(embedding_std) != 1.0:
+                nn.init.normal_(table.weight, std=float(embedding_std))
         if self.hierarchy:
             # pooled step states + the bar's mean pattern -> one bar-level input
             self.step_to_bar = nn.Linear(H + D, Hb)
