@@ -73,12 +73,12 @@ def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.nd
         base_v[rows] = means[(windows.start[rows, None] + np.arange(1, L)[None]) % spb]      # [n, L-1, D]
         for i in range(0, len(rows), batch_size):
             sl = rows[i:i + batch_size]
+            cond = None if cond_of is None else cond_of(windows.song[sl])
             preds = model(torch.as_tensor(windows.steps[sl], dtype=torch.float32),
                           mask=torch.as_tensor(windows.mask[sl]), start=torch.as_tensor(windows.start[sl]),
                           steps_per_bar=int(spb), velocity=torch.as_tensor(vel[sl] * VELOCITY_SCALE),
                           offset=torch.as_tensor(off[sl] * OFFSET_UNITS),
-                          cond=None if cond_of is None or cond_of(windows.song[sl]) is None
-                          else torch.as_tensor(cond_of(windows.song[sl])))
+                          cond=None if cond is None else torch.as_tensor(cond))
             pred_v[sl], pred_o[sl] = (p.numpy() for p in preds[3][:2])
     true_v, true_o = vel[:, 1:][hit], off[:, 1:][hit]
     return {"hits": int(hit.sum()),

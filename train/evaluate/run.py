@@ -308,13 +308,12 @@ def evaluate(cfg: DictConfig) -> dict:
     if not train_songs:
         raise ValueError(f"{ref}: no song in the train split to fit the baselines on")
     baselines, ngram_grid = fit_baselines(cfg, train_songs, train_bars, validation, D)
+    def model_row(cond_fn):
+        return lambda s, m, a, bars, y, song: model_probs(model, s, m, a, y, bars, cond_fn(song))
     cond_of = song_conditions(model, ready)
     # the reference export's own labels for its validation windows (its song ids)
-    val_cond = cond_of if same else song_conditions(model, ref)
-
-    def val_predict(s, m, a, bars, y, song):
-        return model_probs(model, s, m, a, y, bars, val_cond(song))
-    predictors = {MODEL_ROW: lambda s, m, a, bars, y, song: model_probs(model, s, m, a, y, bars, cond_of(song))}
+    val_predict = model_row(cond_of if same else song_conditions(model, ref))
+    predictors = {MODEL_ROW: model_row(cond_of)}
     for name, base in baselines.items():
         predictors[name] = lambda s, m, a, bars, y, song, base=base: base.predict(s, m, bars, a)
 

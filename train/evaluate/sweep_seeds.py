@@ -3,7 +3,7 @@
 Each DIR holds a `decoding_sweep.json` that `python -m train.evaluate.sweep` wrote for one seed's
 checkpoint (same grid, same split). A point's row is averaged over the seeds: mean OA per metric,
 n-gram ratio, lag-1 gap; `best` is chosen as the sweep chooses (highest mean OA among the points
-inside `within`: n-gram ratio 1 ± 0.2, lag-1 gap ± 0.05), so one seed's luck does not pick the
+inside `evaluate.decoding_sweep.within`: n-gram ratio 1 ± 0.2, lag-1 gap ± 0.05), so one seed's luck does not pick the
 decoding. Prints the markdown table and the best point; writes nothing.
 """
 from __future__ import annotations
@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 
 from train.evaluate.sweep import AXES, _rank, markdown
-
-DEFAULT_WITHIN = {"ngram_unique_ratio": 0.2, "lag1_similarity_diff": 0.05}
 
 
 def combine(results: list[dict]) -> list[dict]:
@@ -51,8 +49,11 @@ def main(argv: list[str]) -> int:
     if not rows:
         print("sweep_seeds: no decoding point is in every sweep", file=sys.stderr)
         return 1
-    best = max(rows, key=lambda r: _rank(r, DEFAULT_WITHIN))
-    print(markdown(rows, DEFAULT_WITHIN))
+    from pipeline.config import compose
+
+    within = compose(config_name="evaluate").evaluate.decoding_sweep.within   # the sweep's own bars
+    best = max(rows, key=lambda r: _rank(r, within))
+    print(markdown(rows, within))
     print("best:", {k: best[k] for k in AXES if k in best})
     return 0
 

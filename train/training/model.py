@@ -329,9 +329,9 @@ class HierarchicalDrumModel(nn.Module):
         # N(0, 1) they drown the GRU's state (|h| < 1) behind the output head's LayerNorm until
         # training shrinks them (docs/model.md, "Initialisation")
         # (at 1.0, torch's own draw stands, so a seed builds the model it always built)
-        for table in [self.in_pos, self.out_pos, *self.conditions.values()] + (
-                [self.in_bar_pos, self.out_bar_pos] if self.phrase_position else []):
-            if float(embedding_std) != 1.0:
+        if float(embedding_std) != 1.0:
+            for table in [self.in_pos, self.out_pos, *self.conditions.values()] + (
+                    [self.in_bar_pos, self.out_bar_pos] if self.phrase_position else []):
                 nn.init.normal_(table.weight, std=float(embedding_std))
         if self.hierarchy:
             # pooled step states + the bar's mean pattern -> one bar-level input
