@@ -34,7 +34,10 @@ def _args(tiny, run_dir, batch):
     # count differs between ranks, so the mean of the ranks' means is not the global batch mean
     return [*tiny, f"trainer.run_dir={run_dir}", f"hydra.run.dir={run_dir}/hydra", "trainer.resume=never",
             f"trainer.batch_size={batch}", f"trainer.max_steps={STEPS}", "trainer.max_epochs=1",
-            "trainer.limit_train_batches=-1", "model.expressive=false"]
+            "trainer.limit_train_batches=-1", "model.expressive=false",
+            # the head with parameters of its own, read by the loss: DDP must see them used in its
+            # forward (they failed with "mark a variable ready only once" while the loss ran outside it)
+            "model.output=autoregressive"]
 
 
 def _assert_same_weights(a, b):

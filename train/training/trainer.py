@@ -249,14 +249,33 @@ def model_structure(model: torch.nn.Module) -> str:
     return "\n".join(lines)
 
 
-def forward_loss(model, raw_model, batch: dict, weights: dict):
-    """(total loss, {term: value}, step logits) of one batch; `model` may be the DDP wrapper."""
-    played = {k: batch[k] for k in ("velocity", "offset") if k in batch}   # the expressive history's input
-    preds = model(batch["step"], batch.get("bar"), batch.get("phrase"), mask=batch.get("mask"),
-                  start=batch.get("start"), steps_per_bar=batch.get("steps_per_bar"), cond=batch.get("cond"),
-                  **played)
-    total, terms = raw_model.compute_loss(preds, batch, weights)
-    return total, terms, preds[0]
+class LossForward(torch.nn.Module):
+    """The model's forward and its loss as one forward: the module DDP wraps. The loss reads
+    parameters the model's own forward does not (the autoregressive head's); inside DDP's
+    forward they count as used, where outside it find_unused_parameters marks them unused and
+    their gradient then fails ("mark a variable ready only once")."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model            # the raw model, maybe compiled
+
+    def forward(self, batch: dict, weights: dict):
+        """(total loss, {term: value}, step logits) of one batch."""
+        played = {k: batch[k] for k in ("velocity", "offset") if k in batch}   # the expressive history's input
+        preds = self.model(batch["step"], batch.get("bar"), batch.get("phrase"), mask=batch.get("mask"),
+                           start=batch.get("start"), steps_per_bar=batch.get("steps_per_bar"),
+                           cond=batch.get("cond"), **played)
+        raw = getattr(self.model, "_orig_mod", self.model)        # torch.compile's wrapper holds it
+        total, terms = raw.compute_loss(preds, batch, weights)
+        return total, terms, preds[0]
+
+
+def forward_loss(model, batch: dict, weights: dict):
+    """(total loss, {term: value}, step logits) of one batch; `model` is a LossForward (maybe
+    DDP-wrapped) or a bare model."""
+    if not isinstance(model, (LossForward, torch.nn.parallel.DistributedDataParallel)):
+        model = LossForward(model)
+    return model(batch, weights)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -284,7 +303,7 @@ def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dic
             break
         batch = to_device(batch, d.device)
         with autocast():
-            total, terms, _ = forward_loss(model, model, batch, weights)
+            total, terms, _ = forward_loss(model, batch, weights)
         n = float(real_steps(batch))
         for k, v in {"loss": total, **terms}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -353,7 +372,7 @@ class Parts:
     train_loader: object
     val_loader: object
     raw_model: torch.nn.Module
-    model: torch.nn.Module             # raw_model, maybe compiled, maybe DDP-wrapped
+    model: torch.nn.Module             # LossForward(raw_model, maybe compiled), maybe DDP-wrapped
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler
@@ -381,9 +400,7 @@ def setup(cfg: DictConfig, d: Dist) -> Parts:
     longest = max(train_ds.bar_lengths + val_loader.dataset.bar_lengths, default=0)   # every meter of the data
     raw_model = build_model(cfg, train_ds.num_drums, longest, train_ds.conditions, train_ds.has_timing).to(d.device)
     torch.manual_seed(int(tc.seed) + d.rank)  # per-rank streams (dropout, sampling) after a shared init
-    model = raw_model
-    if tc.compile:
-        model = torch.compile(model)
+    model = LossForward(torch.compile(raw_model) if tc.compile else raw_model)
     if d.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
@@ -540,7 +557,7 @@ def train_step(p: Parts, batches, micro: int, clip: float, d: Dist) -> tuple[dic
         sync = i == micro - 1 or not d.enabled
         with (contextlib.nullcontext() if sync else p.model.no_sync()):
             with p.autocast():
-                loss, terms, step_logits = forward_loss(p.model, p.raw_model, batch, p.weights)
+                loss, terms, step_logits = forward_loss(p.model, batch, p.weights)
                 if p.shaper is not None:
                     loss, terms = shape_rewards(p, loss, terms, step_logits, batch, step_logs)
             p.scaler.scale(loss * (n[i] / n_mean)).backward()
