@@ -132,6 +132,12 @@ def test_samples_follow_the_requested_condition(run_dir):
     from train.generate.run import sample
 
     model, _ = load_model(run_dir / "checkpoints" / "last.pt")
+    # one epoch of the tiny store leaves the condition rows near their N(0, 0.02²) init, too small
+    # to flip a draw; what is tested is that sample() hands the condition to the model, so give
+    # the rows the size training reaches on real data
+    with torch.no_grad():
+        for table in model.conditions.values():
+            table.weight.mul_(100.0)
     funk, rock, none = (sample(model, 3, 32, num_drums=9, seed=1, cond=c) for c in ([1, 0, 0], [2, 0, 0], None))
     assert funk.shape == (3, 32, 9) and not (np.array_equal(funk, rock) and np.array_equal(funk, none))
     again = sample(model, 3, 32, num_drums=9, seed=1, cond=[1, 0, 0])
