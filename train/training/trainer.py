@@ -270,14 +270,6 @@ class LossForward(torch.nn.Module):
         return total, terms, preds[0]
 
 
-def forward_loss(model, batch: dict, weights: dict):
-    """(total loss, {term: value}, step logits) of one batch; `model` is a LossForward (maybe
-    DDP-wrapped) or a bare model."""
-    if not isinstance(model, (LossForward, torch.nn.parallel.DistributedDataParallel)):
-        model = LossForward(model)
-    return model(batch, weights)
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: to_device(v, device) if isinstance(v, dict) else
             (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -296,6 +288,7 @@ def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dic
     model.eval()
     # from the first batch every time (a `limit` cut leaves the sampler mid-epoch)
     loader.sampler.load_state_dict({**loader.sampler.state_dict(), "position": 0})
+    loss_of = LossForward(model)     # the raw model: no DDP in evaluation
     sums: dict[str, float] = {}
     count = 0.0
     for i, batch in enumerate(loader):
@@ -303,7 +296,7 @@ def evaluate(model, loader, limit: int, weights: dict, d: Dist, autocast) -> dic
             break
         batch = to_device(batch, d.device)
         with autocast():
-            total, terms, _ = forward_loss(model, batch, weights)
+            total, terms, _ = loss_of(batch, weights)
         n = float(real_steps(batch))
         for k, v in {"loss": total, **terms}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -557,7 +550,7 @@ def train_step(p: Parts, batches, micro: int, clip: float, d: Dist) -> tuple[dic
         sync = i == micro - 1 or not d.enabled
         with (contextlib.nullcontext() if sync else p.model.no_sync()):
             with p.autocast():
-                loss, terms, step_logits = forward_loss(p.model, batch, p.weights)
+                loss, terms, step_logits = p.model(batch, p.weights)
                 if p.shaper is not None:
                     loss, terms = shape_rewards(p, loss, terms, step_logits, batch, step_logs)
             p.scaler.scale(loss * (n[i] / n_mean)).backward()
