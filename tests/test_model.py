@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -428,6 +429,8 @@ def test_hydra_model_configs_build(name):
     plain = {k: v for k, v in kwargs.items() if k not in ("conditioning", "bpm_buckets", "cond_dropout")}
     if plain["embedding_std"] == 1.0:      # torch's own init: recorded only when set otherwise
         del plain["embedding_std"]
+    if not plain["context_input"]:         # likewise (and only by a hierarchical model)
+        del plain["context_input"]
     assert m.config == plain and m.steps_per_bar == cfg.window.steps_per_bar
     assert m.horizon_bars == cfg.window.seq_len // cfg.window.steps_per_bar     # null: the window's bars
     assert m.use_transformer == (name == "transformer") and not m.hierarchy
@@ -451,6 +454,22 @@ def test_groove_cpu_experiment_composes():
     assert cfg.generate.temperature == cfg.evaluate.generated.temperature == 0.98   # the 3-seed sweep's choice
     assert cfg.model.dropout == 0.2
     assert cfg.trainer.limit_train_batches == -1 and cfg.window.stride % cfg.window.steps_per_bar == 0
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_builds_its_model(name):
+    """Every row of docs/results.md is an experiment config: each composes and builds its model."""
+    cfg = compose([f"+experiment={name}"])
+    kwargs, unknown = model_kwargs(cfg, 9)
+    assert not unknown and cfg.trainer.run_name == name
+    if kwargs.get("conditioning"):          # the trainer fills the vocabularies from the export
+        kwargs["conditioning"] = {c: ["a", "b"] for c in kwargs["conditioning"]}
+    with torch.device("meta"):
+        m = HierarchicalDrumModel.from_config(kwargs)
+    assert m.context_input == name.endswith("_full") and m.hierarchy == ("flat" not in name)
 
 
 def test_bad_config_is_refused():
@@ -557,3 +576,48 @@ def test_zero_weights_keep_every_parameter_in_the_graph():
     assert all(p.grad is not None for p in m.parameters())
     assert m.bar_head.weight.grad.abs().sum() == 0 and m.phrase_head.weight.grad.abs().sum() == 0
     assert m.input.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- context input
+@pytest.mark.parametrize("lead", [0, 3])
+@pytest.mark.parametrize("backend", ["gru", "lstm"])
+def test_bar_context_in_the_step_input_is_causal_and_incremental(backend, lead):
+    """context_input: the steps of bar k read bar k−1's state in their input. Forward (the step
+    RNN run bar by bar) equals generation step by step, also past a 4-bar horizon; no future leaks."""
+    m = song_grid(backend, context_input=True, horizon_bars=4)
+    L = 6 * SPB + 2
+    x, start = rolls(2, L, 41), torch.tensor([SPB, 3 * SPB]) + lead
+    full, bars, phrases = m(x, start=start)
+    assert bars.shape[1] == (L + lead) // SPB
+    state = m.init_state(2, start=start)
+    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    g = torch.Generator().manual_seed(3)
+    for t in range(0, L - 1, 5):
+        y = x.clone()
+        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+        torch.testing.assert_close(m(y, start=start)[0][:, :t + 1], full[:, :t + 1], rtol=0, atol=1e-12)
+    out = m.generate(x[:, :3], 3 * SPB, temperature=0, seed=0, start=start)
+    assert torch.equal(out[:, 3:], (m(out, start=start)[0][:, 2:-1] > 0).double())
+    mixed = torch.tensor([SPB, 3 * SPB + 1])             # rows of two bar phases: run as two groups
+    together = m(x, start=mixed)
+    assert together[1].shape[1] == (L + 1) // SPB        # the slots of pool_bars: row 0's last is partial
+    for row in range(2):
+        alone = m(x[row:row + 1], start=mixed[row:row + 1])
+        for got, want in zip(together, alone):          # step logits, bar and phrase predictions
+            torch.testing.assert_close(got[row:row + 1, :want.shape[1]], want, rtol=0, atol=1e-12)
+
+
+def test_bar_context_enters_the_step_input_at_the_next_bar():
+    """The input path: changing only bar_to_input moves the outputs from the first step of bar 1
+    on (its input reads bar 0), one step after bar 0's context reaches the output (bar_to_step)."""
+    m = tiny("gru", context_input=True)
+    x = rolls(1, 3 * SPB, 3)
+    before = m(x)[0]
+    with torch.no_grad():
+        m.bar_to_input.weight.add_(1.0)    # bar_start is zero: bar 0's steps read only the bias
+    changed = ~torch.isclose(m(x)[0], before).all(-1)[0]
+    assert changed.tolist() == [False] * SPB + [True] * (2 * SPB)
+    assert "context_input" not in tiny("gru").config          # older checkpoints keep an equal config
+    with pytest.raises(ValueError, match="recurrent step level"):
+        tiny("transformer", context_input=True)

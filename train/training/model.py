@@ -44,6 +44,9 @@ class RecurrentLevel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:           # [B, T, dim] -> [B, T, dim]
         return self.rnn(x)[0]
 
+    def run(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:    # a chunk [B, T, dim] from `state`
+        return self.rnn(x, state)
+
     def init_state(self, batch_size: int, like: Tensor) -> Any:
         return None                                     # zeros, as in forward
 
@@ -172,6 +175,7 @@ class GenerationState:
     bars_done: int = 0     # complete bars, counted from the first bar of the phrase holding step 0
     phrase_bars: int = 0   # bars pooled into the phrase in progress
     bar_ctx: Tensor | None = None        # [B, H] projected state of the last complete bar
+    bar_in_ctx: Tensor | None = None     # [B, H] ... into the step level's input (context_input)
     phrase_ctx: Tensor | None = None     # [B, H] ... of the last complete phrase
     history: Tensor | None = None        # [B, K·spb, D] ring of the last K bars' inputs (lookback)
     bar_inputs: list | None = None       # the last horizon_bars bar-level inputs (bounded horizon)
@@ -262,7 +266,7 @@ class HierarchicalDrumModel(nn.Module):
                  conditioning: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
                  bpm_buckets: Sequence[float] = (), cond_dropout: float = 0.0, horizon_bars: int = 0,
                  expressive_history: bool = False, expressive_spread: bool = False, expressive_timing: bool = True,
-                 embedding_std: float = 1.0):
+                 embedding_std: float = 1.0, context_input: bool = False):
         super().__init__()
         self._config = dict(num_drums=int(num_drums), step_hidden_dim=int(step_hidden_dim),
                             bar_hidden_dim=int(bar_hidden_dim), phrase_hidden_dim=int(phrase_hidden_dim),
@@ -282,6 +286,8 @@ class HierarchicalDrumModel(nn.Module):
             self._config["expressive_timing"] = False
         if float(embedding_std) != 1.0:   # recorded only when set: older checkpoints keep an equal config
             self._config["embedding_std"] = float(embedding_std)
+        if context_input and hierarchy:   # likewise
+            self._config["context_input"] = True
         # only a conditioned model records these keys: older checkpoints keep an equal config
         if conditioning:
             vocab = (dict.fromkeys(conditioning, ()) if not isinstance(conditioning, Mapping)
@@ -293,6 +299,7 @@ class HierarchicalDrumModel(nn.Module):
         self.num_drums, self.steps_per_bar, self.bars_per_phrase = D, steps_per_bar, bars_per_phrase
         self.hierarchy, self.use_transformer = bool(hierarchy), bool(use_transformer)
         self.lookback_bars = int(lookback_bars)
+        self.context_input = bool(self._config.get("context_input"))
         # the bar level sees the last horizon_bars bars, the phrase level the phrases of as many
         # bars (0 = everything since step 0): the training window's bars, so that generation
         # past one window runs the levels as they were trained (docs/model.md, "Horizon")
@@ -345,6 +352,10 @@ class HierarchicalDrumModel(nn.Module):
             self.phrase_head = nn.Linear(Hp, D)
             self.phrase_to_step = nn.Linear(Hp, H)
             self.phrase_start = nn.Parameter(torch.zeros(Hp))
+            # the last complete bar's state also enters the step level's input, so the step RNN
+            # can carry what the bar level heard into its own state (docs/model.md, "Context input")
+            if self.context_input:
+                self.bar_to_input = nn.Linear(Hb, H)
 
     # ---- config / checkpoint contract
     def _check_config(self) -> None:
@@ -363,6 +374,9 @@ class HierarchicalDrumModel(nn.Module):
                 raise ValueError(f"max_context must be ≥ 1, got {c['max_context']}")
         elif c["rnn_type"] not in RNN_TYPES:
             raise ValueError(f"rnn_type must be one of {RNN_TYPES}, got {c['rnn_type']!r}")
+        if c.get("context_input") and c["use_transformer"]:
+            raise ValueError("context_input runs the step level bar by bar with a carried state: "
+                             "a recurrent step level only (use_transformer=false)")
         if c["output"] not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {c['output']!r}")
         if c.get("conditioning"):
@@ -453,17 +467,21 @@ class HierarchicalDrumModel(nn.Module):
             out_bar = self.out_bar_pos(((pos + 1) // spb) % bpp)
         if self.lookback_bars:
             x = x + self.lookback(lookback_features(step, spb, self.lookback_bars))
-        h = self.step_rnn(self.drop(x))                                        # [B, L, H]
+        lead = start % spb                                                     # [B] song grid
+        if self.hierarchy and self.context_input:
+            h, bar_in, bar_h = self._run_fed_back(x, step, lead, spb)
+        else:
+            h = self.step_rnn(self.drop(x))                                    # [B, L, H]
         z = h + self.out_pos((phase + 1) % spb)
         if self.phrase_position:
             z = z + out_bar
         if not self.hierarchy:
             return z, None, None
 
-        lead = start % spb                                                     # [B] song grid
-        bar_in = pool_bars(torch.cat([h, step], -1), lead, spb)              # [B, nb, H + D]
+        if not self.context_input:
+            bar_in = pool_bars(torch.cat([h, step], -1), lead, spb)          # [B, nb, H + D]
+            bar_h = _run_bounded(self.bar_rnn, self.drop(self.step_to_bar(bar_in)), self.horizon_bars)  # [B, nb, Hb]
         bar_x = bar_in[..., h.shape[-1]:]
-        bar_h = _run_bounded(self.bar_rnn, self.drop(self.step_to_bar(bar_in)), self.horizon_bars)  # [B, nb, Hb]
         off = self.phrase_offset(start, spb)                                   # [B]
         phrase_in = pool_phrases(torch.cat([bar_h, bar_x], -1), off, bpp)    # [B, P, Hb + D]
         phrase_h = _run_bounded(self.phrase_rnn, self.drop(self.bar_to_phrase(phrase_in)),
@@ -480,6 +498,46 @@ class HierarchicalDrumModel(nn.Module):
         phrase_ctx = phrases.gather(1, done[..., None].expand(-1, -1, phrases.shape[-1]))
         z = z + self.bar_to_step(bar_ctx) + self.phrase_to_step(phrase_ctx)
         return z, self.bar_head(bar_h), self.phrase_head(phrase_h)
+
+    def _run_fed_back(self, x: Tensor, step: Tensor, lead: Tensor, spb: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(h [B, L, H], bar inputs [B, nb, H + D], bar_h [B, nb, Hb]) with the bar level's context in
+        the step level's input: the steps of bar k read the state of bar k − 1 (bar_start for the
+        first), so the step RNN runs one bar at a time and the bar level one item per bar, as
+        `step` does in generation. Rows are run in groups of one bar phase (`lead`); nb and the
+        slots are those of `pool_bars` (a row whose last slot is partial pools its steps so far)."""
+        B, L, H = x.shape
+        nb = (L + int(lead.max())) // spb if B else 0
+        h = x.new_zeros(B, L, H)
+        bar_in = x.new_zeros(B, nb, H + self.num_drums)
+        bar_h = x.new_zeros(B, nb, self._config["bar_hidden_dim"])
+        for value in lead.unique().tolist():
+            rows = (lead == value).nonzero()[:, 0]
+            if len(rows) == B:
+                rows = slice(None)
+            h[rows], bar_in[rows], bar_h[rows] = self._fed_back_rows(x[rows], step[rows], int(value), spb, nb)
+        return h, bar_in, bar_h
+
+    def _fed_back_rows(self, x: Tensor, step: Tensor, lead: int, spb: int, nb: int) -> tuple[Tensor, Tensor, Tensor]:
+        """`_run_fed_back` for rows of one bar phase."""
+        B, L, _ = x.shape
+        lines = list(range(spb - lead, L, spb)) + [L]            # chunk ends: bar lines, then the end
+        ctx, state, level_state, recent = self.bar_start.expand(B, -1), None, None, []
+        hs, bar_ins, bar_hs, a = [], [], [], 0
+        for b in lines:
+            if b == a:
+                continue
+            chunk = x[:, a:b] + self.bar_to_input(ctx)[:, None]
+            h, state = self.step_rnn.run(self.drop(chunk), state)
+            hs.append(h)
+            if len(bar_hs) < nb:          # a bar (or the batch's partial last slot) ends at b
+                bar_ins.append(torch.cat([h, step[:, a:b]], -1).mean(1))
+                ctx, level_state = self._level_step(self.bar_rnn, self.drop(self.step_to_bar(bar_ins[-1])),
+                                                    level_state, recent, self.horizon_bars)
+                bar_hs.append(ctx)
+            a = b
+        stack = lambda items, like: torch.stack(items, 1) if items else like.new_zeros(B, 0, like.shape[-1])
+        return torch.cat(hs, 1), stack(bar_ins, torch.cat([x[:, :0], step[:, :0]], -1)), \
+            stack(bar_hs, self.bar_start[None, None])
 
     def condition_input(self, cond: Tensor | None, batch_size: int, device) -> Tensor:
         """[B, H]: the sum of the condition embeddings, added to every step's input. `cond` [B, C]
@@ -533,6 +591,8 @@ class HierarchicalDrumModel(nn.Module):
             state.phrase_sum_h = like.new_zeros(batch_size, self._config["bar_hidden_dim"])
             state.phrase_sum_x = like.new_zeros(batch_size, D)
             state.bar_ctx = self.bar_to_step(self.bar_start).expand(batch_size, H)
+            if self.context_input:
+                state.bar_in_ctx = self.bar_to_input(self.bar_start).expand(batch_size, H)
             state.phrase_ctx = self.phrase_to_step(self.phrase_start).expand(batch_size, H)
             off = self.phrase_offset(start, spb)
             if bool((off != off[0]).any()):
@@ -566,6 +626,8 @@ class HierarchicalDrumModel(nn.Module):
             inp = inp + self.in_bar_pos((pos // spb) % self.bars_per_phrase)
         if self.lookback_bars:
             inp = inp + self.lookback(self._lookback_step(x, state))
+        if self.hierarchy and self.context_input:
+            inp = inp + state.bar_in_ctx
         h, state.step = self.step_rnn.step(self.drop(inp), state.step)
         z = h + self.out_pos((phase + 1) % spb)
         if self.phrase_position:
@@ -623,6 +685,8 @@ class HierarchicalDrumModel(nn.Module):
         bar_h, state.bar = self._level_step(self.bar_rnn, self.drop(bar_in), state.bar,
                                             state.bar_inputs, self.horizon_bars)
         state.bar_ctx = self.bar_to_step(bar_h)
+        if self.context_input:
+            state.bar_in_ctx = self.bar_to_input(bar_h)
         state.phrase_sum_h = state.phrase_sum_h + bar_h
         # the bar's mean · spb (its sum when whole): a phrase pools bar means, as forward does
         state.phrase_sum_x = state.phrase_sum_x + state.bar_sum_x * (spb / n_steps)
@@ -660,7 +724,8 @@ class HierarchicalDrumModel(nn.Module):
                  top_p: float | None = None, seed: int | None = None, batch_size: int = 1,
                  start: Tensor | int = 0, top_k: int | None = None, expressive: bool = False,
                  steps_per_bar: int | None = None, cond: Tensor | None = None,
-                 prime_played: tuple[Tensor, Tensor] | None = None, expressive_temperature: float = 1.0):
+                 prime_played: tuple[Tensor, Tensor] | None = None, expressive_temperature: float = 1.0,
+                 guidance: float = 1.0):
         """Sample `length` steps after the prime `start_seq` [B, T0, D] (or [T0, D]; None or T0 = 0
         for no prime, then `batch_size` rows start from one silent lead-in step that is not
         returned). Returns [B, T0 + length, D]: the prime, then binary sampled steps. One
@@ -676,7 +741,12 @@ class HierarchicalDrumModel(nn.Module):
         in the prime's dynamics and feel. With the heads' spread (`expressive_spread`) each hit's
         velocity and offset are drawn around their means, scaled by `expressive_temperature`
         (0: the means). `cond` [B, C] or [C]: condition ids
-        (conditioning.request_ids; None: unconditional)."""
+        (conditioning.request_ids; None: unconditional). `guidance` ≠ 1 (a conditioned model and
+        a `cond`): classifier-free guidance, each step drawn from p(x | none)·(p(x | c) / p(x | none))^guidance
+        (heads.StepHead.sample_guided), a second state running the same steps with every condition
+        none; > 1 plays the requested style more plainly than p(x | c) does."""
+        if float(guidance) != 1.0 and cond is None:
+            raise ValueError(f"guidance={guidance} needs a condition to guide towards (cond=None)")
         was_training = self.training
         self.eval()
         try:
@@ -701,7 +771,7 @@ class HierarchicalDrumModel(nn.Module):
                 self._sample_rows(out, played, rows, T0, length, start[rows], spb, gen,
                                   (temperature, top_k, top_p),
                                   float(expressive_temperature) if expressive else None,
-                                  None if cond is None else cond[rows])
+                                  None if cond is None else cond[rows], float(guidance))
             if expressive:
                 return (out[0], *played[:, 0]) if unbatched else (out, *played)
             return out[0] if unbatched else out
@@ -710,21 +780,30 @@ class HierarchicalDrumModel(nn.Module):
 
     def _sample_rows(self, out: Tensor, played: Tensor, rows: Tensor, T0: int, length: int, start: Tensor,
                      spb: int, gen: torch.Generator, decoding: tuple, expressive: float | None,
-                     cond: Tensor | None = None) -> None:
+                     cond: Tensor | None = None, guidance: float = 1.0) -> None:
         """`generate` for the batch rows `rows` (one bar phase): fills out / played in place.
-        `expressive`: None (hits only), else the temperature of the heads' spread (0: their means)."""
+        `expressive`: None (hits only), else the temperature of the heads' spread (0: their means).
+        With `guidance` ≠ 1 a second state reads the same steps with every condition none."""
         n, D = len(rows), self.num_drums
         rows = slice(None) if n == out.shape[0] else rows     # all rows: views of `out`, as always
-        state = self.init_state(n, t=0 if T0 else -1, start=start, steps_per_bar=spb, cond=cond)
+        states = [self.init_state(n, t=0 if T0 else -1, start=start, steps_per_bar=spb, cond=cond)]
+        if guidance != 1.0:
+            states.append(self.init_state(n, t=0 if T0 else -1, start=start, steps_per_bar=spb, cond=None))
+
+        def read(x, i):     # every state consumes step i (x) as played; returns their logits
+            return [self.step(x, s, played=played[:, rows, i].unbind(0) if i is not None else None)
+                    for s in states]
+
         logits = None
         for i, x in enumerate(out[rows, :T0].unbind(1) if T0 else [out.new_zeros(n, D)]):
-            logits = self.step(x, state, played=played[:, rows, i].unbind(0) if T0 else None)
+            logits = read(x, i if T0 else None)
         for i in range(length):
-            out[rows, T0 + i] = self.head.sample(logits, gen, *decoding)
+            out[rows, T0 + i] = (self.head.sample(logits[0], gen, *decoding) if len(states) == 1 else
+                                 self.head.sample_guided(logits[0], logits[1], guidance, gen, *decoding))
             if expressive is not None:   # how the sampled hits are played, from the state that chose them
-                played[:, rows, T0 + i] = torch.stack(self.play(state, out[rows, T0 + i], gen, expressive))
+                played[:, rows, T0 + i] = torch.stack(self.play(states[0], out[rows, T0 + i], gen, expressive))
             if i + 1 < length:
-                logits = self.step(out[rows, T0 + i], state, played=played[:, rows, T0 + i].unbind(0))
+                logits = read(out[rows, T0 + i], T0 + i)
 
     def _prime(self, start_seq: Tensor | None, batch_size: int, like: Tensor) -> tuple[Tensor, bool]:
         if start_seq is None:
