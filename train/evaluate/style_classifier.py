@@ -116,7 +116,7 @@ def real_windows(ready: Path, split: str, styles: list[str], cfg: DictConfig, se
 
 def generated_windows(model, styles: list[str], sc: DictConfig, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(features, style index) of `samples_per_style` sequences generated per style."""
-    from train.generate.run import sample, torch_threads
+    from train.generate.run import guidance_of, sample, torch_threads
 
     vocab = model.config.get("conditioning") or {}
     if "style" not in vocab:
@@ -137,7 +137,7 @@ def generated_windows(model, styles: list[str], sc: DictConfig, seq_len: int) ->
         with torch_threads(1):   # step-by-step sampling: a second thread only spin-waits (generate.num_threads)
             rolls = sample(model, int(sc.samples_per_style), seq_len, num_drums=model.num_drums,
                            temperature=float(sc.temperature), top_k=sc.top_k, top_p=sc.top_p,
-                           seed=int(sc.seed) + 1000 * k, cond=cond)
+                           seed=int(sc.seed) + 1000 * k, cond=cond, guidance=guidance_of(sc, cond))
         feats.append(features(rolls, np.full(len(rolls), seq_len), spb))
         label.append(np.full(len(rolls), k))
     return np.concatenate(feats), np.concatenate(label)

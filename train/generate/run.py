@@ -172,7 +172,8 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
            temperature: float = 1.0, top_p: float | None = None, seed: int = 0,
            batch_size: int = 64, top_k: int | None = None, expressive: bool = False,
            cond: list[int] | None = None, steps_per_bar: int | None = None,
-           prime_played: tuple[np.ndarray, np.ndarray] | None = None, expressive_temperature: float = 1.0):
+           prime_played: tuple[np.ndarray, np.ndarray] | None = None, expressive_temperature: float = 1.0,
+           guidance: float = 1.0):
     """[num_samples, T0 + length, D] uint8: the prime (or nothing) followed by `length` sampled steps.
 
     Batches of `batch_size` use seeds seed, seed + 1, …, so a run is reproducible for a seed.
@@ -180,7 +181,8 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
     steps) float arrays of the same shape, drawn around the heads' means with `expressive_temperature`
     (0: the means; model.generate); over the prime `prime_played` (velocity / 127, offset
     in steps [T0, D], read by the model's expressive history; None: 0). `cond`: condition ids of
-    every sample (`condition_ids`; None: unconditional). `steps_per_bar`: the bar (meter) to
+    every sample (`condition_ids`; None: unconditional); `guidance` its classifier-free guidance
+    scale (1: off; model.generate). `steps_per_bar`: the bar (meter) to
     generate in, default the model's.
     """
     t0 = 0 if prime is None else len(prime)
@@ -195,7 +197,7 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
         seq = model.generate(start, length, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed + b,
                              expressive=expressive, cond=None if cond is None else torch.tensor(cond),
                              steps_per_bar=steps_per_bar, prime_played=played,
-                             expressive_temperature=expressive_temperature)
+                             expressive_temperature=expressive_temperature, guidance=guidance)
         out.append(seq if expressive else (seq,))
         log.info("generated %d/%d samples of %d steps", first + n, num_samples, length)
     if not out:
@@ -203,6 +205,17 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
     hits, *played = (torch.cat(part).detach().cpu().numpy() for part in zip(*out))
     hits = (hits > 0).astype(np.uint8)
     return (hits, *played) if expressive else hits
+
+
+def guidance_of(g: DictConfig, cond: list[int] | None) -> float:
+    """`generate.guidance` (style_classifier.guidance), checked: > 0, and ≠ 1 only with a condition."""
+    scale = float(g.get("guidance", 1.0))
+    if scale <= 0:
+        raise ConfigError(f"guidance={scale}: the classifier-free guidance scale must be > 0 (1 = off)")
+    if scale != 1.0 and (cond is None or not any(cond)):
+        raise ConfigError(f"guidance={scale} guides towards the requested conditions, and none is requested "
+                          "(set generate.style / beat_type / bpm on a conditioned model, or guidance=1)")
+    return scale
 
 
 @contextmanager
@@ -324,6 +337,7 @@ def run(cfg: DictConfig) -> dict:
                        temperature=float(g.temperature), top_p=g.top_p, top_k=g.get("top_k"), seed=int(g.seed),
                        expressive=expressive, cond=cond, steps_per_bar=spb,
                        expressive_temperature=float(g.get("expressive_temperature", 1.0)),
+                       guidance=guidance_of(g, cond),
                        prime_played=None if prime_played is None else
                        (prime_played[0] / 127.0, prime_played[1] / 128.0))
     rolls, vels, offs = drawn if expressive else (drawn, [None] * len(drawn), [None] * len(drawn))

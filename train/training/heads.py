@@ -97,6 +97,19 @@ class StepHead(nn.Module):
             raise ValueError(f"{what} enumerates the 2^{self.num_drums} drum vectors; only "
                              f"D ≤ {ENUM_MAX_DRUMS} drums")
 
+    def sample_guided(self, params: Tensor, params_none: Tensor, scale: float,
+                      generator: torch.Generator | None = None, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None) -> Tensor:
+        """Drum vectors [B, D] drawn with classifier-free guidance (Ho & Salimans, 2022) over the
+        joint step event: log p_g(x) = log p(x | none) + scale · (log p(x | c) − log p(x | none)),
+        renormalised, then decoded as `sample` does. `params` are given the condition c,
+        `params_none` the same state with every condition none; scale 1 is p(x | c) itself."""
+        _check_decoding(temperature, top_k, top_p)
+        self._enumerable("guided decoding")
+        cond, none = self.joint_log_probs(params), self.joint_log_probs(params_none)
+        guided = (none + float(scale) * (cond - none)).log_softmax(-1)
+        return bit_table(self.num_drums, params)[decode_joint(guided, generator, temperature, top_k, top_p)]
+
     def sample(self, params: Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None) -> Tensor:
         """Drum vectors [B, D] (0/1) drawn from p(x) decoded by `decode_joint`."""
