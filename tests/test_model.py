@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from pipeline.config import compose
 from pipeline.drums import DrumMap
@@ -470,6 +471,10 @@ def test_every_experiment_composes_and_builds_its_model(name):
     with torch.device("meta"):
         m = HierarchicalDrumModel.from_config(kwargs)
     assert m.context_input == name.endswith("_full") and m.hierarchy == ("flat" not in name)
+    conditioned_groove = name in ("groove_cond", "groove_full")     # guided towards the style asked for
+    for config, key in (("generate", "generate.guidance"), ("style_classifier", "style_classifier.guidance")):
+        sampling = compose([f"+experiment={name}"], config_name=config)
+        assert OmegaConf.select(sampling, key) == (3.0 if conditioned_groove else 1.0), (config, key)
 
 
 def test_bad_config_is_refused():

@@ -208,13 +208,16 @@ def sample(model, num_samples: int, length: int, *, num_drums: int, prime: np.nd
 
 
 def guidance_of(g: DictConfig, cond: list[int] | None) -> float:
-    """`generate.guidance` (style_classifier.guidance), checked: > 0, and ≠ 1 only with a condition."""
+    """`generate.guidance` (style_classifier.guidance), checked (> 0). With no condition requested
+    there is nothing to guide towards: unconditional sampling (1), said once in the log, so a
+    recipe's guidance default does not stand in the way of unconditional generation."""
     scale = float(g.get("guidance", 1.0))
     if scale <= 0:
         raise ConfigError(f"guidance={scale}: the classifier-free guidance scale must be > 0 (1 = off)")
     if scale != 1.0 and (cond is None or not any(cond)):
-        raise ConfigError(f"guidance={scale} guides towards the requested conditions, and none is requested "
-                          "(set generate.style / beat_type / bpm on a conditioned model, or guidance=1)")
+        log.info("guidance=%s: no condition requested (style / beat_type / bpm), so none to guide towards: "
+                 "sampling unconditionally", scale)
+        return 1.0
     return scale
 
 

@@ -353,7 +353,7 @@ class HierarchicalDrumModel(nn.Module):
             self.phrase_to_step = nn.Linear(Hp, H)
             self.phrase_start = nn.Parameter(torch.zeros(Hp))
             # the last complete bar's state also enters the step level's input, so the step RNN
-            # can carry what the bar level heard into its own state (docs/model.md, "Context input")
+            # can carry what the bar level heard into its own state (docs/model.md, "Bar context in the step input")
             if self.context_input:
                 self.bar_to_input = nn.Linear(Hb, H)
 
