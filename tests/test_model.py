@@ -470,8 +470,9 @@ def test_every_experiment_composes_and_builds_its_model(name):
         kwargs["conditioning"] = {c: ["a", "b"] for c in kwargs["conditioning"]}
     with torch.device("meta"):
         m = HierarchicalDrumModel.from_config(kwargs)
-    assert m.context_input == name.endswith("_full") and m.hierarchy == ("flat" not in name)
-    conditioned_groove = name in ("groove_cond", "groove_full")     # guided towards the style asked for
+    assert m.context_input == (name.endswith("_full") or name == "groove_context")
+    assert m.hierarchy == ("flat" not in name)
+    conditioned_groove = name in ("groove_cond", "groove_context", "groove_full")   # guided to the style asked
     for config, key in (("generate", "generate.guidance"), ("style_classifier", "style_classifier.guidance")):
         sampling = compose([f"+experiment={name}"], config_name=config)
         assert OmegaConf.select(sampling, key) == (3.0 if conditioned_groove else 1.0), (config, key)
