@@ -42,6 +42,21 @@ def rolls(B: int, L: int, seed: int, p: float = 0.3) -> torch.Tensor:
     return (torch.rand(B, L, D, generator=g, dtype=torch.float64) < p).double()
 
 
+def assert_step_by_step_equals(m, x, state, full):
+    """Generation's path (one `step` at a time from `state`) gives forward's outputs `full`."""
+    inc = torch.stack([m.step(x[:, t], state) for t in range(x.shape[1])], 1)
+    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+
+
+def perturbed_futures(x, every, seed):
+    """(t, x with every step after t redrawn) for t = 0, every, 2·every, …: the causality probes."""
+    g = torch.Generator().manual_seed(seed)
+    for t in range(0, x.shape[1] - 1, every):
+        y = x.clone()
+        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+        yield t, y
+
+
 # every backend and lookback with per-drum outputs; the joint and autoregressive heads on a mix
 OUTPUT_CASES = [(b, lb, "independent") for b in BACKENDS for lb in (0, 2)] + [
     ("gru", 2, "joint"), ("transformer", 0, "joint"), ("lstm", 2, "autoregressive"),
@@ -121,8 +136,7 @@ def test_incremental_step_equals_full_forward(backend, hierarchy, lookback, lead
     start = torch.tensor([0, SPB, 5 * SPB]) + lead   # one bar phase per generation batch
     full = m(x, start=start)[0]
     state = m.init_state(3, start=start)
-    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
-    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    assert_step_by_step_equals(m, x, state, full)
 
 
 @pytest.mark.parametrize("output", ["joint", "autoregressive"])
@@ -149,8 +163,7 @@ def test_bar_in_phrase_position_is_song_aligned_and_incremental(backend):
     x, start = rolls(2, L, 13), torch.tensor([SPB + 1, 3 * SPB + 1])
     full = m(x, start=start)[0]
     state = m.init_state(2, start=start)
-    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
-    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    assert_step_by_step_equals(m, x, state, full)
     torch.testing.assert_close(m(x, start=start + SPB * BPP)[0], full, rtol=0, atol=1e-12)
     assert not torch.allclose(m(x, start=start + SPB)[0], full)
     plain = tiny(backend, lookback_bars=1, **({"max_context": 6} if backend == "transformer" else {}))
@@ -171,12 +184,8 @@ def test_another_bar_length_per_call_is_causal_and_incremental(backend):
     assert bars.shape[1] == (L + 2) // spb                              # the partial bar, then whole ones
     assert not torch.allclose(full, m(x, start=start)[0])               # the bar length is read
     state = m.init_state(2, start=start, steps_per_bar=spb)
-    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
-    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
-    g = torch.Generator().manual_seed(3)
-    for t in range(0, L - 1, 2):
-        y = x.clone()
-        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+    assert_step_by_step_equals(m, x, state, full)
+    for t, y in perturbed_futures(x, every=2, seed=3):
         torch.testing.assert_close(m(y, start=start, steps_per_bar=spb)[0][:, :t + 1], full[:, :t + 1],
                                    rtol=0, atol=1e-12)
         done = (2 + t + 1) // spb                                        # bar slots complete through t
@@ -217,12 +226,8 @@ def test_song_phrases_are_causal_and_incremental(backend):
     full, bars, phrases = m(x, start=start)
     assert phrases.shape[1] == (L // SPB + 1) // BPP     # a partial first phrase, then whole ones
     state = m.init_state(2, start=start)
-    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
-    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
-    g = torch.Generator().manual_seed(2)
-    for t in range(0, L - 1, 3):
-        y = x.clone()
-        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+    assert_step_by_step_equals(m, x, state, full)
+    for t, y in perturbed_futures(x, every=3, seed=2):
         out = m(y, start=start)
         torch.testing.assert_close(out[0][:, :t + 1], full[:, :t + 1], rtol=0, atol=1e-12)
         slots = ((t + 1) // SPB + 1) // BPP             # phrase slots complete through step t (off = 1)
@@ -295,8 +300,7 @@ def test_generation_past_the_horizon_equals_the_bounded_forward(backend):
     x, start = rolls(2, L, 31), torch.tensor([SPB, 3 * SPB])      # phrase offset 1 for both rows
     full = m(x, start=start)[0]
     state = m.init_state(2, start=start)
-    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
-    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
+    assert_step_by_step_equals(m, x, state, full)
     unbounded = song_grid(backend)
     short = 4 * SPB + SPB - 1      # bar 4 completes at step 5·SPB − 1: the first step it can differ
     torch.testing.assert_close(unbounded(x[:, :short], start=start)[0], m(x[:, :short], start=start)[0],
@@ -596,12 +600,8 @@ def test_bar_context_in_the_step_input_is_causal_and_incremental(backend, lead):
     full, bars, phrases = m(x, start=start)
     assert bars.shape[1] == (L + lead) // SPB
     state = m.init_state(2, start=start)
-    inc = torch.stack([m.step(x[:, t], state) for t in range(L)], 1)
-    torch.testing.assert_close(inc, full, rtol=0, atol=1e-10)
-    g = torch.Generator().manual_seed(3)
-    for t in range(0, L - 1, 5):
-        y = x.clone()
-        y[:, t + 1:] = torch.rand(y[:, t + 1:].shape, generator=g, dtype=y.dtype)
+    assert_step_by_step_equals(m, x, state, full)
+    for t, y in perturbed_futures(x, every=5, seed=3):
         torch.testing.assert_close(m(y, start=start)[0][:, :t + 1], full[:, :t + 1], rtol=0, atol=1e-12)
     out = m.generate(x[:, :3], 3 * SPB, temperature=0, seed=0, start=start)
     assert torch.equal(out[:, 3:], (m(out, start=start)[0][:, 2:-1] > 0).double())
