@@ -25,7 +25,7 @@ def one_case(overrides: list[str]) -> dict:
     """Run ingest then build in this process; report times and this process's peak RSS."""
     sys.path.insert(0, str(REPO))
     from pipeline.build import build
-    from pipeline.config import compose
+    from common.config import compose
     from pipeline.ingest import ingest
 
     cfg = compose(overrides)

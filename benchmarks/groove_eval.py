@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.store import Store
 from train.evaluate.run import fit_baselines, score_windows, scores_with_intervals, song_subsets
 from train.evaluate.scores import ScoreAccumulator

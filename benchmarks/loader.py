@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.drums import DrumMap
 from pipeline.export import export
 from pipeline.metrics import run as compute_metrics

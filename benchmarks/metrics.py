@@ -53,7 +53,7 @@ def stage_on_groove(groove: str) -> dict:
     import tempfile
 
     from pipeline.build import build
-    from pipeline.config import compose
+    from common.config import compose
     from pipeline.ingest import ingest
     from pipeline.metrics import run
     out = {}

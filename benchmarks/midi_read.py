@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import pipeline.midi  # noqa: E402
-from pipeline.config import compose  # noqa: E402
+from common.config import compose  # noqa: E402
 from pipeline.ingest import ingest  # noqa: E402
 
 

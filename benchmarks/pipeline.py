@@ -29,7 +29,7 @@ STEPS_PER_SONG = 690        # mean length of a built-in corpus song (conf/data/b
 
 STAGE = """
 import json, resource, sys, time
-from pipeline.config import compose
+from common.config import compose
 cfg = compose(sys.argv[2:])
 t0, c0 = time.perf_counter(), time.process_time()
 stage = sys.argv[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.drums import DrumMap
 from pipeline.midi import write_midi
 from train.report.audio import Synth, find_synth, render

@@ -39,8 +39,8 @@ t0 = time.perf_counter()
 import hydra
 from train.generate.run import run
 from omegaconf import DictConfig
-import pipeline.config
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="generate", version_base="1.3")
+import common.config
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     t1 = time.perf_counter()
     result = run(cfg)
@@ -53,7 +53,7 @@ main()
 def make_checkpoint(path: Path) -> Path:
     import torch
 
-    from pipeline.config import compose
+    from common.config import compose
     from pipeline.drums import DrumMap
     from train.training.checkpoint import save_checkpoint
     from train.training.trainer import build_model

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def build(root: Path, songs: int) -> None:
-    from pipeline.config import compose
+    from common.config import compose
     from pipeline.corpus import generate_corpus
     from pipeline.drums import DrumMap
     from pipeline.export import export
@@ -75,7 +75,7 @@ def main() -> None:
         root = Path(tmp)
         build(root, a.songs)
         results = [run(root, n, a.steps) for n in (1, 2)]
-    from pipeline.config import compose
+    from common.config import compose
 
     cfg = compose([])
     print(json.dumps({"benchmark": "train", "config": {

@@ -7,15 +7,15 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.config
-from pipeline.lock import LockHeld, data_dir_lock
+import common.config
+from common.lock import LockHeld, data_dir_lock
 from pipeline.stages import run_all
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # one lock for the four stages: nobody else writes (or reads half-replaced) data between them
-    with pipeline.config.exit_on("pipeline", LockHeld), data_dir_lock(cfg, "pipeline"):
+    with common.config.exit_on("pipeline", LockHeld), data_dir_lock(cfg, "pipeline"):
         run_all(cfg, echo=print, cli=True)
 
 

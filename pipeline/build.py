@@ -24,12 +24,12 @@ import numpy as np
 import zarr
 from omegaconf import DictConfig
 
-import pipeline.config
-from pipeline.atomic import atomic_path
+import common.config
+from common.atomic import atomic_path
 from pipeline.ingest import iter_records, read_shard
-from pipeline.lock import LockHeld, data_dir_lock
-from pipeline.progress import heartbeat
-from pipeline.parallel import executor, ordered_map
+from common.lock import LockHeld, data_dir_lock
+from common.progress import heartbeat
+from common.parallel import executor, ordered_map
 from pipeline.store import STEP_ARRAYS, MetadataWriter, Song, create_store
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,9 @@ def _meta_song(r: dict) -> Song:
                 sections=np.asarray(r["sections"], np.int64).reshape(-1, 2))
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("build", FileNotFoundError, LockHeld), data_dir_lock(cfg, "build"), heartbeat("build"):
+    with common.config.exit_on("build", FileNotFoundError, LockHeld), data_dir_lock(cfg, "build"), heartbeat("build"):
         build(cfg)
 
 

@@ -41,7 +41,7 @@ class DrumMap:
 
     @classmethod
     def default(cls) -> DrumMap:
-        from pipeline.config import CONF_DIR
+        from common.config import CONF_DIR
 
         return cls.from_config(OmegaConf.load(CONF_DIR / "drums" / "gmd9.yaml"))
 

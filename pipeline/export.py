@@ -38,12 +38,12 @@ import numpy as np
 import zarr
 from omegaconf import DictConfig
 
-import pipeline.config
+import common.config
 from kernels.spec import window_counts
-from pipeline.atomic import atomic_path
-from pipeline.lock import LockHeld, data_dir_lock
-from pipeline.progress import heartbeat
-from pipeline.parallel import executor, ordered_map
+from common.atomic import atomic_path
+from common.lock import LockHeld, data_dir_lock
+from common.progress import heartbeat
+from common.parallel import executor, ordered_map
 from pipeline.store import SPLITS, STEP_ARRAYS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
 
     `seq_len`/`stride`, when given, must be those the metrics were computed with (checked first).
     `metric_names`: the window metrics to copy (None: every one, as format 1 did).
-    The row copies run as tasks of one chunk each on `scheduler` (pipeline.parallel: threads by
+    The row copies run as tasks of one chunk each on `scheduler` (common.parallel: threads by
     default, or a dask.distributed address whose workers see the same file system).
     """
     store_path, metrics_path, out_dir = Path(store_path), Path(metrics_path), Path(out_dir)
@@ -262,9 +262,9 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
     return manifest
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("export", FileNotFoundError, ValueError, LockHeld), \
+    with common.config.exit_on("export", FileNotFoundError, ValueError, LockHeld), \
             data_dir_lock(cfg, "export"), heartbeat("export"):
         export_from_config(cfg)
 

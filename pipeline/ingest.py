@@ -38,12 +38,12 @@ import numpy as np
 from numcodecs import Zstd
 from omegaconf import DictConfig, OmegaConf
 
-import pipeline.config
-from pipeline.atomic import atomic_path
+import common.config
+from common.atomic import atomic_path
 from pipeline.drums import DrumMap
-from pipeline.lock import LockHeld, data_dir_lock
-from pipeline.progress import heartbeat
-from pipeline.parallel import executor, ordered_map
+from common.lock import LockHeld, data_dir_lock
+from common.progress import heartbeat
+from common.parallel import executor, ordered_map
 from pipeline.midi import MidiError, read_midi
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song
 
@@ -579,9 +579,9 @@ def _report(cfg, where, tally: _Tally, kept: dict) -> dict:
     }
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("ingest", IngestError, LockHeld), data_dir_lock(cfg, "ingest"), heartbeat("ingest"):
+    with common.config.exit_on("ingest", IngestError, LockHeld), data_dir_lock(cfg, "ingest"), heartbeat("ingest"):
         ingest(cfg)
 
 

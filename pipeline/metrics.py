@@ -8,9 +8,9 @@ Songs are processed in partitions of consecutive songs (`metrics.block_steps`/`b
 one task per partition (one contiguous read from the store, then its songs one after the other),
 on local threads (numba kernels release the GIL) or a dask.distributed cluster
 (`metrics.scheduler=<address>`). Each partition's rows are appended in song order as soon as it
-and the ones before it are done, whole Zarr chunks at a time (pipeline.parallel.ordered_map), so
+and the ones before it are done, whole Zarr chunks at a time (common.parallel.ordered_map), so
 memory does not grow with the corpus. The whole output is written to a temporary sibling and
-renamed into place (pipeline.atomic.atomic_path).
+renamed into place (common.atomic.atomic_path).
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ import kernels
 from kernels.expressive import expressive_metrics
 from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
                           window_grid)
-from pipeline.atomic import atomic_path, is_url, join
-from pipeline.config import CONF_DIR, exit_on
-from pipeline.progress import heartbeat
-from pipeline.lock import LockHeld, data_dir_lock
-from pipeline.parallel import executor, ordered_map
+from common.atomic import atomic_path, is_url, join
+from common.config import CONF_DIR, exit_on
+from common.progress import heartbeat
+from common.lock import LockHeld, data_dir_lock
+from common.parallel import executor, ordered_map
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)

@@ -242,7 +242,7 @@ def write_midi(path: str | Path, hits: np.ndarray, velocity: np.ndarray | None =
     every offset a whole tick, so read_midi gives back the same hits, velocities and offsets.
     The file is written atomically.
     """
-    from pipeline.atomic import atomic_path
+    from common.atomic import atomic_path
 
     hits = np.asarray(hits)
     if hits.ndim != 2 or hits.shape[1] != drum_map.num_drums:

@@ -17,12 +17,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.build import build
-import pipeline.config
-from pipeline.config import compose
+import common.config
+from common.config import compose
 from pipeline.export import FORMAT_VERSION, export_from_config
 from pipeline.ingest import IngestError, ingest
 from pipeline.metrics import run as compute_metrics
-from pipeline.progress import heartbeat
+from common.progress import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ def run_all(cfg: DictConfig, echo=lambda line: None, cli: bool = False) -> dict:
     """ingest -> build -> metrics -> export with `cfg`; `echo` gets one summary line per stage.
 
     `cli=True` turns each stage's expected failures into one `stage: reason` line and an exit code
-    (`pipeline.config.exit_on`); in code they propagate as exceptions.
+    (`common.config.exit_on`); in code they propagate as exceptions.
     """
-    exit_on = pipeline.config.exit_on if cli else (lambda *a, **k: contextlib.nullcontext())
+    exit_on = common.config.exit_on if cli else (lambda *a, **k: contextlib.nullcontext())
     with exit_on("ingest", IngestError), heartbeat("ingest"):
         report = ingest(cfg)
     with exit_on("build", FileNotFoundError), heartbeat("build"):

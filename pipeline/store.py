@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.atomic import exists, is_url, join
+from common.atomic import exists, is_url, join
 
 SCHEMA_VERSION = 2      # 2: `offset` (microtiming) beside hits and velocity
 SPLITS = ("train", "validation", "test")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.drums import DrumMap
 from pipeline.export import export
 from pipeline.metrics import run as compute_metrics

@@ -7,7 +7,7 @@ import zarr
 
 import pipeline.build
 from pipeline.build import build
-from pipeline.config import compose
+from common.config import compose
 from pipeline.ingest import ingest, iter_records
 from pipeline.store import Store
 

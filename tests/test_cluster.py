@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.build import build
-from pipeline.config import compose
+from common.config import compose
 from pipeline.export import export
 from pipeline.ingest import ingest
 from pipeline.metrics import run as compute_metrics

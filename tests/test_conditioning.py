@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from tests.tiny_checkpoint import SEQ_LEN, make_ready
 from train.training import conditioning as C
 from train.training.checkpoint import load_model
@@ -125,7 +125,7 @@ def test_guidance_is_checked_before_sampling():
     from omegaconf import OmegaConf
 
     from train.generate.run import guidance_of
-    from train.training.optim import ConfigError
+    from common.config import ConfigError
 
     assert guidance_of(OmegaConf.create({"guidance": 2.5}), [1, 0, 0]) == 2.5
     assert guidance_of(OmegaConf.create({"guidance": 1.0}), None) == 1.0
@@ -190,7 +190,7 @@ def test_style_asked_of_an_unconditioned_model_exits_2(tmp_path):
     from omegaconf import OmegaConf
 
     from train.generate.run import condition_ids
-    from train.training.optim import ConfigError
+    from common.config import ConfigError
 
     model = _model()
     assert condition_ids(model, OmegaConf.create({"style": None, "beat_type": None, "bpm": 100})) is None

@@ -4,7 +4,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.corpus import DRUMS, STYLES, generate_corpus, generate_song, iter_corpus, song_maker
 from pipeline.drums import DrumMap
 

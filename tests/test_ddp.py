@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import REPO_ROOT
+from common.config import REPO_ROOT
 from train.training.checkpoint import load_checkpoint
 from train.training.trainer import build_model
 

@@ -87,7 +87,7 @@ def _config_edits_touch_only_the_stages_that_read_them(repo, env):
 def assert_pages_link_rendered_audio(repo):
     """The pages, written before the `render` stage ran, link exactly the audio files it wrote (or,
     without FluidSynth here, say what to install and the stage leaves the audio folders empty)."""
-    from pipeline.config import compose
+    from common.config import compose
     from train.report.audio import find_synth
 
     synth, missing = find_synth(compose([]).preview)

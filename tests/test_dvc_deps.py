@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT
+from common.config import REPO_ROOT
 
-PACKAGES = ("pipeline", "kernels", "train")
+PACKAGES = ("common", "pipeline", "kernels", "train")
 LAZY = {"train": ["train.training.trainer"]}   # imported inside main(), after Hydra has parsed the command line
 
 

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.store import Store
 from train.training.data import get_complete_rl_dataloader
 

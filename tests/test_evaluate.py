@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
 from pipeline.store import Song, Store
 from tests.tiny_checkpoint import OVERRIDES, SEQ_LEN, SPB, make_checkpoint, make_ready
@@ -206,7 +206,7 @@ def test_joint_heads_are_scored_by_their_whole_vector_nll(tmp_path, output):
 
 
 def test_a_stride_off_the_bar_lines_is_a_config_error(tiny, tmp_path):
-    from train.training.optim import ConfigError
+    from common.config import ConfigError
 
     with pytest.raises(ConfigError, match="evaluate.stride=24 is not a whole number of bars"):
         evaluate(_cfg(*tiny, tmp_path, "evaluate.stride=24"))

@@ -53,7 +53,7 @@ def test_default_export_is_compact_and_exact(tmp_path):
     import numpy as np
     import zarr
 
-    from pipeline.config import compose
+    from common.config import compose
     from pipeline.export import export
 
     attrs = {**DrumMap.default().to_attrs(), "steps_per_quarter": 4, "source_hash": "h1"}

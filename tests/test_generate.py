@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi, write_midi
 from tests.tiny_checkpoint import OVERRIDES, SPB, make_checkpoint, make_store
@@ -336,7 +336,7 @@ def test_humanize_keeps_the_hits_and_plays_them(ckpt, tmp_path):
 
 
 def test_sampling_threads_are_set_then_restored_and_leave_the_drums_alone(ckpt, tmp_path):
-    from train.training.optim import ConfigError
+    from common.config import ConfigError
 
     caller = torch.get_num_threads()
     torch.set_num_threads(2)

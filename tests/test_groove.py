@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.build import build
-from pipeline.config import CONF_DIR, compose
+from common.config import CONF_DIR, compose
 from pipeline.drums import DrumMap
 from pipeline.ingest import ingest
 from pipeline.midi import _drum_onsets, write_midi

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
 from pipeline.ingest import IngestError, hash_split, ingest, iter_records, read_shard
 from pipeline.midi import write_midi

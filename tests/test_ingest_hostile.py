@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.drums import DrumMap
 from pipeline.ingest import IngestError, _run_part, ingest, load_npz
 from pipeline.midi import write_midi

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from pipeline.config import REPO_ROOT
+from common.config import REPO_ROOT
 
 NOJIT = {**os.environ, "NUMBA_DISABLE_JIT": "1", "HIERDRUMS_KERNEL_EXAMPLES": "6",
          "PYTHONPATH": str(REPO_ROOT)}

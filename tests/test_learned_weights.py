@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from tests.test_ddp import TORCHRUN, _free_port
 from train.training.checkpoint import load_checkpoint
-from train.training.optim import ConfigError
+from common.config import ConfigError
 from train.training.trainer import fit, validate_config
 
 BOUND = 2.0

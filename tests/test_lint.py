@@ -3,7 +3,7 @@ loop-variable closures, mutable defaults ... fail the suite like any other test.
 import subprocess
 import sys
 
-from pipeline.config import REPO_ROOT
+from common.config import REPO_ROOT
 
 
 def test_ruff_finds_nothing():

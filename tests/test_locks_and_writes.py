@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.atomic import MARKER, OutputRefused, atomic_path, exchange, sweep_stale
-from pipeline.config import REPO_ROOT, compose
-from pipeline.lock import DATA_LOCK, RUN_LOCK
-from train.training.optim import ConfigError
+from common.atomic import MARKER, OutputRefused, atomic_path, exchange, sweep_stale
+from common.config import REPO_ROOT, compose
+from common.lock import DATA_LOCK, RUN_LOCK
+from common.config import ConfigError
 from train.training.trainer import validate_config
 
 DEAD_PID = 2 ** 22 + 12345   # above Linux's pid_max (4194304): never a live process
 
 
 def _holder(lock: Path, what: str):
-    """A real second process holding the lock (pipeline.lock.hold) until we kill it."""
+    """A real second process holding the lock (common.lock.hold) until we kill it."""
     code = textwrap.dedent(f"""
         import sys, time
-        from pipeline.lock import hold
+        from common.lock import hold
         with hold({str(lock)!r}, {what!r}):
             print("held", flush=True)
             time.sleep(600)
@@ -158,7 +158,7 @@ def test_the_output_path_exists_at_every_moment_of_a_swap(tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, sys
         from pathlib import Path
-        from pipeline.atomic import atomic_path
+        from common.atomic import atomic_path
         out = Path({str(out)!r})
         for text in ("old", "new"):
             with atomic_path(out, marker="export") as tmp:

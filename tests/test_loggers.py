@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from tests.trainer_data import build_tiny_ready
 from train.training.checkpoint import load_checkpoint
 from train.training.trainer import fit

@@ -11,7 +11,7 @@ import zarr
 
 import kernels.reference as ref
 from kernels.spec import EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, window_grid
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from pipeline.metrics import run
 from pipeline.store import Song, Store, content_hash, write_store
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from pipeline.config import compose
+from common.config import compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi
 from train.training.model import HierarchicalDrumModel, compute_loss, lookback_features, sample_hits

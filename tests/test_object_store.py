@@ -4,7 +4,7 @@ local run's, and a failed metrics run leaves the previous output in place."""
 import pytest
 
 from pipeline.build import build
-from pipeline.config import compose
+from common.config import compose
 from pipeline.ingest import ingest
 from pipeline.metrics import run as compute_metrics
 from pipeline.store import Store, content_hash

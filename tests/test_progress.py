@@ -4,7 +4,7 @@ import time
 
 import dask
 
-from pipeline.progress import heartbeat, progress_text
+from common.progress import heartbeat, progress_text
 
 
 def test_progress_text():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
 from pipeline.midi import write_midi
 from pipeline.store import Store

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from pipeline.config import REPO_ROOT
+from common.config import REPO_ROOT
 from train.training.checkpoint import load_checkpoint
 
 EPOCHS, BATCHES = 3, 8

@@ -3,9 +3,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import compose
+from common.config import compose
 from train.training import rewards
-from train.training.optim import ConfigError
+from common.config import ConfigError
 
 
 def test_expected_metrics_match_exact_values_on_binary_rolls():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 from pipeline.drums import DrumMap
 from pipeline.store import Song, Store, write_store
 
@@ -78,14 +78,14 @@ def test_old_schema_store_is_refused_with_how_to_rebuild(tmp_path):
 def test_atomic_path_puts_the_old_directory_back_if_the_final_rename_fails(tmp_path, monkeypatch):
     import os
 
-    import pipeline.atomic
+    import common.atomic
 
     target = tmp_path / "out.zarr"
     target.mkdir()
     (target / "old").write_text("old")
-    (target / pipeline.atomic.MARKER).write_text("build")
+    (target / common.atomic.MARKER).write_text("build")
     real_replace, calls = os.replace, []
-    monkeypatch.setattr(pipeline.atomic, "exchange", lambda a, b: False)  # the two-rename fallback
+    monkeypatch.setattr(common.atomic, "exchange", lambda a, b: False)  # the two-rename fallback
 
     def flaky_replace(src, dst):
         calls.append((src, dst))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from pipeline.store import Store
 from tests.tiny_checkpoint import OVERRIDES, make_checkpoint, make_ready
 from train.evaluate.run import generated_vs_real

@@ -9,10 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from train.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                               update_top_k)
-from train.training.optim import ConfigError, build_optimizer, build_scheduler
+from common.config import ConfigError
+from train.training.optim import build_optimizer, build_scheduler
 from train.training.trainer import validate_config
 
 OPTIMIZERS = sorted(n for n, c in vars(torch.optim).items()
@@ -273,7 +274,7 @@ def test_progress_line_for_logs_says_step_loss_speed_and_eta():
     """Without a terminal the trainer prints one line every 10 s (a fake clock here, no waiting)."""
     import io
 
-    from train.training.progress import ProgressLine
+    from common.progress import ProgressLine
 
     now = [0.0]
     out = io.StringIO()

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import train.training.trainer as trainer
-from pipeline.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, compose
 from tests.trainer_data import build_tiny_ready
 from train.training.checkpoint import load_checkpoint, save_checkpoint
-from train.training.optim import ConfigError
+from common.config import ConfigError
 from train.training.trainer import fit
 
 

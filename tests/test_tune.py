@@ -16,7 +16,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import REPO_ROOT
+from common.config import REPO_ROOT
 from train.tune import study as tune
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -199,7 +199,7 @@ def test_bad_search_space_is_named_before_any_trial(tiny, tmp_path):
 
 
 def test_override_formatting_round_trips_through_hydra():
-    from pipeline.config import compose
+    from common.config import compose
 
     cfg = compose(tune.param_overrides(
         {"lr": {"path": "trainer.optimizer.config.lr"}, "h": {"path": ["model.step_hidden_dim", "model.bar_hidden_dim"]},
@@ -213,7 +213,7 @@ def test_override_formatting_round_trips_through_hydra():
 def test_reward_normalisation_modes_are_reachable_from_the_search():
     import torch
 
-    from pipeline.config import compose
+    from common.config import compose
     from train.training.rewards import RewardShaper
 
     space = {"reward_norm": {"path": "rl.normalize", "type": "categorical", "choices": ["batch", "running", "none"]}}
@@ -233,7 +233,7 @@ def test_reward_normalisation_modes_are_reachable_from_the_search():
     shaper.advantage(torch.tensor([5.0, 5.0]), baseline=1.0)
     assert shaper.var == pytest.approx(m * 2.0 + (1 - m) * 16.0)
     # the older boolean spelling still works; a wrong value is named before training
-    from train.training.optim import ConfigError
+    from common.config import ConfigError
     from train.training.rewards import normalize_mode
 
     assert (normalize_mode(True), normalize_mode(False)) == ("batch", "none")

@@ -78,7 +78,7 @@ def make_checkpoint(path: Path, store: Path, train_steps: int = 40, use_transfor
 
 
 def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: bool, output: str) -> Path:
-    from pipeline.config import compose
+    from common.config import compose
     from pipeline.store import Store
     from train.training.checkpoint import save_checkpoint
     from train.training.model import HierarchicalDrumModel

@@ -12,16 +12,16 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.config
-from pipeline.lock import LockHeld
-from train.training.optim import ConfigError
+import common.config
+from common.lock import LockHeld
+from common.config import ConfigError
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from train.training.trainer import fit
 
-    with pipeline.config.exit_on("train", ConfigError, code=2), pipeline.config.exit_on("train", LockHeld):
+    with common.config.exit_on("train", ConfigError, code=2), common.config.exit_on("train", LockHeld):
         summary = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(where_it_is(cfg, summary), flush=True)

@@ -1,7 +1,7 @@
 """PNG pictures: drum piano rolls, a sheet of samples, paired histograms of real vs generated metrics.
 
 Matplotlib with the Agg backend (no display needed); every file is written through
-`pipeline.atomic.atomic_path`, so a crash never leaves half a PNG.
+`common.atomic.atomic_path`, so a crash never leaves half a PNG.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.atomic import atomic_path  # noqa: E402
+from common.atomic import atomic_path  # noqa: E402
 
 REAL_COLOR, GEN_COLOR = "#1f77b4", "#ff7f0e"
 

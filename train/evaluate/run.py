@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import pipeline.config
-from pipeline.atomic import atomic_path
+import common.config
+from common.atomic import atomic_path
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
 from train.evaluate.scores import SongScores, compare_sets
@@ -38,7 +38,7 @@ from train.evaluate.windows import Windows, songs_by_meter, split_song_ids, spli
 from train.generate.run import played_values, sample, torch_threads
 from train.training.checkpoint import load_for_inference, train_hint
 from train.training.data import resolve_ready_dir
-from train.training.optim import ConfigError
+from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -498,10 +498,10 @@ def _img(pictures: dict, key: str, out_dir: Path) -> str:
     return f"![{key}]({Path(pictures[key]).relative_to(out_dir).as_posix()})"
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError), \
-            pipeline.config.exit_on("evaluate", ConfigError, code=2):
+    with common.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError), \
+            common.config.exit_on("evaluate", ConfigError, code=2):
         result = evaluate(cfg)
     out = Path(cfg.evaluate.out_dir)
     for name, r in result["scores"].items():

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-import pipeline.config
+import common.config
 from kernels import window_metrics
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 from train.training import conditioning as C
 from train.training.data import LENGTH, SONG, CompleteHierarchicalDrumDataset
-from train.training.optim import ConfigError
+from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,10 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="style_classifier", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="style_classifier", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("style_classifier", FileNotFoundError, ValueError), \
-            pipeline.config.exit_on("style_classifier", ConfigError, code=2):
+    with common.config.exit_on("style_classifier", FileNotFoundError, ValueError), \
+            common.config.exit_on("style_classifier", ConfigError, code=2):
         result = run(cfg)
     print(table(result))
     print(f"written: {result['out']}")

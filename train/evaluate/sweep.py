@@ -21,8 +21,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import pipeline.config
-from pipeline.atomic import atomic_path
+import common.config
+from common.atomic import atomic_path
 
 
 # the decoding keys swept (evaluate.generated.*); expressive_temperature scales the velocity and
@@ -110,9 +110,9 @@ def markdown(rows: list[dict], bars=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="evaluate", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("evaluate.sweep", FileNotFoundError, ValueError, KeyError):
+    with common.config.exit_on("evaluate.sweep", FileNotFoundError, ValueError, KeyError):
         result = sweep(cfg)
     print(f"best: {result['best']}  table: {Path(cfg.evaluate.out_dir) / 'decoding_sweep.md'}")
 

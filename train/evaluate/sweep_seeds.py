@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     if not rows:
         print("sweep_seeds: no decoding point is in every sweep", file=sys.stderr)
         return 1
-    from pipeline.config import compose
+    from common.config import compose
 
     within = compose(config_name="evaluate").evaluate.decoding_sweep.within   # the sweep's own bars
     best = max(rows, key=lambda r: _rank(r, within))

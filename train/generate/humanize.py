@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-import pipeline.config
+import common.config
 from pipeline.midi import read_midi, write_midi
 from train.generate.run import checkpoint_drum_map
 from train.training.checkpoint import load_for_inference
@@ -65,8 +65,8 @@ def run(cfg: DictConfig) -> dict:
             "offset": offset}
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="humanize", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="humanize", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("humanize", FileNotFoundError, ValueError, KeyError):
+    with common.config.exit_on("humanize", FileNotFoundError, ValueError, KeyError):
         result = run(cfg)
     print(f"Humanized {int(result['hits'].sum())} hits with {result['checkpoint']} -> {result['output']}")

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-import pipeline.config
-from pipeline.atomic import atomic_path
+import common.config
+from common.atomic import atomic_path
 from pipeline.drums import DrumMap
 from train.training.checkpoint import load_for_inference, train_hint
-from train.training.optim import ConfigError
+from common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -419,9 +419,9 @@ def summary(result: dict, report: str | None) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="generate", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="generate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("generate", FileNotFoundError, ValueError, KeyError), \
-            pipeline.config.exit_on("generate", ConfigError, code=2):    # an unknown generate.style …
+    with common.config.exit_on("generate", FileNotFoundError, ValueError, KeyError), \
+            common.config.exit_on("generate", ConfigError, code=2):    # an unknown generate.style …
         result = run(cfg)
     print(summary(result, cfg.generate.get("report")))

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 
 INSTALL = "apt-get install fluidsynth fluid-soundfont-gm"
 SUFFIX = {"oga": ".ogg", "flac": ".flac", "wav": ".wav"}

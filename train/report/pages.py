@@ -17,7 +17,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 from pipeline.drums import DrumMap
 from pipeline.midi import write_midi
 from pipeline.store import Store

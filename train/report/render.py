@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import pipeline.config
+import common.config
 from train.report.audio import find_synth, render_all
 
 
@@ -32,9 +32,9 @@ def render_folders(cfg: DictConfig) -> dict[Path, Path]:
     return done
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="render", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="render", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with pipeline.config.exit_on("render", ValueError, code=2):   # a bad preview.* value
+    with common.config.exit_on("render", ValueError, code=2):   # a bad preview.* value
         done = render_folders(cfg)
     print(f"Rendered {len(done)} audio preview(s): {', '.join(str(f.audio) for f in cfg.render.folders)}")
 

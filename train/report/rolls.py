@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 
 # (substring of the drum's name, colour): first match wins
 FAMILY_COLORS = (("kick", "#b3261e"), ("snare", "#e8710a"), ("hihat", "#b8860b"), ("hat", "#b8860b"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 
 BEST_RE = re.compile(r"best_epoch_(\d+)_loss_(-?[0-9.]+|nan|inf)\.pt$")
 

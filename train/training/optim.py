@@ -16,11 +16,9 @@ import math
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from common.config import ConfigError
+
 SCHEDULES = ("cosine", "inverse", "constant")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; raised before any training work starts."""
 
 
 def _plain(cfg) -> dict:

@@ -45,7 +45,7 @@ import torch
 from omegaconf import OmegaConf
 
 from train.training.loss_weighting import UncertaintyWeighting
-from train.training.optim import ConfigError
+from common.config import ConfigError
 
 BUILTINS = ("avg_hits", "syncopation", "ioi_var")
 ALIASES = {"density": "avg_hits"}

@@ -5,7 +5,7 @@ class behind one interface (`scalars(values, step)`, `epoch_row(row)`, `close(st
 so every logger gets the same scalars at the same steps. `RunLog` holds the chosen ones and writes
 `metrics.json` (the run's summary, for `dvc metrics`) whatever the choice; `write_run_files` puts
 `config.yaml` and `versions.json` beside the checkpoints. Every file is written atomically
-(`pipeline.atomic`). The tracker clients (`wandb`, `mlflow`) are optional extras, imported only
+(`common.atomic`). The tracker clients (`wandb`, `mlflow`) are optional extras, imported only
 when chosen. Kept out of trainer.py so the loop reads in one sitting.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.atomic import atomic_path
+from common.atomic import atomic_path
 
 CSV_FIELDS = ["epoch", "global_step", "train_loss", "val_loss", "lr", "samples_per_s", "data_wait_fraction"]
 # logger -> (module it needs, the pyproject extra that installs it)

@@ -30,14 +30,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.lock import run_dir_lock
+from common.lock import run_dir_lock
 from train.training import distributed, rewards
 from train.training.checkpoint import (best_name, load_checkpoint, rank_top_k, rng_state, save_checkpoint,
                                        set_rng_state)
 from train.training.distributed import Dist, all_reduce_mean
-from train.training.progress import ProgressLine
+from common.progress import ProgressLine
 from train.training.runlog import EpochStats, LogWindow, RunLog, check_loggers, write_run_files, write_text
-from train.training.optim import ConfigError, build_optimizer, build_scheduler, optimizer_class
+from common.config import ConfigError
+from train.training.optim import build_optimizer, build_scheduler, optimizer_class
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")   # one folder name: no '/', '..' or hidden

@@ -39,8 +39,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.storages._heartbeat import BaseHeartbeat  # no public name; RDB storages implement it
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import pipeline.config
-from pipeline.atomic import atomic_path
+import common.config
+from common.atomic import atomic_path
 
 log = logging.getLogger("train.tune")
 
@@ -54,7 +54,7 @@ def compose(overrides: list[str]) -> DictConfig:
     """Compose the project config; inside a running Hydra app reuse its (already initialised) Hydra."""
     if GlobalHydra.instance().is_initialized():
         return hydra.compose(config_name="config", overrides=list(overrides))
-    return pipeline.config.compose(list(overrides))
+    return common.config.compose(list(overrides))
 
 
 def override_key(override: str) -> str:
@@ -75,7 +75,7 @@ def format_value(value: Any) -> str:
 
 def is_group(path: str) -> bool:
     """A config group (`model`, `rl`) is chosen by name (`model=lstm`); a value by `key=value`."""
-    return (pipeline.config.CONF_DIR / path.replace(".", "/")).is_dir()
+    return (common.config.CONF_DIR / path.replace(".", "/")).is_dir()
 
 
 def suggest(trial: optuna.Trial, name: str, spec: Mapping[str, Any]) -> Any:
@@ -540,7 +540,7 @@ def run_study(overrides: list[str]) -> optuna.Study:
     return study
 
 
-@hydra.main(config_path=str(pipeline.config.CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = run_study(list(HydraConfig.get().overrides.task))

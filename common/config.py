@@ -12,6 +12,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 
 
+class ConfigError(ValueError):
+    """A config value that cannot work; raised before any work starts."""
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose the project config as the CLIs would, without running a Hydra app."""
     from hydra import compose as hydra_compose

@@ -34,7 +34,7 @@ def _tmp_sibling(path: Path, kind: str = "tmp") -> Path:
 
 def _owner_alive(tmp: Path) -> bool:
     # The pid is looked up on this host. Writers on other hosts sharing the folder are kept apart
-    # by the data-directory lock (pipeline.lock), under which no one else writes these outputs.
+    # by the data-directory lock (common.lock), under which no one else writes these outputs.
     parts = tmp.name.split(".")
     if len(parts) < 5 or not parts[-3].isdigit():
         return False          # an older name without a pid: nobody can still be writing it
