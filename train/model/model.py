@@ -1,4 +1,4 @@
-"""The step → bar → phrase drum model, its loss, and incremental generation (see docs/model.md).
+"""The step → bar → phrase drum model (docs/model.md); its loss is loss.py, its step-by-step path incremental.py.
 
 Shapes: B batch, L steps, D drums, spb = steps_per_bar, bpp = bars_per_phrase,
 nb = L // spb complete bars, nph = nb // bpp complete phrases. Bars lie on the song's grid: a
