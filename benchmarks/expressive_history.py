@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from train.training.checkpoint import load_for_inference, save_checkpoint  # noqa: E402
 from train.training.data import CompleteHierarchicalDrumDataset, make_loader  # noqa: E402
-from train.training.expressive import expressive_terms  # noqa: E402
-from train.training.model import HierarchicalDrumModel  # noqa: E402
+from train.model.expressive import expressive_terms  # noqa: E402
+from train.model import HierarchicalDrumModel  # noqa: E402
 
 KEEP = ("config", "drum_names", "drum_pitches", "steps_per_quarter", "epoch", "global_step")
 

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from train.training.model import HierarchicalDrumModel, sample_hits
+from train.model import HierarchicalDrumModel, sample_hits
 
 BACKENDS = {"gru": dict(rnn_type="gru"), "lstm": dict(rnn_type="lstm"),
             "transformer": dict(use_transformer=True)}
@@ -29,12 +29,11 @@ BACKENDS = {"gru": dict(rnn_type="gru"), "lstm": dict(rnn_type="lstm"),
 
 def build(backend: str, args) -> HierarchicalDrumModel:
     torch.manual_seed(0)
-    return HierarchicalDrumModel(args.drums, args.hidden, args.hidden, args.hidden,
-                                 num_layers=args.layers, dropout=0.1, steps_per_bar=16,
-                                 bars_per_phrase=4, nhead=4, max_context=args.context,
-                                 lookback_bars=0 if backend == "transformer" else args.lookback,
-                                 horizon_bars=args.horizon_bars,
-                                 **BACKENDS[backend]).eval()
+    return HierarchicalDrumModel.from_config(dict(
+        num_drums=args.drums, step_hidden_dim=args.hidden, bar_hidden_dim=args.hidden, phrase_hidden_dim=args.hidden,
+        num_layers=args.layers, dropout=0.1, steps_per_bar=16, bars_per_phrase=4, nhead=4, max_context=args.context,
+        lookback_bars=0 if backend == "transformer" else args.lookback, horizon_bars=args.horizon_bars,
+        **BACKENDS[backend])).eval()
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from kernels import window_metrics
 from kernels.spec import WINDOW_SCHEMA
 from pipeline.store import Store
 from train.training.checkpoint import load_model
-from train.training.model import HierarchicalDrumModel
+from train.model import HierarchicalDrumModel
 
 SCALARS = [k for k, (_, shape) in WINDOW_SCHEMA.items() if shape(1, 1, 1) == ()]
 

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 WINDOW_COLUMNS = ("row", "song", "start", "length", "offset")
 _WINDOW_KEYS = ("song", "start", "length")   # window/<key> arrays that index, not metrics
-# per-song labels the trainer may condition on (train/training/conditioning.py); plain unicode
+# per-song labels the trainer may condition on (train/model/conditioning.py); plain unicode
 # arrays, so they load with allow_pickle=False
 SONG_LABELS = ("style", "beat_type", "bpm")
 

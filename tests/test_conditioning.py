@@ -10,10 +10,10 @@ import torch
 
 from common.config import REPO_ROOT, compose
 from tests.tiny_checkpoint import SEQ_LEN, make_ready
-from train.training import conditioning as C
+from train.model import conditioning as C
 from train.training.checkpoint import load_model
 from train.training.data import CompleteHierarchicalDrumDataset
-from train.training.model import HierarchicalDrumModel
+from train.model import HierarchicalDrumModel, upgrade
 
 VOCAB = {"style": ["funk", "rock"], "beat_type": ["beat", "fill"], "bpm": C.bpm_labels([80, 100, 120, 140])}
 EDGES = [80.0, 100.0, 120.0, 140.0]
@@ -76,8 +76,8 @@ def test_an_export_without_labels_is_refused_with_the_command(tmp_path):
 
 def _model(**kw):
     torch.manual_seed(0)
-    return HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=8, phrase_hidden_dim=8, num_layers=1,
-                                 dropout=0.0, bars_per_phrase=2, lookback_bars=1, **kw)
+    return HierarchicalDrumModel.from_config(dict(num_drums=9, step_hidden_dim=16, bar_hidden_dim=8, phrase_hidden_dim=8,
+                                                num_layers=1, dropout=0.0, bars_per_phrase=2, lookback_bars=1, **kw))
 
 
 def test_conditions_change_the_prediction_and_generation_matches_forward():
@@ -99,7 +99,7 @@ def test_guided_generation_follows_the_guided_joint_distribution(output):
     """Classifier-free guidance: greedy guided decoding picks, at every step, the drum vector that
     maximises log p(x|none) + g·(log p(x|c) − log p(x|none)) under forward's two passes (with the
     condition and with none) over the very sequence it produced; g = 1 is plain conditional."""
-    from train.training.heads import bit_table
+    from train.model.heads import bit_table
 
     model = _model(conditioning=VOCAB, bpm_buckets=EDGES, output=output, head_hidden_dim=8).double().eval()
     with torch.no_grad():
@@ -124,7 +124,7 @@ def test_guided_generation_follows_the_guided_joint_distribution(output):
 def test_guidance_is_checked_before_sampling():
     from omegaconf import OmegaConf
 
-    from train.generate.run import guidance_of
+    from train.model import guidance_of
     from common.config import ConfigError
 
     assert guidance_of(OmegaConf.create({"guidance": 2.5}), [1, 0, 0]) == 2.5
@@ -147,7 +147,9 @@ def test_condition_dropout_trains_the_none_rows():
 
 def test_an_unconditioned_model_keeps_its_old_config_and_weights():
     model = _model()
-    assert not {"conditioning", "bpm_buckets", "cond_dropout"} & model.config.keys()
+    # a checkpoint from before conditioning existed lacks the keys: it reads as this model (upgrade)
+    before = {k: v for k, v in model.config.items() if k not in ("conditioning", "bpm_buckets", "cond_dropout")}
+    assert upgrade(before).to_dict() == model.config and not model.config["conditioning"]
     assert not any(k.startswith("conditions.") for k in model.state_dict())
     assert set(HierarchicalDrumModel.from_config(model.config).state_dict()) == set(model.state_dict())
     with pytest.raises(ValueError, match="unknown condition 'mood'"):
@@ -171,7 +173,7 @@ def test_trainer_stores_the_vocabulary_and_generate_conditions(run_dir, data_dir
 
 
 def test_samples_follow_the_requested_condition(run_dir):
-    from train.generate.run import sample
+    from train.model import sample
 
     model, _ = load_model(run_dir / "checkpoints" / "last.pt")
     # one epoch of the tiny store leaves the condition rows near their N(0, 0.02²) init, too small

@@ -158,7 +158,7 @@ def test_songs_the_metrics_stage_skipped_are_left_out(tmp_path, caplog):
 def test_every_bar_length_is_read_and_batches_hold_one_meter(tmp_path):
     """A 3/4 (12-step) song is read beside the 16-step ones (none left out); each window carries
     its song's bar length; make_loader's batches never mix meters; the model trains on both."""
-    from train.training.model import HierarchicalDrumModel
+    from train.model import HierarchicalDrumModel
 
     songs = make_songs([200, 192, 64], steps_per_bar=[16, 12, 16])
     build_ready(tmp_path, songs, seq_len=64, stride=16)
@@ -168,8 +168,9 @@ def test_every_bar_length_is_read_and_batches_hold_one_meter(tmp_path):
     np.testing.assert_array_equal(ds.window_bar_lengths, np.where(every[:, 1] == 1, 12, 16))
     assert ds.bar_lengths == [12, 16]
     loader = make_loader(ds, 4, seed=3)
-    model = HierarchicalDrumModel(ds.num_drums, 8, 8, 8, 1, dropout=0.0, steps_per_bar=16, bars_per_phrase=4,
-                                  max_steps_per_bar=16)
+    model = HierarchicalDrumModel.from_config(dict(
+        num_drums=ds.num_drums, step_hidden_dim=8, bar_hidden_dim=8, phrase_hidden_dim=8, num_layers=1, dropout=0.0,
+        steps_per_bar=16, bars_per_phrase=4, max_steps_per_bar=16))
     seen = []
     for batch in loader:
         spb = batch["steps_per_bar"].unique().tolist()
@@ -324,11 +325,12 @@ def test_get_complete_rl_dataloader_from_a_store(ready):
 
 
 def test_a_batch_feeds_the_model_and_its_loss(ready):
-    from train.training.model import HierarchicalDrumModel, compute_loss
+    from train.model import HierarchicalDrumModel, compute_loss
 
     batch = next(iter(make_loader(_dataset(ready), batch_size=4, seed=1)))
-    model = HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1,
-                                  steps_per_bar=SPB, bars_per_phrase=BPP)
+    model = HierarchicalDrumModel.from_config(dict(num_drums=9, step_hidden_dim=16, bar_hidden_dim=16,
+                                                    phrase_hidden_dim=16, num_layers=1, steps_per_bar=SPB,
+                                                    bars_per_phrase=BPP))
     preds = model(batch["step"], mask=batch["mask"])
     assert preds[0].shape == (4, SEQ, 9)
     total, terms = compute_loss(preds, batch, steps_per_bar=SPB, bars_per_phrase=BPP)

@@ -1,10 +1,10 @@
-"""Velocity and offset heads (train/training/expressive.py): losses on hit cells only, the
+"""Velocity and offset heads (train/model/expressive.py): losses on hit cells only, the
 incremental path equal to the teacher-forced one, MIDI values in range."""
 import numpy as np
 import torch
 
-from train.training.expressive import add_expressive_loss, expressive_terms, to_midi_values
-from train.training.model import HierarchicalDrumModel
+from train.model.expressive import add_expressive_loss, expressive_terms, to_midi_values
+from train.model import HierarchicalDrumModel, upgrade
 
 torch.set_num_threads(1)  # tiny models on a shared 2-core machine: threads only contend
 
@@ -23,8 +23,9 @@ def _batch(seed=0, B=3):
 
 def _model(**kw):
     torch.manual_seed(0)
-    return HierarchicalDrumModel(D, 32, 32, 32, 1, dropout=0.0, steps_per_bar=16, bars_per_phrase=2,
-                                 expressive=True, **kw).eval()
+    return HierarchicalDrumModel.from_config(dict(
+        num_drums=D, step_hidden_dim=32, bar_hidden_dim=32, phrase_hidden_dim=32, num_layers=1, dropout=0.0,
+        steps_per_bar=16, bars_per_phrase=2, expressive=True, **kw)).eval()
 
 
 def test_terms_are_mse_on_true_hit_cells_only():
@@ -209,7 +210,10 @@ def test_a_model_trained_on_grid_only_data_plays_on_the_grid():
     assert model.config["expressive_timing"] is False
     hits, vel, off = model.generate(length=32, batch_size=3, seed=1, expressive=True)
     assert hits.sum() > 0 and not off.any() and vel[hits > 0].std() > 0
-    assert "expressive_timing" not in _model(expressive_spread=True).config   # on: recorded only when off
+    # on, as a checkpoint from before the key existed reads (train.model.upgrade)
+    plain = _model(expressive_spread=True).config
+    assert plain["expressive_timing"] is True
+    assert upgrade({k: v for k, v in plain.items() if k != "expressive_timing"}).to_dict() == plain
 
 
 def test_has_timing_reads_the_exported_offsets(tmp_path):

@@ -12,7 +12,8 @@ from common.config import REPO_ROOT, compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi, write_midi
 from tests.tiny_checkpoint import OVERRIDES, SPB, make_checkpoint, make_store
-from train.generate.run import run, sample
+from train.generate.run import run
+from train.model import sample
 from train.training.checkpoint import load_for_inference, resolve_checkpoint
 
 
@@ -167,7 +168,7 @@ def test_a_three_four_and_a_six_eight_part_round_trip_through_ingest(ckpt, tmp_p
 def test_humanize_plays_a_six_eight_part_on_its_own_bar(ckpt, tmp_path):
     from train.generate.humanize import humanize_roll
     from train.generate.humanize import run as humanize
-    from train.training.expressive import to_midi_values
+    from train.model.expressive import to_midi_values
 
     dm = DrumMap.default()
     hits = np.zeros((24, dm.num_drums), np.uint8)
@@ -308,7 +309,7 @@ def test_humanize_keeps_the_hits_and_plays_them(ckpt, tmp_path):
     """A quantised, fixed-velocity part comes out with the same hits, the heads' velocities and
     offsets (written tick-exact), varied and off the grid; bad calls exit 1 with the reason."""
     from train.generate.humanize import humanize_roll
-    from train.training.expressive import to_midi_values
+    from train.model.expressive import to_midi_values
 
     dm = DrumMap.default()
     rng = np.random.default_rng(0)

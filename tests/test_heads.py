@@ -1,4 +1,4 @@
-"""Output heads (train/training/heads.py): each a proper distribution over whole drum vectors,
+"""Output heads (train/model/heads.py): each a proper distribution over whole drum vectors,
 one loss definition, decoding (temperature, top-k, top-p) on hand-made distributions, seeds."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from train.training.heads import (AutoregressiveHead, IndependentHead, JointHead, bit_table, class_index,
+from train.model.heads import (AutoregressiveHead, IndependentHead, JointHead, bit_table, class_index,
                                   decode_joint, make_head)
-from train.training.model import HierarchicalDrumModel, compute_loss
+from train.model import HierarchicalDrumModel, compute_loss
 
 torch.set_num_threads(1)
 D = 4
@@ -83,7 +83,7 @@ def test_heads_refuse_what_they_cannot_do():
     with pytest.raises(ValueError, match="output must be one of"):
         make_head("softmax", 4)
     with pytest.raises(ValueError, match="output must be one of"):
-        HierarchicalDrumModel(4, output="mixture")
+        HierarchicalDrumModel.from_config(dict(num_drums=4, output="mixture"))
     with pytest.raises(ValueError, match="top_p must be in"):
         IndependentHead(3).sample(torch.zeros(1, 3), top_p=1.5)
     with pytest.raises(ValueError, match="D ≤ 12"):
@@ -130,8 +130,9 @@ def test_decoding_is_reproducible_by_seed():
 @pytest.mark.parametrize("output", ["independent", "joint", "autoregressive"])
 def test_generation_reproducible_and_greedy_is_the_joint_argmax(output):
     torch.manual_seed(0)
-    m = HierarchicalDrumModel(D, 8, 8, 8, num_layers=1, steps_per_bar=4, bars_per_phrase=2,
-                              output=output, head_hidden_dim=5).double().eval()
+    m = HierarchicalDrumModel.from_config(dict(num_drums=D, step_hidden_dim=8, bar_hidden_dim=8, phrase_hidden_dim=8,
+                                                num_layers=1, steps_per_bar=4, bars_per_phrase=2, output=output,
+                                                head_hidden_dim=5)).double().eval()
     prime = (torch.rand(2, 3, D) < 0.5).double()
     a = m.generate(prime, 20, seed=1, top_k=5, top_p=0.9, temperature=0.8)
     assert torch.equal(a, m.generate(prime, 20, seed=1, top_k=5, top_p=0.9, temperature=0.8))

@@ -17,8 +17,7 @@ from omegaconf import OmegaConf
 from common.config import compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi
-from train.training.model import HierarchicalDrumModel, compute_loss, lookback_features, sample_hits
-from train.training.trainer import model_kwargs
+from train.model import HierarchicalDrumModel, ModelConfig, compute_loss, lookback_features, sample_hits, upgrade
 
 # tiny models on a shared 2-core machine: OpenMP threads only spin against each other
 torch.set_num_threads(1)
@@ -34,7 +33,7 @@ def tiny(backend: str, hierarchy: bool = True, **kw) -> HierarchicalDrumModel:
                 num_layers=2, dropout=0.1, steps_per_bar=SPB, bars_per_phrase=BPP, nhead=2,
                 hierarchy=hierarchy, **BACKENDS[backend])
     args.update(kw)
-    return HierarchicalDrumModel(**args).double().eval()
+    return HierarchicalDrumModel.from_config(args).double().eval()
 
 
 def rolls(B: int, L: int, seed: int, p: float = 0.3) -> torch.Tensor:
@@ -410,13 +409,13 @@ def test_embedding_std_scales_the_added_tables_and_1_keeps_torchs_draw():
     kw = dict(num_drums=5, step_hidden_dim=32, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1,
               phrase_position=True, conditioning={"style": ["rock", "funk"]})
     torch.manual_seed(3)
-    plain = HierarchicalDrumModel(**kw)
+    plain = HierarchicalDrumModel.from_config(kw)     # a checkpoint from before the key: 1.0 (upgrade)
     torch.manual_seed(3)
-    one = HierarchicalDrumModel(**kw, embedding_std=1.0)
+    one = HierarchicalDrumModel.from_config({**kw, "embedding_std": 1.0})
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), one.state_dict().values()))
-    assert "embedding_std" not in one.config          # older checkpoints keep an equal config
+    assert one.config == plain.config and one.config["embedding_std"] == 1.0
     torch.manual_seed(3)
-    small = HierarchicalDrumModel(**kw, embedding_std=0.02)
+    small = HierarchicalDrumModel.from_config({**kw, "embedding_std": 0.02})
     tables = [small.in_pos, small.out_pos, small.in_bar_pos, small.out_bar_pos, small.conditions["style"]]
     for table, big in zip(tables, [one.in_pos, one.out_pos, one.in_bar_pos, one.out_bar_pos, one.conditions["style"]]):
         assert 0.01 < table.weight.std().item() < 0.03 and big.weight.std().item() > 0.5
@@ -427,16 +426,15 @@ def test_embedding_std_scales_the_added_tables_and_1_keeps_torchs_draw():
 @pytest.mark.parametrize("name", ["gru", "lstm", "transformer"])
 def test_hydra_model_configs_build(name):
     cfg = compose([f"model={name}", "model.hierarchy=false"])
-    kwargs = model_kwargs(cfg, 9)[0]
-    m = HierarchicalDrumModel.from_config(kwargs)
-    # conditioning off (model.conditioning: []): its keys stay out of the config, as before they existed
-    assert not kwargs["conditioning"]
-    plain = {k: v for k, v in kwargs.items() if k not in ("conditioning", "bpm_buckets", "cond_dropout")}
-    if plain["embedding_std"] == 1.0:      # torch's own init: recorded only when set otherwise
-        del plain["embedding_std"]
-    if not plain["context_input"]:         # likewise (and only by a hierarchical model)
-        del plain["context_input"]
-    assert m.config == plain and m.steps_per_bar == cfg.window.steps_per_bar
+    config = ModelConfig.from_hydra(cfg, 9)
+    m = HierarchicalDrumModel(config)
+    given = OmegaConf.to_container(cfg.model, resolve=True)
+    assert all(getattr(config, k) == v for k, v in given.items()
+               if k not in ("steps_per_bar", "bars_per_phrase", "max_steps_per_bar", "horizon_bars", "conditioning"))
+    # conditioning off (model.conditioning: []): its options are stored neutral, as a checkpoint
+    # from before they existed reads (upgrade)
+    assert m.config["conditioning"] == {} and m.config["bpm_buckets"] == [] and m.config["cond_dropout"] == 0.0
+    assert m.config == upgrade(m.config).to_dict() and m.steps_per_bar == cfg.window.steps_per_bar
     assert m.horizon_bars == cfg.window.seq_len // cfg.window.steps_per_bar     # null: the window's bars
     assert m.use_transformer == (name == "transformer") and not m.hierarchy
 
@@ -444,7 +442,7 @@ def test_hydra_model_configs_build(name):
 def test_drums_rnn_config_is_the_peer_baseline():
     """model=drums_rnn: 3-layer LSTM of 256, joint 512-way output, no lookback, no hierarchy."""
     cfg = compose(["model=drums_rnn"])
-    m = HierarchicalDrumModel.from_config(model_kwargs(cfg, 9)[0])
+    m = HierarchicalDrumModel(ModelConfig.from_hydra(cfg, 9))
     assert m.step_rnn.rnn.num_layers == 3 and m.step_rnn.rnn.hidden_size == 256
     assert isinstance(m.step_rnn.rnn, torch.nn.LSTM) and not m.hierarchy and m.lookback_bars == 0
     assert m.head.output == "joint" and m.output_layer[-1].out_features == 512
@@ -468,12 +466,11 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "expe
 def test_every_experiment_composes_and_builds_its_model(name):
     """Every row of docs/results.md is an experiment config: each composes and builds its model."""
     cfg = compose([f"+experiment={name}"])
-    kwargs, unknown = model_kwargs(cfg, 9)
-    assert not unknown and cfg.trainer.run_name == name
-    if kwargs.get("conditioning"):          # the trainer fills the vocabularies from the export
-        kwargs["conditioning"] = {c: ["a", "b"] for c in kwargs["conditioning"]}
+    assert cfg.trainer.run_name == name
+    names = cfg.model.get("conditioning") or []       # the trainer fills the vocabularies from the export
+    data = {"conditioning": {c: ["a", "b"] for c in names}} if names else {}
     with torch.device("meta"):
-        m = HierarchicalDrumModel.from_config(kwargs)
+        m = HierarchicalDrumModel(ModelConfig.from_hydra(cfg, 9, **data))   # an unknown key: ConfigError
     assert m.context_input == (name.endswith("_full") or name == "groove_context")
     assert m.hierarchy == ("flat" not in name)
     conditioned_groove = name in ("groove_cond", "groove_context", "groove_full")   # guided to the style asked
@@ -484,11 +481,13 @@ def test_every_experiment_composes_and_builds_its_model(name):
 
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="rnn_type"):
-        HierarchicalDrumModel(9, rnn_type="rnn")
+        ModelConfig(9, rnn_type="rnn")
     with pytest.raises(ValueError, match=r"step must be \[B, L, 9\]"):
-        HierarchicalDrumModel(9)(torch.zeros(2, 16, 8))
+        HierarchicalDrumModel(ModelConfig(9))(torch.zeros(2, 16, 8))
     with pytest.raises(ValueError, match="divisible by nhead"):
-        HierarchicalDrumModel(9, step_hidden_dim=30, use_transformer=True, nhead=4)
+        ModelConfig(9, step_hidden_dim=30, use_transformer=True, nhead=4)
+    with pytest.raises(TypeError, match="from_config"):
+        HierarchicalDrumModel({"num_drums": 9})
 
 
 def test_importing_train_stays_light():
@@ -560,8 +559,9 @@ def test_tiny_model_overfits_one_groove_batch(groove_dir, backend):
     assert (step > 0).sum() > 200                         # real drumming, not an empty roll
     batch = {"step": step, "mask": torch.ones(step.shape[:2], dtype=torch.bool)}
     kw = dict(use_transformer=True, nhead=2) if backend == "transformer" else {}
-    m = HierarchicalDrumModel(9, 48, 32, 32, num_layers=1, dropout=0.0, steps_per_bar=16,
-                              bars_per_phrase=2, max_context=64, **kw)
+    m = HierarchicalDrumModel.from_config(dict(num_drums=9, step_hidden_dim=48, bar_hidden_dim=32, phrase_hidden_dim=32,
+                                                num_layers=1, dropout=0.0, steps_per_bar=16, bars_per_phrase=2,
+                                                max_context=64, **kw))
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     weights = {"step": 1.0, "bar": 1.0, "phrase": 1.0}
     first = m.compute_loss(m(step), batch, weights)[0].item()
@@ -624,6 +624,7 @@ def test_bar_context_enters_the_step_input_at_the_next_bar():
         m.bar_to_input.weight.add_(1.0)    # bar_start is zero: bar 0's steps read only the bias
     changed = ~torch.isclose(m(x)[0], before).all(-1)[0]
     assert changed.tolist() == [False] * SPB + [True] * (2 * SPB)
-    assert "context_input" not in tiny("gru").config          # older checkpoints keep an equal config
+    plain = tiny("gru").config         # a checkpoint from before the key reads as off (upgrade)
+    assert upgrade({k: v for k, v in plain.items() if k != "context_input"}).to_dict() == plain
     with pytest.raises(ValueError, match="recurrent step level"):
         tiny("transformer", context_input=True)

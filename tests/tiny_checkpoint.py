@@ -81,16 +81,16 @@ def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: 
     from common.config import compose
     from pipeline.store import Store
     from train.training.checkpoint import save_checkpoint
-    from train.training.model import HierarchicalDrumModel
+    from train.model import HierarchicalDrumModel
 
     torch.manual_seed(0)
     cfg = compose(OVERRIDES + [f"paths.store={store}"])
     dm = DrumMap.default()
-    model = HierarchicalDrumModel(dm.num_drums, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16,
-                                  num_layers=1, dropout=0.0, use_transformer=use_transformer,
-                                  steps_per_bar=SPB, bars_per_phrase=2, nhead=2, output=output, head_hidden_dim=8,
-                                  expressive=True, expressive_dim=8,   # heads untrained: varied, off-grid
-                                  expressive_history=True)
+    model = HierarchicalDrumModel.from_config(dict(
+        num_drums=dm.num_drums, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1, dropout=0.0,
+        use_transformer=use_transformer, steps_per_bar=SPB, bars_per_phrase=2, nhead=2, output=output,
+        head_hidden_dim=8, expressive=True, expressive_dim=8,   # heads untrained: varied, off-grid
+        expressive_history=True))
     s = Store(store)
     hits = np.asarray(s.hits[:])
     windows = np.stack([hits[s.song_slice(int(i))][:SEQ_LEN] for i in s.songs_in_split("train")])

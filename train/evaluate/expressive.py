@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.store import Store
-from train.training.expressive import OFFSET_UNITS, VELOCITY_SCALE
+from train.model.expressive import OFFSET_UNITS, VELOCITY_SCALE
 
 
 def played_windows(store: Store, song: np.ndarray, start: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

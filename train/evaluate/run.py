@@ -35,7 +35,7 @@ from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
 from train.evaluate.scores import SongScores, compare_sets
 from train.evaluate.windows import Windows, songs_by_meter, split_song_ids, split_songs, split_windows
-from train.generate.run import played_values, sample, torch_threads
+from train.model import played_values, sample, torch_threads
 from train.training.checkpoint import load_for_inference, train_hint
 from train.training.data import resolve_ready_dir
 from common.config import ConfigError
@@ -87,7 +87,7 @@ def song_conditions(model, ready: Path):
     vocab = model.config.get("conditioning") or {}
     if not vocab:
         return lambda song: None
-    from train.training.conditioning import read_song_labels, song_ids
+    from train.model.conditioning import read_song_labels, song_ids
     table = song_ids(vocab, read_song_labels(ready), tuple(model.config.get("bpm_buckets", ())))
     return lambda song: table[np.asarray(song)]
 

@@ -4,7 +4,7 @@ generation recognisable? (issue 11)
 A multinomial logistic regression (torch, full batch; class-balanced so every style has the same
 prior) is fitted on the rhythm metrics (`kernels.window_metrics`, every one, flattened and
 standardised) of real train windows of the `style_classifier.styles` most common styles of the
-train split (top-level style, train/training/conditioning.py). It reports
+train split (top-level style, train/model/conditioning.py). It reports
 - its accuracy on the real validation windows of those styles (how far metrics tell styles apart),
 - with a style-conditioned checkpoint, the fraction of generated windows (`samples_per_style`
   per style, `seq_len` steps, conditioned on that style and `beat_type`) it names as the style
@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 import common.config
 from kernels import window_metrics
 from common.atomic import atomic_path
-from train.training import conditioning as C
+from train.model import conditioning as C
 from train.training.data import LENGTH, SONG, CompleteHierarchicalDrumDataset
 from common.config import ConfigError
 
@@ -116,7 +116,7 @@ def real_windows(ready: Path, split: str, styles: list[str], cfg: DictConfig, se
 
 def generated_windows(model, styles: list[str], sc: DictConfig, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(features, style index) of `samples_per_style` sequences generated per style."""
-    from train.generate.run import guidance_of, sample, torch_threads
+    from train.model import guidance_of, sample, torch_threads
 
     vocab = model.config.get("conditioning") or {}
     if "style" not in vocab:

@@ -19,7 +19,7 @@ import common.config
 from pipeline.midi import read_midi, write_midi
 from train.generate.run import checkpoint_drum_map
 from train.training.checkpoint import load_for_inference
-from train.training.expressive import to_midi_values
+from train.model.expressive import to_midi_values
 
 
 @torch.no_grad()

@@ -54,13 +54,16 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def load_model(path: str | os.PathLike, map_location="cpu"):
     """Rebuild the model a checkpoint holds: returns (model in eval mode, checkpoint dict)."""
-    from train.training.model import HierarchicalDrumModel
+    from train.model import HierarchicalDrumModel
 
     ckpt = load_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or not {"model", "model_config"} <= ckpt.keys():
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: not a hierdrums model checkpoint (needs 'model' and 'model_config'; has {keys})")
-    model = HierarchicalDrumModel.from_config(ckpt["model_config"])
+    try:    # any version's config: train.model.upgrade fills the keys it predates
+        model = HierarchicalDrumModel.from_config(ckpt["model_config"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: its model_config cannot build a model ({e})") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

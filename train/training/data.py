@@ -21,7 +21,7 @@ and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "song")`:
     bar      float32 [B, L//spb, D]  mean of each spb steps from the window's first (padding counts as silence), + bar_mask
     phrase   float32 [B, L//(spb·bpp), D]                                                   + phrase_mask
     song_metrics  dict name -> [B, ...]  the window's song's row of metrics.zarr song/<name>
-and with `conditions={name: labels}` (a conditioned model's vocabulary, train/training/conditioning.py):
+and with `conditions={name: labels}` (a conditioned model's vocabulary, train/model/conditioning.py):
     cond     int64   [B, C]          the window's song's condition ids (0 = none / unseen label)
 """
 from __future__ import annotations
@@ -153,7 +153,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
             if "song" in self.levels:
                 self._maps["song_metrics"] = self._song_table()
             if self.conditions:
-                from train.training.conditioning import read_song_labels, song_ids
+                from train.model.conditioning import read_song_labels, song_ids
                 self._maps["cond"] = song_ids(self.conditions, read_song_labels(self.ready), self.bpm_buckets)
         return self._maps
 

@@ -14,7 +14,6 @@ the padding falls across micro-batches and ranks (docs/training.md says what mat
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -108,39 +107,23 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("bad config:\n  - " + "\n  - ".join(problems))
 
 
-def model_kwargs(cfg, num_drums: int, longest_bar: int = 0) -> tuple[dict, list[str]]:
-    """(constructor kwargs of the model from cfg.model and the window, unknown model.* keys);
-    `model.max_steps_per_bar: 0` becomes `longest_bar`, the data's longest bar (every meter it holds)."""
-    from train.training.model import HierarchicalDrumModel
-
-    params = set(inspect.signature(HierarchicalDrumModel.__init__).parameters) - {"self"}
-    given = OmegaConf.to_container(cfg.model, resolve=True)
-    kwargs = {k: v for k, v in given.items() if k in params}
-    kwargs.update(num_drums=num_drums, steps_per_bar=int(cfg.window.steps_per_bar),
-                  bars_per_phrase=int(cfg.window.bars_per_phrase))
-    if not kwargs.get("max_steps_per_bar"):
-        kwargs["max_steps_per_bar"] = max(int(longest_bar), kwargs["steps_per_bar"])
-    if kwargs.get("horizon_bars") is None:    # null: the training window's bars, all the bar level sees here
-        kwargs["horizon_bars"] = int(cfg.window.seq_len) // int(cfg.window.steps_per_bar)
-    return kwargs, sorted(set(given) - params)
-
-
 def check_model(cfg) -> list[str]:
     """Model config problems before any data is read: unknown keys (a typo would otherwise be
     dropped silently) and values the model rejects (built on the meta device: no memory, no time)."""
-    from train.training.model import HierarchicalDrumModel
+    from train.model import HierarchicalDrumModel, ModelConfig
+    from train.model.config import unknown_keys
 
-    kwargs, unknown = model_kwargs(cfg, num_drums=1)
-    known = sorted(inspect.signature(HierarchicalDrumModel.__init__).parameters.keys() - {"self", "num_drums"})
-    problems = [f"model.{k}: unknown model key (known: {', '.join(known)})" for k in unknown]
+    problems = unknown_keys(OmegaConf.to_container(cfg.model, resolve=True))
     window_bars = int(cfg.window.seq_len) // int(cfg.window.steps_per_bar)
-    if isinstance(kwargs["horizon_bars"], int) and kwargs["horizon_bars"] > window_bars:
-        problems.append(f"model.horizon_bars={kwargs['horizon_bars']}: more bars than a training window of "
+    horizon = cfg.model.get("horizon_bars")
+    if isinstance(horizon, int) and horizon > window_bars:
+        problems.append(f"model.horizon_bars={horizon}: more bars than a training window of "
                         f"window.seq_len={cfg.window.seq_len} holds ({window_bars}): generation would run the "
                         "bar and phrase levels past what they were trained on (null = the window's bars, 0 = unbounded)")
     try:
+        config = ModelConfig.from_hydra(cfg, num_drums=1, ignore_unknown=True)
         with torch.device("meta"):
-            HierarchicalDrumModel(**kwargs)
+            HierarchicalDrumModel(config)
     except (ValueError, TypeError, ArithmeticError, RuntimeError) as e:
         problems.append(f"model: {e}")
     return problems
@@ -207,18 +190,17 @@ def build_data(cfg, d: Dist):
 def build_model(cfg, num_drums: int, longest_bar: int = 0, conditions: dict | None = None,
                 timing: bool = True) -> torch.nn.Module:
     """`timing=False` (data all on the grid): the model plays every hit on the grid (expressive_timing)."""
-    from train.training.model import HierarchicalDrumModel
+    from train.model import HierarchicalDrumModel, ModelConfig
 
-    kwargs = model_kwargs(cfg, num_drums, longest_bar)[0]
-    if conditions:     # the vocabularies, not just the names: they travel in the checkpoint
-        kwargs["conditioning"] = conditions
-    kwargs["expressive_timing"] = bool(timing)
-    return HierarchicalDrumModel(**kwargs)
+    # the vocabularies, not just the names: they travel in the checkpoint
+    data = {"conditioning": conditions} if conditions else {}
+    return HierarchicalDrumModel(ModelConfig.from_hydra(cfg, num_drums, longest_bar, expressive_timing=bool(timing),
+                                                        **data))
 
 def condition_vocab(cfg) -> dict[str, list[str]] | None:
     """{condition: labels} of `model.conditioning`, from the train split's songs in the export
-    (train/training/conditioning.py); None when the model is unconditioned."""
-    from train.training import conditioning
+    (train/model/conditioning.py); None when the model is unconditioned."""
+    from train.model import conditioning
     from train.training.data import SONG, resolve_ready_dir
 
     names = list(cfg.model.get("conditioning") or [])
@@ -463,11 +445,10 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
 def restore(p: Parts, path: Path, d: Dist) -> Progress:
     """Load a checkpoint into the parts (model, optimizer, schedule, scaler, rewards, sampler, RNG)."""
     ck = read_resume_checkpoint(path, d)
-    # keys newer than the checkpoint take the constructor's defaults, as loading it does (horizon_bars 0)
-    defaults = {k: v.default for k, v in inspect.signature(type(p.raw_model).__init__).parameters.items()
-                if v.default is not inspect.Parameter.empty}
-    saved = {**{k: defaults[k] for k in p.raw_model.config.keys() - ck["model_config"].keys() if k in defaults},
-             **ck["model_config"]}
+    from train.model import upgrade
+
+    # keys newer than the checkpoint take the values it was trained with, as loading it does
+    saved = upgrade(ck["model_config"]).to_dict()
     if saved != p.raw_model.config:
         keys = sorted(k for k in saved.keys() | p.raw_model.config.keys()
                       if saved.get(k) != p.raw_model.config.get(k))

@@ -16,6 +16,10 @@ surrogate), `joint_log_probs(params)` (every one of the 2^D vectors, D ≤ ENUM_
 `sample(params, ...)`: decoding over the joint step event (temperature, top-k, nucleus top-p;
 `decode_joint`). The heads only see the step-level state through `params`, so other heads
 (velocity, timing) can read the same hidden state beside them.
+
+`model.output` names a head in `HEADS`; a class joins it with `@register` (its `output` name).
+Nothing else in the code base lists the heads: the model, its config check, loss, scoring and
+generation all go through the head's methods (docs/model.md, "Adding an output head").
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OUTPUTS = ("independent", "joint", "autoregressive")
+HEADS: dict[str, type["StepHead"]] = {}     # model.output -> head class (`register`)
 JOINT_MAX_DRUMS = 10     # a 2^D-way softmax: 1,024 classes at most
 ENUM_MAX_DRUMS = 12      # decoding and AR marginals enumerate the 2^D vectors up to here
 
@@ -83,6 +87,11 @@ class StepHead(nn.Module):
 
     num_params: int
 
+    @classmethod
+    def build(cls, num_drums: int, hidden_dim: int) -> "StepHead":
+        """The head of a model with `num_drums` drums (`hidden_dim`: model.head_hidden_dim)."""
+        return cls(num_drums)
+
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:       # [...] nats
         raise NotImplementedError
 
@@ -119,6 +128,13 @@ class StepHead(nn.Module):
         return bit_table(self.num_drums, params)[c]
 
 
+def register(cls: type[StepHead]) -> type[StepHead]:
+    """Class decorator: `model.output=<cls.output>` builds this head."""
+    HEADS[cls.output] = cls
+    return cls
+
+
+@register
 class IndependentHead(StepHead):
     """D Bernoullis; the loss equals the summed per-drum BCE (in bits)."""
 
@@ -146,6 +162,7 @@ class IndependentHead(StepHead):
         return super().sample(params, generator, temperature, top_k, top_p)
 
 
+@register
 class JointHead(StepHead):
     """A 2^D-way softmax over drum combinations."""
 
@@ -170,6 +187,7 @@ class JointHead(StepHead):
         return bit_table(self.num_drums, params)[c]
 
 
+@register
 class AutoregressiveHead(StepHead):
     """NADE over the drums in index order, its biases b and c given by the step-level state."""
 
@@ -184,6 +202,10 @@ class AutoregressiveHead(StepHead):
         scale = 1.0 / math.sqrt(self.hidden_dim)
         self.V = nn.Parameter(torch.randn(self.num_drums, self.hidden_dim) * scale)   # x_i -> hidden
         self.W = nn.Parameter(torch.randn(self.num_drums, self.hidden_dim) * scale)   # hidden -> x_d
+
+    @classmethod
+    def build(cls, num_drums: int, hidden_dim: int) -> "AutoregressiveHead":
+        return cls(num_drums, hidden_dim)
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(b, c, V, W), V and W in the dtype of params (evaluate scores float32 models in float64)."""
@@ -250,10 +272,6 @@ def sample_bernoulli(logits: Tensor, temperature: float = 1.0, generator: torch.
 
 
 def make_head(output: str, num_drums: int, hidden_dim: int = 64) -> StepHead:
-    if output == "independent":
-        return IndependentHead(num_drums)
-    if output == "joint":
-        return JointHead(num_drums)
-    if output == "autoregressive":
-        return AutoregressiveHead(num_drums, hidden_dim)
-    raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if output not in HEADS:
+        raise ValueError(f"output must be one of {tuple(HEADS)}, got {output!r}")
+    return HEADS[output].build(num_drums, hidden_dim)
