@@ -40,11 +40,8 @@ class MidiSource(Source):
 
 
 def read_file(path: Path, drum_map: DrumMap, steps_per_quarter: int, max_steps: int | None = None) -> MidiRoll:
-    """One drum MIDI file -> its roll (pipeline.midi.read_midi); a bad file is BadInput."""
-    try:
-        return read_midi(path, drum_map, steps_per_quarter, max_steps=max_steps)
-    except MidiError as exc:
-        raise BadInput(str(exc)) from exc
+    """One drum MIDI file -> its roll (pipeline.midi.read_midi); a bad file is a MidiError (a ValueError)."""
+    return read_midi(path, drum_map, steps_per_quarter, max_steps=max_steps)
 
 
 def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, meta: dict,
@@ -54,7 +51,10 @@ def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, m
     if split not in ("", *SPLITS):
         raise BadInput(f"{path}: info.csv gives split {split!r}, expected one of {', '.join(SPLITS)} "
                        "(or empty for a hash split)")
-    roll = read_file(path, drum_map, steps_per_quarter, max_steps=max_steps)
+    try:
+        roll = read_file(path, drum_map, steps_per_quarter, max_steps=max_steps)
+    except MidiError as exc:
+        raise BadInput(str(exc)) from exc
     song = Song(name=song_id(rel), hits=roll.hits, velocity=roll.velocity, offset=roll.offset, source=rel,
                 steps_per_bar=roll.steps_per_bar, beats_per_bar=roll.beats_per_bar, bpm=bpm or roll.bpm,
                 style=meta.get("style", ""), drummer=meta.get("drummer", ""),
