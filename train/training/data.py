@@ -17,11 +17,14 @@ A batch (dict of tensors, B first) holds only what was asked for: always
     song, start  int64 [B]           store song index and song-relative first step
     steps_per_bar int64 [B]          each window's song's bar length (its meter; one value per
                                      batch of `make_loader`, which buckets batches by meter)
-and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "song")`:
+and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "section", "song")`:
     velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
     offset   int8    [B, L, D]       timing of each hit in 1/128 step (ready/offset.npy), 0 elsewhere
     bar      float32 [B, L//spb, D]  mean of each spb steps from the window's first (padding counts as silence), + bar_mask
     phrase   float32 [B, L//(spb·bpp), D]                                                   + phrase_mask
+    section  int64   [B, L]          each step's section: its row in metrics.zarr section/ (-1 on padding
+                                     and on a step in no section), + section_metrics dict name -> [B, L, ...]
+                                     that section's row of section/<name> (0 where section is -1)
     song_metrics  dict name -> [B, ...]  the window's song's row of metrics.zarr song/<name>
 and with `conditions={name: labels}` (a conditioned model's vocabulary, train/training/conditioning.py):
     cond     int64   [B, C]          the window's song's condition ids (0 = none / unseen label)
@@ -146,6 +149,8 @@ class CompleteHierarchicalDrumDataset(Dataset):
                 self._maps["offset"] = self._load_offset(load)
             if "song" in self.levels:
                 self._maps["song_metrics"] = self._song_table()
+            if "section" in self.levels:
+                self._maps["section"] = self._section_table()
             if self.conditions:
                 from train.training.conditioning import read_song_labels, song_ids
                 self._maps["cond"] = song_ids(self.conditions, read_song_labels(self.ready), self.bpm_buckets)
@@ -157,18 +162,37 @@ class CompleteHierarchicalDrumDataset(Dataset):
                                     "stored); rebuild: `dvc repro` (or python -m pipeline, then export)")
         return load("offset.npy")
 
-    def _song_table(self) -> dict[str, np.ndarray]:
-        """metrics.zarr song/<name>, [S, ...] each: small (one row per song), read into memory."""
+    def _metrics_group(self, level: str):
+        """metrics.zarr <level>/ (song: one row per song, section: one per section), for levels=(level,)."""
         import zarr
 
         path = Path(self.manifest.get("metrics_store", ""))
         if not (path / "zarr.json").exists():
             path = self.ready.parent / path.name         # the export moved with its data folder
         if not (path / "zarr.json").exists():
-            raise FileNotFoundError(f"{self.ready}: levels=('song',) reads song metrics from "
+            raise FileNotFoundError(f"{self.ready}: levels=('{level}',) reads {level} metrics from "
                                     f"{self.manifest.get('metrics_store')!r}, which is not there")
-        grp = zarr.open_group(str(path), mode="r")["song"]
+        return zarr.open_group(str(path), mode="r")[level]
+
+    def _song_table(self) -> dict[str, np.ndarray]:
+        """metrics.zarr song/<name>, [S, ...] each: small (one row per song), read into memory."""
+        grp = self._metrics_group("song")
         return {name: grp[name][:] for name in sorted(grp.array_keys())}
+
+    def _section_table(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(owner, metrics): owner [N] int32 is, for every row of the export, its section's row in
+        metrics.zarr section/ (-1 on a step in no section; where a song's sections overlap, the later
+        one in its list); metrics are section/<name> [K, ...], one row per section, read whole."""
+        grp = self._metrics_group("section")
+        song, start, end = (grp[k][:] for k in ("song", "start", "end"))
+        offsets = np.load(self.ready / "song_offsets.npy", allow_pickle=False)
+        lengths = end - start
+        rows = np.repeat(np.arange(len(song), dtype=np.int32), lengths)
+        # the export rows of each section in turn: its first row, then +1 per step
+        pos = np.repeat(offsets[song] + start - (np.cumsum(lengths) - lengths), lengths) + np.arange(len(rows))
+        owner = np.full(int(offsets[-1]), -1, np.int32)
+        np.maximum.at(owner, pos, rows)            # overlaps: the highest row (the later section) wins
+        return owner, {n: grp[n][:] for n in sorted(grp.array_keys()) if n not in ("song", "start", "end")}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -264,7 +288,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
         return out
 
     def _levels(self, out: dict, step: np.ndarray, t: np.ndarray) -> None:
-        """The levels asked for: bar/phrase means of the gathered steps (+ masks), song metrics."""
+        """The levels asked for: bar/phrase means of the gathered steps (+ masks), section and song metrics."""
         B, L, D = step.shape
         bpp = self.bars_per_phrase
         length = t[:, LENGTH, None]
@@ -282,6 +306,23 @@ class CompleteHierarchicalDrumDataset(Dataset):
         if "song" in self.levels:
             out["song_metrics"] = {name: torch.from_numpy(_take(arr, t[:, SONG]))
                                    for name, arr in self._open()["song_metrics"].items()}
+        if "section" in self.levels:
+            self._sections(out, t, L)
+
+    def _sections(self, out: dict, t: np.ndarray, L: int) -> None:
+        """Each step's section row (-1 on padding and outside every section) and that section's
+        metrics, one gather each (the offset field's row arithmetic)."""
+        owner, metrics = self._open()["section"]
+        mask = out["mask"].numpy()
+        rows = np.where(mask, t[:, OFFSET, None] + np.arange(L), 0)
+        sec = np.where(mask, owner[rows], -1).astype(np.int64)
+        out["section"] = torch.from_numpy(sec)
+        outside, take = sec < 0, np.maximum(sec, 0)
+        out["section_metrics"] = {}
+        for name, arr in metrics.items():
+            values = _take(arr, take)
+            values[outside] = 0
+            out["section_metrics"][name] = torch.from_numpy(values)
 
     def _batch_bar_length(self, bars: np.ndarray) -> int:
         values = np.unique(bars)
@@ -309,7 +350,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
 
 
 FIELDS = ("velocity", "offset")          # per-step arrays a batch may add to `step`
-LEVELS = ("bar", "phrase", "song")        # coarser levels a batch may carry (metrics: window level)
+LEVELS = ("bar", "phrase", "section", "song")   # coarser levels a batch may carry (metrics: window level)
 
 # numpy dtypes torch handles as they are; other unsigned ones widen to a signed type (torch's
 # uint16/uint32 support few ops), e.g. bar_hits uint16 -> int32.
