@@ -30,26 +30,29 @@ def main() -> None:
     ap.add_argument("--groove", default=os.environ.get("HIERDRUMS_GROOVE", str(REPO.parent / "shared/data/groove")))
     args = ap.parse_args()
     sys.path[0] = args.tree          # not benchmarks/ (its pipeline.py would shadow the package)
-    from pipeline import ingest, midi
+    from pipeline import midi
+    from pipeline.interim import write_shard
+    from pipeline.sources.base import check_entry, scan_folder
+    from pipeline.sources.midi import MIDI_SUFFIXES, load_midi
     from pipeline.drums import DrumMap
 
     root, dm = Path(args.groove), DrumMap.default()
     files = sorted(root.rglob("*.mid"))
-    songs = [ingest.load_midi(f, f.name, dm, 4, {}, 65536)[0] for f in files]
+    songs = [load_midi(f, f.name, dm, 4, {}, 65536)[0] for f in files]
 
     def scan():
-        for p in ingest.scan_folder(root, ingest.MIDI_SUFFIXES):
-            ingest.check_entry(root / p if isinstance(p, str) else p)
+        for p in scan_folder(root, MIDI_SUFFIXES):
+            check_entry(root / p if isinstance(p, str) else p)
 
     def shards():
         with tempfile.TemporaryDirectory() as d:
             for i in range(0, len(songs), 64):
-                ingest._write_shard(Path(d) / f"p{i}", songs[i:i + 64])
+                write_shard(Path(d) / f"p{i}", songs[i:i + 64])
     print(json.dumps({"tree": args.tree, "files": len(files), "scan_check_ms": cpu_ms(scan),
                       "shard_writes_ms": cpu_ms(shards),
                       "drum_onsets_ms": cpu_ms(lambda: [midi._drum_onsets(f) for f in files]),
                       "read_midi_ms": cpu_ms(lambda: [midi.read_midi(f, dm, 4, 65536) for f in files]),
-                      "load_midi_ms": cpu_ms(lambda: [ingest.load_midi(f, f.name, dm, 4, {}, 65536) for f in files]),
+                      "load_midi_ms": cpu_ms(lambda: [load_midi(f, f.name, dm, 4, {}, 65536) for f in files]),
                       "loadavg_1min": os.getloadavg()[0]}))
 
 

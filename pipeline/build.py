@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 import common.config
 from common.atomic import atomic_path
-from pipeline.ingest import iter_records, read_shard
+from pipeline.interim import iter_records, read_shard
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map

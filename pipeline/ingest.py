@@ -1,5 +1,8 @@
 """Stage `ingest`: a source (NPZ folder | MIDI folder | built-in corpus) -> validated songs in data/interim/.
 
+This module is the orchestration only: the formats are plug-ins in pipeline/sources/ (looked up by
+`data.source`), the interim format is pipeline/interim.py.
+
     python -m pipeline.ingest                      # built-in corpus (conf/data/builtin.yaml)
     python -m pipeline.ingest data=npz data.path=/my/rolls
     python -m pipeline.ingest data=groove          # Groove MIDI Dataset, metadata from info.csv
@@ -20,22 +23,15 @@ code 1 (`ingest.on_error=fail`). No usable file at all is exit code 1.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
-import math
 import os
-import stat
-import struct
-import zipfile
 from collections import Counter
 from functools import partial
 from pathlib import Path
 
 import hydra
-import numpy as np
-from numcodecs import Zstd
 from omegaconf import DictConfig, OmegaConf
 
 import common.config
@@ -44,268 +40,26 @@ from pipeline.drums import DrumMap
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
-from pipeline.midi import MidiError, read_midi
-from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song
+from pipeline import sources
+from pipeline.interim import SONGS_FILE, iter_records, read_shard, record, write_shard
+from pipeline.sources.base import BadInput, IngestError
+from pipeline.sources.npz import load_npz
+from pipeline.store import SPLITS
+
+# Names that lived here before the sources and the interim format got modules of their own.
+__all__ = ["BadInput", "IngestError", "hash_split", "ingest", "iter_records", "load_npz", "read_shard"]
 
 log = logging.getLogger(__name__)
-MIDI_SUFFIXES = {".mid", ".midi"}
-_ZSTD = Zstd(level=3)   # the store's codec and level (pipeline.store.compressors)
-
-
-class BadInput(ValueError):
-    """One input file that cannot become a song (message: '<file>: <reason>')."""
-
-
-class IngestError(RuntimeError):
-    """The stage cannot go on: on_error=fail met a bad file, or no usable file at all."""
-
-
-# ---------------------------------------------------------------- loading one file
-
-def validate_song(song: Song, where: str) -> Song:
-    """Check the invariants every song in the store keeps (shape, 0/1 hits, velocity and offset only
-    on hits, offsets within half a step)."""
-    h = np.asarray(song.hits)
-    if h.ndim != 2:
-        raise BadInput(f"{where}: hits must be 2-D [time_steps, num_drums], got shape {h.shape}")
-    if h.shape[0] == 0:
-        raise BadInput(f"{where}: zero length (no time steps)")
-    if h.shape[1] == 0:
-        raise BadInput(f"{where}: no drum columns")
-    hits = h > 0
-    vel = np.clip(np.asarray(song.velocity), 1, 127).astype(np.uint8, copy=False)  # a new array
-    vel[~hits] = 0
-    song.hits, song.velocity = hits.view(np.uint8), vel   # the view: one temporary less (bool is 1 byte)
-    off = np.asarray(song.offset)
-    if off.shape != h.shape or off.dtype.kind not in "iu":
-        raise BadInput(f"{where}: offset must be an integer array of the shape of hits {h.shape}, "
-                       f"got {off.dtype} {off.shape}")
-    if len(off) and (off.min() < -64 or off.max() > 64):
-        raise BadInput(f"{where}: offsets must lie in -64..64 (1/128 step, at most half a step from "
-                       f"the grid), got {off.min()}..{off.max()}")
-    song.offset = np.where(hits, off, 0).astype(np.int8)
-    sec = np.asarray(song.sections, np.int64).reshape(-1, 2)
-    if len(sec) and (sec[:, 0].min() < 0 or sec[:, 1].max() > h.shape[0] or (sec[:, 1] <= sec[:, 0]).any()):
-        raise BadInput(f"{where}: sections must be [start, end) pairs with 0 <= start < end <= {h.shape[0]}")
-    song.sections = sec
-    return song
-
-
-MAX_DRUMS = 128        # one class per MIDI pitch at most: more columns is not a drum roll
-_BLOCK_VALUES = 1 << 20  # values converted per block: temporaries stay small beside the array
-
-
-def _npz_header(path: Path, name: str) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) of member `name` read from its .npy header, before anything is decompressed."""
-    with zipfile.ZipFile(path) as zf:
-        if f"{name}.npy" not in zf.namelist():
-            raise BadInput(f"{path}: no '{name}' array (has {sorted(n[:-4] for n in zf.namelist())})")
-        with zf.open(f"{name}.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = {(1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read is None:
-                raise BadInput(f"{path}: '{name}' has .npy format version {version}, expected 1.0 or 2.0")
-            shape, _, dtype = read(fh)
-    return shape, dtype
-
-
-def _check_sequence_header(path: Path, shape: tuple, dtype: np.dtype, max_steps: int) -> None:
-    """Refuse a `sequence` by its header alone, so a tiny compressed file cannot demand gigabytes."""
-    if len(shape) != 2:
-        raise BadInput(f"{path}: 'sequence' must be 2-D [time_steps, num_drums], got shape {shape}")
-    if dtype.kind not in "biuf":
-        raise BadInput(f"{path}: 'sequence' has non-numeric dtype {dtype}")
-    if shape[0] == 0:
-        raise BadInput(f"{path}: zero length (no time steps)")
-    if shape[1] == 0:
-        raise BadInput(f"{path}: no drum columns (shape {shape})")
-    if shape[1] > MAX_DRUMS:
-        raise BadInput(f"{path}: {shape[1]} drum columns, more than {MAX_DRUMS} (one per MIDI pitch)")
-    if shape[0] > max_steps:
-        raise BadInput(f"{path}: {shape[0]} steps, more than max_steps={max_steps} (ingest.max_steps)")
-
-
-def _blocks(seq: np.ndarray):
-    rows = max(1, _BLOCK_VALUES // seq.shape[1])
-    for a in range(0, seq.shape[0], rows):
-        yield a, seq[a:a + rows]
-
-
-def _velocity_scale(path: Path, seq: np.ndarray) -> float:
-    """127 when the values are 0-1 (fractions of full velocity), 1 when they are 0-127 velocities.
-
-    Checked block by block in the array's own dtype (no float64 copy of the whole song)."""
-    top, fraction = 0, None
-    for _, b in _blocks(seq):
-        if b.dtype.kind == "f" and not np.isfinite(b).all():
-            raise BadInput(f"{path}: 'sequence' holds NaN or inf values")
-        if b.min() < 0:
-            raise BadInput(f"{path}: 'sequence' holds negative values (min {b.min():g})")
-        top = max(top, b.max())
-        if b.dtype.kind == "f" and fraction is None:
-            odd = b[b != np.rint(b)]
-            fraction = odd[0] if len(odd) else None
-    if top > 127:
-        raise BadInput(f"{path}: 'sequence' values up to {top:g}; expected hits/velocities in 0-1 or 0-127")
-    if top > 1 and fraction is not None:
-        raise BadInput(f"{path}: 'sequence' mixes values above 1 (max {top:g}: 0-127 velocities) with "
-                       f"non-whole values (e.g. {fraction:g}); use 0-1 throughout or whole 0-127 velocities")
-    return 127.0 if top <= 1 else 1.0
-
-
-def _to_velocity(seq: np.ndarray, scale: float) -> np.ndarray:
-    vel = np.empty(seq.shape, np.uint8)
-    for a, b in _blocks(seq):
-        vel[a:a + len(b)] = np.rint(b * scale) if b.dtype.kind == "f" or scale != 1 else b
-    return vel
-
-
-def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps: int) -> Song:
-    """An NPZ with `sequence` [time_steps, num_drums]: > 0 is a hit; values 0-1 scale to velocity
-    1..127, whole values 0-127 are velocities as they are. Optional `sections` [K, 2] (start, end) steps;
-    optional `velocity` (1..127 on hits, replacing the one `sequence` gives) and `offset` (int,
-    1/128 step, -64..64) [time_steps, num_drums].
-
-    Memory: the sequence in its own dtype plus two uint8 arrays of its shape; sizes are checked from
-    the .npy header before the array is decompressed."""
-    if not zipfile.is_zipfile(path):
-        raise BadInput(f"{path}: not an NPZ file (not a zip archive)")
-    try:
-        _check_sequence_header(path, *_npz_header(path, "sequence"), max_steps)
-        with np.load(path, allow_pickle=False) as z:
-            seq = z["sequence"]
-            sections = z["sections"] if "sections" in z.files else np.zeros((0, 2), np.int64)
-            extra = {k: z[k] for k in ("velocity", "offset") if k in z.files}
-    except BadInput:
-        raise
-    except Exception as exc:  # corrupt member, object arrays (pickle refused), ...
-        raise BadInput(f"{path}: unreadable NPZ ({type(exc).__name__}: {exc})") from exc
-    if np.asarray(sections).dtype.kind not in "iu" or np.asarray(sections).size % 2:
-        raise BadInput(f"{path}: 'sections' must be an integer [K, 2] array")
-    for k, a in extra.items():
-        if a.shape != seq.shape or a.dtype.kind not in "iu":
-            raise BadInput(f"{path}: '{k}' must be an integer array of the shape of 'sequence' {seq.shape}, "
-                           f"got {a.dtype} {a.shape}")
-    if "velocity" in extra:
-        bad = (seq > 0) & ((extra["velocity"] < 1) | (extra["velocity"] > 127))
-        if bad.any():
-            raise BadInput(f"{path}: 'velocity' must be 1..127 on every hit ({int(bad.sum())} hits are not)")
-    vel = _to_velocity(seq, _velocity_scale(path, seq))
-    del seq
-    if "velocity" in extra:
-        vel = np.where(vel > 0, extra["velocity"], 0).astype(np.uint8)
-    song = Song(name=_song_id(rel), hits=vel, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
-                beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections,
-                offset=extra.get("offset"))
-    return validate_song(song, str(path))
-
-
-def load_midi(path: Path, rel: str, drum_map: DrumMap, steps_per_quarter: int, meta: dict,
-              max_steps: int | None = None):
-    """A drum MIDI file -> (Song, notes_mapped, unmapped pitch counts); `meta` from info.csv if any."""
-    bpm, split = _info_bpm(path, meta), meta.get("split", "")
-    if split not in ("", *SPLITS):
-        raise BadInput(f"{path}: info.csv gives split {split!r}, expected one of {', '.join(SPLITS)} "
-                       "(or empty for a hash split)")
-    try:
-        roll = read_midi(path, drum_map, steps_per_quarter, max_steps=max_steps)
-    except MidiError as exc:
-        raise BadInput(str(exc)) from exc
-    song = Song(name=_song_id(rel), hits=roll.hits, velocity=roll.velocity, offset=roll.offset, source=rel,
-                steps_per_bar=roll.steps_per_bar, beats_per_bar=roll.beats_per_bar, bpm=bpm or roll.bpm,
-                style=meta.get("style", ""), drummer=meta.get("drummer", ""),
-                beat_type=meta.get("beat_type", ""), split=split)
-    return validate_song(song, str(path)), roll.notes_mapped, roll.unmapped
-
-
-def _info_bpm(path: Path, meta: dict) -> float | None:
-    """info.csv's tempo for this file (None when it gives none): a positive, finite number."""
-    if not meta.get("bpm"):
-        return None
-    try:
-        bpm = float(meta["bpm"])
-    except ValueError:
-        raise BadInput(f"{path}: info.csv gives bpm {meta['bpm']!r}, not a number") from None
-    if not (math.isfinite(bpm) and bpm > 0):
-        raise BadInput(f"{path}: info.csv gives bpm {meta['bpm']!r}, must be a positive finite number")
-    return bpm
-
-
-def check_entry(path: Path) -> None:
-    """A directory entry that looks like an input must be a readable, non-empty regular file.
-    One stat call for a good file (this runs for every input file)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        if os.path.islink(path):
-            raise BadInput(f"{path}: broken symbolic link (to {os.readlink(path)})") from None
-        raise BadInput(f"{path}: not a regular file") from None
-    if stat.S_ISDIR(st.st_mode):
-        kind = "symbolic link to a folder (not followed)" if os.path.islink(path) else "a folder, not a file"
-        raise BadInput(f"{path}: {kind}")
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInput(f"{path}: not a regular file")
-    if st.st_size == 0:
-        raise BadInput(f"{path}: empty file")
-
-
-def scan_folder(root: Path, suffixes: set[str]) -> list[str]:
-    """Every entry under `root` whose name ends in one of `suffixes`, plus every symlinked folder,
-    as posix paths relative to `root`, sorted. Symlinked folders are reported, not followed (loops,
-    files outside the input); load() refuses what is not a regular file, so each such entry appears
-    in the report. Plain strings: pathlib objects cost more than parsing a Groove file does."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel_dir = os.path.relpath(dirpath, root)
-        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        for name in filenames:
-            if os.path.splitext(name)[1].lower() in suffixes:
-                found.append(prefix + name)
-        for name in dirnames:
-            if os.path.splitext(name)[1].lower() in suffixes or os.path.islink(os.path.join(dirpath, name)):
-                found.append(prefix + name)
-    return sorted(found)
-
-
-def _song_id(rel: str) -> str:
-    """A song's id: its path relative to the input folder, without the suffix."""
-    return rel.rsplit(".", 1)[0]
-
-
-def read_info_csv(root: Path) -> dict[str, dict]:
-    """Groove layout: info.csv beside the files -> metadata keyed by the MIDI path relative to root."""
-    info = root / "info.csv"
-    if not info.exists():
-        return {}
-    with open(info, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {r["midi_filename"]: r for r in rows if r.get("midi_filename")}
 
 
 # ---------------------------------------------------------------- the stage
 
-def _record(song: Song, shard: str, row: int, notes_mapped: int, unmapped: dict) -> dict:
-    rec = {f: getattr(song, f) for f in STR_FIELDS}
-    rec.update({f: int(getattr(song, f)) for f in INT_FIELDS})
-    rec.update({f: float(getattr(song, f)) for f in FLOAT_FIELDS})
-    digest = hashlib.sha1()
-    for name in STEP_ARRAYS:   # every per-step array's bytes in turn, without joining copies of them
-        digest.update(np.ascontiguousarray(getattr(song, name)))
-    digest = digest.hexdigest()
-    rec.update(shard=shard, row=row, num_steps=song.num_steps, num_drums=int(song.hits.shape[1]),
-               sections=song.sections.tolist(), sha1=digest, notes_mapped=notes_mapped,
-               unmapped={str(p): n for p, n in unmapped.items()})
-    return rec
-
-
 def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -> list[dict]:
     """Load one partition of inputs and write its good songs as one shard; one result per input.
 
-    A shard is a Zarr group holding the partition's songs concatenated along time, one array per
-    per-step field (STEP_ARRAYS), zstd-compressed like the store: one write per task instead of one
-    file per song. Songs with another drum count go to a sibling shard (`_reject_odd_drum_counts`
-    decides later which count is kept).
+    A shard holds the partition's songs concatenated along time (`pipeline.interim.write_shard`),
+    zstd-compressed like the store: one write per task instead of one file per song. Songs with
+    another drum count go to a sibling shard (`_reject_odd_drum_counts` decides later which count is kept).
     Any exception while reading one file is that file's error: the files beside it go on. With
     fail_fast (on_error=fail) the partition stops at its first bad file; the driver then reports the
     first bad file of all partitions in sorted order (partitions are contiguous runs of the sorted list).
@@ -323,42 +77,12 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
             songs.setdefault(shard, []).append(song)
             row = rows_in.get(shard, 0)          # the song's first row in its shard
             rows_in[shard] = row + song.num_steps
-            out.append(_record(song, shard, row, notes_mapped, unmapped))
+            out.append(record(song, shard, row, notes_mapped, unmapped))
             continue
         if fail_fast:
             break
     for shard, rows in songs.items():
-        _write_shard(shards_dir / shard, rows)
-    return out
-
-
-_SHARD_MAGIC = b"HDS1"   # interim shard: magic, rows and drums (<QQ), then zstd(every STEP_ARRAYS array's bytes)
-
-
-def _write_shard(path: Path, songs: list[Song]) -> None:
-    """One file per task: a zstd frame of its songs' per-step arrays, concatenated along time. A plain
-    file, not a Zarr group: creating a group and three arrays cost ~20 ms per shard, most of the
-    stage once MIDI parsing got fast (benchmarks/midi_read.py)."""
-    parts = [np.concatenate([getattr(s, name) for s in songs]).astype(dtype, copy=False)
-             for name, dtype in STEP_ARRAYS.items()]
-    rows, drums = parts[0].shape
-    payload = _ZSTD.encode(b"".join(np.ascontiguousarray(a).data for a in parts))
-    path.write_bytes(_SHARD_MAGIC + struct.pack("<QQ", rows, drums) + payload)
-
-
-def read_shard(path: Path) -> dict[str, np.ndarray]:
-    """All per-step arrays of one interim shard (what build reads), read-only [rows, D] each."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)") from None
-    if data[:4] != _SHARD_MAGIC:
-        raise FileNotFoundError(f"{path}: not an interim shard of this version (rerun `python -m pipeline.ingest`)")
-    rows, drums = struct.unpack("<QQ", data[4:20])
-    raw, out, pos = _ZSTD.decode(data[20:]), {}, 0
-    for name, dtype in STEP_ARRAYS.items():
-        out[name] = np.frombuffer(raw, dtype, rows * drums, pos).reshape(rows, drums)
-        pos += rows * drums * np.dtype(dtype).itemsize
+        write_shard(shards_dir / shard, rows)
     return out
 
 
@@ -378,75 +102,11 @@ def hash_split(song_id: str, ratios: dict) -> str:
     return SPLITS[-1]
 
 
-class _Load:
-    """item -> (Song, notes_mapped, unmapped) for one source; a plain object (not a closure), so tasks
-    pickle to worker processes and cluster workers alike."""
-
-    def __init__(self, source: str, **opts):
-        self.source, self.opts, self._make = source, opts, None
-
-    def __getstate__(self):            # the corpus maker (a closure) is rebuilt where the task runs
-        return {**self.__dict__, "_make": None}
-
-    def __call__(self, item):
-        o = self.opts
-        if self.source == "builtin":
-            if self._make is None:     # corpus options checked once per process, not per song
-                from pipeline.corpus import song_maker
-                self._make = song_maker(o["seed"], **o["corpus"])
-            song = validate_song(self._make(item), f"builtin song {item}")
-            return song, int(song.hits.sum()), {}
-        path, rel = item[0], item[1]
-        check_entry(path)
-        if self.source == "npz":
-            return load_npz(path, rel, steps_per_bar=o["spb"], bpm=o["bpm"], max_steps=o["max_steps"]), 0, {}
-        return load_midi(path, rel, o["drum_map"], o["spq"], item[2], o["max_steps"])
-
-
-def _sources(cfg: DictConfig, drum_map: DrumMap):
-    """(items, load(item) -> (Song, notes_mapped, unmapped), input description) for the configured source."""
-    data, spq = cfg.data, int(cfg.ingest.steps_per_quarter)
-    source = data.source
-    if source == "builtin":
-        # Each task generates its own songs (song i depends only on seed and i): parallel, and the
-        # driver never holds the corpus (items: a range, not a list).
-        from pipeline.corpus import check_drum_map, song_maker
-
-        opts = OmegaConf.to_container(data.corpus, resolve=True)
-        num_songs, seed = int(opts.pop("num_songs")), int(opts.pop("seed"))
-        check_drum_map(drum_map.names)   # the configured map: it labels the store's columns
-        try:
-            song_maker(seed, **opts)   # a bad option stops ingest once, not once per song
-        except ValueError as exc:
-            raise IngestError(f"data.{exc}") from None
-        return range(num_songs), _Load("builtin", seed=seed, corpus=opts), f"builtin corpus (seed {seed})"
-    if OmegaConf.is_missing(data, "path"):
-        raise IngestError(f"data.path is not set: python -m pipeline data={source} data.path=/your/folder")
-    root = Path(data.path)
-    if not root.is_dir():
-        raise IngestError(f"{root}: input folder does not exist (set data.path)")
-    max_steps = int(cfg.ingest.max_steps)
-    if source == "npz":
-        items = [(root / rel, rel) for rel in scan_folder(root, {".npz"})]
-        load = _Load("npz", spb=int(data.get("steps_per_bar", 16)), bpm=float(data.get("bpm", 120.0)),
-                     max_steps=max_steps)
-    elif source == "midi":
-        info = read_info_csv(root)   # each item carries its own info.csv row: tasks ship only theirs
-        items = [(root / rel, rel, info.get(rel, {})) for rel in scan_folder(root, MIDI_SUFFIXES)]
-        load = _Load("midi", drum_map=drum_map, spq=spq, max_steps=max_steps)
-    else:
-        raise IngestError(f"data.source must be builtin, npz or midi, got {source!r}")
-    return items, load, str(root)
-
-
-SONGS_FILE = "songs.jsonl"   # interim/: one JSON record per song, in store order (manifest.json: the rest)
-
-
-def iter_records(interim: Path):
-    """The song records of an interim folder, one at a time in store order (what build streams)."""
-    with open(Path(interim) / SONGS_FILE) as fh:
-        for line in fh:
-            yield json.loads(line)
+def _source(cfg: DictConfig, drum_map: DrumMap):
+    """(items, load(item) -> (Song, notes_mapped, unmapped), input description) of the configured
+    source (pipeline/sources/: one module per format, looked up by name)."""
+    source = sources.get(cfg.data.source)(cfg, drum_map)
+    return source.items(), source.load, source.where
 
 
 def _task(part: tuple, load, shards_dir: Path, fail_fast: bool) -> list[dict]:
@@ -492,7 +152,7 @@ def ingest(cfg: DictConfig) -> dict:
     on_error = cfg.ingest.on_error
     if on_error not in ("skip", "fail"):
         raise IngestError(f"ingest.on_error must be 'skip' or 'fail', got {on_error!r}")
-    items, load, where = _sources(cfg, drum_map)
+    items, load, where = _source(cfg, drum_map)
     if not items:
         raise IngestError(f"{where}: no input files found for source {cfg.data.source!r}")
     ratios = OmegaConf.to_container(cfg.ingest.split_ratios, resolve=True)

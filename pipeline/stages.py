@@ -1,8 +1,12 @@
 """The data stages in order, as one call: the single entry point that runs the pipeline in code.
 
-`run_all(cfg)` is what `python -m pipeline` and `dvc repro` (stage by stage) do; `prepare_npz` is the
-cached NPZ-folder convenience behind `train.training.data.get_complete_rl_dataloader(npz_dir)`, so the
-training side never drives stages itself.
+`run_all(cfg)` is what `python -m pipeline` and `dvc repro` (stage by stage) do.
+
+`prepare_npz(npz_dir, window...)` is the boundary with train/: the only function of the pipeline
+that training code calls (`train.training.loader.window_loader`, alias `get_complete_rl_dataloader`,
+given an NPZ folder). It answers with an export folder (data/ready layout), built here through the
+stages and cached; train/ never composes a stage config or runs a stage itself, and the DVC train
+stage (which reads data/ready) does not depend on the ingest or its sources.
 """
 from __future__ import annotations
 
@@ -61,12 +65,16 @@ def _npz_cache_key(npz_dir: Path, **window) -> str:
 def prepare_npz(npz_dir: str | Path, *, seq_len: int, stride: int, steps_per_bar: int, bars_per_phrase: int,
                 cache_dir: str | Path | None = None) -> Path:
     """NPZ folder -> store -> metrics -> export through the pipeline stages; cached by content.
+    Returns the export folder (what `CompleteHierarchicalDrumDataset` reads). No *.npz under
+    `npz_dir` is a FileNotFoundError.
 
     The cache key covers every *.npz (path, size, mtime) and the window, so editing a file or the
     window rebuilds, and anything else reuses `<cache_dir>/<key>/ready` (default
     $HIERDRUMS_CACHE or ~/.cache/hierdrums). A file lock makes concurrent ranks build it once.
     """
     npz_dir = Path(npz_dir)
+    if not any(npz_dir.rglob("*.npz")):
+        raise FileNotFoundError(f"{npz_dir}: no *.npz files, no store.zarr and no export (manifest.json)")
     window = {"seq_len": int(seq_len), "stride": int(stride), "steps_per_bar": int(steps_per_bar),
               "bars_per_phrase": int(bars_per_phrase)}
     cache_dir = Path(cache_dir or os.environ.get("HIERDRUMS_CACHE", "~/.cache/hierdrums")).expanduser()

@@ -266,8 +266,37 @@ def test_a_batch_gathers_only_what_is_asked_for(ready):
     song_table = zarr.open_group(str(ready / "metrics.zarr"), mode="r")["song"]
     for name in ("avg_hits", "step_entropy"):
         np.testing.assert_array_equal(rich["song_metrics"][name], song_table[name][:][rich["song"].numpy()])
-    with pytest.raises(ValueError, match=r"levels \['section'\] unknown"):
-        _dataset(ready, levels=("section",))
+    assert "section" not in full._open() and "section" not in rich    # a level nobody asked for
+    with pytest.raises(ValueError, match=r"levels \['verse'\] unknown"):
+        _dataset(ready, levels=("verse",))
+
+
+def test_the_section_level_is_each_steps_section_in_the_metrics_store(tmp_path):
+    """levels=("section",): per step, the row of metrics.zarr section/ whose [start, end) holds it
+    (the later one where sections overlap, -1 in a gap and on padding), and that row's metrics."""
+    songs = make_songs([300, 200, 150, 40], seed=3)
+    songs[0].sections = np.array([[0, 100], [100, 180], [200, 300]])      # a gap at 180..200
+    songs[2].sections = np.array([[0, 100], [50, 150]])                   # overlapping
+    build_ready(tmp_path, songs, seq_len=SEQ, stride=STRIDE)             # songs 1, 3: one section a phrase
+    ds = _dataset(tmp_path, levels=("section",), fields=())
+    batch = ds[np.arange(len(ds))]
+    table = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r")["section"]
+    sec_song, sec_start, sec_end = (table[k][:] for k in ("song", "start", "end"))
+    expected = np.full((len(ds), SEQ), -1)
+    for b, (song, start) in enumerate(zip(batch["song"].tolist(), batch["start"].tolist())):
+        for j in range(int(batch["mask"][b].sum())):
+            inside = np.flatnonzero((sec_song == song) & (sec_start <= start + j) & (start + j < sec_end))
+            expected[b, j] = inside.max() if len(inside) else -1
+    np.testing.assert_array_equal(batch["section"].numpy(), expected)
+    assert ((expected == -1) & batch["mask"].numpy()).any()              # the gap: real steps in no section
+    overlap = np.flatnonzero((sec_song == 2) & (sec_start == 50))         # song 2's steps 50..99: the later one
+    assert overlap.size == 1 and (expected == overlap[0]).sum() > 0 and len(set(expected.ravel())) > 8
+    assert set(batch["section_metrics"]) == {"avg_hits", "dense_frac", "drum_density", "max_hits"}
+    for name, got in batch["section_metrics"].items():
+        want = table[name][:][np.maximum(expected, 0)]
+        want[expected < 0] = 0
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert batch["section_metrics"]["drum_density"].shape == (len(ds), SEQ, 9)
 
 
 def test_a_metric_that_was_not_exported_is_a_clear_error(tmp_path):

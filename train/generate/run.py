@@ -81,22 +81,22 @@ def read_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prime file not found")
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                if "sequence" not in npz:
-                    raise ValueError(f"{path}: no `sequence` array in this NPZ")
-                seq = np.asarray(npz["sequence"])
-        except (OSError, ValueError) as err:
+        from pipeline.sources import npz as npz_source
+
+        try:    # the ingest's NPZ reader: one open, the same checks (no length limit for a prime)
+            roll = npz_source.read_file(path, max_steps=np.iinfo(np.int64).max)
+        except ValueError as err:
             raise ValueError(f"{path}: not a readable NPZ prime ({err})") from err
+        seq = roll.sequence
         if seq.ndim != 2 or seq.shape[1] != drum_map.num_drums:
             raise ValueError(f"{path}: `sequence` has shape {seq.shape}, expected [steps, {drum_map.num_drums}]")
         if not np.isfinite(seq).all():
             raise ValueError(f"{path}: `sequence` holds NaN or inf")
-        return _npz_played(path, seq, steps_per_bar)
+        return _npz_played(path, roll, steps_per_bar)
     if suffix in (".mid", ".midi"):
-        from pipeline.midi import read_midi
+        from pipeline.sources import midi as midi_source
 
-        roll = read_midi(path, drum_map, steps_per_quarter)
+        roll = midi_source.read_file(path, drum_map, steps_per_quarter)
         if steps_per_bar is not None and int(roll.steps_per_bar) != int(steps_per_bar):
             raise ValueError(f"{path}: the prime is in {roll.beats_per_bar}-beat bars of {roll.steps_per_bar} "
                              f"steps, the model was trained on bars of {steps_per_bar} steps; use a prime "
@@ -152,16 +152,17 @@ def prime_meter(path: str | Path, drum_map: DrumMap, steps_per_quarter: int) -> 
     roll = read_midi(path, drum_map, steps_per_quarter)
     unit = steps_per_quarter * 4 * int(roll.beats_per_bar) // int(roll.steps_per_bar)
     return int(roll.steps_per_bar), int(roll.beats_per_bar), unit
-def _npz_played(path: Path, seq: np.ndarray, steps_per_bar: int | None) -> Prime:
-    """An NPZ prime read as `pipeline.ingest` reads an input song (velocity from `sequence` or a
-    `velocity` array, `offset`, each checked with a message naming the file); a 0/1 sequence with
-    no `velocity` array is hits only (velocity None)."""
-    from pipeline.ingest import load_npz
+def _npz_played(path: Path, roll, steps_per_bar: int | None) -> Prime:
+    """An NPZ prime's arrays (`pipeline.sources.npz.read_file`) made a song as the ingest makes one
+    (velocity from `sequence` or a `velocity` array, `offset`, each checked with a message naming
+    the file); a 0/1 sequence with no `velocity` array is hits only (velocity None)."""
+    from pipeline.sources.npz import load_npz
 
+    seq = roll.sequence
     hits = (seq > 0).astype(np.uint8)
-    with np.load(path, allow_pickle=False) as npz:
-        hits_only = "velocity" not in npz.files and bool(np.isin(seq, (0, 1)).all())
-    song = load_npz(path, path.name, steps_per_bar=int(steps_per_bar or 16), bpm=120.0, max_steps=len(seq) + 1)
+    hits_only = "velocity" not in roll.extra and bool(np.isin(seq, (0, 1)).all())
+    song = load_npz(path, path.name, steps_per_bar=int(steps_per_bar or 16), bpm=120.0, max_steps=len(seq) + 1,
+                    roll=roll)
     return Prime(hits, None if hits_only else np.asarray(song.velocity, np.uint8),
                  np.asarray(song.offset, np.int8), None)
 

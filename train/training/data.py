@@ -1,4 +1,6 @@
-"""Training windows read straight from memory-mapped arrays: dataset, batch sampler, collate, loader.
+"""Training windows read straight from memory-mapped arrays: the dataset (the batch sampler is
+train/training/sampler.py, collate and the loader train/training/loader.py; their names are
+importable from here too).
 
 The trainer never parses or computes here: `data/ready/` (written by `pipeline.export`) holds the
 store's rows and the precomputed window metrics as `.npy` files. A batch is one fancy-index gather
@@ -15,40 +17,35 @@ A batch (dict of tensors, B first) holds only what was asked for: always
     song, start  int64 [B]           store song index and song-relative first step
     steps_per_bar int64 [B]          each window's song's bar length (its meter; one value per
                                      batch of `make_loader`, which buckets batches by meter)
-and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "song")`:
+and with `fields=("velocity", "offset")` / `levels=("bar", "phrase", "section", "song")`:
     velocity uint8   [B, L, D]       MIDI velocity 1..127 of each hit, 0 elsewhere
     offset   int8    [B, L, D]       timing of each hit in 1/128 step (ready/offset.npy), 0 elsewhere
     bar      float32 [B, L//spb, D]  mean of each spb steps from the window's first (padding counts as silence), + bar_mask
     phrase   float32 [B, L//(spb·bpp), D]                                                   + phrase_mask
+    section  int64   [B, L]          each step's section: its row in metrics.zarr section/ (-1 on padding
+                                     and on a step in no section), + section_metrics dict name -> [B, L, ...]
+                                     that section's row of section/<name> (0 where section is -1)
     song_metrics  dict name -> [B, ...]  the window's song's row of metrics.zarr song/<name>
 and with `conditions={name: labels}` (a conditioned model's vocabulary, train/model/conditioning.py):
     cond     int64   [B, C]          the window's song's condition ids (0 = none / unseen label)
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from numba import njit
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from train.training.sampler import BatchRequest, WindowBatchSampler
 
 log = logging.getLogger(__name__)
 
 ROW, SONG, START, LENGTH, OFFSET = range(5)   # columns of windows_<split>.npy (pipeline.export)
-
-
-class BatchRequest(NamedTuple):
-    """What the sampler yields and the dataset answers: window indices + the batch's augmentation seed."""
-
-    indices: np.ndarray
-    seed: tuple[int, ...]
 
 
 def resolve_ready_dir(path: str | Path) -> Path:
@@ -152,6 +149,8 @@ class CompleteHierarchicalDrumDataset(Dataset):
                 self._maps["offset"] = self._load_offset(load)
             if "song" in self.levels:
                 self._maps["song_metrics"] = self._song_table()
+            if "section" in self.levels:
+                self._maps["section"] = self._section_table()
             if self.conditions:
                 from train.model.conditioning import read_song_labels, song_ids
                 self._maps["cond"] = song_ids(self.conditions, read_song_labels(self.ready), self.bpm_buckets)
@@ -163,18 +162,37 @@ class CompleteHierarchicalDrumDataset(Dataset):
                                     "stored); rebuild: `dvc repro` (or python -m pipeline, then export)")
         return load("offset.npy")
 
-    def _song_table(self) -> dict[str, np.ndarray]:
-        """metrics.zarr song/<name>, [S, ...] each: small (one row per song), read into memory."""
+    def _metrics_group(self, level: str):
+        """metrics.zarr <level>/ (song: one row per song, section: one per section), for levels=(level,)."""
         import zarr
 
         path = Path(self.manifest.get("metrics_store", ""))
         if not (path / "zarr.json").exists():
             path = self.ready.parent / path.name         # the export moved with its data folder
         if not (path / "zarr.json").exists():
-            raise FileNotFoundError(f"{self.ready}: levels=('song',) reads song metrics from "
+            raise FileNotFoundError(f"{self.ready}: levels=('{level}',) reads {level} metrics from "
                                     f"{self.manifest.get('metrics_store')!r}, which is not there")
-        grp = zarr.open_group(str(path), mode="r")["song"]
+        return zarr.open_group(str(path), mode="r")[level]
+
+    def _song_table(self) -> dict[str, np.ndarray]:
+        """metrics.zarr song/<name>, [S, ...] each: small (one row per song), read into memory."""
+        grp = self._metrics_group("song")
         return {name: grp[name][:] for name in sorted(grp.array_keys())}
+
+    def _section_table(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(owner, metrics): owner [N] int32 is, for every row of the export, its section's row in
+        metrics.zarr section/ (-1 on a step in no section; where a song's sections overlap, the later
+        one in its list); metrics are section/<name> [K, ...], one row per section, read whole."""
+        grp = self._metrics_group("section")
+        song, start, end = (grp[k][:] for k in ("song", "start", "end"))
+        offsets = np.load(self.ready / "song_offsets.npy", allow_pickle=False)
+        lengths = end - start
+        rows = np.repeat(np.arange(len(song), dtype=np.int32), lengths)
+        # the export rows of each section in turn: its first row, then +1 per step
+        pos = np.repeat(offsets[song] + start - (np.cumsum(lengths) - lengths), lengths) + np.arange(len(rows))
+        owner = np.full(int(offsets[-1]), -1, np.int32)
+        np.maximum.at(owner, pos, rows)            # overlaps: the highest row (the later section) wins
+        return owner, {n: grp[n][:] for n in sorted(grp.array_keys()) if n not in ("song", "start", "end")}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -270,7 +288,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
         return out
 
     def _levels(self, out: dict, step: np.ndarray, t: np.ndarray) -> None:
-        """The levels asked for: bar/phrase means of the gathered steps (+ masks), song metrics."""
+        """The levels asked for: bar/phrase means of the gathered steps (+ masks), section and song metrics."""
         B, L, D = step.shape
         bpp = self.bars_per_phrase
         length = t[:, LENGTH, None]
@@ -288,6 +306,23 @@ class CompleteHierarchicalDrumDataset(Dataset):
         if "song" in self.levels:
             out["song_metrics"] = {name: torch.from_numpy(_take(arr, t[:, SONG]))
                                    for name, arr in self._open()["song_metrics"].items()}
+        if "section" in self.levels:
+            self._sections(out, t, L)
+
+    def _sections(self, out: dict, t: np.ndarray, L: int) -> None:
+        """Each step's section row (-1 on padding and outside every section) and that section's
+        metrics, one gather each (the offset field's row arithmetic)."""
+        owner, metrics = self._open()["section"]
+        mask = out["mask"].numpy()
+        rows = np.where(mask, t[:, OFFSET, None] + np.arange(L), 0)
+        sec = np.where(mask, owner[rows], -1).astype(np.int64)
+        out["section"] = torch.from_numpy(sec)
+        outside, take = sec < 0, np.maximum(sec, 0)
+        out["section_metrics"] = {}
+        for name, arr in metrics.items():
+            values = _take(arr, take)
+            values[outside] = 0
+            out["section_metrics"][name] = torch.from_numpy(values)
 
     def _batch_bar_length(self, bars: np.ndarray) -> int:
         values = np.unique(bars)
@@ -315,7 +350,7 @@ class CompleteHierarchicalDrumDataset(Dataset):
 
 
 FIELDS = ("velocity", "offset")          # per-step arrays a batch may add to `step`
-LEVELS = ("bar", "phrase", "song")        # coarser levels a batch may carry (metrics: window level)
+LEVELS = ("bar", "phrase", "section", "song")   # coarser levels a batch may carry (metrics: window level)
 
 # numpy dtypes torch handles as they are; other unsigned ones widen to a signed type (torch's
 # uint16/uint32 support few ops), e.g. bar_hits uint16 -> int32.
@@ -355,230 +390,10 @@ def _first(v):
     return {k: x[0] for k, x in v.items()} if isinstance(v, dict) else v[0]
 
 
-def collate(batch: dict[str, Any]) -> dict[str, Any]:
-    """A batch dict -> flat tensors (metrics stay a flat dict name -> tensor); tensors pass as they are."""
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, dict):
-            out[k] = collate(v)
-        elif isinstance(v, torch.Tensor):
-            out[k] = v
-        else:
-            a = np.asarray(v)
-            out[k] = torch.from_numpy(a if a.flags.c_contiguous else a.copy())
-    return out
+# The loader has a module of its own (it imports this one lazily); its names stay importable here.
+from train.training.loader import (WindowLoader, collate, get_complete_rl_dataloader,  # noqa: E402
+                                   make_loader, window_loader)
 
-
-class WindowBatchSampler:
-    """Batches of window indices: deterministic for (seed, epoch), sharded over ranks, resumable.
-
-    Each epoch: a permutation of all windows (numpy Generator seeded with [seed, epoch]; identity if
-    not shuffle), shared by every rank. Like `DistributedSampler`, with drop_last=False it is padded
-    by repeating its head to a multiple of the world size; with drop_last=True its tail is cut to
-    one. Rank r takes every world-th window from position r, then cuts them into batches of
-    `batch_size` (the last one smaller unless drop_last). So every rank yields the same number of
-    batches, and when the number of windows divides by the world size (and drop_last=False) every
-    window is seen exactly once per epoch across ranks.
-
-    `groups` [num_windows] (e.g. each window's bar length) buckets the batches: each group is
-    permuted, padded and sharded as above on its own and cut into batches, and the batches of all
-    groups are then shuffled together (seeded by (seed, epoch)), so a batch never mixes groups and
-    every rank still yields the same number of batches. With drop_last a group keeps its tail when
-    it holds less than one batch per rank (a rare meter is never dropped whole). One group (or
-    none) is exactly the plain sampler.
-
-    `state_dict()` holds the epoch and `position` (batches of this epoch already delivered);
-    `load_state_dict` + iterating again yields exactly the remaining batches of that epoch.
-    `set_epoch(e)` for a new epoch starts it at 0; for the current epoch it keeps the position.
-    """
-
-    def __init__(self, num_windows: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int | None = None, rank: int | None = None,
-                 groups: np.ndarray | None = None):
-        if num_replicas is None or rank is None:
-            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            num_replicas = (torch.distributed.get_world_size() if dist else 1) if num_replicas is None else num_replicas
-            rank = (torch.distributed.get_rank() if dist else 0) if rank is None else rank
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} not in [0, {num_replicas})")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.num_windows, self.batch_size = int(num_windows), int(batch_size)
-        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
-        self.epoch, self.position = 0, 0
-        self.groups = None
-        if groups is not None and len(np.unique(groups)) > 1:
-            self.groups = np.asarray(groups)
-            if len(self.groups) != self.num_windows:
-                raise ValueError(f"groups has {len(self.groups)} entries for {self.num_windows} windows")
-
-    def rank_indices(self, epoch: int) -> np.ndarray:
-        """This rank's windows for `epoch`, in order."""
-        n, world = self.num_windows, self.num_replicas
-        order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-                 else np.arange(n, dtype=np.int64))
-        per_rank = n // world if self.drop_last else -(-n // world)
-        order = np.resize(order, per_rank * world) if n else order[:0]   # resize repeats the head
-        return order[self.rank::world]
-
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        if self.groups is None:
-            mine = self.rank_indices(epoch)
-            return self._cut(mine, self._batch_count(self.num_windows))
-        order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_windows) if self.shuffle
-                 else np.arange(self.num_windows, dtype=np.int64))
-        out = []
-        for g in np.unique(self.groups):
-            members = order[self.groups[order] == g]                       # in the epoch's order
-            per_rank, count = self._shares(len(members))
-            out += self._cut(np.resize(members, per_rank * self.num_replicas)[self.rank::self.num_replicas], count)
-        if self.shuffle:     # the same permutation on every rank: their groups' batch counts agree
-            out = [out[i] for i in np.random.default_rng([self.seed, epoch, 1]).permutation(len(out))]
-        return out
-
-    def _shares(self, n: int) -> tuple[int, int]:
-        """(windows per rank, batches per rank) of n windows; with drop_last, a group holding less
-        than one batch per rank keeps them (plain sampler: `_batch_count`)."""
-        world, bs = self.num_replicas, self.batch_size
-        short = self.groups is not None and n < world * bs
-        per_rank = n // world if self.drop_last and not short else -(-n // world)
-        return per_rank, (per_rank // bs if self.drop_last and not short else -(-per_rank // bs))
-
-    def _batch_count(self, n: int) -> int:
-        return self._shares(n)[1]
-
-    def _cut(self, mine: np.ndarray, count: int) -> list[np.ndarray]:
-        return [mine[i * self.batch_size:(i + 1) * self.batch_size] for i in range(count)]
-
-    def __len__(self) -> int:
-        if self.groups is None:
-            return self._batch_count(self.num_windows)
-        return sum(self._batch_count(int(n)) for n in np.unique(self.groups, return_counts=True)[1])
-
-    def start_position(self) -> int:
-        """Where the next iteration begins: the saved position mid-epoch, else 0."""
-        return self.position if 0 < self.position < len(self) else 0
-
-    def __iter__(self):
-        batches = self.batches(self.epoch)
-        for n in range(self.start_position(), len(batches)):
-            self.position = n + 1
-            yield BatchRequest(batches[n], (self.seed, self.epoch, self.rank, n))
-
-    def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.epoch, self.position = int(epoch), 0
-
-    def state_dict(self) -> dict[str, int | bool]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_windows": self.num_windows, "batch_size": self.batch_size,
-                "num_replicas": self.num_replicas, "shuffle": self.shuffle, "drop_last": self.drop_last}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "num_windows", "batch_size", "num_replicas", "shuffle", "drop_last"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}: "
-                                 "a run resumes mid-epoch only with the same data, batch size and world size")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
-class WindowLoader(DataLoader):
-    """A DataLoader over a WindowBatchSampler that keeps the sampler's position honest.
-
-    Workers fetch ahead of the training loop, so the sampler alone would count prefetched batches
-    as seen; this loader sets `sampler.position` to the batches actually delivered, so a
-    checkpoint taken between batches resumes with exactly the unseen windows.
-
-    `num_workers` threads of this process prefetch the next `num_workers * prefetch_factor`
-    batches. The gather is a numba kernel compiled `nogil=True`, so threads overlap with the
-    training loop and nothing crosses a process boundary. (Process workers were measured to buy
-    nothing here — benchmarks/README.md "Loader" — and were removed; 0 workers is the default.)
-    """
-
-    def __init__(self, dataset, *, num_workers: int = 0, prefetch_factor: int | None = None, **kwargs):
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.workers = int(num_workers)
-        self.prefetch_factor_threads = int(prefetch_factor or 2)
-        kwargs.pop("persistent_workers", None)
-        super().__init__(dataset, num_workers=0, **kwargs)   # torch's loop runs here; threads are ours
-
-    @property
-    def threaded(self) -> bool:
-        return self.workers > 0
-
-    def __iter__(self):
-        sampler = self.sampler
-        start = sampler.start_position()
-        batches = self._thread_batches() if self.threaded else super().__iter__()
-        for n, batch in enumerate(batches, start=1):
-            sampler.position = start + n
-            yield batch
-
-    def _fetch(self, request):
-        batch = self.collate_fn(self.dataset[request])
-        return _pin(batch) if self.pin_memory and torch.cuda.is_available() else batch
-
-    def _thread_batches(self):
-        """The sampler's batches in order, each gathered on a pool thread, `depth` in flight."""
-        if hasattr(self.dataset, "_open"):
-            self.dataset._open()            # map the files once, before threads race to do it
-        requests = iter(self.sampler)
-        depth = self.workers * self.prefetch_factor_threads
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="WindowLoader")
-        pending: deque = deque()
-        try:
-            pending.extend(pool.submit(self._fetch, r) for r in itertools.islice(requests, depth))
-            while pending:
-                batch = pending.popleft().result()
-                pending.extend(pool.submit(self._fetch, r) for r in itertools.islice(requests, 1))
-                yield batch
-        finally:            # end of epoch, a break (generator closed) or an exception: join the threads
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _pin(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: _pin(v) if isinstance(v, dict) else v.pin_memory() for k, v in batch.items()}
-
-
-def make_loader(dataset: CompleteHierarchicalDrumDataset, batch_size: int, *, shuffle: bool = True,
-                seed: int = 0, drop_last: bool = False, num_workers: int = 0,
-                pin_memory: bool = False, num_replicas: int | None = None, rank: int | None = None,
-                **kwargs) -> WindowLoader:
-    """The loader the trainer uses: one gather per batch, sharded and resumable (`loader.sampler`).
-
-    num_workers prefetching threads; see WindowLoader. Batches are bucketed by the windows' bar
-    length (their songs' meter), so each batch runs the model on one bar grid.
-    """
-    sampler = WindowBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                 num_replicas=num_replicas, rank=rank,
-                                 groups=getattr(dataset, "window_bar_lengths", None))   # one meter per batch
-    return WindowLoader(dataset, batch_size=None, sampler=sampler, collate_fn=collate,
-                        num_workers=num_workers, pin_memory=pin_memory, **kwargs)
-
-
-def get_complete_rl_dataloader(npz_dir_or_store: str | Path, seq_len: int = 512, steps_per_bar: int = 16,
-                               bars_per_phrase: int = 4, batch_size: int = 16, shuffle: bool = True,
-                               augment: bool = False, num_workers: int = 0, *, split: str = "train",
-                               stride: int | None = None, seed: int = 0, drop_last: bool = False,
-                               cache_dir: str | Path | None = None, **dataset_kwargs) -> WindowLoader:
-    """The seed's one-call entry point: a loader of hierarchical batches from an NPZ folder or a store.
-
-    `npz_dir_or_store`: a folder of *.npz rolls (built once through ingest -> build -> metrics ->
-    export, then cached, see `prepare_npz`), a `store.zarr` with its export beside it, or an export
-    folder (`data/ready`). `stride` defaults to the export's (one bar for an NPZ folder).
-    Shards over torch.distributed ranks when a process group is initialised.
-    """
-    path = Path(npz_dir_or_store)
-    if path.is_dir() and not (path / "manifest.json").exists() and not (path / "zarr.json").exists():
-        if not any(path.rglob("*.npz")):
-            raise FileNotFoundError(f"{path}: no *.npz files, no store.zarr and no export (manifest.json)")
-        from pipeline.stages import prepare_npz
-
-        path = prepare_npz(path, seq_len=seq_len, stride=stride or steps_per_bar, steps_per_bar=steps_per_bar,
-                           bars_per_phrase=bars_per_phrase, cache_dir=cache_dir)
-    dataset = CompleteHierarchicalDrumDataset(path, split, seq_len, stride, steps_per_bar, bars_per_phrase,
-                                              augment, seed=seed, **dataset_kwargs)
-    return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                       num_workers=num_workers)
+__all__ = ["BatchRequest", "CompleteHierarchicalDrumDataset", "FIELDS", "LEVELS", "WindowBatchSampler",
+           "WindowLoader", "collate", "get_complete_rl_dataloader", "make_loader", "resolve_ready_dir",
+           "window_loader"]
