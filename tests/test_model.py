@@ -18,7 +18,7 @@ from common.config import compose
 from pipeline.drums import DrumMap
 from pipeline.midi import read_midi
 from train.training.model import HierarchicalDrumModel, compute_loss, lookback_features, sample_hits
-from train.training.trainer import model_kwargs
+from train.training.build import model_kwargs
 
 # tiny models on a shared 2-core machine: OpenMP threads only spin against each other
 torch.set_num_threads(1)
