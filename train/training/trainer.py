@@ -23,8 +23,8 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
