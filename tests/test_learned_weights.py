@@ -126,7 +126,7 @@ def test_per_term_starting_weights():
 
 
 def test_optuna_space_entry_from_the_docs_reaches_the_trainer(tiny):
-    from train.tune.study import check_space, param_overrides
+    from train.tune.space import check_space, param_overrides
 
     space = {"learn_weights": {"path": "rl.learn_weights", "type": "categorical", "choices": [False, True]}}
     base = compose(tiny + ["rl=surrogate", "tune=rewards"])   # reward settings: the objective judging them

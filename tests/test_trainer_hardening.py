@@ -384,18 +384,18 @@ def test_midi_prime_in_another_meter_is_an_error_naming_it(tmp_path):
 # --- item 18: the default tune space fits its objective -------------------------------------------
 
 def test_default_tune_space_matches_its_objective():
-    from train.tune import study
+    from train.tune import space
 
-    cfg = study.compose([])
-    study.check_space(cfg, cfg.tune.space)
-    paths = [p for spec in cfg.tune.space.values() for p in study.space_paths(spec)]
+    cfg = space.compose([])
+    space.check_space(cfg, cfg.tune.space)
+    paths = [p for spec in cfg.tune.space.values() for p in space.space_paths(spec)]
     assert not [p for p in paths if p.startswith("rl")] and "rl.enabled=true" not in cfg.tune.trial_overrides
-    rewards_cfg = study.compose(["tune=rewards"])                 # reward weights: judged by generated windows
-    study.check_space(rewards_cfg, rewards_cfg.tune.space)
+    rewards_cfg = space.compose(["tune=rewards"])                 # reward weights: judged by generated windows
+    space.check_space(rewards_cfg, rewards_cfg.tune.space)
     assert rewards_cfg.tune.objective.generated.weight > 0 and "rl_weight" in rewards_cfg.tune.space
-    bad = study.compose(["+tune.space.w={path: rl.weight, type: float, low: 0.0, high: 1.0}"])
+    bad = space.compose(["+tune.space.w={path: rl.weight, type: float, low: 0.0, high: 1.0}"])
     with pytest.raises(ValueError, match=r"tune.space \['w'\] search reward shaping"):
-        study.check_space(bad, bad.tune.space)
+        space.check_space(bad, bad.tune.space)
 
 
 # --- issue 19: the rest of the trainer-config guide -----------------------------------------------
