@@ -17,7 +17,7 @@ import numpy as np
 
 from common.config import compose
 from pipeline.store import Store
-from train.evaluate.run import fit_baselines, score_windows, scores_with_intervals, song_subsets
+from train.evaluate.next_step import fit_baselines, score_windows, scores_with_intervals, song_subsets
 from train.evaluate.scores import ScoreAccumulator
 from train.evaluate.windows import songs_by_meter, split_songs, split_windows
 

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.store import Store  # noqa: E402
-from train.evaluate.expressive import position_means  # noqa: E402
-from train.generate.humanize import humanize_roll  # noqa: E402
+from train.evaluate.velocity_offset_scores import position_means  # noqa: E402
+from train.humanize import humanize_roll  # noqa: E402
 from train.training.checkpoint import load_for_inference  # noqa: E402
 
 

@@ -3,7 +3,7 @@
     python benchmarks/played_history.py [--store data/groove/store.zarr]
 
 On every hit of the validation songs (16-step bars), velocity / 127 MSE of
-- baseline:   the train split's mean per drum and bar position (train.evaluate.expressive);
+- baseline:   the train split's mean per drum and bar position (train.evaluate.velocity_offset_scores);
 - song shift: the baseline + the running mean of this song's past residuals (velocity − baseline
               over all hits of earlier steps): causal, one number per song so far;
 - last:       the drum's previous velocity in the song;
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.store import Store  # noqa: E402
-from train.evaluate.expressive import position_means  # noqa: E402
+from train.evaluate.velocity_offset_scores import position_means  # noqa: E402
 
 
 def song_predictions(hits, vel, off, means, spb):

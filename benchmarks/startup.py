@@ -56,7 +56,7 @@ def make_checkpoint(path: Path) -> Path:
     from common.config import compose
     from pipeline.drums import DrumMap
     from train.training.checkpoint import save_checkpoint
-    from train.training.trainer import build_model
+    from train.training.build import build_model
 
     cfg = compose([])
     torch.manual_seed(0)

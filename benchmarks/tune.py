@@ -33,7 +33,10 @@ def main() -> None:
     import torch
 
     from tests.trainer_data import build_tiny_ready
-    from train.tune import study as tune
+    from train.tune.reports import write_reports
+    from train.tune.space import compose
+    from train.tune.storage import load_study
+    from train.tune.study import worker
     from train.training.trainer import fit
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,19 +46,19 @@ def main() -> None:
         base = build_tiny_ready(tmp / "tiny") + [f"trainer.max_epochs={args.epochs}"]
         overrides = base + ["tune=small", f"tune.dir={tmp / 'study'}", f"tune.n_trials={args.trials}",
                             "tune.pruner.type=none"]
-        fit(tune.compose(base + [f"trainer.run_dir={tmp / 'warm'}"]))  # imports, numba caches: not timed
+        fit(compose(base + [f"trainer.run_dir={tmp / 'warm'}"]))  # imports, numba caches: not timed
 
-        cfg = tune.compose(overrides)
+        cfg = compose(overrides)
         t0 = time.perf_counter()
-        study = tune.load_study(cfg)
-        tune.worker(cfg, overrides)
+        study = load_study(cfg)
+        worker(cfg, overrides)
         t1 = time.perf_counter()
-        tune.write_reports(cfg, study)
+        write_reports(cfg, study)
         t2 = time.perf_counter()
 
         t3 = time.perf_counter()
         for t in study.trials:  # the same configs, trained directly
-            plain = tune.compose(t.user_attrs["overrides"] + [f"trainer.run_dir={tmp / 'plain' / str(t.number)}"])
+            plain = compose(t.user_attrs["overrides"] + [f"trainer.run_dir={tmp / 'plain' / str(t.number)}"])
             fit(plain)
         t4 = time.perf_counter()
 

@@ -55,18 +55,6 @@ def executor(scheduler, workers: int | None = None) -> Iterator:
             yield pool
 
 
-@contextlib.contextmanager
-def dask_scheduler(scheduler, workers: int | None = None) -> Iterator[dict]:
-    """Keyword arguments for `dask.compute` / `collection.compute`: a local scheduler by name (with
-    its worker count), or a dask.distributed Client connected to the address for the stage."""
-    if is_cluster(scheduler):
-        from dask.distributed import Client
-        with Client(str(scheduler)) as client:
-            yield {"scheduler": client}
-        return
-    yield {"scheduler": str(scheduler or "threads"), "num_workers": int(workers) if workers else None}
-
-
 def ordered_map(pool, fn: Callable, items: Iterable, in_flight: int) -> Iterator:
     """fn(item) for every item on `pool` (from `executor`), yielded in input order, at most
     `in_flight` submitted and not yet yielded. A failed task raises here, in order."""

@@ -241,7 +241,7 @@ def json_load(path):
 def test_evaluate_scores_a_conditioned_model_given_each_song_s_labels(tmp_path):
     """The model row of train.evaluate reads each window's song labels from the export: the same
     probabilities as the model given those condition ids, not the unconditional ones."""
-    from train.evaluate.run import model_probs, song_conditions
+    from train.evaluate.next_step import model_probs, song_conditions
 
     model = _model(conditioning=VOCAB, bpm_buckets=EDGES).eval()
     np.save(tmp_path / "song_style.npy", np.array(["funk/groove1", "rock", "jazz"]))

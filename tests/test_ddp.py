@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from common.config import REPO_ROOT
 from train.training.checkpoint import load_checkpoint
-from train.training.trainer import build_model
+from train.training.build import build_model
 
 STEPS, GLOBAL_BATCH = 4, 8
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]

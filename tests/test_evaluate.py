@@ -13,7 +13,8 @@ from pipeline.drums import DrumMap
 from pipeline.store import Song, Store
 from tests.tiny_checkpoint import OVERRIDES, SEQ_LEN, SPB, make_checkpoint, make_ready
 from train.evaluate.baselines import FrequencyBaseline, RepeatBarBaseline
-from train.evaluate.run import evaluate, model_probs, score_windows
+from train.evaluate.next_step import model_probs, score_windows
+from train.evaluate.run import evaluate
 from train.evaluate.scores import ScoreAccumulator
 from train.evaluate.windows import split_windows
 from train.training.checkpoint import load_for_inference
@@ -368,7 +369,7 @@ def test_expressive_scores_against_direct_computation(tiny, tmp_path):
 def test_real_windows_leave_out_short_songs_for_generated_vs_real():
     """A one-bar fill (or a song's partial last window) does not join the real set that 16-bar
     generated windows are compared with, unless fewer than two windows are long enough."""
-    from train.evaluate.run import real_windows
+    from train.evaluate.generated import real_windows
     from train.evaluate.windows import Windows
     L, D = 8, 3
     lengths = [8, 8, 3, 5]                       # two full windows, a short song, a partial one

@@ -166,8 +166,8 @@ def test_a_three_four_and_a_six_eight_part_round_trip_through_ingest(ckpt, tmp_p
 
 
 def test_humanize_plays_a_six_eight_part_on_its_own_bar(ckpt, tmp_path):
-    from train.generate.humanize import humanize_roll
-    from train.generate.humanize import run as humanize
+    from train.humanize import humanize_roll
+    from train.humanize import run as humanize
     from train.model.expressive import to_midi_values
 
     dm = DrumMap.default()
@@ -308,7 +308,7 @@ def test_resolve_checkpoint_prefers_the_best_file(tmp_path):
 def test_humanize_keeps_the_hits_and_plays_them(ckpt, tmp_path):
     """A quantised, fixed-velocity part comes out with the same hits, the heads' velocities and
     offsets (written tick-exact), varied and off the grid; bad calls exit 1 with the reason."""
-    from train.generate.humanize import humanize_roll
+    from train.humanize import humanize_roll
     from train.model.expressive import to_midi_values
 
     dm = DrumMap.default()

@@ -14,7 +14,7 @@ from common.atomic import MARKER, OutputRefused, atomic_path, exchange, sweep_st
 from common.config import REPO_ROOT, compose
 from common.lock import DATA_LOCK, RUN_LOCK
 from common.config import ConfigError
-from train.training.trainer import validate_config
+from train.training.config_checks import validate_config
 
 DEAD_PID = 2 ** 22 + 12345   # above Linux's pid_max (4194304): never a live process
 

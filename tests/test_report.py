@@ -25,7 +25,7 @@ from train.report.render import render_folders
 from PIL import Image
 
 from train.report.rolls import (BAND, BAR_LINE, MIN_ALPHA, cell_size, drum_color, grid_pixels, rgb, roll_image,
-                              roll_picture, save_roll, save_roll_sheet)
+                              roll_picture, save_roll, save_roll_columns, save_roll_sheet)
 
 SYNTH, MISSING = find_synth(compose([]).preview)
 
@@ -213,6 +213,19 @@ def test_roll_pixels_colour_each_hit_by_drum_and_shade_it_by_velocity(tmp_path):
     got = np.asarray(Image.open(sheet))
     np.testing.assert_array_equal(got[:len(a)], a)
     np.testing.assert_array_equal(got[len(a):, :b.shape[1]], b)
+
+
+def test_roll_columns_draw_every_roll_at_the_longest_ones_scale(tmp_path):
+    """evaluate's real | generated columns: a 1-bar roll beside a 4-bar one keeps the 4-bar one's step width."""
+    names = ["kick", "snare"]
+    short, long = np.eye(16, 2, dtype=np.uint8), np.tile(np.eye(16, 2, dtype=np.uint8), (4, 1))
+    got = np.asarray(Image.open(save_roll_columns(tmp_path / "c.png", [short], [long], names, 16, 4, ["a"], ["b"])))
+    left = np.asarray(roll_picture(short, names, 16, 4, title="a", scale_steps=64))
+    right = np.asarray(roll_picture(long, names, 16, 4, title="b"))
+    assert left.shape[1] < np.asarray(roll_picture(short, names, 16, 4, title="a")).shape[1]   # narrower than its own scale
+    assert got.shape[:2] == (max(len(left), len(right)), left.shape[1] + right.shape[1])
+    np.testing.assert_array_equal(got[:len(left), :left.shape[1]], left)
+    np.testing.assert_array_equal(got[:len(right), left.shape[1]:], right)
 
 
 def test_real_excerpts_come_from_the_split_by_seed(tiny):

@@ -71,7 +71,8 @@ def test_batches_carry_exactly_the_enabled_window_targets(tiny, tmp_path):
     """The trainer's batches hold the stored metrics enabled rl terms compare with, nothing else;
     a term whose metric the export lacks stops the run before training, naming the fix."""
     from train.training.distributed import Dist
-    from train.training.trainer import build_data, fit
+    from train.training.build import build_data
+    from train.training.trainer import fit
 
     off = compose(tiny)
     assert rewards.window_metrics_needed(off.rl) == []

@@ -8,7 +8,7 @@ import pytest
 from common.config import REPO_ROOT, compose
 from pipeline.store import Store
 from tests.tiny_checkpoint import OVERRIDES, make_checkpoint, make_ready
-from train.evaluate.run import generated_vs_real
+from train.evaluate.generated import generated_vs_real
 from train.evaluate.sweep import sweep, within
 from train.evaluate.windows import split_windows
 from train.training.checkpoint import load_for_inference

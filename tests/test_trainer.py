@@ -10,11 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 from common.config import REPO_ROOT, compose
-from train.training.checkpoint import (load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                              update_top_k)
+from train.training.checkpoint import load_checkpoint, rank_top_k, rng_state, save_checkpoint, set_rng_state
 from common.config import ConfigError
 from train.training.optim import build_optimizer, build_scheduler
-from train.training.trainer import validate_config
+from train.training.config_checks import validate_config
 
 OPTIMIZERS = sorted(n for n, c in vars(torch.optim).items()
                     if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer")
@@ -78,14 +77,14 @@ def test_scheduler_bad_key_is_named():
 def test_bad_config_values_are_all_reported_before_work(tmp_path):
     cfg = compose(["trainer.precision=fp8", "trainer.batch_size=0", "trainer.optimizer.type=Adamm",
                    "trainer.resume=" + str(tmp_path / "nope.pt"), "rl=reinforce", "rl.sample_steps=10",
-                   "trainer.accumulate_grad_batches=0", "trainer.seq_len=100", "window.stride=24",
+                   "trainer.accumulate_grad_batches=0", "window.stride=24",
                    # a missing export, whatever this checkout's data/ready holds
                    "paths.ready=" + str(tmp_path / "no_ready")])
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     msg = str(err.value)
     for key in ("paths.ready=" + str(cfg.paths.ready), "trainer.precision='fp8'", "trainer.batch_size=0", "Adamm", "nope.pt",
-                "rl.sample_steps=10", "accumulate_grad_batches=0", "trainer.seq_len=100",
+                "rl.sample_steps=10", "accumulate_grad_batches=0",
                 "window.stride=24 is not a whole number of bars"):
         assert key in msg
 
@@ -143,7 +142,9 @@ def test_top_k_keeps_the_best_k_and_deletes_the_rest(tmp_path):
     top = []
     kept = {}
     for epoch, loss in enumerate([0.9, 0.7, 0.8, 0.95, 0.6], start=1):
-        top, keep = update_top_k(tmp_path, top, epoch, loss, k=2)
+        top, keep, dropped = rank_top_k(top, epoch, loss, k=2)
+        for name in dropped:                  # as the trainer does, once its new state is committed
+            (tmp_path / name).unlink()
         if keep:
             name = top[[e[1] for e in top].index(epoch)][2]
             (tmp_path / name).write_text("x")

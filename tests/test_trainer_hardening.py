@@ -9,11 +9,13 @@ import optuna
 import pytest
 import torch
 
-import train.training.trainer as trainer
+import train.training.build as build
+import train.training.resume as resume
 from common.config import REPO_ROOT, compose
 from tests.trainer_data import build_tiny_ready
 from train.training.checkpoint import load_checkpoint, save_checkpoint
 from common.config import ConfigError
+from train.training.config_checks import validate_config
 from train.training.trainer import fit
 
 
@@ -45,18 +47,18 @@ COMMIT = ["trainer.max_epochs=2", "trainer.save_top_k=1", "trainer.save_every_n_
 def _epoch2_writes(tiny, tmp_path, monkeypatch):
     """The files the epoch-2 save writes, in order, on an uninterrupted run."""
     written = []
-    real = trainer.save_checkpoint
-    monkeypatch.setattr(trainer, "save_checkpoint",
+    real = resume.save_checkpoint
+    monkeypatch.setattr(resume, "save_checkpoint",
                         lambda path, ck: (written.append((ck["epoch"], path.name)), real(path, ck))[1])
     fit(_cfg(tiny, tmp_path / "whole", *COMMIT))
-    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    monkeypatch.setattr(resume, "save_checkpoint", real)
     return [name for epoch, name in written if epoch == 2]
 
 
 def test_a_kill_during_the_epoch_save_leaves_a_consistent_set(tiny, tmp_path, monkeypatch):
     names = _epoch2_writes(tiny, tmp_path, monkeypatch)
     assert {"last.pt", "best.pt"} <= set(names)                  # epoch 2 improved: best files moved
-    real = trainer.save_checkpoint
+    real = resume.save_checkpoint
     for k in range(len(names)):                                  # SIGKILL before each write in turn
         run = tmp_path / f"killed_{k}"
         seen: list[str] = []   # the writes this run has made so far
@@ -68,10 +70,10 @@ def test_a_kill_during_the_epoch_save_leaves_a_consistent_set(tiny, tmp_path, mo
                 seen.append(path.name)
             return real(path, ck)
 
-        monkeypatch.setattr(trainer, "save_checkpoint", dying)
+        monkeypatch.setattr(resume, "save_checkpoint", dying)
         with pytest.raises(KeyboardInterrupt):
             fit(_cfg(tiny, run, *COMMIT))
-        monkeypatch.setattr(trainer, "save_checkpoint", real)
+        monkeypatch.setattr(resume, "save_checkpoint", real)
         ckpt_dir = run / "checkpoints"
         last = load_checkpoint(ckpt_dir / "last.pt")
         # everything last.pt refers to exists, and metrics.csv has every epoch it has finished
@@ -274,16 +276,16 @@ def test_two_processes_accumulating_padded_windows_equal_one(padded, tmp_path):
 def test_model_config_errors_are_reported_with_the_rest(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path, "model.rnn_type=rnn", "+model.hiden_dim=3", "trainer.batch_size=0")
     with pytest.raises(ConfigError) as err:
-        trainer.validate_config(cfg)
+        validate_config(cfg)
     msg = str(err.value)
     assert "rnn_type must be one of" in msg and "model.hiden_dim: unknown model key" in msg
     assert "trainer.batch_size=0" in msg
     cfg = _cfg(tiny, tmp_path, "model=transformer", "model.nhead=3")
     with pytest.raises(ConfigError, match="divisible by nhead=3"):
-        trainer.validate_config(cfg)
+        validate_config(cfg)
     cfg = _cfg(tiny, tmp_path, "model.horizon_bars=999")     # more bars than a training window holds
     with pytest.raises(ConfigError, match="model.horizon_bars=999: more bars than a training window"):
-        trainer.validate_config(cfg)
+        validate_config(cfg)
 
 
 def test_cli_model_error_exits_2_before_any_work(tiny, tmp_path):
@@ -301,13 +303,13 @@ def test_drum_info_reports_a_broken_manifest_and_survives_a_missing_store(tiny, 
     ready = tmp_path / "ready"
     shutil.copytree(cfg.paths.ready, ready)
     manifest = json.loads((ready / "manifest.json").read_text())
-    assert trainer.drum_info(cfg, ready)["drum_names"][0] == "kick"
+    assert build.drum_info(cfg, ready)["drum_names"][0] == "kick"
     (ready / "manifest.json").write_text(json.dumps({**manifest, "store": str(tmp_path / "gone.zarr")}))
-    info = trainer.drum_info(cfg, ready)                       # the store is optional: the config's map
+    info = build.drum_info(cfg, ready)                       # the store is optional: the config's map
     assert "gone.zarr/zarr.json not found" in capsys.readouterr().err and len(info["drum_names"]) == 9
     (ready / "manifest.json").write_text("{not json")
     with pytest.raises(ConfigError, match="manifest.json: unreadable"):
-        trainer.drum_info(cfg, ready)
+        build.drum_info(cfg, ready)
 
 
 # --- item 14: REINFORCE on-policy; ioi_var compares like with like --------------------------------
@@ -330,7 +332,7 @@ def _real_batch(B=3, L=64, seed=0):
 def test_reinforce_scores_log_probs_in_the_mode_it_sampled():
     cfg, shaper = _rl("model.dropout=0.5", "model.step_hidden_dim=16", "model.bar_hidden_dim=8",
                       "model.phrase_hidden_dim=8")
-    model = trainer.build_model(cfg, num_drums=9).train()
+    model = build.build_model(cfg, num_drums=9).train()
     modes, forward = [], model.forward
     model.forward = lambda *a, **k: (modes.append(model.training), forward(*a, **k))[1]
     loss, _ = shaper.reinforce(model, _real_batch())
@@ -343,7 +345,7 @@ def test_ioi_var_window_target_is_the_same_measure_of_the_real_steps():
 
     cfg, shaper = _rl("model.step_hidden_dim=16", "model.bar_hidden_dim=8", "model.phrase_hidden_dim=8")
     batch = _real_batch(B=1)
-    _, logs = shaper.reinforce(trainer.build_model(cfg, num_drums=9), batch)
+    _, logs = shaper.reinforce(build.build_model(cfg, num_drums=9), batch)
     span = batch["step"][0, 16:48].numpy().astype("uint8")       # the real steps the sample replaces
     target = float(window_metrics(span, seq_len=32, stride=32, steps_per_bar=16, beats_per_bar=4)["ioi_var"][0].mean())
     assert logs["reward/ioi_var_r"] == pytest.approx(-abs(logs["reward/ioi_var"] - target), rel=1e-5)
@@ -367,42 +369,42 @@ def test_midi_prime_in_another_meter_is_an_error_naming_it(tmp_path):
 
     from pipeline.drums import DrumMap
     from pipeline.midi import write_midi
-    from train.generate.run import load_prime
+    from train.generate.run import read_prime
 
     dm = DrumMap.default()
     hits = np.zeros((48, dm.num_drums), np.uint8)
     hits[::4, 0] = 1
     waltz = write_midi(tmp_path / "waltz.mid", hits, drum_map=dm, beats_per_bar=3)
     with pytest.raises(ValueError, match=r"waltz.mid: the prime is in 3-beat bars of 12 steps.*16 steps"):
-        load_prime(waltz, dm, steps_per_quarter=4, steps_per_bar=16)
+        read_prime(waltz, dm, steps_per_quarter=4, steps_per_bar=16)
     four = write_midi(tmp_path / "four.mid", hits, drum_map=dm, beats_per_bar=4)
-    assert load_prime(four, dm, steps_per_quarter=4, steps_per_bar=16)[0].shape == (48, dm.num_drums)
+    assert read_prime(four, dm, steps_per_quarter=4, steps_per_bar=16).hits.shape == (48, dm.num_drums)
 
 
 # --- item 18: the default tune space fits its objective -------------------------------------------
 
 def test_default_tune_space_matches_its_objective():
-    from train.tune import study
+    from train.tune import space
 
-    cfg = study.compose([])
-    study.check_space(cfg, cfg.tune.space)
-    paths = [p for spec in cfg.tune.space.values() for p in study.space_paths(spec)]
+    cfg = space.compose([])
+    space.check_space(cfg, cfg.tune.space)
+    paths = [p for spec in cfg.tune.space.values() for p in space.space_paths(spec)]
     assert not [p for p in paths if p.startswith("rl")] and "rl.enabled=true" not in cfg.tune.trial_overrides
-    rewards_cfg = study.compose(["tune=rewards"])                 # reward weights: judged by generated windows
-    study.check_space(rewards_cfg, rewards_cfg.tune.space)
+    rewards_cfg = space.compose(["tune=rewards"])                 # reward weights: judged by generated windows
+    space.check_space(rewards_cfg, rewards_cfg.tune.space)
     assert rewards_cfg.tune.objective.generated.weight > 0 and "rl_weight" in rewards_cfg.tune.space
-    bad = study.compose(["+tune.space.w={path: rl.weight, type: float, low: 0.0, high: 1.0}"])
+    bad = space.compose(["+tune.space.w={path: rl.weight, type: float, low: 0.0, high: 1.0}"])
     with pytest.raises(ValueError, match=r"tune.space \['w'\] search reward shaping"):
-        study.check_space(bad, bad.tune.space)
+        space.check_space(bad, bad.tune.space)
 
 
 # --- issue 19: the rest of the trainer-config guide -----------------------------------------------
 
 def test_strict_deterministic_raises_where_deterministic_warns():
     try:
-        trainer.seed_everything(0, deterministic=True)
+        build.seed_everything(0, deterministic=True)
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
-        trainer.seed_everything(0, deterministic=False, strict=True)
+        build.seed_everything(0, deterministic=False, strict=True)
         assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)

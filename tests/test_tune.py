@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 
 from common.config import REPO_ROOT
 from train.tune import study as tune
+from train.tune.space import param_overrides
+from train.tune.storage import study_lock
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -33,7 +35,7 @@ def _cli(tiny, study_dir, *extra):
 
 
 def _load(study_dir, name="small"):
-    with tune.study_lock(study_dir):  # the lock the workers take to create the storage
+    with study_lock(study_dir):  # the lock the workers take to create the storage
         return optuna.load_study(study_name=name, storage=f"sqlite:///{study_dir / 'study.db'}")
 
 
@@ -201,7 +203,7 @@ def test_bad_search_space_is_named_before_any_trial(tiny, tmp_path):
 def test_override_formatting_round_trips_through_hydra():
     from common.config import compose
 
-    cfg = compose(tune.param_overrides(
+    cfg = compose(param_overrides(
         {"lr": {"path": "trainer.optimizer.config.lr"}, "h": {"path": ["model.step_hidden_dim", "model.bar_hidden_dim"]},
          "b": {"path": "model"}, "n": {"path": "rl.normalize"}},
         {"lr": 1.2345678901234567e-05, "h": 96, "b": "lstm", "n": False}))
@@ -220,7 +222,7 @@ def test_reward_normalisation_modes_are_reachable_from_the_search():
     reward = torch.tensor([1.0, 3.0])
     advs, shapers = {}, {}
     for mode in ("batch", "running", "none"):
-        cfg = compose(tune.param_overrides(space, {"reward_norm": mode}) + ["rl=reinforce"])
+        cfg = compose(param_overrides(space, {"reward_norm": mode}) + ["rl=reinforce"])
         shapers[mode] = RewardShaper(cfg.rl, cfg.window)
         assert shapers[mode].normalize == mode
         advs[mode] = shapers[mode].advantage(reward, baseline=1.0)

@@ -1,7 +1,8 @@
-"""PNG pictures: drum piano rolls, a sheet of samples, paired histograms of real vs generated metrics.
+"""The evaluate report's charts: paired histograms of real vs generated metrics, score bars.
 
 Matplotlib with the Agg backend (no display needed); every file is written through
-`common.atomic.atomic_path`, so a crash never leaves half a PNG.
+`common.atomic.atomic_path`, so a crash never leaves half a PNG. Piano rolls are not drawn here:
+every roll the project draws is train/report/rolls.py's.
 """
 from __future__ import annotations
 
@@ -27,77 +28,6 @@ def _save(fig, path: str | Path, tight: bool = True) -> Path:
     finally:
         plt.close(fig)   # also when saving fails: figures otherwise pile up in a long run
     return path
-
-
-def draw_roll(ax, hits: np.ndarray, drum_names: list[str], steps_per_bar: int = 16,
-              title: str | None = None, velocity: np.ndarray | None = None) -> None:
-    """Drums (rows, first drum at the bottom) x steps (columns); a line at every bar."""
-    hits = np.asarray(hits)
-    num_steps, num_drums = hits.shape
-    shade = (np.asarray(velocity, np.float64) / 127.0) if velocity is not None else (hits > 0)
-    ax.imshow(np.asarray(shade, np.float64).T, aspect="auto", origin="lower", cmap="Greys",
-              vmin=0, vmax=1, interpolation="nearest", extent=(-0.5, num_steps - 0.5, -0.5, num_drums - 0.5))
-    if num_steps <= 1024:  # white gaps between steps and drums, so a run of 16ths reads as notes
-        ax.vlines(np.arange(num_steps + 1) - 0.5, -0.5, num_drums - 0.5, colors="white", lw=0.5)
-        ax.hlines(np.arange(num_drums + 1) - 0.5, -0.5, num_steps - 0.5, colors="white", lw=1.0)
-    ax.vlines(np.arange(0, num_steps + 1, steps_per_bar) - 0.5, -0.5, num_drums - 0.5, colors="tab:red",
-              lw=0.8, alpha=0.8)
-    ax.set_yticks(range(num_drums))
-    ax.set_yticklabels(drum_names, fontsize=7)
-    bars = range(0, num_steps, steps_per_bar)
-    ax.set_xticks(list(bars))
-    ax.set_xticklabels([str(b // steps_per_bar + 1) for b in bars], fontsize=6)
-    ax.set_xlabel("bar", fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=8)
-
-
-def save_piano_roll(path: str | Path, hits: np.ndarray, drum_names: list[str], steps_per_bar: int = 16,
-                    title: str | None = None, velocity: np.ndarray | None = None) -> Path:
-    """One sample as a PNG piano roll."""
-    width = min(4 + hits.shape[0] / 16, 40)
-    fig, ax = plt.subplots(figsize=(width, 0.3 * len(drum_names) + 1))
-    draw_roll(ax, hits, drum_names, steps_per_bar, title, velocity)
-    return _save(fig, path)
-
-
-def save_sheet(path: str | Path, rolls: list[np.ndarray], drum_names: list[str], steps_per_bar: int = 16,
-               titles: list[str] | None = None) -> Path:
-    """All samples, one piano roll per row."""
-    if not rolls:
-        raise ValueError("save_sheet: no samples to draw")
-    longest = max(r.shape[0] for r in rolls)
-    width = min(4 + longest / 16, 40)
-    fig, axes = plt.subplots(len(rolls), 1, squeeze=False,
-                             figsize=(width, (0.25 * len(drum_names) + 0.8) * len(rolls)))
-    for i, (ax, roll) in enumerate(zip(axes[:, 0], rolls)):
-        draw_roll(ax, roll, drum_names, steps_per_bar, titles[i] if titles else f"sample {i}")
-        ax.set_xlim(-0.5, longest - 0.5)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def save_side_by_side(path: str | Path, left: list[np.ndarray], right: list[np.ndarray], drum_names: list[str],
-                      steps_per_bar: int = 16, num_steps: int | None = None, left_titles: list[str] | None = None,
-                      right_titles: list[str] | None = None) -> Path:
-    """Two columns of piano rolls (e.g. real | generated), every panel on the same step axis
-    (`num_steps`, default the longest roll), so densities and patterns compare by eye."""
-    rows = max(len(left), len(right))
-    if not rows:
-        raise ValueError("save_side_by_side: no rolls to draw")
-    width = num_steps or max(r.shape[0] for r in list(left) + list(right))
-    fig, axes = plt.subplots(rows, 2, squeeze=False, sharex=True,
-                             figsize=(2 * min(3 + width / 24, 20), (0.25 * len(drum_names) + 0.8) * rows))
-    for col, (rolls, titles) in enumerate(((left, left_titles), (right, right_titles))):
-        for i in range(rows):
-            ax = axes[i, col]
-            if i >= len(rolls):
-                ax.axis("off")
-                continue
-            draw_roll(ax, rolls[i], drum_names, steps_per_bar, titles[i] if titles else None)
-            ax.set_xlim(-0.5, width - 0.5)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def save_paired_histograms(path: str | Path, real: dict[str, np.ndarray], generated: dict[str, np.ndarray],

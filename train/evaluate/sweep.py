@@ -65,8 +65,9 @@ def _rank(row: dict, bars) -> tuple[bool, float]:
 
 
 def sweep(cfg: DictConfig) -> dict:
-    from train.evaluate.plots import save_sheet
-    from train.evaluate.run import comparison_windows, generated_vs_real, load_inputs
+    from train.report.rolls import save_roll_sheet
+    from train.evaluate.generated import comparison_windows, generated_vs_real
+    from train.evaluate.run import load_inputs
     from train.evaluate.windows import split_windows
 
     model, ckpt_path, ready, store, _ = load_inputs(cfg)   # the windows the export wrote (one grid)
@@ -87,8 +88,9 @@ def sweep(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     k = min(4, len(best_gen))
     real_rows = comparison_windows(cfg, windows)[0][:k]    # the real windows the comparison used
-    save_sheet(out / "decoding_sweep.png", list(best_gen[:k]) + real_rows, store.drum_names, spb,
-               titles=[f"generated {i}" for i in range(k)] + [f"real {i}" for i in range(k)])
+    save_roll_sheet(out / "decoding_sweep.png", list(best_gen[:k]) + real_rows, store.drum_names, spb,
+                    int(store.attrs.get("steps_per_quarter", 4)), same_scale=True,
+                    titles=[f"generated {i}" for i in range(k)] + [f"real {i}" for i in range(k)])
     result = {"checkpoint": str(ckpt_path), "split": cfg.split, "rows": rows,
               "best": {key: best[key] for key in AXES if key in best}}
     with atomic_path(out / "decoding_sweep.json") as tmp:

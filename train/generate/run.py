@@ -64,13 +64,6 @@ def checkpoint_drum_map(ckpt: dict, cfg_drums) -> DrumMap:
     return DrumMap(tuple(names), tuple(pitches), {p: i for i, p in enumerate(pitches)})
 
 
-def load_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
-               steps_per_bar: int | None = None) -> tuple[np.ndarray, float | None]:
-    """Hits [T, D] (uint8 0/1) and the tempo (MIDI only) of a prime file (`read_prime`)."""
-    prime = read_prime(path, drum_map, steps_per_quarter, steps_per_bar)
-    return prime.hits, prime.bpm
-
-
 def read_prime(path: str | Path, drum_map: DrumMap, steps_per_quarter: int,
                steps_per_bar: int | None = None) -> Prime:
     """The hits, velocities, offsets and tempo of a prime file. A MIDI prime whose time signature

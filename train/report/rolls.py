@@ -1,8 +1,10 @@
-"""The page's piano rolls: one PNG per sample, drums coloured by family, loudness as shading.
+"""The project's piano rolls: drums coloured by family, loudness as shading, beats banded.
 
-Not train.evaluate.plots.draw_roll (the evaluate report's matplotlib pictures): on the page a musician
-reads a groove at a glance, so beats are banded, each drum family has its colour and a hit's opacity
-follows its velocity (ghost notes faint, accents solid) when the sample has velocities.
+Every piano roll the project draws is this one: the pages' rolls, generate's `sheet.png`, and the
+evaluate report's and decoding sweep's sample sheets (`save_roll_sheet`) and real | generated columns
+(`save_roll_columns`). A musician reads a groove at a glance: beats are banded, each drum family has its
+colour and a hit's opacity follows its velocity (ghost notes faint, accents solid) when the sample has
+velocities.
 
 Drawn as a numpy RGB array (each step x drum cell a block of pixels) written with Pillow, drum names
 and bar numbers with Pillow's default font: a matplotlib figure per roll cost ~0.14 CPU-s, most of
@@ -64,12 +66,13 @@ def cell_size(num_steps: int, num_drums: int) -> tuple[int, int]:
 
 
 def grid_pixels(hits: np.ndarray, drum_names: list[str], steps_per_bar: int, steps_per_beat: int,
-                velocity: np.ndarray | None = None) -> np.ndarray:
-    """uint8 RGB [D * h + 1, T * w + 1, 3] of the roll without labels (cell size `cell_size`): the
-    first drum in the bottom row; every other beat banded grey, hits over it in their drum's colour
-    at their alpha, a white line between cells and a darker one at every bar (and at the end)."""
+                velocity: np.ndarray | None = None, scale_steps: int | None = None) -> np.ndarray:
+    """uint8 RGB [D * h + 1, T * w + 1, 3] of the roll without labels (cell size `cell_size`, of
+    `scale_steps` steps when given: rolls of one scale): the first drum in the bottom row; every other
+    beat banded grey, hits over it in their drum's colour at their alpha, a white line between cells
+    and a darker one at every bar (and at the end)."""
     num_steps, num_drums = np.asarray(hits).shape
-    w, h = cell_size(num_steps, num_drums)
+    w, h = cell_size(scale_steps or num_steps, num_drums)
     banded = (np.arange(num_steps) // max(1, steps_per_beat)) % 2 == 1      # beats 2 and 4 of a 4/4 bar
     under = np.where(banded[None, :, None], rgb(BAND), rgb(BACKGROUND))     # [1, T, 3]
     rgba = roll_image(hits, drum_names, velocity)
@@ -100,11 +103,13 @@ def _font(size: int):
 
 
 def roll_picture(hits: np.ndarray, drum_names: list[str], steps_per_bar: int, steps_per_beat: int,
-                 velocity: np.ndarray | None = None, title: str | None = None) -> Image.Image:
-    """The labelled roll: drum names on the left in their colours, bar numbers below, `title` above."""
-    grid = grid_pixels(hits, drum_names, steps_per_bar, steps_per_beat, velocity)
+                 velocity: np.ndarray | None = None, title: str | None = None,
+                 scale_steps: int | None = None) -> Image.Image:
+    """The labelled roll: drum names on the left in their colours, bar numbers below, `title` above
+    (`scale_steps`: drawn at the scale of a roll that long, as `grid_pixels`)."""
+    grid = grid_pixels(hits, drum_names, steps_per_bar, steps_per_beat, velocity, scale_steps)
     num_steps, num_drums = np.asarray(hits).shape
-    w, h = cell_size(num_steps, num_drums)
+    w, h = cell_size(scale_steps or num_steps, num_drums)
     font = _font(int(np.clip(h * 0.5, 10, 18)))
     size = int(getattr(font, "size", 11))
     names = [pretty_name(n) for n in drum_names]
@@ -139,17 +144,47 @@ def save_roll(path: str | Path, hits: np.ndarray, drum_names: list[str], steps_p
 
 def save_roll_sheet(path: str | Path, rolls: list[np.ndarray], drum_names: list[str], steps_per_bar: int,
                     steps_per_beat: int, velocities: list[np.ndarray | None] | None = None,
-                    titles: list[str] | None = None) -> Path:
-    """Every roll (`roll_picture`, titled) one under another in one PNG."""
+                    titles: list[str] | None = None, same_scale: bool = False) -> Path:
+    """Every roll (`roll_picture`, titled) one under another in one PNG; `same_scale`: every roll at
+    the scale of the longest, so lengths and densities compare by eye."""
     if not len(rolls):
         raise ValueError("save_roll_sheet: no samples to draw")
+    return _save(_stack([_pictures(rolls, drum_names, steps_per_bar, steps_per_beat, velocities, titles, same_scale)]),
+                 path)
+
+
+def save_roll_columns(path: str | Path, left: list[np.ndarray], right: list[np.ndarray], drum_names: list[str],
+                      steps_per_bar: int, steps_per_beat: int, left_titles: list[str] | None = None,
+                      right_titles: list[str] | None = None) -> Path:
+    """Two columns of rolls (e.g. real | generated), every roll at the scale of the longest of both."""
+    if not len(left) and not len(right):
+        raise ValueError("save_roll_columns: no rolls to draw")
+    scale = max(np.asarray(r).shape[0] for r in [*left, *right])
+    columns = [_pictures(rolls, drum_names, steps_per_bar, steps_per_beat, None, titles, scale_steps=scale)
+               for rolls, titles in ((left, left_titles), (right, right_titles))]
+    return _save(_stack(columns), path)
+
+
+def _pictures(rolls, drum_names, steps_per_bar, steps_per_beat, velocities=None, titles=None,
+              same_scale: bool = False, scale_steps: int | None = None) -> list[Image.Image]:
     velocities = velocities if velocities is not None else [None] * len(rolls)
     titles = titles or [f"sample {i}" for i in range(len(rolls))]
-    pictures = [roll_picture(r, drum_names, steps_per_bar, steps_per_beat, v, t)
-                for r, v, t in zip(rolls, velocities, titles)]
-    sheet = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), BACKGROUND)
-    y = 0
-    for p in pictures:
-        sheet.paste(p, (0, y))
-        y += p.height
-    return _save(sheet, path)
+    if same_scale and len(rolls):
+        scale_steps = max(np.asarray(r).shape[0] for r in rolls)
+    return [roll_picture(r, drum_names, steps_per_bar, steps_per_beat, v, t, scale_steps)
+            for r, v, t in zip(rolls, velocities, titles)]
+
+
+def _stack(columns: list[list[Image.Image]]) -> Image.Image:
+    """Columns of pictures side by side, each column's pictures one under another, top-left aligned."""
+    widths = [max((p.width for p in col), default=0) for col in columns]
+    height = max(sum(p.height for p in col) for col in columns)
+    sheet = Image.new("RGB", (sum(widths), height), BACKGROUND)
+    x = 0
+    for col, width in zip(columns, widths):
+        y = 0
+        for p in col:
+            sheet.paste(p, (x, y))
+            y += p.height
+        x += width
+    return sheet

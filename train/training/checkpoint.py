@@ -163,11 +163,3 @@ def rank_top_k(top: list, epoch: int, loss: float, k: int) -> tuple[list, bool, 
     if k > 0:
         new, dropped = new[:k], new[k:]
     return new, entry in new, [name for _, _, name in dropped if name != entry[2]]
-
-
-def update_top_k(directory: Path, top: list, epoch: int, loss: float, k: int) -> tuple[list, bool]:
-    """rank_top_k, deleting the files that drop out at once. Returns (new list, keep this one?)."""
-    new, keep, dropped = rank_top_k(top, epoch, loss, k)
-    for name in dropped:
-        (directory / name).unlink(missing_ok=True)
-    return new, keep

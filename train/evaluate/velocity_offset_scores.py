@@ -58,7 +58,7 @@ def expressive_scores(model, store: Store, windows, ref: Store, train_ids: np.nd
     """{"hits", "model": {velocity_mse, offset_mse, velocity_corr}, "baseline": {...}} (module docstring)
     of `windows` of `store`; the baseline's means from songs `train_ids` of `ref`. Each window is
     read on its song's bar (windows.steps_per_bar; `steps_per_bar` is the model's). `cond_of`: song
-    ids -> a conditioned model's condition ids (train.evaluate.run.song_conditions)."""
+    ids -> a conditioned model's condition ids (train.evaluate.next_step.song_conditions)."""
     L, D = windows.steps.shape[1], windows.steps.shape[2]
     vel, off = played_windows(store, windows.song, windows.start, L)
     # every scored step once: a song's last window overlaps the one before it (train.evaluate.windows)
