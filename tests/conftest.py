@@ -12,8 +12,13 @@ GROOVE_DIR = Path(os.environ.get("HIERDRUMS_GROOVE", REPO_ROOT.parent / "shared"
 
 @pytest.fixture(scope="session")
 def groove_dir() -> Path:
+    """The Groove MIDI Dataset. Without it a contributor's run skips these tests with the reason; CI
+    (CI set, and it has the data) fails instead, so a lost dataset cannot pass as skipped tests."""
     if not (GROOVE_DIR / "info.csv").exists():
-        pytest.fail(f"Groove MIDI Dataset not found at {GROOVE_DIR} (set HIERDRUMS_GROOVE)")
+        reason = f"Groove MIDI Dataset not found at {GROOVE_DIR} (set HIERDRUMS_GROOVE)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
     return GROOVE_DIR
 
 
