@@ -33,6 +33,7 @@ import common.config
 from common.atomic import atomic_path
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
+from train.evaluate.judge import judge_markdown, judge_tables
 from train.evaluate.scores import SongScores, compare_sets
 from train.evaluate.windows import Windows, songs_by_meter, split_song_ids, split_songs, split_windows
 from train.generate.run import played_values, sample, torch_threads
@@ -180,7 +181,7 @@ def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict,
 
 
 def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
-                      store: Store | None = None) -> tuple[dict, dict, dict, np.ndarray]:
+                      store: Store | None = None, played_out: list | None = None) -> tuple[dict, dict, dict, np.ndarray]:
     """(comparison per metric, real metric sets, generated metric sets, generated rolls).
 
     With `store`, the velocity and timing metrics join the table: real windows with the store's
@@ -206,6 +207,8 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
                        for r, s, st in zip(real_rolls, real_songs, real_starts)]
         gen_played = [played_values(g, heads[0][i] if expressive else None, heads[1][i] if expressive else None,
                                     0, 100) for i, g in enumerate(gen)]
+    if played_out is not None:     # the judge's texture classifier hears velocities and timing too
+        played_out += [real_played, gen_played]
     real = window_metric_sets(real_rolls, seq_len, kw, real_played)
     generated = window_metric_sets(list(gen), seq_len, kw, gen_played)
     boot = cfg.evaluate.get("bootstrap") or {}     # tune's objective asks for no intervals
@@ -360,7 +363,11 @@ def evaluate(cfg: DictConfig) -> dict:
         result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size),
                                                  cond_of)
     if ecfg.generated.enabled:
-        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store)
+        played = []
+        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store, played)
+        if ecfg.judge.enabled:
+            result["judge"] = judge_tables(cfg, store, *comparison_windows(cfg, windows)[:2], played[0], real,
+                                           {"generated": (list(gen), played[1], generated)}, ref)
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))
         result["generated_real_windows"] = int(len(next(iter(real.values()), [])))
@@ -472,6 +479,7 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
                       _img(pictures, "real_vs_generated_rolls", out_dir)]
         if "generated_vs_real" in pictures:
             lines += ["", _img(pictures, "generated_vs_real", out_dir)]
+        lines += judge_markdown(result.get("judge") or {})
     return "\n".join(lines) + "\n"
 
 
