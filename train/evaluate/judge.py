@@ -84,7 +84,7 @@ def judge_tables(cfg: DictConfig, store: Store, real_rolls: list, real_songs: np
     real = ts.stack_windows(real_rolls, real_played, real_songs, seq_len)
     train = ts.stack_windows(t_rolls, t_played, t_songs + 1 + int(np.max(real_songs, initial=0)), seq_len)
     c = j.two_sample
-    kw = dict(folds=int(c.folds), max_per_side=int(c.max_per_side), epochs=int(c.epochs),
+    kw = dict(folds=int(c.folds), max_per_side=int(c.max_per_side), steps=int(c.steps),
               samples=int(j.bootstrap_samples), seed=seed)
     two = {name: ts.two_sample_test(ts.stack_windows(list(v[0]), v[1], -1 - np.arange(len(v[0])), seq_len),
                                     real, spb, **kw) for name, v in generated.items()}

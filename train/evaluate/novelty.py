@@ -14,7 +14,8 @@ Figures per set of windows (`novelty`):
 - longest_run: the most consecutive bars of one window found together in one training song (its
   mean and max over windows);
 - jaccard_4bar: per non-overlapping 4-bar segment, the Jaccard similarity of its hit set to the
-  nearest training 4-bar segment starting on a training bar line (mean, median, share >= 0.9);
+  nearest training 4-bar segment starting on any bar line of a training song (mean, median, share
+  >= 0.9);
 - duplicates: the share of non-silent windows whose whole hit pattern equals another window's of
   the same set (a generator that collapses onto a few patterns).
 Real windows of the reported split against the training songs give the natural rates beside them.
@@ -71,7 +72,7 @@ class TrainIndex:
         self.chains = list(self.bar)                                     # n-bar hashes, current n
         self.n = 1
         self.sorted = {1: np.unique(np.concatenate(self.bar + [np.zeros(0, np.uint64)]))}
-        segs = [_bar_segments(np.asarray(s) > 0, self.spb, jaccard_bars) for s in songs if len(s)]
+        segs = [_bar_segments(np.asarray(s) > 0, self.spb, jaccard_bars, every_bar=True) for s in songs if len(s)]
         segs = [s for s in segs if len(s)]
         flat = np.concatenate(segs) if segs else np.zeros((0, self.spb * jaccard_bars * 1), bool)
         self.segments = flat[flat.any(1)] if len(flat) else flat
@@ -87,11 +88,19 @@ class TrainIndex:
         return self.sorted[n]
 
 
-def _bar_segments(roll: np.ndarray, spb: int, bars: int) -> np.ndarray:
-    """Non-overlapping bar-aligned `bars`-bar segments of a roll, flattened [S, bars*spb*D] (bool)."""
-    width = bars * spb
-    s = len(roll) // width
-    return roll[:s * width].reshape(s, width * roll.shape[1]) if s else np.zeros((0, width * roll.shape[1]), bool)
+def _bar_segments(roll: np.ndarray, spb: int, bars: int, every_bar: bool = False) -> np.ndarray:
+    """Bar-aligned `bars`-bar segments of a roll, flattened [S, bars*spb*D] (bool): non-overlapping,
+    or (`every_bar`) one starting on every bar line."""
+    width, d = bars * spb, roll.shape[1]
+    if len(roll) < width:
+        return np.zeros((0, width * d), bool)
+    if not every_bar:
+        s = len(roll) // width
+        return roll[:s * width].reshape(s, width * d)
+    nb = len(roll) // spb
+    bar_rows = roll[:nb * spb].reshape(nb, spb * d)
+    view = np.lib.stride_tricks.sliding_window_view(bar_rows, bars, axis=0)      # [nb-bars+1, spb*d, bars]
+    return view.transpose(0, 2, 1).reshape(len(view), width * d)
 
 
 def _contains(sorted_hashes: np.ndarray, h: np.ndarray) -> np.ndarray:

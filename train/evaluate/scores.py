@@ -255,12 +255,14 @@ def kl_divergence(a: np.ndarray, b: np.ndarray, **kw) -> float:
 
 
 def _overlap(grid: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> float:
-    return float(np.clip(np.trapezoid(np.minimum(pa, pb), grid), 0.0, 1.0))
+    # not clipped to [0, 1]: both densities integrate to 1, so a value outside is a bug to see
+    return float(np.trapezoid(np.minimum(pa, pb), grid))
 
 
 def _kl(grid: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> float:
+    # not clipped at 0 either: a negative KL would be a bug (a sign, a swapped density), not noise
     pa, pb = np.maximum(pa, PROB_FLOOR), np.maximum(pb, PROB_FLOOR)
-    return float(max(np.trapezoid(pa * np.log(pa / pb), grid), 0.0))
+    return float(np.trapezoid(pa * np.log(pa / pb), grid))
 
 
 def _vectors(x: np.ndarray) -> np.ndarray:

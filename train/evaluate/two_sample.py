@@ -93,6 +93,13 @@ def fold_of_groups(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of_group[inverse.ravel()]
 
 
+def _class_weights(y: np.ndarray) -> np.ndarray:
+    """Per-row weights that give both classes the same total weight (no prior to learn)."""
+    pos = max(float(y.sum()), 1.0)
+    neg = max(float(len(y) - y.sum()), 1.0)
+    return np.where(y > 0.5, len(y) / (2 * pos), len(y) / (2 * neg))
+
+
 def logistic_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1.0,
                          steps: int = 25) -> np.ndarray:
     """P(class 1) of x_test from an L2-regularised logistic regression fitted by Newton's method
@@ -104,10 +111,11 @@ def logistic_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nd
     w = np.zeros(a.shape[1])
     reg = np.full(a.shape[1], l2)
     reg[-1] = 0.0                                        # the intercept is not shrunk
+    weight = _class_weights(y_train)
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
-        grad = a.T @ (p - y_train) + reg * w
-        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg + 1e-9)
+        grad = a.T @ (weight * (p - y_train)) + reg * w
+        hess = (a * (weight * p * (1 - p))[:, None]).T @ a + np.diag(reg + 1e-9)
         w -= np.linalg.solve(hess, grad)
     return 1.0 / (1.0 + np.exp(-np.clip(b @ w, -30, 30)))
 
@@ -132,20 +140,22 @@ def texture_inputs(s: Sample) -> np.ndarray:
     return x.transpose(0, 2, 1).astype(np.float32)
 
 
-def cnn_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, epochs: int = 15,
+def cnn_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, steps: int = 200,
                     batch: int = 64, seed: int = 0) -> np.ndarray:
-    """P(class 1) of x_test from the texture CNN trained on (x_train, y_train) with Adam."""
+    """P(class 1) of x_test from the texture CNN trained on (x_train, y_train) by `steps` Adam steps
+    on random batches (a number of steps, not epochs: a small set gets as much training as a big one)."""
     torch.manual_seed(seed)
     model = _Texture(x_train.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.float32))
+    wt = torch.from_numpy(_class_weights(y_train).astype(np.float32))
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(batch):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    for _ in range(steps):
+        idx = torch.randint(0, len(xt), (min(batch, len(xt)),), generator=gen)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xt[idx]), yt[idx], weight=wt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     with torch.no_grad():
         return torch.sigmoid(model(torch.from_numpy(x_test))).numpy()
 
@@ -171,7 +181,7 @@ def _accuracy_interval(correct: np.ndarray, groups: np.ndarray, samples: int, le
 
 
 def two_sample_test(a: Sample, b: Sample, steps_per_bar: int, *, folds: int = 5, max_per_side: int = 256,
-                    epochs: int = 15, samples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+                    steps: int = 200, samples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """Held-out accuracy (and its interval) of the texture and form judges telling `a` from `b`.
 
     Groups of `a` and `b` must not share ids (prefix them apart before calling if they may)."""
@@ -181,7 +191,9 @@ def two_sample_test(a: Sample, b: Sample, steps_per_bar: int, *, folds: int = 5,
         return {"windows_per_side": n, "texture": None, "form": None}
     y = np.r_[np.zeros(n), np.ones(n)]
     groups = np.concatenate([np.char.add("a:", a.group.astype(str)), np.char.add("b:", b.group.astype(str))])
-    fold = fold_of_groups(groups, folds, seed)
+    # folds dealt per class, so each fold holds both classes about equally (a fold short of one
+    # class would teach its training rows the other class's prior: accuracy below chance)
+    fold = np.r_[fold_of_groups(groups[:n], folds, seed), fold_of_groups(groups[n:], folds, seed + 1)]
     both = Sample(*(np.concatenate([u, v]) for u, v in zip((a.hits, a.velocity, a.offset),
                                                             (b.hits, b.velocity, b.offset))), groups)
     features = {"texture": texture_inputs(both), "form": bar_self_similarity(both.hits, steps_per_bar)}
@@ -196,7 +208,7 @@ def two_sample_test(a: Sample, b: Sample, steps_per_bar: int, *, folds: int = 5,
                 if not test.any() or len(np.unique(y[train])) < 2:
                     continue
                 fit = cnn_fit_predict if name == "texture" else logistic_fit_predict
-                kw = {"epochs": epochs, "seed": seed + k} if name == "texture" else {}
+                kw = {"steps": steps, "seed": seed + k} if name == "texture" else {}
                 p[test] = fit(x[train], y[train], x[test], **kw)
             correct = (p >= 0.5) == (y == 1)
             out[name] = {"accuracy": float(correct.mean()),
