@@ -32,6 +32,13 @@ def test_novelty_finds_a_planted_copy_at_any_offset_and_nothing_else():
     assert planted["found_4bar"] == pytest.approx(2 / 260)
     assert planted["longest_run_max"] == 5 and planted["longest_run_mean"] == pytest.approx(5 / 20)
     assert planted["duplicates"] == 0.0
+    # the same training bars in reverse order: each bar is a copy, no pair of them is
+    rev = [w.copy() for w in gen]
+    bars = train[5][:4 * SPB].reshape(4, SPB, D)[::-1].reshape(-1, D)
+    rev[1][:4 * SPB] = bars
+    swapped = nov.novelty(rev, index)
+    assert swapped["found_1bar"] - planted["found_1bar"] == pytest.approx(4 / 320)
+    assert swapped["found_2bar"] == planted["found_2bar"] and swapped["longest_run_max"] == 5
 
 
 def test_novelty_of_copied_windows_is_total_and_duplicates_are_counted():
@@ -120,15 +127,15 @@ def _phi(x):
 
 
 def test_value_shift_sees_a_shift_the_relative_oa_hides():
-    """The values' overlap of N(0,1) and N(d,1) is 2 Phi(-d/2) (widened by the KDE's bandwidth);
+    """The values' overlap of N(0,s^2) and N(d s,s^2) is 2 Phi(-d/2) (widened by the KDE's bandwidth);
     the shift is d real SDs. A set squeezed onto the real mean keeps a fair relative OA but not these."""
     rng = np.random.default_rng(4)
-    x, y = rng.normal(0, 1, (4000, 1)), rng.normal(0.5, 1, (4000, 1))
+    x, y = rng.normal(0, 2, (4000, 1)), rng.normal(1, 2, (4000, 1))     # d = 1/2 in units of the SD 2
     h = 1.06 * 4000 ** -0.2                             # Scott's rule on unit spread
     r = value_shift(x, y)
     assert r["value_overlap"] == pytest.approx(2 * _phi(-0.25 / math.sqrt(1 + h * h)), abs=0.015)
     assert r["mean_shift_sd"] == pytest.approx(0.5, abs=0.05)
-    squeezed = {"m": rng.normal(0, 0.05, (300, 1))}
+    squeezed = {"m": rng.normal(0, 0.1, (300, 1))}
     rel = compare_sets({"m": x[:300]}, squeezed)["m"]["overlap_area"]
     assert value_shift(x[:300], squeezed["m"])["value_overlap"] < 0.3 < rel
 
