@@ -173,3 +173,14 @@ def test_style_classifier_tells_apart_styles_that_differ_by_construction():
     assert (LogisticRegression().fit(x, y, 2).predict(xv) == yv).mean() > 0.95
     wrong = np.random.default_rng(0).permutation(y)
     assert (LogisticRegression().fit(x, wrong, 2).predict(xv) == yv).mean() < 0.8
+
+
+def test_running_residual_is_causal_per_drum_then_over_every_drum():
+    from train.evaluate.expressive_baselines import causal_running_mean
+
+    hit = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]], bool)
+    res = np.array([[2.0, 0], [0, 10.0], [4.0, 20.0], [0, 0], [9.0, 0]])
+    got = causal_running_mean(res, hit)
+    # step 0: nothing earlier -> 0; drum 1 at step 1: no earlier drum-1 hit -> every drum's (2.0)
+    expected = np.array([[0, 0], [2.0, 2.0], [2.0, 10.0], [3.0, 15.0], [3.0, 15.0]])
+    np.testing.assert_allclose(got, expected)

@@ -33,6 +33,7 @@ import common.config
 from common.atomic import atomic_path
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
+from train.evaluate.expressive_baselines import stronger_baselines, strongest_markdown
 from train.evaluate.judge import judge_markdown, judge_tables
 from train.evaluate.scores import SongScores, compare_sets
 from train.evaluate.windows import Windows, songs_by_meter, split_song_ids, split_songs, split_windows
@@ -362,6 +363,7 @@ def evaluate(cfg: DictConfig) -> dict:
         train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)
         result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size),
                                                  cond_of)
+        result["expressive"].update(stronger_baselines(store, windows, ref_store, train_ids, result["expressive"]))
     if ecfg.generated.enabled:
         played = []
         comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store, played)
@@ -409,10 +411,10 @@ def expressive_markdown(e: dict) -> list[str]:
              f"{e['hits']} hits. Velocity MSE in (velocity / 127)^2, offset MSE in steps^2. Baseline: the "
              "train split's mean velocity per drum and bar position, every hit on the grid.", "",
              "| predictor | velocity MSE | offset MSE | velocity correlation |", "|---|---:|---:|---:|"]
-    for name in ("model", "baseline"):
+    for name in [k for k in ("model", "baseline", "position_means", "running_residual") if k in e]:
         r = e[name]
         lines.append(f"| {name} | {r['velocity_mse']:.5f} | {r['offset_mse']:.5f} | {r['velocity_corr']:.3f} |")
-    return lines
+    return lines + strongest_markdown(e)
 def _ci(r: dict, key: str, fmt: str) -> str:
     ci = r.get("ci95", {}).get(key)
     return f"{fmt.format(ci[0])}–{fmt.format(ci[1])}" if ci else "—"
