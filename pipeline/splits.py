@@ -59,6 +59,8 @@ def monitored_split(ready, name: str) -> str:
     """`name` when the export holds windows of that split; for `tune` on data exported before the
     split existed, `validation` (with a warning: the choices then read the reported split)."""
     manifest = Path(ready) / "manifest.json"
+    if not manifest.exists():           # a store.zarr with its export beside it (train.training.data)
+        manifest = Path(ready).parent / "ready" / "manifest.json"
     windows = json.loads(manifest.read_text()).get("windows", {}) if manifest.exists() else {}
     if name == TUNE and not windows.get(TUNE):
         log.warning("%s: no windows in the %r split (data built before it existed, or too small); choices read "

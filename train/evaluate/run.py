@@ -9,7 +9,7 @@
 2. Teacher-forced scores (train.evaluate.scores) of the model and of every baseline
    (train.evaluate.baselines, fitted on the train split) on exactly those steps, per song, so the
    split's subsets (`evaluate.subsets`: beat vs fill, style) and bootstrap 95% intervals over songs
-   come from the same counts; each row's onset threshold is chosen on the validation split.
+   come from the same counts; each row's onset threshold is chosen on the tune split (evaluate.choose_split).
 3. Generated vs real: as many seq_len windows as the split holds (up to
    evaluate.generated.max_samples) are generated from nothing; the kernels' window metrics of both
    sets are compared per metric by overlapping area and KL divergence (Yang & Lerch 2020).
@@ -41,6 +41,7 @@ from train.generate.run import played_values, sample, torch_threads
 from train.training.checkpoint import load_for_inference, train_hint
 from train.training.data import resolve_ready_dir
 from common.config import ConfigError
+from pipeline.splits import monitored_split
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) ->
 
 def tune_ngram(b: DictConfig, train_songs: list[np.ndarray], validation: Windows, num_drums: int,
                batch_size: int) -> tuple[NGramBaseline, list[dict]]:
-    """Pick the n-gram's n and/or alpha ("auto") by NLL on the validation split, as thresholds are."""
+    """Pick the n-gram's n and/or alpha ("auto") by NLL on the choosing split (tune), as thresholds are."""
     ns = list(range(2, int(b.ngram_max_n) + 1)) if b.ngram_n == "auto" else [int(b.ngram_n)]
     alphas = list(b.ngram_alphas) if b.ngram_alpha == "auto" else [float(b.ngram_alpha)]
 
@@ -300,14 +301,14 @@ def evaluate(cfg: DictConfig) -> dict:
     model, ckpt_path, ready, store, names = load_inputs(cfg)
     D, batch = len(names), int(ecfg.batch_size)
     windows = split_windows(ready, cfg.split, seq_len, int(ecfg.stride), spb, bpp)
-    # The reference export's train split fits the baselines and its validation split picks thresholds:
+    # The reference export's train split fits the baselines and its tune split picks thresholds:
     # the scored data's own by default, the training data's when scoring data built elsewhere.
     ref = resolve_ready_dir(ecfg.reference_store or ready)
     same = ref.resolve() == ready.resolve()
     if not same and json.loads((ref / "manifest.json").read_text())["drum_names"] != names:
         raise ValueError(f"{ref} holds other drums than {ready} ({names})")
-    validation = windows if same and cfg.split == "validation" else split_windows(
-        ref, "validation", seq_len, int(ecfg.stride), spb, bpp)
+    choose = monitored_split(ref, str(ecfg.choose_split))       # thresholds, n-gram: never the reported split
+    validation = windows if same and cfg.split == choose else split_windows(ref, choose, seq_len, int(ecfg.stride), spb, bpp)
     train_songs, train_bars = split_songs(ref, "train", spb, seq_len, bpp)
     if not train_songs:
         raise ValueError(f"{ref}: no song in the train split to fit the baselines on")
@@ -346,7 +347,7 @@ def evaluate(cfg: DictConfig) -> dict:
     pictures = {"scores": save_score_bars(plots / "scores.png", scores)}
     result = {
         "checkpoint": str(ckpt_path), "split": cfg.split, "ready": str(ready), "store": str(store.path),
-        "reference": str(ref), "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
+        "reference": str(ref), "choose_split": choose, "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
         "steps_per_bar": spb, "songs": int(len(songs)),
         "predictable_steps": int(np.maximum(lengths - 1, 0).sum()),
         "meters": {name: int(len(ids)) for name, ids in meters.items()},
@@ -428,12 +429,12 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
              f"{result['windows']} windows of {result['seq_len']} steps (stride {result['stride']}); "
              f"{s[MODEL_ROW]['scored_steps']} of the songs' {result['predictable_steps']} predictable steps "
              "scored, each once (a window also predicts the step after it; a song's last window ends at "
-             f"its end). Baselines fitted on the train split and thresholds chosen on the validation split "
+             f"its end). Baselines fitted on the train split and thresholds chosen on the {result['choose_split']} split "
              f"of `{result['reference']}`. Every meter is scored, each song on its own bar: "
              + ", ".join(f"{n} songs in {m}" for m, n in result["meters"].items()) + ".", "",
              "## Next-step prediction (teacher forced)", "",
              "Lower NLL is better; the onset threshold of each row is the one that maximises its F1 on the "
-             f"validation split. Intervals: {boot['level']:.0%} bootstrap over songs ({boot['samples']} "
+             f"{result['choose_split']} split. Intervals: {boot['level']:.0%} bootstrap over songs ({boot['samples']} "
              "resamples).", "",
              "| predictor | NLL (bits/step) | NLL 95% CI | BCE (nats) | threshold | precision | recall | F1 | F1 95% CI |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
