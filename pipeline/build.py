@@ -30,6 +30,7 @@ from pipeline.interim import iter_records, read_shard
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
+from pipeline.splits import TuneSplit
 from pipeline.store import STEP_ARRAYS, MetadataWriter, Song, create_store
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,10 @@ def build(cfg: DictConfig) -> dict:
                             chunk_steps=chunk, compressor=cfg.store.compressor,
                             num_sections=int(manifest["num_sections"]))
         meta = MetadataWriter(root)
+        tune = TuneSplit(iter_records(interim), float(cfg.ingest.get("tune_share", 0.1)))
 
         def on_record(rec):   # metadata only: MetadataWriter needs each song's length, not its rows
+            rec = tune.assign(rec)    # the tune split, carved out of train (pipeline/splits.py)
             digest.add(rec)
             meta.add(_meta_song(rec))
         jobs = _chunk_jobs(iter_records(interim), total, chunk, on_record, failed)

@@ -44,7 +44,7 @@ from common.atomic import atomic_path
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
-from pipeline.store import SPLITS, STEP_ARRAYS, Store, attrs_hash
+from pipeline.store import ALL_SPLITS as SPLITS, STEP_ARRAYS, Store, attrs_hash  # every split gets its windows
 
 log = logging.getLogger(__name__)
 

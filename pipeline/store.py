@@ -30,6 +30,7 @@ from common.atomic import exists, is_url, join
 
 SCHEMA_VERSION = 2      # 2: `offset` (microtiming) beside hits and velocity
 SPLITS = ("train", "validation", "test")
+ALL_SPLITS = SPLITS + ("tune",)   # tune: carved out of train by pipeline.build (pipeline/splits.py)
 STR_FIELDS = ("name", "source", "style", "split", "drummer", "beat_type")
 INT_FIELDS = ("steps_per_bar", "beats_per_bar")
 FLOAT_FIELDS = ("bpm",)
@@ -110,7 +111,7 @@ class MetadataWriter:
     def __init__(self, root: zarr.Group):
         self.root, self.buf = root, []
         self.songs = self.steps = self.sections = 0
-        self.splits = dict.fromkeys(SPLITS, 0)
+        self.splits = dict.fromkeys(ALL_SPLITS, 0)
 
     def add(self, song: Song) -> None:
         """One song's metadata (its rows are not read: a zero-width `hits` that knows T is enough)."""

@@ -55,7 +55,7 @@ def test_export_copies_store_rows_and_metric_rows(ready):
                                   metrics["window/drum_density"][:])
     manifest = json.loads((ready / "ready" / "manifest.json").read_text())
     # windows: 300 -> 11, 40 -> 1, 0 -> 0, 1000 -> 55, 128 -> 1, 17 -> 1, 200 -> 5
-    assert manifest["windows"] == {"train": 11 + 1 + 55 + 1, "validation": 1, "test": 5}
+    assert manifest["windows"] == {"train": 11 + 1 + 55 + 1, "validation": 1, "test": 5, "tune": 0}
     assert {"avg_hits", "bar_hits", "drum_density", "transitions", "ioi_hist"} <= set(manifest["metric_names"])
     assert manifest["store_hash"] == store_hash(store) and manifest["songs_without_windows"] == 0
 

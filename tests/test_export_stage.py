@@ -93,7 +93,7 @@ def test_window_tables_streamed_in_small_chunks_equal_one_chunk(tmp_path):
                       extra=[f"metrics.chunk_windows={rows}"])
         m = export(tmp_path / "store.zarr", tmp_path / f"m{rows}.zarr", tmp_path / f"r{rows}", seq_len=128, stride=16)
         out[rows] = {s: np.load(tmp_path / f"r{rows}" / f"windows_{s}.npy") for s in ("train", "validation", "test")}
-        assert m["windows"] == {"train": 36 + 25, "validation": 11, "test": 1 + 1}
+        assert m["windows"] == {"train": 36 + 25, "validation": 11, "test": 1 + 1, "tune": 0}
     for split, table in out[65536].items():
         np.testing.assert_array_equal(out[5][split], table)
     song, start = out[5]["train"][:, 1], out[5]["train"][:, 2]

@@ -1,4 +1,6 @@
 """Scores: NLL/BCE/F1 on known cases; overlapping area and KL of identical and disjoint sets."""
+import math
+
 import numpy as np
 
 import pytest
@@ -59,8 +61,12 @@ def test_overlap_area_identical_is_one_disjoint_is_zero():
     a = rng.normal(0, 1, 300)
     np.testing.assert_allclose(overlap_area(a, a.copy()), 1.0, atol=1e-9)
     assert overlap_area(a, a + 1000.0) < 1e-6
-    # partially overlapping lies strictly between
-    assert 0.2 < overlap_area(a, a + 1.0) < 0.9
+    # N(0,1) against N(1,1): OA = 2 Phi(-1/2) = 0.617, each KDE widened by its bandwidth h
+    # (Scott's rule: variance 1 + h^2); 0.02 catches a factor of two and a lost normalisation
+    big = rng.normal(0, 1, 4000)
+    h = 1.06 * 4000 ** -0.2
+    assert overlap_area(big, big + 1.0) == pytest.approx(1 + math.erf(-0.5 / math.sqrt(2 * (1 + h * h))), abs=0.02)
+    assert overlap_area(big, big + 2.0) == pytest.approx(1 + math.erf(-1.0 / math.sqrt(2 * (1 + h * h))), abs=0.02)
     # degenerate sets with no spread: equal -> 1, different -> 0
     np.testing.assert_allclose(overlap_area(np.ones(10), np.ones(5)), 1.0, atol=1e-9)
     assert overlap_area(np.zeros(10), np.ones(10)) < 1e-6

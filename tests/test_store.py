@@ -30,7 +30,7 @@ def test_store_round_trip(tmp_path):
         np.testing.assert_array_equal(got.offset, s.offset)
         assert got.offset.dtype == np.int8
         assert got.name == s.name and got.bpm == pytest.approx(s.bpm)
-    assert store.attrs["splits"] == {"train": 4, "validation": 0, "test": 0}
+    assert store.attrs["splits"] == {"train": 4, "validation": 0, "test": 0, "tune": 0}
     assert store.drum_names[0] == "kick"
 
 
@@ -56,7 +56,7 @@ def test_metadata_is_written_a_chunk_of_songs_at_a_time(tmp_path, monkeypatch):
         assert got.bpm == pytest.approx(s.bpm) and got.steps_per_bar == 16
         np.testing.assert_array_equal(got.sections, s.sections.reshape(-1, 2))
         np.testing.assert_array_equal(got.hits, s.hits)
-    assert store.attrs["splits"] == {"train": 4, "validation": 3, "test": 3}
+    assert store.attrs["splits"] == {"train": 4, "validation": 3, "test": 3, "tune": 0}
     root = pipeline.store.create_store(tmp_path / "t.zarr", num_songs=2, num_steps=11, num_drums=9)
     w = pipeline.store.MetadataWriter(root)
     w.add(songs[0])

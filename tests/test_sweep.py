@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
-from common.config import REPO_ROOT, compose
+from common.config import REPO_ROOT, ConfigError, compose
 from pipeline.store import Store
 from tests.tiny_checkpoint import OVERRIDES, make_checkpoint, make_ready
 from train.evaluate.generated import generated_vs_real
@@ -26,7 +27,9 @@ def test_sweep_scores_every_point_as_evaluate_would(tiny, tmp_path):
                                "evaluate.decoding_sweep.temperature=[0.5,1.0]",
                                "evaluate.decoding_sweep.top_p=[null,0.9]", "evaluate.generated.max_samples=4"],
                   config_name="evaluate")
-    res = sweep(cfg)
+    with pytest.raises(ConfigError, match="split=validation is the reported split"):
+        sweep(cfg)            # the tiny data has no tune split: validation only as a final report
+    res = sweep(OmegaConf.merge(cfg, {"evaluate": {"decoding_sweep": {"final_report": True}}}))
     rows = res["rows"]
     assert [(r["temperature"], r["top_p"]) for r in rows] == [(0.5, None), (0.5, 0.9), (1.0, None), (1.0, 0.9)]
     bars = cfg.evaluate.decoding_sweep.within
@@ -81,3 +84,16 @@ def test_seeds_sweeps_are_averaged_point_by_point_and_best_chosen_inside_the_bar
     assert rows[1]["lag1_similarity_diff"] == pytest.approx(-0.01) and rows[1]["worst_metric"] == "a"
     assert within(rows[0], {"ngram_unique_ratio": 0.2, "lag1_similarity_diff": 0.05}) is False   # lag +0.06
     assert within(rows[1], {"ngram_unique_ratio": 0.2, "lag1_similarity_diff": 0.05}) is True
+
+
+def test_seeds_sweeps_of_the_reported_split_are_refused_unless_a_final_report(tmp_path, capsys):
+    from train.evaluate.sweep_seeds import main
+
+    rows = [{"temperature": 1.0, "top_k": None, "top_p": None, "oa": {"a": 0.9}, "mean_oa": 0.9,
+             "ngram_unique_ratio": 1.0, "lag1_similarity_diff": 0.0}]
+    for split in ("validation", "tune"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "decoding_sweep.json").write_text(json.dumps({"split": split, "rows": rows}))
+    assert main([str(tmp_path / "validation")]) == 2 and "--final-report" in capsys.readouterr().err
+    assert main([str(tmp_path / "validation"), "--final-report"]) == 0
+    assert main([str(tmp_path / "tune")]) == 0

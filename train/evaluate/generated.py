@@ -61,7 +61,7 @@ def window_metric_sets(rolls: list[np.ndarray], seq_len: int, kw: dict,
 
 
 def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
-                      store: Store | None = None) -> tuple[dict, dict, dict, np.ndarray]:
+                      store: Store | None = None, played_out: list | None = None) -> tuple[dict, dict, dict, np.ndarray]:
     """(comparison per metric, real metric sets, generated metric sets, generated rolls).
 
     With `store`, the velocity and timing metrics join the table: real windows with the store's
@@ -87,6 +87,8 @@ def generated_vs_real(cfg: DictConfig, model, windows: Windows, num_drums: int,
                        for r, s, st in zip(real_rolls, real_songs, real_starts)]
         gen_played = [played_values(g, heads[0][i] if expressive else None, heads[1][i] if expressive else None,
                                     0, 100) for i, g in enumerate(gen)]
+    if played_out is not None:     # the judge's texture classifier hears velocities and timing too
+        played_out += [real_played, gen_played]
     real = window_metric_sets(real_rolls, seq_len, kw, real_played)
     generated = window_metric_sets(list(gen), seq_len, kw, gen_played)
     boot = cfg.evaluate.get("bootstrap") or {}     # tune's objective asks for no intervals

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from common.atomic import atomic_path
+from train.evaluate.expressive_baselines import strongest_markdown
+from train.evaluate.judge import judge_markdown
 from train.evaluate.next_step import MODEL_ROW
 
 
@@ -24,10 +26,10 @@ def expressive_markdown(e: dict) -> list[str]:
              f"{e['hits']} hits. Velocity MSE in (velocity / 127)^2, offset MSE in steps^2. Baseline: the "
              "train split's mean velocity per drum and bar position, every hit on the grid.", "",
              "| predictor | velocity MSE | offset MSE | velocity correlation |", "|---|---:|---:|---:|"]
-    for name in ("model", "baseline"):
+    for name in [k for k in ("model", "baseline", "position_means", "running_residual") if k in e]:
         r = e[name]
         lines.append(f"| {name} | {r['velocity_mse']:.5f} | {r['offset_mse']:.5f} | {r['velocity_corr']:.3f} |")
-    return lines
+    return lines + strongest_markdown(e)
 
 
 def _ci(r: dict, key: str, fmt: str) -> str:
@@ -43,12 +45,12 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
              f"{result['windows']} windows of {result['seq_len']} steps (stride {result['stride']}); "
              f"{s[MODEL_ROW]['scored_steps']} of the songs' {result['predictable_steps']} predictable steps "
              "scored, each once (a window also predicts the step after it; a song's last window ends at "
-             f"its end). Baselines fitted on the train split and thresholds chosen on the validation split "
+             f"its end). Baselines fitted on the train split and thresholds chosen on the {result['choose_split']} split "
              f"of `{result['reference']}`. Every meter is scored, each song on its own bar: "
              + ", ".join(f"{n} songs in {m}" for m, n in result["meters"].items()) + ".", "",
              "## Next-step prediction (teacher forced)", "",
              "Lower NLL is better; the onset threshold of each row is the one that maximises its F1 on the "
-             f"validation split. Intervals: {boot['level']:.0%} bootstrap over songs ({boot['samples']} "
+             f"{result['choose_split']} split. Intervals: {boot['level']:.0%} bootstrap over songs ({boot['samples']} "
              "resamples).", "",
              "| predictor | NLL (bits/step) | NLL 95% CI | BCE (nats) | threshold | precision | recall | F1 | F1 95% CI |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -96,6 +98,7 @@ def report_markdown(result: dict, pictures: dict, out_dir: Path, drum_names: lis
                       _img(pictures, "real_vs_generated_rolls", out_dir)]
         if "generated_vs_real" in pictures:
             lines += ["", _img(pictures, "generated_vs_real", out_dir)]
+        lines += judge_markdown(result.get("judge") or {})
     return "\n".join(lines) + "\n"
 
 

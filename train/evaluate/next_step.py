@@ -85,7 +85,7 @@ def score_windows(predict, windows: Windows, num_drums: int, batch_size: int) ->
 
 def tune_ngram(b: DictConfig, train_songs: list[np.ndarray], validation: Windows, num_drums: int,
                batch_size: int) -> tuple[NGramBaseline, list[dict]]:
-    """Pick the n-gram's n and/or alpha ("auto") by NLL on the validation split, as thresholds are."""
+    """Pick the n-gram's n and/or alpha ("auto") by NLL on the choosing split (tune), as thresholds are."""
     ns = list(range(2, int(b.ngram_max_n) + 1)) if b.ngram_n == "auto" else [int(b.ngram_n)]
     alphas = list(b.ngram_alphas) if b.ngram_alpha == "auto" else [float(b.ngram_alpha)]
 

@@ -9,7 +9,7 @@
 2. Teacher-forced scores (train.evaluate.scores) of the model and of every baseline
    (train.evaluate.baselines, fitted on the train split) on exactly those steps, per song, so the
    split's subsets (`evaluate.subsets`: beat vs fill, style) and bootstrap 95% intervals over songs
-   come from the same counts; each row's onset threshold is chosen on the validation split.
+   come from the same counts; each row's onset threshold is chosen on the tune split (evaluate.choose_split).
 3. Generated vs real: as many seq_len windows as the split holds (up to
    evaluate.generated.max_samples) are generated from nothing; the kernels' window metrics of both
    sets are compared per metric by overlapping area and KL divergence (Yang & Lerch 2020).
@@ -32,7 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 import common.config
 from common.config import ConfigError
 from pipeline.store import Store
+from pipeline.splits import monitored_split
+from train.evaluate.expressive_baselines import stronger_baselines
 from train.evaluate.generated import comparison_windows, generated_vs_real
+from train.evaluate.judge import judge_tables
 from train.evaluate.markdown import report_markdown, write_json, write_text
 from train.evaluate.next_step import (MODEL_ROW, fit_baselines, model_probs, score_windows, scores_with_intervals,
                                       song_conditions, song_subsets)
@@ -75,14 +78,14 @@ def evaluate(cfg: DictConfig) -> dict:
     model, ckpt_path, ready, store, names = load_inputs(cfg)
     D, batch = len(names), int(ecfg.batch_size)
     windows = split_windows(ready, cfg.split, seq_len, int(ecfg.stride), spb, bpp)
-    # The reference export's train split fits the baselines and its validation split picks thresholds:
+    # The reference export's train split fits the baselines and its tune split picks thresholds:
     # the scored data's own by default, the training data's when scoring data built elsewhere.
     ref = resolve_ready_dir(ecfg.reference_store or ready)
     same = ref.resolve() == ready.resolve()
     if not same and json.loads((ref / "manifest.json").read_text())["drum_names"] != names:
         raise ValueError(f"{ref} holds other drums than {ready} ({names})")
-    validation = windows if same and cfg.split == "validation" else split_windows(
-        ref, "validation", seq_len, int(ecfg.stride), spb, bpp)
+    choose = monitored_split(ref, str(ecfg.choose_split))       # thresholds, n-gram: never the reported split
+    validation = windows if same and cfg.split == choose else split_windows(ref, choose, seq_len, int(ecfg.stride), spb, bpp)
     train_songs, train_bars = split_songs(ref, "train", spb, seq_len, bpp)
     if not train_songs:
         raise ValueError(f"{ref}: no song in the train split to fit the baselines on")
@@ -121,7 +124,7 @@ def evaluate(cfg: DictConfig) -> dict:
     pictures = {"scores": save_score_bars(plots / "scores.png", scores)}
     result = {
         "checkpoint": str(ckpt_path), "split": cfg.split, "ready": str(ready), "store": str(store.path),
-        "reference": str(ref), "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
+        "reference": str(ref), "choose_split": choose, "windows": len(windows), "seq_len": seq_len, "stride": int(ecfg.stride),
         "steps_per_bar": spb, "songs": int(len(songs)),
         "predictable_steps": int(np.maximum(lengths - 1, 0).sum()),
         "meters": {name: int(len(ids)) for name, ids in meters.items()},
@@ -138,8 +141,13 @@ def evaluate(cfg: DictConfig) -> dict:
         train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)
         result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size),
                                                  cond_of)
+        result["expressive"].update(stronger_baselines(store, windows, ref_store, train_ids, result["expressive"]))
     if ecfg.generated.enabled:
-        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store)
+        played = []
+        comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store, played)
+        if ecfg.judge.enabled:
+            result["judge"] = judge_tables(cfg, store, *comparison_windows(cfg, windows)[:2], played[0], real,
+                                           {"generated": (list(gen), played[1], generated)}, ref)
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))
         result["generated_real_windows"] = int(len(next(iter(real.values()), [])))

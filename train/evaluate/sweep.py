@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import common.config
 from common.atomic import atomic_path
+from common.config import ConfigError
 
 
 # the decoding keys swept (evaluate.generated.*); expressive_temperature scales the velocity and
@@ -71,6 +72,9 @@ def sweep(cfg: DictConfig) -> dict:
     from train.evaluate.windows import split_windows
 
     model, ckpt_path, ready, store, _ = load_inputs(cfg)   # the windows the export wrote (one grid)
+    if cfg.split == "validation" and not cfg.evaluate.decoding_sweep.get("final_report", False):
+        raise ConfigError("split=validation is the reported split and chooses nothing; sweep on split=tune, "
+                          "or pass evaluate.decoding_sweep.final_report=true for a final report")
     seq_len, spb = int(cfg.window.seq_len), int(cfg.window.steps_per_bar)
     windows = split_windows(ready, cfg.split, seq_len, int(cfg.evaluate.stride), spb, int(cfg.window.bars_per_phrase))
     rows, best, best_gen = [], None, None
@@ -114,7 +118,8 @@ def markdown(rows: list[dict], bars=None) -> str:
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("evaluate.sweep", FileNotFoundError, ValueError, KeyError):
+    with common.config.exit_on("evaluate.sweep", FileNotFoundError, ValueError, KeyError), \
+            common.config.exit_on("evaluate.sweep", ConfigError, code=2):
         result = sweep(cfg)
     print(f"best: {result['best']}  table: {Path(cfg.evaluate.out_dir) / 'decoding_sweep.md'}")
 

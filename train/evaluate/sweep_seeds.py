@@ -1,10 +1,11 @@
-"""`python -m train.evaluate.sweep_seeds DIR [DIR ...]`: one decoding choice from several seeds' sweeps.
+"""`python -m train.evaluate.sweep_seeds [--final-report] DIR [DIR ...]`: one decoding choice from several seeds' sweeps.
 
 Each DIR holds a `decoding_sweep.json` that `python -m train.evaluate.sweep` wrote for one seed's
 checkpoint (same grid, same split). A point's row is averaged over the seeds: mean OA per metric,
 n-gram ratio, lag-1 gap; `best` is chosen as the sweep chooses (highest mean OA among the points
 inside `evaluate.decoding_sweep.within`: n-gram ratio 1 ± 0.2, lag-1 gap ± 0.05), so one seed's luck does not pick the
-decoding. Prints the markdown table and the best point; writes nothing.
+decoding. Prints the markdown table and the best point; writes nothing. Sweeps of split=validation
+(the reported split) are refused unless `--final-report` says the table is a final report.
 """
 from __future__ import annotations
 
@@ -44,7 +45,13 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
         return 2
+    final = "--final-report" in argv
+    argv = [a for a in argv if a != "--final-report"]
     results = [json.loads((Path(d) / "decoding_sweep.json").read_text()) for d in argv]
+    if not final and any(r.get("split") == "validation" for r in results):
+        print("sweep_seeds: these sweeps scored split=validation, the reported split, which chooses nothing; "
+              "sweep on split=tune, or pass --final-report", file=sys.stderr)
+        return 2
     rows = combine(results)
     if not rows:
         print("sweep_seeds: no decoding point is in every sweep", file=sys.stderr)

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from common.config import ConfigError
+from pipeline.splits import monitored_split
 from train.training import rewards
 from train.training.distributed import Dist, all_reduce_mean
 from train.training.optim import build_optimizer, build_scheduler
@@ -90,7 +91,7 @@ def build_data(cfg, d: Dist):
     try:    # a window that differs from the export's, a metric it lacks: config errors (exit 2)
         train_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "train", augment=bool(tc.augment),
                                                    seed=int(tc.seed), **common)
-        val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, "validation", **common)
+        val_ds = CompleteHierarchicalDrumDataset(cfg.paths.ready, monitored_split(cfg.paths.ready, tc.monitor_split), **common)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     # A private generator: creating a loader iterator must not draw from the global torch RNG,

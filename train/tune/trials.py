@@ -67,13 +67,15 @@ def generated_distance(cfg: DictConfig, spec: DictConfig) -> float:
     distributions of a window metric (Yang & Lerch 2020, as `python -m train.evaluate` reports it).
     0 = generated windows indistinguishable from validation windows, 1 = disjoint. Samples: windows
     of seq_len generated from nothing by the run's best checkpoint (temperature 1, seed spec.seed)."""
+    from pipeline.splits import monitored_split
     from train.evaluate.generated import generated_vs_real
     from train.evaluate.windows import split_windows
     from train.training.checkpoint import load_for_inference
 
     model, _, _ = load_for_inference(cfg.trainer.checkpoint_dir)
     seq_len = int(cfg.window.seq_len)
-    windows = split_windows(cfg.paths.ready, "validation", seq_len, seq_len, int(cfg.window.steps_per_bar),
+    windows = split_windows(cfg.paths.ready, monitored_split(cfg.paths.ready, "tune"), seq_len, seq_len,
+                            int(cfg.window.steps_per_bar),
                             int(cfg.window.bars_per_phrase))
     ecfg = OmegaConf.create({"window": cfg.window, "metrics": cfg.metrics, "evaluate": {"generated": {
         "max_samples": int(spec.num_samples), "temperature": 1.0, "top_p": None, "seed": int(spec.seed),
