@@ -1,4 +1,4 @@
-"""Training horizon = generation horizon (issue 11): does a long generation keep the real structure
+"""Training horizon = generation horizon: does a long generation keep the real structure
 over its whole length? Prints JSON.
 
     python -m benchmarks.horizon --checkpoint runs/horizon/checkpoints/best.pt   # built-in corpus: data/store.zarr

@@ -1,4 +1,4 @@
-"""How much a song's own past playing tells about its next hits, with no model (issue 12).
+"""How much a song's own past playing tells about its next hits, with no model.
 
     python benchmarks/played_history.py [--store data/groove/store.zarr]
 
@@ -8,7 +8,7 @@ On every hit of the validation songs (16-step bars), velocity / 127 MSE of
               over all hits of earlier steps): causal, one number per song so far;
 - last:       the drum's previous velocity in the song;
 and offset (steps) MSE of 0 (on the grid), the drum's previous offset, and half of it.
-Prints one JSON object. Figures: docs/results.md (issue 12).
+Prints one JSON object. Figures: docs/changelog.md (2026-11-30, velocity and timing).
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_batch_equals_store_slices_and_metric_rows(ready):
         assert len(row) == 1
         for name in ds.metric_names:
             np.testing.assert_array_equal(batch["metrics"][name][b], metrics[f"window/{name}"][row[0]])
-        # and the row is this window's: avg_hits = H / L of the slice itself (issue 3's definition)
+        # and the row is this window's: avg_hits = H / L of the slice itself (the window metrics' definition, docs/metrics.md)
         np.testing.assert_allclose(batch["metrics"]["avg_hits"][b], hits.sum() / n, rtol=1e-6)
         np.testing.assert_allclose(batch["metrics"]["drum_density"][b], hits.sum(0) / n, rtol=1e-6)
     assert batch["metrics"]["drum_density"].shape == (len(ds), 9)

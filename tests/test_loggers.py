@@ -1,4 +1,4 @@
-"""trainer.logger (issue 19): tiny real runs with each logger, read back through the tracker's own
+"""trainer.logger: tiny real runs with each logger, read back through the tracker's own
 client (MLflow) or its offline run directory (W&B), against metrics.csv; resume continues the run."""
 import csv
 import glob

@@ -1,5 +1,5 @@
 """`python -m train.evaluate.style_classifier [checkpoint=…] [style_classifier.*]`: is conditioned
-generation recognisable? (issue 11)
+generation recognisable as the style it was asked for?
 
 A multinomial logistic regression (torch, full batch; class-balanced so every style has the same
 prior) is fitted on the rhythm metrics (`kernels.window_metrics`, every one, flattened and

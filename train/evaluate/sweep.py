@@ -7,7 +7,7 @@ windows (Yang & Lerch overlapping area, `train.evaluate.scores.compare_sets`). P
 the mean and the minimum OA over the metrics, the generated/real ratio of mean `ngram_unique`
 and the generated − real mean lag-1 bar similarity. The suggested default (`best`) is the point
 of highest mean OA among those whose n-gram ratio and lag-1 difference are inside
-`evaluate.decoding_sweep.within` (issue 10's bars: ±20% and ±0.05; the mean OA of ~27 metrics
+`evaluate.decoding_sweep.within` (the generation bars: n-gram ratio within ±20%, lag-1 similarity within ±0.05; the mean OA of ~27 metrics
 hardly moves when one structure metric is far off, and those two are what a listener hears as
 "too busy" or "stuck"), or of highest mean OA overall when no point is. Out: `<evaluate.out_dir>/decoding_sweep.{json,md}` and a sheet of
 the best point's first generated rolls next to real ones (`decoding_sweep.png`).

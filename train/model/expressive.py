@@ -12,7 +12,7 @@ With `history` (`model.expressive_history`) the heads also read how the steps so
 a GRU over [hits, velocity / 127, offset] of steps 0..t (`played_input`) whose state joins the
 features of step t+1. A drummer's dynamics and feel are carried across steps (a loud song stays
 loud): on Groove validation a causal running mean of the song's past velocity residuals alone is
-24% below the per-drum-and-position mean (docs/results.md, issue 12), information the hit
+24% below the per-drum-and-position mean (docs/changelog.md, 2026-11-30, velocity and timing), information the hit
 features never see. Training is teacher forced (the true past values); generation and humanize
 feed back what the heads played, and a prime's own velocities and offsets.
 
