@@ -3,7 +3,8 @@
     python benchmarks/expressive_history.py --checkpoint /work/main/runs/groove_cpu/checkpoints \
         --out runs/groove_hist/checkpoints/last.pt [--steps 300]
 
-The velocity target (velocity error at least 25% below the per-drum-and-position baseline) on a 2-core machine without retraining the hit model: the checkpoint's
+The velocity target (error at least 25% below the per-drum-and-position baseline) on a 2-core
+machine without retraining the hit model: the checkpoint's
 model is rebuilt with `expressive_history=true`, every weight but the expressive heads' is copied
 and frozen, and the heads (new: they also read the steps' played velocity and offset) are trained
 alone on the train split with the trainer's losses (teacher forced MSE on true-hit cells), the hit
