@@ -62,11 +62,11 @@ def stage_on_groove(groove: str) -> dict:
         ingest(compose(base))
         build(compose(base))
         for stride in ("default", 1):
-            cfg = compose(base + ([] if stride == "default" else [f"metrics.stride={stride}"]))
+            cfg = compose(base + ([] if stride == "default" else [f"window.stride={stride}"]))
             c0, w0 = time.process_time(), time.perf_counter()
             summary = run(cfg)
-            out[f"stride_{cfg.metrics.stride}"] = {
-                "seq_len": cfg.metrics.seq_len, "songs": summary["songs"], "windows": summary["windows"],
+            out[f"stride_{cfg.window.stride}"] = {
+                "seq_len": cfg.window.seq_len, "songs": summary["songs"], "windows": summary["windows"],
                 "wall_s": round(time.perf_counter() - w0, 2), "cpu_s": round(time.process_time() - c0, 2)}
     return out
 

@@ -28,6 +28,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kernels.schema import Family, Metric, SongWindows, outputs_type
+
+LAGS = (1, 2, 4)    # bar_sim_lag{g}
+METRICS = (
+    *(Metric(f"bar_sim_lag{g}", "float32", (), f"mean similarity of bars {g} apart") for g in LAGS),
+    Metric("bar_repeat_rate", "float32", (), "share of bars equal to the bar before"),
+    Metric("fill_position", "float32", (), "mean position of the phrases' fills, 0 first bar .. 1 last"),
+    Metric("fill_at_phrase_end", "float32", (), "share of fills on the phrase's last bar"),
+)
+StructureOutputs = outputs_type("StructureOutputs", METRICS, __name__)
+
 
 @njit(cache=True, nogil=True)
 def _pair(hits, s, u, spb):
@@ -99,16 +110,14 @@ def structure_run(hits, starts, L, spb, bpp, lags, sims, repeat, fill_pos, fill_
         fill_end[w] = acc[2] / acc[0] if acc[0] > 0 else 0.0
 
 
-def structure_metrics(hits: np.ndarray, starts: np.ndarray, L: int, steps_per_bar: int,
-                      bars_per_phrase: int, out: dict) -> None:
-    """Write every window's structure metrics (kernels.spec.STRUCTURE_SCHEMA) into `out`."""
-    from kernels.spec import STRUCTURE_LAGS
+def fill(song: SongWindows, out: StructureOutputs) -> None:
+    lags = np.asarray(LAGS, np.int64)
+    sims = np.zeros((len(lags), len(song.starts)))
+    structure_run(song.hits, song.starts, song.L, song.steps_per_bar, song.bars_per_phrase,
+                  lags, sims, out.bar_repeat_rate, out.fill_position, out.fill_at_phrase_end)
+    for i, g in enumerate(LAGS):
+        getattr(out, f"bar_sim_lag{g}")[:] = sims[i]
 
-    lags = np.asarray(STRUCTURE_LAGS, np.int64)
-    sims = np.zeros((len(lags), len(starts)))
-    repeat, pos, end = (np.zeros(len(starts)) for _ in range(3))
-    structure_run(hits, np.asarray(starts, np.int64), int(L), int(steps_per_bar), int(bars_per_phrase),
-                  lags, sims, repeat, pos, end)
-    for i, g in enumerate(STRUCTURE_LAGS):
-        out[f"bar_sim_lag{g}"][:] = sims[i]
-    out["bar_repeat_rate"][:], out["fill_position"][:], out["fill_at_phrase_end"][:] = repeat, pos, end
+
+FAMILY = Family("structure", "how a window's bars repeat, and where its fills fall", METRICS, ("hits",), fill,
+                StructureOutputs)

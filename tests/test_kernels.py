@@ -240,9 +240,9 @@ def test_bad_arguments_are_rejected_with_a_reason(call, msg):
         call()
 
 
-# --- velocity and timing (kernels.expressive) -------------------------------------------------
+# --- velocity and timing (kernels/playing.py) -------------------------------------------------
 
-from kernels.expressive import expressive_metrics  # noqa: E402
+from kernels import expressive_metrics  # noqa: E402
 
 
 @st.composite
@@ -263,6 +263,37 @@ def test_expressive_metrics_match_reference(perf, kw, positions):
     kw = {k: kw[k] for k in ("seq_len", "stride", "steps_per_bar", "beats_per_bar") if k in kw}
     assert_same(expressive_metrics(*perf, **kw, positions=positions),
                 ref.expressive_metrics(*perf, **kw, positions=positions), rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(perf=performances(), kw=window_kwargs(), positions=st.sampled_from([None, 4, 16]))
+def test_every_registered_family_matches_its_twin(perf, kw, positions):
+    """What the stage stores (all families, kernels.all_window_metrics) against the numpy twins, and
+    equal to the two public halves (hits-only families + playing) bit for bit."""
+    got = kernels.all_window_metrics(*perf, **kw, positions=positions)
+    assert list(got) == list(kernels.METRICS)
+    assert_same(got, ref.all_window_metrics(*perf, **kw, positions=positions), rtol=1e-5, atol=1e-5)
+    halves = {**kernels.window_metrics(perf[0], **kw),
+              **expressive_metrics(*perf, **{k: kw[k] for k in ("seq_len", "stride", "steps_per_bar",
+                                                                   "beats_per_bar")}, positions=positions)}
+    for name in got:
+        np.testing.assert_array_equal(got[name], halves[name], err_msg=name)
+
+
+def test_registry_twins_and_docs_name_every_metric():
+    from pathlib import Path
+
+    from kernels.families import FAMILIES, register
+    from kernels.schema import Family, Metric
+
+    assert set(ref.TWINS) == set(FAMILIES)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    assert [m for m in kernels.METRICS if f"{m}" not in docs] == []
+    twin = Family("twin", "", (Metric("avg_hits", "float32"),), ("hits",), None, tuple)
+    with pytest.raises(ValueError, match="'avg_hits' is declared by families 'rhythm' and 'twin'"):
+        register(*FAMILIES.values(), twin)
+    with pytest.raises(ValueError, match="neither ints nor one of"):
+        Metric("x", "float32", ("steps",))
 
 
 def test_hand_computed_swing_accent_and_timing():
