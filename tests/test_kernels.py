@@ -406,3 +406,44 @@ def test_structure_of_hand_made_grooves():
     assert late["fill_at_phrase_end"] == 1.0 and late["fill_position"] == 1.0
     tied = m(a, a, b, a, bpp=2)                        # phrase (0, 1): no change; (2, 3): a tie
     assert tied["fill_position"] == tied["fill_at_phrase_end"] == pytest.approx(0.5)
+
+
+def _structure(roll, seq_len, stride, spb, bpp, direct):
+    from kernels.schema import SongWindows
+    from kernels.structure import METRICS, StructureOutputs, fill
+
+    starts, L = kernels.window_grid(len(roll), seq_len, stride)
+    song = SongWindows((roll > 0).astype(np.uint8), starts, L, stride, spb, 1, bpp, 4, 4, 1.0)
+    out = StructureOutputs(*(np.zeros(len(starts), np.float32) for _ in METRICS))
+    if len(starts):
+        fill(song, out, direct=direct)
+    return out
+
+
+@settings(max_examples=int(os.environ.get("HIERDRUMS_KERNEL_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(song=bar_songs(), bars=st.integers(1, 9), extra=st.integers(0, 5), stride=st.integers(1, 20),
+       bpp=st.integers(1, 5), noise=st.floats(0, 0.3), seed=st.integers(0, 2**16))
+def test_structure_chains_equal_the_bar_by_bar_sums(song, bars, extra, stride, bpp, noise, seed):
+    """The per-song chains (O(1) per window) give every window's float32 value bit for bit as the
+    definition summed bar by bar, at any stride and phase, on repeating and on noisy bars."""
+    roll, spb = song
+    rng = np.random.default_rng(seed)
+    roll = roll ^ (rng.random(roll.shape) < noise).astype(np.uint8)      # flipped cells: unequal bars
+    fast = _structure(roll, bars * spb + extra, stride, spb, bpp, direct=False)
+    slow = _structure(roll, bars * spb + extra, stride, spb, bpp, direct=True)
+    for name, x, y in zip(fast._fields, fast, slow):
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_structure_chains_on_a_long_random_song():
+    """Thousands of windows per phase (stride 1, where each offset inside the bar has its own bars)."""
+    rng = np.random.default_rng(11)
+    roll = (rng.random((6000, 9)) < 0.15).astype(np.uint8)
+    roll[2000:3008] = np.tile(roll[:16], (63, 1))         # a one-bar loop (repeats), then a two-bar one
+    roll[3008:4000] = np.tile(roll[:32], (31, 1))
+    for seq_len, bpp in ((128, 4), (256, 3), (512, 4)):
+        fast, slow = (_structure(roll, seq_len, 1, 16, bpp, direct) for direct in (False, True))
+        for name, x, y in zip(fast._fields, fast, slow):
+            np.testing.assert_array_equal(x, y, err_msg=f"{name} seq_len {seq_len}")
+        assert 0 < fast.bar_repeat_rate.max() and fast.fill_position.max() > 0
