@@ -7,16 +7,31 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 
-from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, STRUCTURE_LAGS, check_bar_capacity,
-                          check_beat, check_expressive, check_positive, check_roll, check_sections,
-                          default_dense_threshold, empty_window_outputs, window_grid)
+from kernels.families import FAMILIES, HIT_FAMILIES, PLAYED_FAMILIES
+from kernels.spec import (SECTION_SCHEMA, SONG_SCHEMA, STRUCTURE_LAGS, check_bar_capacity, check_beat,
+                          check_expressive, check_positive, check_roll, check_sections, default_dense_threshold,
+                          empty_window_outputs, window_grid)
 
 
 # --- one window (seq: bool [L, D], t0: absolute step of seq[0]) -------------------------------
+
+@dataclass
+class Window:
+    """One window: what a family's twin reads. seq bool [L, D]; velocity float64 and x (timing in
+    steps) [L, D] for the playing family; a = its first song step; p = the options (Params)."""
+
+    seq: np.ndarray
+    a: int
+    p: SimpleNamespace
+    velocity: np.ndarray | None = None
+    x: np.ndarray | None = None
+
 
 def _hit_density(seq):
     total_hits = seq.sum(axis=1)
@@ -79,39 +94,21 @@ def _fraction_dense_bars(seq, steps_per_bar, threshold):
     return float(np.mean([bar.any(axis=0).sum() > threshold for bar in bars]))
 
 
-def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4, ngram_n=4,
-                   fast_threshold=4, dense_threshold=None, num_bars=None, ioi_bins=None,
-                   bars_per_phrase=4, max_windows=None) -> dict[str, np.ndarray]:
-    """Every window metric of every window; `max_windows` keeps only the first ones (benchmark)."""
-    hits = check_roll(roll).astype(bool)
-    T, D = hits.shape
-    beat = check_beat(steps_per_bar, beats_per_bar)
-    check_positive(ngram_n=ngram_n, bars_per_phrase=bars_per_phrase)
-    check_bar_capacity(steps_per_bar, D)
-    num_bars = seq_len // steps_per_bar if num_bars is None else num_bars
-    ioi_bins = steps_per_bar if ioi_bins is None else ioi_bins
-    threshold = default_dense_threshold(D, dense_threshold)
-    starts, L = window_grid(T, seq_len, stride)
-    starts = starts[:max_windows]
-    out = empty_window_outputs(len(starts), D, num_bars, ioi_bins)
-    for w, a in enumerate(starts):
-        seq = hits[a:a + L]
-        out["avg_hits"][w], out["max_hits"][w], out["drum_density"][w] = _hit_density(seq)
-        out["co_occurrence"][w] = _co_occurrence(seq)
-        out["syncopation"][w] = _syncopation(seq, a, steps_per_bar, beat)
-        out["transitions"][w] = _transitions(seq)
-        out["ioi_mean"][w], out["ioi_var"][w], out["ioi_hist"][w], out["fast_hits"][w] = \
-            _ioi_stats(seq, ioi_bins, fast_threshold)
-        grams = _n_grams(seq, ngram_n)
-        out["ngram_unique"][w], out["ngram_entropy"][w] = len(grams), _entropy(grams)
-        out["bar_hits"][w] = _bar_hits(seq, steps_per_bar, num_bars)
-        out["dense_bar_fraction"][w] = _fraction_dense_bars(seq, steps_per_bar, threshold)
-        for name, value in structure_metrics(seq, a, steps_per_bar, bars_per_phrase).items():
-            out[name][w] = value
+def rhythm_window(win: Window) -> dict:
+    """The rhythm family (kernels/rhythm.py) of one window."""
+    seq, p = win.seq, win.p
+    out = {}
+    out["avg_hits"], out["max_hits"], out["drum_density"] = _hit_density(seq)
+    out["co_occurrence"] = _co_occurrence(seq)
+    out["syncopation"] = _syncopation(seq, win.a, p.steps_per_bar, p.beat)
+    out["transitions"] = _transitions(seq)
+    out["ioi_mean"], out["ioi_var"], out["ioi_hist"], out["fast_hits"] = _ioi_stats(seq, p.ioi_bins, p.fast_threshold)
+    grams = _n_grams(seq, p.ngram_n)
+    out["ngram_unique"], out["ngram_entropy"] = len(grams), _entropy(grams)
+    out["bar_hits"] = _bar_hits(seq, p.steps_per_bar, p.num_bars)
+    out["dense_bar_fraction"] = _fraction_dense_bars(seq, p.steps_per_bar, p.threshold)
     return out
 
-
-# --- velocity and timing (kernels.expressive) -----------------------------------------------
 
 def _swing_ratio(x, pos, on, off, h):
     """(h + δ) / (h - δ), δ = mean x where off minus mean x where on, clipped to ±0.9 h; 1 if undefined."""
@@ -121,35 +118,94 @@ def _swing_ratio(x, pos, on, off, h):
     return (h + delta) / (h - delta)
 
 
+def playing_window(win: Window) -> dict:
+    """The playing family (kernels/playing.py, velocity and timing) of one window."""
+    h, v, x, p = win.seq, win.velocity, win.x, win.p
+    D, spb, beat = h.shape[1], p.steps_per_bar, p.beat
+    out = {"vel_mean": np.zeros(D), "vel_std": np.zeros(D), "offset_mean": np.zeros(D), "accent": np.zeros(p.positions),
+           "timing_spread": 0.0}
+    for d in range(D):
+        if h[:, d].any():
+            out["vel_mean"][d], out["vel_std"][d] = v[h[:, d], d].mean(), v[h[:, d], d].std()
+            out["offset_mean"][d] = x[h[:, d], d].mean()
+    t, d = np.nonzero(h)                      # every hit: its step and drum
+    pos = (win.a + t) % spb
+    if len(t):
+        out["timing_spread"] = x[t, d].std()
+    for q in range(min(p.positions, spb)):
+        if (pos == q).any():
+            out["accent"][q] = v[t, d][pos == q].mean()
+    xs = x[t, d]
+    half, quarter = (beat / 2 if beat % 2 == 0 else 0), (beat / 4 if beat % 4 == 0 else 0)
+    in_beat = pos % beat
+    out["swing_8"] = _swing_ratio(xs, in_beat, 0, half, half)
+    out["swing_16"] = _swing_ratio(xs, pos % (beat // 2) if quarter else in_beat, 0, quarter, quarter)
+    return out
+
+
+def _windows(families, hits, velocity, offset, *, seq_len, stride, max_windows=None, **options):
+    """Every metric of the named families of every window, one window at a time through TWINS."""
+    starts, L = window_grid(len(hits), seq_len, stride)
+    starts = starts[:max_windows]
+    p = SimpleNamespace(**options)
+    out = empty_window_outputs(len(starts), families,
+                               {"drums": hits.shape[1], "bars": p.num_bars, "ioi_bins": p.ioi_bins,
+                                "positions": p.positions})
+    for w, a in enumerate(starts):
+        win = Window(hits[a:a + L].astype(bool), int(a), p,
+                     None if velocity is None else velocity[a:a + L].astype(np.float64),
+                     None if offset is None else offset[a:a + L] / 128.0)
+        for family in families:
+            values = TWINS[family](win)
+            if values.keys() != set(FAMILIES[family].names):     # a declared metric without a twin
+                raise KeyError(f"twin of family {family!r} returns {sorted(values)}, "
+                               f"the family declares {sorted(FAMILIES[family].names)}")
+            for name, value in values.items():
+                out[name][w] = value
+    return out
+
+
+def _options(roll, seq_len, steps_per_bar, beats_per_bar, ngram_n, fast_threshold, dense_threshold, num_bars,
+             ioi_bins, bars_per_phrase):
+    hits = check_roll(roll)
+    beat = check_beat(steps_per_bar, beats_per_bar)
+    check_positive(ngram_n=ngram_n, bars_per_phrase=bars_per_phrase)
+    check_bar_capacity(steps_per_bar, hits.shape[1])
+    return hits, dict(steps_per_bar=steps_per_bar, beat=beat, ngram_n=ngram_n, fast_threshold=fast_threshold,
+                      threshold=default_dense_threshold(hits.shape[1], dense_threshold),
+                      num_bars=seq_len // steps_per_bar if num_bars is None else num_bars,
+                      ioi_bins=steps_per_bar if ioi_bins is None else ioi_bins, bars_per_phrase=bars_per_phrase)
+
+
+def window_metrics(roll, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4, ngram_n=4,
+                   fast_threshold=4, dense_threshold=None, num_bars=None, ioi_bins=None,
+                   bars_per_phrase=4, max_windows=None) -> dict[str, np.ndarray]:
+    """Every window metric of the hits of every window; `max_windows` keeps only the first ones (benchmark)."""
+    hits, opts = _options(roll, seq_len, steps_per_bar, beats_per_bar, ngram_n, fast_threshold, dense_threshold,
+                          num_bars, ioi_bins, bars_per_phrase)
+    return _windows(HIT_FAMILIES, hits, None, None, seq_len=seq_len, stride=stride, max_windows=max_windows,
+                    positions=steps_per_bar, **opts)
+
+
 def expressive_metrics(hits, velocity, offset, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4,
                        positions=None) -> dict[str, np.ndarray]:
-    """Velocity and timing metrics of every window, straight from the definitions (kernels.expressive)."""
+    """Velocity and timing metrics of every window, straight from the definitions (kernels/playing.py)."""
     hits, velocity, offset = check_expressive(hits, velocity, offset)
-    T, D = hits.shape
     beat = check_beat(steps_per_bar, beats_per_bar)
-    positions = steps_per_bar if positions is None else positions
-    starts, L = window_grid(T, seq_len, stride)
-    out = {name: np.zeros((len(starts), *shape(D, positions)), dtype)
-           for name, (dtype, shape) in EXPRESSIVE_SCHEMA.items()}
-    for w, a in enumerate(starts):
-        h, v, x = hits[a:a + L] > 0, velocity[a:a + L].astype(np.float64), offset[a:a + L] / 128.0
-        for d in range(D):
-            if h[:, d].any():
-                out["vel_mean"][w, d], out["vel_std"][w, d] = v[h[:, d], d].mean(), v[h[:, d], d].std()
-                out["offset_mean"][w, d] = x[h[:, d], d].mean()
-        t, d = np.nonzero(h)                      # every hit: its step and drum
-        pos = (a + t) % steps_per_bar
-        if len(t):
-            out["timing_spread"][w] = x[t, d].std()
-        for p in range(min(positions, steps_per_bar)):
-            if (pos == p).any():
-                out["accent"][w, p] = v[t, d][pos == p].mean()
-        xs = x[t, d]
-        half, quarter = (beat / 2 if beat % 2 == 0 else 0), (beat / 4 if beat % 4 == 0 else 0)
-        in_beat = pos % beat
-        out["swing_8"][w] = _swing_ratio(xs, in_beat, 0, half, half)
-        out["swing_16"][w] = _swing_ratio(xs, pos % (beat // 2) if quarter else in_beat, 0, quarter, quarter)
-    return out
+    return _windows(PLAYED_FAMILIES, hits, velocity, offset, seq_len=seq_len, stride=stride,
+                    steps_per_bar=steps_per_bar, beat=beat,
+                    positions=steps_per_bar if positions is None else positions, num_bars=0, ioi_bins=0)
+
+
+def all_window_metrics(hits, velocity, offset, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4, ngram_n=4,
+                       fast_threshold=4, dense_threshold=None, num_bars=None, ioi_bins=None, positions=None,
+                       bars_per_phrase=4) -> dict[str, np.ndarray]:
+    """Every registered window metric, as kernels.all_window_metrics."""
+    roll, opts = _options(hits, seq_len, steps_per_bar, beats_per_bar, ngram_n, fast_threshold, dense_threshold,
+                          num_bars, ioi_bins, bars_per_phrase)
+    _, velocity, offset = check_expressive(hits, velocity, offset)
+    return _windows(tuple(FAMILIES), roll, velocity, offset, seq_len=seq_len, stride=stride,
+                    positions=steps_per_bar if positions is None else positions, **opts)
 
 
 # --- whole songs, sections, bar/phrase aggregates ---------------------------------------------
@@ -237,6 +293,11 @@ def _fills(bars, first_bar, bars_per_phrase):
     return placed
 
 
+def structure_window(win: Window) -> dict:
+    """The structure family (kernels/structure.py) of one window."""
+    return structure_metrics(win.seq, win.a, win.p.steps_per_bar, win.p.bars_per_phrase)
+
+
 def structure_metrics(seq, a, steps_per_bar, bars_per_phrase):
     """STRUCTURE_SCHEMA values of one window `seq` (bool [L, D]) starting at song step a."""
     nb = len(seq) // steps_per_bar
@@ -256,3 +317,7 @@ def structure_metrics(seq, a, steps_per_bar, bars_per_phrase):
     else:
         out["fill_position"] = out["fill_at_phrase_end"] = 0.0
     return out
+
+
+# Each registered family's numpy twin (kernels/families.py): window metrics by name for one Window.
+TWINS = {"rhythm": rhythm_window, "structure": structure_window, "playing": playing_window}

@@ -1,4 +1,5 @@
-"""What both implementations share: input checks, the window grid, and the output schema.
+"""What both implementations share: input checks, the window grid, and the output schema
+(declared by the families, kernels/families.py; the dict views here are what older callers read).
 
 `kernels` (numba) and `kernels.reference` (numpy) both call these, so the two can only differ
 in how they compute a metric, never in which windows exist or what shape/dtype a result has.
@@ -7,47 +8,24 @@ from __future__ import annotations
 
 import numpy as np
 
-# Window metrics: name -> (dtype, trailing shape as a function of (D, num_bars, ioi_bins)).
-# Fractions are float32 (one row per window of every song adds up), counts int32; bar_hits,
-# the one table that grows with seq_len, is uint16 (a bar holds at most spb * D <= 65535 hits).
-WINDOW_SCHEMA = {
-    "avg_hits": ("float32", lambda D, nb, ib: ()),
-    "max_hits": ("int32", lambda D, nb, ib: ()),
-    "drum_density": ("float32", lambda D, nb, ib: (D,)),
-    "co_occurrence": ("float32", lambda D, nb, ib: ()),
-    "syncopation": ("float32", lambda D, nb, ib: ()),
-    "transitions": ("float32", lambda D, nb, ib: (D, D)),
-    "ioi_mean": ("float32", lambda D, nb, ib: (D,)),
-    "ioi_var": ("float32", lambda D, nb, ib: (D,)),
-    "ioi_hist": ("int32", lambda D, nb, ib: (ib,)),
-    "fast_hits": ("int32", lambda D, nb, ib: ()),
-    "ngram_unique": ("int32", lambda D, nb, ib: ()),
-    "ngram_entropy": ("float32", lambda D, nb, ib: ()),
-    "bar_hits": ("uint16", lambda D, nb, ib: (nb,)),          # <= spb * D hits per bar
-    "dense_bar_fraction": ("float32", lambda D, nb, ib: ()),
-}
-# Structure of a window's bars (kernels/structure.py): how the groove repeats, where fills fall.
-STRUCTURE_LAGS = (1, 2, 4)
-STRUCTURE_SCHEMA = {
-    **{f"bar_sim_lag{g}": ("float32", lambda D, nb, ib: ()) for g in STRUCTURE_LAGS},
-    "bar_repeat_rate": ("float32", lambda D, nb, ib: ()),
-    "fill_position": ("float32", lambda D, nb, ib: ()),
-    "fill_at_phrase_end": ("float32", lambda D, nb, ib: ()),
-}
-WINDOW_SCHEMA.update(STRUCTURE_SCHEMA)
-WINDOW_METRICS = tuple(WINDOW_SCHEMA)
+from kernels.families import FAMILIES, HIT_FAMILIES, PLAYED_FAMILIES
+from kernels.structure import LAGS as STRUCTURE_LAGS  # noqa: F401  (re-exported: the lags of bar_sim_lag{g})
 
-# Velocity and timing window metrics (kernels.expressive): name -> (dtype, trailing shape as a
-# function of (D, positions)); positions = the accent table's width in bar steps.
-EXPRESSIVE_SCHEMA = {
-    "vel_mean": ("float32", lambda D, P: (D,)),
-    "vel_std": ("float32", lambda D, P: (D,)),
-    "accent": ("float32", lambda D, P: (P,)),
-    "offset_mean": ("float32", lambda D, P: (D,)),
-    "timing_spread": ("float32", lambda D, P: ()),
-    "swing_8": ("float32", lambda D, P: ()),
-    "swing_16": ("float32", lambda D, P: ()),
-}
+
+def _view(families, args):
+    """name -> (dtype, shape function of `args`) of the families' metrics: the older schema view."""
+    def shape(metric):
+        return lambda *sizes: metric.trailing(dict(zip(args, sizes)))
+    return {m.name: (m.dtype, shape(m)) for f in families for m in FAMILIES[f].metrics}
+
+
+# The window metrics of the hits (kernels.window_metrics): name -> (dtype, trailing shape as a
+# function of (D, num_bars, ioi_bins)). The declarations live in the family modules.
+WINDOW_SCHEMA = _view(HIT_FAMILIES, ("drums", "bars", "ioi_bins"))
+STRUCTURE_SCHEMA = _view(("structure",), ("drums", "bars", "ioi_bins"))
+WINDOW_METRICS = tuple(WINDOW_SCHEMA)
+# Velocity and timing (kernels.expressive_metrics): trailing shape as a function of (D, positions).
+EXPRESSIVE_SCHEMA = _view(PLAYED_FAMILIES, ("drums", "positions"))
 EXPRESSIVE_METRICS = tuple(EXPRESSIVE_SCHEMA)
 
 SONG_SCHEMA = {
@@ -181,9 +159,9 @@ def default_dense_threshold(num_drums: int, dense_threshold) -> float:
     return num_drums / 2.0 if dense_threshold is None else float(dense_threshold)
 
 
-def empty_window_outputs(num_windows: int, num_drums: int, num_bars: int, ioi_bins: int) -> dict:
-    return {name: np.zeros((num_windows, *shape(num_drums, num_bars, ioi_bins)), dtype)
-            for name, (dtype, shape) in WINDOW_SCHEMA.items()}
+def empty_window_outputs(num_windows: int, families, dims: dict) -> dict:
+    """Zero [W, ...] arrays of every metric of the named families, in registry order."""
+    return {m.name: np.zeros((num_windows, *m.trailing(dims)), m.dtype) for f in families for m in FAMILIES[f].metrics}
 
 
 def phrase_sections(num_steps: int, phrase_len: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The `metrics` stage: data/store.zarr -> data/metrics.zarr, every metric of every window.
 
-    python -m pipeline.metrics [metrics.stride=1 metrics.scheduler=tcp://host:8786 ...]
+    python -m pipeline.metrics [window.stride=1 metrics.scheduler=tcp://host:8786 ...]
 
 Layout (docs/architecture.md, "Metrics"): window/{song,start,length,<metric>}, song/<metric>,
 section/{song,start,end,<metric>}, bar/{offsets,mean}, phrase/{offsets,mean}, attrs.
@@ -28,9 +28,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 import kernels
-from kernels.expressive import expressive_metrics
-from kernels.spec import (EXPRESSIVE_SCHEMA, SECTION_SCHEMA, SONG_SCHEMA, WINDOW_SCHEMA, check_sections,
-                          window_grid)
+from kernels.spec import SECTION_SCHEMA, SONG_SCHEMA, check_sections, window_grid
 from common.atomic import atomic_path, is_url, join
 from common.config import CONF_DIR, exit_on
 from common.progress import heartbeat
@@ -39,8 +37,8 @@ from common.parallel import executor, ordered_map
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
-# window/<name> tables: the rhythm metrics of the hits, then velocity and timing (kernels.expressive)
-TABLES = {**WINDOW_SCHEMA, **{k: (dt, lambda D, nb, ib, f=f: f(D, ib)) for k, (dt, f) in EXPRESSIVE_SCHEMA.items()}}
+# window/<name> tables: every metric of every registered family (kernels/families.py), in order
+TABLES = kernels.METRICS
 
 
 @dataclass
@@ -69,14 +67,20 @@ class Params:
     dense_threshold: float | None
 
     @classmethod
-    def from_config(cls, m: DictConfig) -> Params:
-        return cls(int(m.seq_len), int(m.stride), int(m.steps_per_bar), int(m.bars_per_phrase),
+    def from_config(cls, cfg: DictConfig) -> Params:
+        """The training window (`window.seq_len`, `window.stride`) and the metric options (`metrics.*`)."""
+        m = cfg.metrics
+        return cls(int(cfg.window.seq_len), int(cfg.window.stride), int(m.steps_per_bar), int(m.bars_per_phrase),
                    int(m.ngram_n), int(m.fast_threshold),
                    None if m.dense_threshold is None else float(m.dense_threshold))
 
     @property
     def num_bars(self) -> int:
         return self.seq_len // self.steps_per_bar
+
+    def dims(self, D: int) -> dict:
+        """The tables' widths (kernels.schema.DIMS): the configured bar, not each song's."""
+        return {"drums": D, "bars": self.num_bars, "ioi_bins": self.steps_per_bar, "positions": self.steps_per_bar}
 
 
 def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: Params,
@@ -85,13 +89,11 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
     Without velocity / offset: velocity = the roll's values, every hit on the grid."""
     velocity = np.asarray(roll) if velocity is None else velocity
     offset = np.zeros(np.shape(roll), np.int8) if offset is None else offset
-    windows = kernels.window_metrics(roll, seq_len=p.seq_len, stride=p.stride, steps_per_bar=spb,
-                                     beats_per_bar=bpb, ngram_n=p.ngram_n,
-                                     fast_threshold=p.fast_threshold,
-                                     dense_threshold=p.dense_threshold, num_bars=p.num_bars,
-                                     ioi_bins=p.steps_per_bar, bars_per_phrase=p.bars_per_phrase)
-    windows.update(expressive_metrics(roll, velocity, offset, seq_len=p.seq_len, stride=p.stride,
-                                      steps_per_bar=spb, beats_per_bar=bpb, positions=p.steps_per_bar))
+    windows = kernels.all_window_metrics(roll, velocity, offset, seq_len=p.seq_len, stride=p.stride,
+                                         steps_per_bar=spb, beats_per_bar=bpb, ngram_n=p.ngram_n,
+                                         fast_threshold=p.fast_threshold, dense_threshold=p.dense_threshold,
+                                         num_bars=p.num_bars, ioi_bins=p.steps_per_bar, positions=p.steps_per_bar,
+                                         bars_per_phrase=p.bars_per_phrase)
     song = kernels.song_metrics(roll, steps_per_bar=spb, bars_per_phrase=p.bars_per_phrase,
                                 ngram_n=p.ngram_n)
     phrase_len = spb * p.bars_per_phrase
@@ -105,7 +107,7 @@ def song_result(roll: np.ndarray, sections: np.ndarray, spb: int, bpb: int, p: P
 
 
 def _empty_result(D: int, p: Params, error: str) -> SongResult:
-    windows = {k: np.zeros((0, *shape(D, p.num_bars, p.steps_per_bar)), dt) for k, (dt, shape) in TABLES.items()}
+    windows = {k: np.zeros((0, *m.trailing(p.dims(D))), m.dtype) for k, m in TABLES.items()}
     song = {k: np.zeros(shape(D), dt) for k, (dt, shape) in SONG_SCHEMA.items()}
     section = {k: np.zeros((0, *shape(D)), dt) for k, (dt, shape) in SECTION_SCHEMA.items()}
     return SongResult(np.zeros(0, np.int64), 0, windows, song, np.zeros((0, 2), np.int64), section,
@@ -170,7 +172,7 @@ class _Table:
 def _tables(root: zarr.Group, D: int, p: Params, rows: int) -> dict[str, _Table]:
     """Every output array ("group/name" -> _Table), in the layout of the module docstring."""
     spec = {f"window/{k}": ("int64", ()) for k in ("song", "start", "length")}
-    spec.update({f"window/{k}": (dt, sh(D, p.num_bars, p.steps_per_bar)) for k, (dt, sh) in TABLES.items()})
+    spec.update({f"window/{k}": (m.dtype, m.trailing(p.dims(D))) for k, m in TABLES.items()})
     spec.update({f"song/{k}": (dt, sh(D)) for k, (dt, sh) in SONG_SCHEMA.items()})
     spec.update({f"section/{k}": ("int64", ()) for k in ("song", "start", "end")})
     spec.update({f"section/{k}": (dt, sh(D)) for k, (dt, sh) in SECTION_SCHEMA.items()})
@@ -234,7 +236,7 @@ def run(cfg: DictConfig) -> dict:
     scheduler; their rows are appended in song order as they come back, whole chunks at a time,
     so memory is a few partitions and one chunk per table, whatever the corpus size."""
     m = cfg.metrics
-    p = Params.from_config(m)
+    p = Params.from_config(cfg)
     store = Store(cfg.paths.store)
     S, D = store.num_songs, store.num_drums
     offsets = store.song_offsets

@@ -240,9 +240,9 @@ def test_bad_arguments_are_rejected_with_a_reason(call, msg):
         call()
 
 
-# --- velocity and timing (kernels.expressive) -------------------------------------------------
+# --- velocity and timing (kernels/playing.py) -------------------------------------------------
 
-from kernels.expressive import expressive_metrics  # noqa: E402
+from kernels import expressive_metrics  # noqa: E402
 
 
 @st.composite
@@ -263,6 +263,37 @@ def test_expressive_metrics_match_reference(perf, kw, positions):
     kw = {k: kw[k] for k in ("seq_len", "stride", "steps_per_bar", "beats_per_bar") if k in kw}
     assert_same(expressive_metrics(*perf, **kw, positions=positions),
                 ref.expressive_metrics(*perf, **kw, positions=positions), rtol=1e-5, atol=1e-5)
+
+
+@SETTINGS
+@given(perf=performances(), kw=window_kwargs(), positions=st.sampled_from([None, 4, 16]))
+def test_every_registered_family_matches_its_twin(perf, kw, positions):
+    """What the stage stores (all families, kernels.all_window_metrics) against the numpy twins, and
+    equal to the two public halves (hits-only families + playing) bit for bit."""
+    got = kernels.all_window_metrics(*perf, **kw, positions=positions)
+    assert list(got) == list(kernels.METRICS)
+    assert_same(got, ref.all_window_metrics(*perf, **kw, positions=positions), rtol=1e-5, atol=1e-5)
+    halves = {**kernels.window_metrics(perf[0], **kw),
+              **expressive_metrics(*perf, **{k: kw[k] for k in ("seq_len", "stride", "steps_per_bar",
+                                                                   "beats_per_bar")}, positions=positions)}
+    for name in got:
+        np.testing.assert_array_equal(got[name], halves[name], err_msg=name)
+
+
+def test_registry_twins_and_docs_name_every_metric():
+    from pathlib import Path
+
+    from kernels.families import FAMILIES, register
+    from kernels.schema import Family, Metric
+
+    assert set(ref.TWINS) == set(FAMILIES)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    assert [m for m in kernels.METRICS if f"{m}" not in docs] == []
+    twin = Family("twin", "", (Metric("avg_hits", "float32"),), ("hits",), None, tuple)
+    with pytest.raises(ValueError, match="'avg_hits' is declared by families 'rhythm' and 'twin'"):
+        register(*FAMILIES.values(), twin)
+    with pytest.raises(ValueError, match="neither ints nor one of"):
+        Metric("x", "float32", ("steps",))
 
 
 def test_hand_computed_swing_accent_and_timing():
@@ -375,3 +406,44 @@ def test_structure_of_hand_made_grooves():
     assert late["fill_at_phrase_end"] == 1.0 and late["fill_position"] == 1.0
     tied = m(a, a, b, a, bpp=2)                        # phrase (0, 1): no change; (2, 3): a tie
     assert tied["fill_position"] == tied["fill_at_phrase_end"] == pytest.approx(0.5)
+
+
+def _structure(roll, seq_len, stride, spb, bpp, direct):
+    from kernels.schema import SongWindows
+    from kernels.structure import METRICS, StructureOutputs, fill
+
+    starts, L = kernels.window_grid(len(roll), seq_len, stride)
+    song = SongWindows((roll > 0).astype(np.uint8), starts, L, stride, spb, 1, bpp, 4, 4, 1.0)
+    out = StructureOutputs(*(np.zeros(len(starts), np.float32) for _ in METRICS))
+    if len(starts):
+        fill(song, out, direct=direct)
+    return out
+
+
+@settings(max_examples=int(os.environ.get("HIERDRUMS_KERNEL_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(song=bar_songs(), bars=st.integers(1, 9), extra=st.integers(0, 5), stride=st.integers(1, 20),
+       bpp=st.integers(1, 5), noise=st.floats(0, 0.3), seed=st.integers(0, 2**16))
+def test_structure_chains_equal_the_bar_by_bar_sums(song, bars, extra, stride, bpp, noise, seed):
+    """The per-song chains (O(1) per window) give every window's float32 value bit for bit as the
+    definition summed bar by bar, at any stride and phase, on repeating and on noisy bars."""
+    roll, spb = song
+    rng = np.random.default_rng(seed)
+    roll = roll ^ (rng.random(roll.shape) < noise).astype(np.uint8)      # flipped cells: unequal bars
+    fast = _structure(roll, bars * spb + extra, stride, spb, bpp, direct=False)
+    slow = _structure(roll, bars * spb + extra, stride, spb, bpp, direct=True)
+    for name, x, y in zip(fast._fields, fast, slow):
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+def test_structure_chains_on_a_long_random_song():
+    """Thousands of windows per phase (stride 1, where each offset inside the bar has its own bars)."""
+    rng = np.random.default_rng(11)
+    roll = (rng.random((6000, 9)) < 0.15).astype(np.uint8)
+    roll[2000:3008] = np.tile(roll[:16], (63, 1))         # a one-bar loop (repeats), then a two-bar one
+    roll[3008:4000] = np.tile(roll[:32], (31, 1))
+    for seq_len, bpp in ((128, 4), (256, 3), (512, 4)):
+        fast, slow = (_structure(roll, seq_len, 1, 16, bpp, direct) for direct in (False, True))
+        for name, x, y in zip(fast._fields, fast, slow):
+            np.testing.assert_array_equal(x, y, err_msg=f"{name} seq_len {seq_len}")
+        assert 0 < fast.bar_repeat_rate.max() and fast.fill_position.max() > 0

@@ -42,7 +42,7 @@ def small_store(tmp_path):
 
 def _cfg(tmp_path, store, *extra):
     return compose([f"paths.store={store}", f"paths.metrics={tmp_path / 'metrics.zarr'}",
-                    "metrics.seq_len=64", "metrics.stride=3", "metrics.steps_per_bar=16",
+                    "window.seq_len=64", "window.stride=3", "metrics.steps_per_bar=16",
                     "metrics.bars_per_phrase=2", "metrics.block_steps=250", "metrics.block_windows=40",
                     "metrics.chunk_windows=16", "metrics.num_workers=2", *extra])
 
@@ -124,7 +124,7 @@ def test_failed_run_leaves_previous_output_in_place(tmp_path, small_store, monke
 
     monkeypatch.setattr("pipeline.metrics._finish", crash)
     with pytest.raises(OSError, match="disk full"):
-        run(_cfg(tmp_path, store_path, "metrics.stride=1"))
+        run(_cfg(tmp_path, store_path, "window.stride=1"))
     after = zarr.open_group(str(tmp_path / "metrics.zarr"), mode="r")["window/avg_hits"][:]
     np.testing.assert_array_equal(before, after)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -150,8 +150,8 @@ def test_partitions_and_schedulers_do_not_change_the_output(tmp_path, small_stor
 def test_cli_runs_as_a_module(tmp_path, small_store):
     store_path, _ = small_store
     proc = subprocess.run([sys.executable, "-m", "pipeline.metrics", f"paths.store={store_path}",
-                           f"paths.metrics={tmp_path / 'm.zarr'}", "metrics.seq_len=32",
-                           "metrics.stride=16", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                           f"paths.metrics={tmp_path / 'm.zarr'}", "window.seq_len=32",
+                           "window.stride=16", f"hydra.run.dir={tmp_path / 'hydra'}"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -174,7 +174,7 @@ def _check_sample(out, store: Store, cfg, rng, num=40):
                                   seq_len=L, stride=max(pad, 1), steps_per_bar=song.steps_per_bar,
                                   beats_per_bar=song.beats_per_bar, ngram_n=m.ngram_n,
                                   fast_threshold=m.fast_threshold, dense_threshold=m.dense_threshold,
-                                  num_bars=m.seq_len // m.steps_per_bar, ioi_bins=m.steps_per_bar,
+                                  num_bars=cfg.window.seq_len // m.steps_per_bar, ioi_bins=m.steps_per_bar,
                                   bars_per_phrase=m.bars_per_phrase)
         row = 1 if pad else 0
         for name in WINDOW_SCHEMA:

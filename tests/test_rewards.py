@@ -128,3 +128,13 @@ def test_window_target_uses_each_windows_stored_metric():
     batch = {"mask": torch.ones(2, 17, dtype=torch.bool), "metrics": {"avg_hits": torch.tensor([2.0, 3.0])}}
     _, logs = shaper.surrogate(logits, batch)
     assert logs["reward/density_r"] == pytest.approx(-0.5)   # mean of −|2−2| and −|2−3|
+
+
+def test_reward_metrics_are_window_metrics_of_the_kernels():
+    """Each builtin term names a stored window metric (its `window` target) that the kernels compute
+    from the hits alone (reinforce scores samples with kernels.window_metrics by that name)."""
+    import kernels
+
+    assert set(rewards.REWARD_METRICS) <= set(kernels.WINDOW_METRICS)
+    assert rewards.BUILTINS == tuple(rewards.REWARD_METRICS)
+    assert [n for n, m in rewards.REWARD_METRICS.items() if m.real_target] == ["ioi_var"]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -47,7 +48,6 @@ from omegaconf import OmegaConf
 from train.training.loss_weighting import UncertaintyWeighting
 from common.config import ConfigError
 
-BUILTINS = ("avg_hits", "syncopation", "ioi_var")
 ALIASES = {"density": "avg_hits"}
 MODES = ("surrogate", "reinforce")
 EPS = 1e-6
@@ -185,6 +185,32 @@ def expected_ioi_var(p, mask, max_gap: int):
     return var.mean(-1)
 
 
+@dataclass(frozen=True)
+class RewardMetric:
+    """A window metric (kernels.METRICS) a reward term can name without an import path.
+
+    expected(p [B, L, D], mask [B, L], ctx) -> [B]: its expectation under the predicted hit
+    probabilities (surrogate mode; ctx: abs_steps, spb, bpb, max_gap). real_target: a `window`
+    target is this measure of the real steps the output stands for, not the stored window metric."""
+
+    expected: Callable
+    real_target: bool = False
+
+
+# Reward terms look their metric up here; a new builtin is one entry (docs/metrics.md).
+REWARD_METRICS = {
+    "avg_hits": RewardMetric(lambda p, mask, c: expected_avg_hits(p, mask)),
+    "syncopation": RewardMetric(lambda p, mask, c: expected_syncopation(p, mask, c.abs_steps, c.spb, c.bpb)),
+    # the stored ioi_var counts every gap of the whole window, however long; the expectation is capped
+    "ioi_var": RewardMetric(lambda p, mask, c: expected_ioi_var(p, mask, c.max_gap), real_target=True),
+}
+BUILTINS = tuple(REWARD_METRICS)
+
+
+def _real_target(term: Term) -> bool:
+    return term.fn is None and term.target == "window" and REWARD_METRICS[term.metric].real_target
+
+
 class RewardShaper:
     """Turns model outputs into the reward-shaping loss term and its logs."""
 
@@ -301,21 +327,16 @@ class RewardShaper:
         mask = batch["mask"][:, 1:L + 1].to(p.dtype) if "mask" in batch else p.new_ones(p.shape[:2])
         start = batch.get("start", torch.zeros(p.shape[0], dtype=torch.long)).to(p.device)
         abs_steps = start.view(-1, 1) + torch.arange(1, L + 1, device=p.device).view(1, -1)
+        ctx = SimpleNamespace(abs_steps=abs_steps, spb=self.spb, bpb=self.bpb, max_gap=self.max_gap)
         values = {}
         for term in self.terms:
-            if term.metric == "avg_hits":
-                values[term.name] = expected_avg_hits(p, mask)
-            elif term.metric == "syncopation":
-                values[term.name] = expected_syncopation(p, mask, abs_steps, self.spb, self.bpb)
-            elif term.metric == "ioi_var":
-                values[term.name] = expected_ioi_var(p, mask, self.max_gap)
-            else:
-                values[term.name] = term.fn(p * mask.unsqueeze(-1), start=start + 1,
-                                            steps_per_bar=self.spb, beats_per_bar=self.bpb)
-        # ioi_var's `window` target: the same capped expectation of the real next steps, not the
-        # stored metric of the whole window (which counts every gap, however long)
-        real = {t.name: expected_ioi_var(batch["step"][:, 1:L + 1].to(p.device, p.dtype), mask, self.max_gap)
-                for t in self.terms if t.metric == "ioi_var" and t.target == "window" and "step" in batch}
+            values[term.name] = (REWARD_METRICS[term.metric].expected(p, mask, ctx) if term.fn is None else
+                                 term.fn(p * mask.unsqueeze(-1), start=start + 1, steps_per_bar=self.spb,
+                                         beats_per_bar=self.bpb))
+        # a real_target term's `window` target: the same expectation of the real next steps, not the
+        # stored metric of the whole window (ioi_var: that one counts every gap, however long)
+        real = {t.name: REWARD_METRICS[t.metric].expected(batch["step"][:, 1:L + 1].to(p.device, p.dtype), mask, ctx)
+                for t in self.terms if _real_target(t) and "step" in batch}
         reward, logs, rs = self._combine(values, batch, real)
         logs["reward/total"] = float(reward.detach().mean())
         if self.weighting is not None:
@@ -368,9 +389,9 @@ class RewardShaper:
         # log p of the sampled continuation's whole drum vectors (any output head), in nats
         logp = model.head.log_prob(logits[:, self.prime - 1:].float(), cont.float()).sum(1)
         values = self._score(cont, start + self.prime)
-        # ioi_var's `window` target: the kernel's ioi_var of the real steps of the sampled span
-        # (same length, same kernel), not of the whole stored window
-        like = [t for t in self.terms if t.metric == "ioi_var" and t.target == "window"]
+        # a real_target term's `window` target (ioi_var): the kernel's metric of the real steps of the
+        # sampled span (same length, same kernel), not of the whole stored window
+        like = [t for t in self.terms if _real_target(t)]
         real = {}
         if like:
             span = step[:, self.prime:self.prime + self.sample]

@@ -1,4 +1,4 @@
-"""Velocity and microtiming metrics of every window of a song (numba), from prefix sums.
+"""The playing family: velocity and microtiming metrics of every window of a song (numba), from prefix sums.
 
 Inputs per song: `hits` [T, D] (> 0 is a hit), `velocity` [T, D] (1..127 on hits) and `offset`
 [T, D] (the hit's timing in 1/128 step, pipeline.midi.OFFSET_UNITS; x = offset / 128 steps,
@@ -29,8 +29,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.spec import (EXPRESSIVE_SCHEMA, check_beat, check_expressive, check_positive,
-                          window_grid)
+from kernels.schema import Family, Metric, SongWindows, outputs_type
+
+METRICS = (
+    Metric("vel_mean", "float32", ("drums",), "mean velocity of drum d's hits"),
+    Metric("vel_std", "float32", ("drums",), "population standard deviation of those velocities"),
+    Metric("accent", "float32", ("positions",), "mean velocity of all hits at bar position p"),
+    Metric("offset_mean", "float32", ("drums",), "mean timing x of drum d's hits in steps (> 0 laid back)"),
+    Metric("timing_spread", "float32", (), "population standard deviation of x over all hits"),
+    Metric("swing_8", "float32", (), "8th-note swing ratio (h + delta) / (h - delta); 1 straight"),
+    Metric("swing_16", "float32", (), "the same one level down, 16ths"),
+)
+PlayingOutputs = outputs_type("PlayingOutputs", METRICS, __name__)
 
 OFFSET_UNITS = 128.0   # offset units per step (pipeline.midi.OFFSET_UNITS)
 SWING_CLIP = 0.9       # |δ| <= 0.9 h keeps the ratio finite (at most 19)
@@ -110,11 +120,10 @@ def _bar_position_sum(Q, a, e, p, steps_per_bar):
 
 
 @njit(cache=True, nogil=True)
-def _run(hits, vel, off, starts, L, steps_per_bar, beat,
-         vel_mean, vel_std, accent, offset_mean, timing_spread, swing_8, swing_16):
+def _run(hits, vel, off, starts, L, steps_per_bar, beat, out):
     D = hits.shape[1]
     n, sv, sv2, so, so2, sw_n, sw_o, acc_n, acc_v = _prefix(hits, vel, off, steps_per_bar, beat)
-    width = accent.shape[1]
+    width = out.accent.shape[1]
     for w in range(len(starts)):
         a = starts[w]
         e = a + L
@@ -125,35 +134,23 @@ def _run(hits, vel, off, starts, L, steps_per_bar, beat,
             total_o += so[e, d] - so[a, d]
             if k > 0:
                 s, s2 = sv[e, d] - sv[a, d], sv2[e, d] - sv2[a, d]
-                vel_mean[w, d] = s / k
-                vel_std[w, d] = np.sqrt(max(k * s2 - s * s, 0) / (k * k))    # exact integer numerator
-                offset_mean[w, d] = (so[e, d] - so[a, d]) / k / OFFSET_UNITS
+                out.vel_mean[w, d] = s / k
+                out.vel_std[w, d] = np.sqrt(max(k * s2 - s * s, 0) / (k * k))    # exact integer numerator
+                out.offset_mean[w, d] = (so[e, d] - so[a, d]) / k / OFFSET_UNITS
         if total > 0:
             s2 = so2[e] - so2[a]
-            timing_spread[w] = np.sqrt(max(total * s2 - total_o * total_o, 0) / (total * total)) / OFFSET_UNITS
+            out.timing_spread[w] = np.sqrt(max(total * s2 - total_o * total_o, 0) / (total * total)) / OFFSET_UNITS
         for p in range(min(width, steps_per_bar)):
             k = _bar_position_sum(acc_n, a, e, p, steps_per_bar)
             if k > 0:
-                accent[w, p] = _bar_position_sum(acc_v, a, e, p, steps_per_bar) / k
-        swing_8[w] = _swing(sw_n, sw_o, a, e, _ON8, _OFF8, beat / 2 if beat % 2 == 0 else 0.0)
-        swing_16[w] = _swing(sw_n, sw_o, a, e, _ON16, _OFF16, beat / 4 if beat % 4 == 0 else 0.0)
+                out.accent[w, p] = _bar_position_sum(acc_v, a, e, p, steps_per_bar) / k
+        out.swing_8[w] = _swing(sw_n, sw_o, a, e, _ON8, _OFF8, beat / 2 if beat % 2 == 0 else 0.0)
+        out.swing_16[w] = _swing(sw_n, sw_o, a, e, _ON16, _OFF16, beat / 4 if beat % 4 == 0 else 0.0)
 
 
-def expressive_metrics(hits, velocity, offset, *, seq_len, stride=1, steps_per_bar=16, beats_per_bar=4,
-                       positions=None) -> dict[str, np.ndarray]:
-    """Velocity and timing metrics (module docstring) of every window of one song, as [W, ...] arrays.
+def fill(song: SongWindows, out: PlayingOutputs) -> None:
+    _run(song.hits, song.velocity, song.offset, song.starts, song.L, song.steps_per_bar, song.beat, out)
 
-    `positions` (default steps_per_bar) fixes the width of `accent`, so songs in other meters share
-    one table. The windows are those of `window_metrics` (kernels.spec.window_grid).
-    """
-    hits, velocity, offset = check_expressive(hits, velocity, offset)
-    T, D = hits.shape
-    beat = check_beat(steps_per_bar, beats_per_bar)
-    positions = steps_per_bar if positions is None else int(positions)
-    check_positive(positions=positions)
-    starts, L = window_grid(T, seq_len, stride)
-    out = {name: np.zeros((len(starts), *shape(D, positions)), dtype)
-           for name, (dtype, shape) in EXPRESSIVE_SCHEMA.items()}
-    if len(starts):
-        _run(hits, velocity, offset, starts, int(L), int(steps_per_bar), int(beat), *out.values())
-    return out
+
+FAMILY = Family("playing", "velocity and microtiming of the hits (the store's velocity and offset)", METRICS,
+                ("hits", "velocity", "offset"), fill, PlayingOutputs)
