@@ -45,6 +45,7 @@ from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
 from pipeline.midi import MidiError, read_midi
+from pipeline.npz_limits import NpzRefused, check_npz_members
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song
 
 log = logging.getLogger(__name__)
@@ -91,39 +92,7 @@ def validate_song(song: Song, where: str) -> Song:
     return song
 
 
-MAX_DRUMS = 128        # one class per MIDI pitch at most: more columns is not a drum roll
 _BLOCK_VALUES = 1 << 20  # values converted per block: temporaries stay small beside the array
-
-
-def _npz_header(path: Path, name: str) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) of member `name` read from its .npy header, before anything is decompressed."""
-    with zipfile.ZipFile(path) as zf:
-        if f"{name}.npy" not in zf.namelist():
-            raise BadInput(f"{path}: no '{name}' array (has {sorted(n[:-4] for n in zf.namelist())})")
-        with zf.open(f"{name}.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = {(1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read is None:
-                raise BadInput(f"{path}: '{name}' has .npy format version {version}, expected 1.0 or 2.0")
-            shape, _, dtype = read(fh)
-    return shape, dtype
-
-
-def _check_sequence_header(path: Path, shape: tuple, dtype: np.dtype, max_steps: int) -> None:
-    """Refuse a `sequence` by its header alone, so a tiny compressed file cannot demand gigabytes."""
-    if len(shape) != 2:
-        raise BadInput(f"{path}: 'sequence' must be 2-D [time_steps, num_drums], got shape {shape}")
-    if dtype.kind not in "biuf":
-        raise BadInput(f"{path}: 'sequence' has non-numeric dtype {dtype}")
-    if shape[0] == 0:
-        raise BadInput(f"{path}: zero length (no time steps)")
-    if shape[1] == 0:
-        raise BadInput(f"{path}: no drum columns (shape {shape})")
-    if shape[1] > MAX_DRUMS:
-        raise BadInput(f"{path}: {shape[1]} drum columns, more than {MAX_DRUMS} (one per MIDI pitch)")
-    if shape[0] > max_steps:
-        raise BadInput(f"{path}: {shape[0]} steps, more than max_steps={max_steps} (ingest.max_steps)")
 
 
 def _blocks(seq: np.ndarray):
@@ -172,13 +141,15 @@ def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps:
     if not zipfile.is_zipfile(path):
         raise BadInput(f"{path}: not an NPZ file (not a zip archive)")
     try:
-        _check_sequence_header(path, *_npz_header(path, "sequence"), max_steps)
+        check_npz_members(path, max_steps)   # every member's header, before any is decompressed
         with np.load(path, allow_pickle=False) as z:
             seq = z["sequence"]
             sections = z["sections"] if "sections" in z.files else np.zeros((0, 2), np.int64)
             extra = {k: z[k] for k in ("velocity", "offset") if k in z.files}
     except BadInput:
         raise
+    except NpzRefused as exc:
+        raise BadInput(str(exc)) from None
     except Exception as exc:  # corrupt member, object arrays (pickle refused), ...
         raise BadInput(f"{path}: unreadable NPZ ({type(exc).__name__}: {exc})") from exc
     if np.asarray(sections).dtype.kind not in "iu" or np.asarray(sections).size % 2:

@@ -2,8 +2,13 @@
 NPZ members checked by header, many-track MIDI memory, checkpoint shapes before the model, store
 chunks verified, wrapped ticks, info.csv problems, tiny NPZ values, relative export paths, stop
 signals, optimizer changes on resume, one-line errors, the evaluate lock)."""
+import io
 import os
+import tracemalloc
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.lock import DATA_LOCK, LockHeld, hold
@@ -40,3 +45,39 @@ def test_a_lock_file_that_is_a_fifo_or_hard_link_is_refused(tmp_path):
 def test_a_regular_lock_file_still_locks(tmp_path):
     with hold(tmp_path / ".lock", "run directory"):
         assert "pid" in (tmp_path / ".lock").read_text()
+
+
+# ------------------------------------------------------------------ every NPZ member checked by header
+
+def _npz_with_member(path: Path, name: str, shape: tuple, dtype) -> Path:
+    """A good `sequence` plus a member whose header claims `shape` (its data: a few bytes)."""
+    seq = io.BytesIO()
+    np.save(seq, np.ones((16, 9), np.uint8))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                  "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("sequence.npy", seq.getvalue())
+        zf.writestr(f"{name}.npy", header.getvalue() + b"\0" * 64)
+    return path
+
+
+@pytest.mark.parametrize("name, shape, dtype, reason", [
+    ("velocity", (2_000_000_000, 1), np.uint8, "'velocity' must be an integer array of the shape"),
+    ("offset", (16, 9), np.float32, "'offset' must be an integer array"),
+    ("sections", (1_000_000_000, 2), np.int16, "1000000000 sections for 16 steps"),
+    ("sections", (3,), np.int64, "'sections' must be an integer \\[K, 2\\]"),
+])
+def test_every_npz_member_is_refused_by_its_header_before_any_is_read(tmp_path, name, shape, dtype, reason):
+    from pipeline.ingest import BadInput, load_npz
+
+    path = _npz_with_member(tmp_path / "x.npz", name, shape, dtype)
+    assert path.stat().st_size < 10_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadInput, match=reason):
+            load_npz(path, "x.npz", steps_per_bar=16, bpm=120.0, max_steps=65536)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000
