@@ -15,6 +15,7 @@ import numpy as np
 import symusic
 
 from pipeline.drums import DrumMap
+from pipeline.midi_ticks import TICK_LIMIT, longest_track_ticks
 
 DRUM_CHANNEL = 9  # General MIDI channel 10, zero-based
 OFFSET_UNITS = 128  # a timing offset counts 1/128 of a step (int8: a hit lies within half a step of its step)
@@ -113,6 +114,9 @@ def _drum_onsets(path: Path):
     fmt, division = int.from_bytes(data[8:10], "big"), int.from_bytes(data[12:14], "big")
     if fmt == 2 or division == 0 or division & 0x8000:  # type 2 / SMPTE time: no single musical grid
         raise MidiError(f"{path}: unsupported MIDI (type {fmt}, division {division:#06x})")
+    if (end := longest_track_ticks(data)) > TICK_LIMIT:   # symusic's 32-bit ticks would wrap
+        raise MidiError(f"{path}: a track reaches tick {end}, past {TICK_LIMIT} (ticks that far "
+                        "would wrap to the wrong place in the song)")
     per_pitch = 2   # 1 would often read twice: tracks tend to end right at a note's end
     while True:
         score = _parse(path, data, per_pitch)

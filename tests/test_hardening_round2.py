@@ -81,3 +81,48 @@ def test_every_npz_member_is_refused_by_its_header_before_any_is_read(tmp_path, 
     finally:
         tracemalloc.stop()
     assert peak < 5_000_000
+
+
+# ------------------------------------------------------------------ ticks past 2**31
+
+def _far_midi(path: Path, total: int) -> Path:
+    """A kick at 0, then deltas (markers) adding up to `total` ticks, then a snare and a hi-hat."""
+    import mido
+
+    track = mido.MidiTrack([mido.Message("note_on", channel=9, note=36, velocity=90, time=0)])
+    left = total
+    while left > 0:
+        d = min(left, 2 ** 28 - 1)
+        left -= d
+        track.append(mido.MetaMessage("marker", text="x", time=d))
+    track.append(mido.Message("note_on", channel=9, note=38, velocity=90, time=0))
+    track.append(mido.Message("note_on", channel=9, note=42, velocity=90, time=96))
+    mf = mido.MidiFile(ticks_per_beat=96)
+    mf.tracks.append(track)
+    mf.save(path)
+    return path
+
+
+@pytest.mark.parametrize("total", [2 ** 31 + 1000, 2 ** 32 + 1000])
+def test_ticks_past_2pow31_are_refused_not_wrapped_into_the_song(tmp_path, total):
+    from pipeline.drums import DrumMap
+    from pipeline.midi import MidiError, read_midi
+
+    path = _far_midi(tmp_path / "far.mid", total)
+    with pytest.raises(MidiError, match=f"reaches tick {total + 96}, past 2147483647"):
+        read_midi(path, DrumMap.default(), max_steps=65536)
+
+
+def test_exact_track_ticks_agree_with_mido_on_groove_files(groove_dir):
+    import mido
+
+    from pipeline.midi_ticks import _track_ticks
+
+    for f in sorted(groove_dir.rglob("*.mid"))[:20]:
+        data = f.read_bytes()
+        ours, pos = [], 14
+        while pos + 8 <= len(data):
+            size = int.from_bytes(data[pos + 4:pos + 8], "big")
+            ours.append(_track_ticks(data[pos + 8:pos + 8 + size]))
+            pos += 8 + size
+        assert ours == [sum(m.time for m in t) for t in mido.MidiFile(f).tracks], f
