@@ -126,3 +126,41 @@ def test_exact_track_ticks_agree_with_mido_on_groove_files(groove_dir):
             ours.append(_track_ticks(data[pos + 8:pos + 8 + size]))
             pos += 8 + size
         assert ours == [sum(m.time for m in t) for t in mido.MidiFile(f).tracks], f
+
+
+# ------------------------------------------------------------------ many tracks, bounded memory
+
+def _peak_rss_mb(code: str) -> tuple[int, str]:
+    """Run `code` in a fresh interpreter of this checkout; (its peak RSS in MB, its stdout)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from common.config import REPO_ROOT
+
+    with tempfile.TemporaryFile() as out:
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=out, stderr=out,
+                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        _, status, usage = os.wait4(p.pid, 0)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    return usage.ru_maxrss // 1024, text
+
+
+def test_a_midi_of_2000_one_note_tracks_reads_in_bounded_memory(tmp_path):
+    import mido
+
+    mf = mido.MidiFile(type=1, ticks_per_beat=96)
+    for i in range(2000):
+        mf.tracks.append(mido.MidiTrack([mido.Message("note_on", channel=9, note=36, velocity=90,
+                                                      time=24 * (i % 64))]))
+    mf.save(tmp_path / "tracks.mid")
+    assert (tmp_path / "tracks.mid").stat().st_size < 40_000
+    base, _ = _peak_rss_mb("import pipeline.midi")
+    peak, out = _peak_rss_mb(
+        "from pipeline.midi import read_midi; from pipeline.drums import DrumMap\n"
+        f"r = read_midi({str(tmp_path / 'tracks.mid')!r}, DrumMap.default(), max_steps=65536)\n"
+        "print(r.hits.shape, int(r.hits.sum()))")
+    assert out.split() == ["(64,", "9)", "64"]
+    assert peak - base < 100, (base, peak)    # 1,127 MB before the per-track count
