@@ -164,3 +164,45 @@ def test_a_midi_of_2000_one_note_tracks_reads_in_bounded_memory(tmp_path):
         "print(r.hits.shape, int(r.hits.sum()))")
     assert out.split() == ["(64,", "9)", "64"]
     assert peak - base < 100, (base, peak)    # 1,127 MB before the per-track count
+
+
+# ------------------------------------------------------------------ checkpoint shapes before the model
+
+def _tiny_model_checkpoint(path: Path, **config_changes) -> Path:
+    import torch
+
+    from train.training.model import HierarchicalDrumModel
+
+    m = HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16)
+    torch.save({"model": m.state_dict(), "model_config": {**m.config, **config_changes}}, path)
+    return path
+
+
+def test_a_checkpoint_asking_for_a_huge_model_is_refused_before_it_is_built(tmp_path):
+    path = _tiny_model_checkpoint(tmp_path / "big.pt", step_hidden_dim=8192)
+    assert path.stat().st_size < 200_000
+    base, _ = _peak_rss_mb("import torch; from train.training.checkpoint import load_model")
+    peak, out = _peak_rss_mb(
+        "from train.training.checkpoint import load_model\n"
+        f"try:\n    load_model({str(path)!r})\nexcept ValueError as e:\n    print(e)")
+    assert "weights do not fit its model_config" in out and "(16, 16) vs (8192, 16)" in out
+    assert len(out.strip().splitlines()) == 1
+    assert peak - base < 200, (base, peak)    # 3.3 GB above the imports before the check
+
+
+def test_a_checkpoint_with_an_unknown_model_config_key_is_one_line(tmp_path):
+    from train.training.checkpoint import load_model
+
+    path = _tiny_model_checkpoint(tmp_path / "odd.pt", warp_drive=True)
+    with pytest.raises(ValueError, match="model_config does not build a model .*warp_drive"):
+        load_model(path)
+
+
+def test_a_good_checkpoint_still_loads_bit_identically(tmp_path):
+    import torch
+
+    from train.training.checkpoint import load_model
+
+    path = _tiny_model_checkpoint(tmp_path / "ok.pt")
+    model, ck = load_model(path)
+    assert all(torch.equal(v, ck["model"][k]) for k, v in model.state_dict().items())
