@@ -206,3 +206,26 @@ def test_a_good_checkpoint_still_loads_bit_identically(tmp_path):
     path = _tiny_model_checkpoint(tmp_path / "ok.pt")
     model, ck = load_model(path)
     assert all(torch.equal(v, ck["model"][k]) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------ another optimizer on resume
+
+@pytest.fixture(scope="module")
+def tiny_ready(tmp_path_factory):
+    from tests.trainer_data import build_tiny_ready
+
+    return build_tiny_ready(tmp_path_factory.mktemp("ready"))
+
+
+def test_resuming_with_another_optimizer_type_is_refused_before_anything_is_written(tiny_ready, tmp_path):
+    from common.config import ConfigError, compose
+    from train.training.trainer import fit
+
+    run = tmp_path / "run"
+    fit(compose([*tiny_ready, f"trainer.run_dir={run}", "trainer.max_epochs=1"]))
+    files = (run / "checkpoints" / "config.yaml", run / "checkpoints" / "last.pt")
+    before = [p.read_bytes() for p in files]
+    with pytest.raises(ConfigError, match="trainer.optimizer.type=SGD: its optimizer state is AdamW's"):
+        fit(compose([*tiny_ready, f"trainer.run_dir={run}", "trainer.max_epochs=2", "trainer.optimizer.type=SGD",
+                     "~trainer.optimizer.config.betas"]))
+    assert [p.read_bytes() for p in files] == before

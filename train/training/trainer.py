@@ -38,7 +38,7 @@ from train.training.distributed import Dist, all_reduce_mean
 from common.progress import ProgressLine
 from train.training.runlog import EpochStats, LogWindow, RunLog, check_loggers, write_run_files, write_text
 from common.config import ConfigError
-from train.training.optim import build_optimizer, build_scheduler, optimizer_class
+from train.training.optim import build_optimizer, build_scheduler, check_resume_optimizer, optimizer_class
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")   # one folder name: no '/', '..' or hidden
@@ -474,6 +474,7 @@ def restore(p: Parts, path: Path, d: Dist) -> Progress:
         raise ConfigError(f"{path}: model config {ck['model_config']} differs from the configured "
                           f"{p.raw_model.config} (in {', '.join(f'model.{k}' for k in keys)}); "
                           "use trainer.resume=never or match it")
+    check_resume_optimizer(ck.get("config") or {}, p.plain_cfg, path)
     changed = changed_settings(ck.get("config") or {}, p.plain_cfg)
     if changed and d.is_main:
         print(f"warning: resuming {path}, whose optimizer and schedule state (learning rate included) "
