@@ -16,7 +16,8 @@ Layout of `data/ready/` (every file a plain `.npy`, loadable with `np.load(mmap_
                                             reads: the rl terms' window targets), each in the
                                             narrowest dtype that holds its values exactly
     manifest.json            seq_len, stride, bars_per_phrase, drum names, metric names/shapes/dtypes,
-                             store and metrics hashes and paths, window counts per split
+                             store and metrics hashes and paths (relative to the folder holding
+                             ready/: pipeline/ready_paths.py), window counts per split
 
 Everything else (the other window metrics, song/section/bar/phrase tables) stays in the compressed
 metrics store, for analysis and for the dataset's optional levels (train.training.data).
@@ -44,6 +45,7 @@ from common.atomic import atomic_path
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
+from pipeline.ready_paths import to_record
 from pipeline.store import SPLITS, STEP_ARRAYS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
@@ -253,7 +255,8 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "num_windows": W, "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
-            "store": str(store_path), "store_hash": store.hash, "metrics_store": str(metrics_path),
+            "store": to_record(store_path, out_dir), "store_hash": store.hash,
+            "metrics_store": to_record(metrics_path, out_dir),
             "metrics_hash": attrs_hash(mattrs)[:16], "song_labels": list(SONG_LABELS),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

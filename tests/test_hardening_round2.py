@@ -229,3 +229,28 @@ def test_resuming_with_another_optimizer_type_is_refused_before_anything_is_writ
         fit(compose([*tiny_ready, f"trainer.run_dir={run}", "trainer.max_epochs=2", "trainer.optimizer.type=SGD",
                      "~trainer.optimizer.config.betas"]))
     assert [p.read_bytes() for p in files] == before
+
+
+# ------------------------------------------------------------------ ready/manifest.json paths are relative
+
+def test_a_copied_data_directory_reads_its_own_store(tmp_path, capsys):
+    import json
+    import shutil
+
+    from common.config import compose
+    from pipeline.ready_paths import recorded
+    from tests.tiny_checkpoint import make_ready
+    from train.training.trainer import drum_info
+
+    first = make_ready(tmp_path / "first")
+    manifest = json.loads((first / "ready" / "manifest.json").read_text())
+    assert (manifest["store"], manifest["metrics_store"]) == ("store.zarr", "metrics.zarr")
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    shutil.rmtree(first)
+    assert recorded(copy / "ready", manifest, "store") == copy / "store.zarr"
+    info = drum_info(compose([f"paths.data_dir={copy}"]), copy / "ready")
+    assert "not found" not in capsys.readouterr().err and len(info["drum_names"]) == 9
+    # a manifest of before, with absolute paths, still reads them
+    old = {**manifest, "store": str(copy / "store.zarr")}
+    assert recorded(copy / "ready", old, "store") == copy / "store.zarr"

@@ -353,9 +353,10 @@ def evaluate(cfg: DictConfig) -> dict:
                                          for n, s in scores.items() if n != MODEL_ROW),
     }
     if model.config.get("expressive"):
+        from pipeline.ready_paths import recorded
         from train.evaluate.expressive import expressive_scores
         # the baseline's means come from the reference export's train songs (those the dataset reads)
-        ref_store = store if same else Store(json.loads((ref / "manifest.json").read_text())["store"])
+        ref_store = store if same else Store(recorded(ref, json.loads((ref / "manifest.json").read_text()), "store"))
         train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)
         result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size),
                                                  cond_of)

@@ -167,7 +167,9 @@ class CompleteHierarchicalDrumDataset(Dataset):
         """metrics.zarr song/<name>, [S, ...] each: small (one row per song), read into memory."""
         import zarr
 
-        path = Path(self.manifest.get("metrics_store", ""))
+        from pipeline.ready_paths import recorded
+
+        path = recorded(self.ready, self.manifest, "metrics_store")
         if not (path / "zarr.json").exists():
             path = self.ready.parent / path.name         # the export moved with its data folder
         if not (path / "zarr.json").exists():
