@@ -82,6 +82,12 @@ def data_dir_lock(cfg, stage: str):
                 "use another paths.data_dir")
 
 
+def report_dir_lock(out_dir: str | os.PathLike, stage: str = "evaluate"):
+    """The lock an evaluate run holds on its report folder: two runs would interleave its files."""
+    return hold(Path(out_dir) / RUN_LOCK, f"report folder {out_dir} ({stage})",
+                f"choose another {stage}.out_dir")
+
+
 def run_dir_lock(run_dir: str | os.PathLike):
     return hold(Path(run_dir) / RUN_LOCK, f"run directory {run_dir}",
                 "choose another trainer.run_name (or trainer.run_dir)")

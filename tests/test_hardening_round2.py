@@ -254,3 +254,22 @@ def test_a_copied_data_directory_reads_its_own_store(tmp_path, capsys):
     # a manifest of before, with absolute paths, still reads them
     old = {**manifest, "store": str(copy / "store.zarr")}
     assert recorded(copy / "ready", old, "store") == copy / "store.zarr"
+
+
+# ------------------------------------------------------------------ one evaluate per report folder
+
+def test_a_second_evaluate_into_one_report_folder_stops_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+
+    from common.config import REPO_ROOT
+    from common.lock import RUN_LOCK
+
+    out = tmp_path / "report"
+    with hold(out / RUN_LOCK, "report folder"):     # the first evaluate, still writing
+        r = subprocess.run([sys.executable, "-m", "train.evaluate", f"evaluate.out_dir={out}",
+                            f"checkpoint={tmp_path / 'none.pt'}", f"hydra.run.dir={tmp_path / 'h'}"],
+                           cwd=REPO_ROOT, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith(f"evaluate: report folder {out} (evaluate) is in use by pid")

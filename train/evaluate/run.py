@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import common.config
 from common.atomic import atomic_path
+from common.lock import LockHeld, report_dir_lock
 from pipeline.store import Store
 from train.evaluate.baselines import NGramBaseline, make_baselines, select_ngram
 from train.evaluate.scores import SongScores, compare_sets
@@ -501,8 +502,8 @@ def _img(pictures: dict, key: str, out_dir: Path) -> str:
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError), \
-            common.config.exit_on("evaluate", ConfigError, code=2):
+    with common.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError, LockHeld), \
+            common.config.exit_on("evaluate", ConfigError, code=2), report_dir_lock(cfg.evaluate.out_dir):
         result = evaluate(cfg)
     out = Path(cfg.evaluate.out_dir)
     for name, r in result["scores"].items():
