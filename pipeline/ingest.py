@@ -126,8 +126,16 @@ def _velocity_scale(path: Path, seq: np.ndarray) -> float:
 def _to_velocity(seq: np.ndarray, scale: float) -> np.ndarray:
     vel = np.empty(seq.shape, np.uint8)
     for a, b in _blocks(seq):
-        vel[a:a + len(b)] = np.rint(b * scale) if b.dtype.kind == "f" or scale != 1 else b
+        vel[a:a + len(b)] = _scaled(b, scale) if b.dtype.kind == "f" or scale != 1 else b
     return vel
+
+
+def _scaled(b: np.ndarray, scale: float) -> np.ndarray:
+    """round(b * scale), and at least 1 where b > 0: a value under 1/254 of full velocity is still
+    a hit (docs/data.md: a value > 0 is a hit), not a velocity of 0 that drops it."""
+    v = np.rint(b * scale)
+    v[(v == 0) & (b > 0)] = 1
+    return v
 
 
 def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps: int) -> Song:

@@ -273,3 +273,19 @@ def test_a_second_evaluate_into_one_report_folder_stops_naming_the_first(tmp_pat
                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith(f"evaluate: report folder {out} (evaluate) is in use by pid")
+
+
+# ------------------------------------------------------------------ tiny NPZ values are hits
+
+def test_npz_values_under_1_254_are_hits_of_velocity_1(tmp_path):
+    from pipeline.ingest import load_npz
+
+    seq = np.zeros((16, 9), np.float32)
+    seq[::4, 0] = 1 / 300          # rounds to velocity 0
+    seq[2::4, 1] = 0.5             # velocity 64
+    seq[3, 2] = 1e-30
+    np.savez(tmp_path / "soft.npz", sequence=seq)
+    song = load_npz(tmp_path / "soft.npz", "soft.npz", steps_per_bar=16, bpm=120.0, max_steps=65536)
+    np.testing.assert_array_equal(song.hits, seq > 0)
+    assert song.velocity[::4, 0].tolist() == [1] * 4 and song.velocity[3, 2] == 1
+    assert song.velocity[2::4, 1].tolist() == [64] * 4
