@@ -20,7 +20,6 @@ code 1 (`ingest.on_error=fail`). No usable file at all is exit code 1.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -44,6 +43,7 @@ from pipeline.drums import DrumMap
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
+from pipeline.info_csv import ERROR, INFO, read_info
 from pipeline.midi import MidiError, read_midi
 from pipeline.npz_limits import NpzRefused, check_npz_members
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song
@@ -252,16 +252,6 @@ def _song_id(rel: str) -> str:
     return rel.rsplit(".", 1)[0]
 
 
-def read_info_csv(root: Path) -> dict[str, dict]:
-    """Groove layout: info.csv beside the files -> metadata keyed by the MIDI path relative to root."""
-    info = root / "info.csv"
-    if not info.exists():
-        return {}
-    with open(info, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {r["midi_filename"]: r for r in rows if r.get("midi_filename")}
-
-
 # ---------------------------------------------------------------- the stage
 
 def _record(song: Song, shard: str, row: int, notes_mapped: int, unmapped: dict) -> dict:
@@ -376,6 +366,8 @@ class _Load:
             song = validate_song(self._make(item), f"builtin song {item}")
             return song, int(song.hits.sum()), {}
         path, rel = item[0], item[1]
+        if self.source == "midi" and ERROR in item[2]:   # info.csv itself, or rows for it that disagree
+            raise BadInput(item[2][ERROR])
         check_entry(path)
         if self.source == "npz":
             return load_npz(path, rel, steps_per_bar=o["spb"], bpm=o["bpm"], max_steps=o["max_steps"]), 0, {}
@@ -410,8 +402,9 @@ def _sources(cfg: DictConfig, drum_map: DrumMap):
         load = _Load("npz", spb=int(data.get("steps_per_bar", 16)), bpm=float(data.get("bpm", 120.0)),
                      max_steps=max_steps)
     elif source == "midi":
-        info = read_info_csv(root)   # each item carries its own info.csv row: tasks ship only theirs
-        items = [(root / rel, rel, info.get(rel, {})) for rel in scan_folder(root, MIDI_SUFFIXES)]
+        info, problems = read_info(root)   # each item carries its own info.csv row: tasks ship only theirs
+        items = [(root / INFO, INFO, {ERROR: p}) for p in problems]   # reported as skipped, never fatal
+        items += [(root / rel, rel, info.get(rel, {})) for rel in scan_folder(root, MIDI_SUFFIXES)]
         load = _Load("midi", drum_map=drum_map, spq=spq, max_steps=max_steps)
     else:
         raise IngestError(f"data.source must be builtin, npz or midi, got {source!r}")

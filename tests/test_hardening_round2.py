@@ -289,3 +289,56 @@ def test_npz_values_under_1_254_are_hits_of_velocity_1(tmp_path):
     np.testing.assert_array_equal(song.hits, seq > 0)
     assert song.velocity[::4, 0].tolist() == [1] * 4 and song.velocity[3, 2] == 1
     assert song.velocity[2::4, 1].tolist() == [64] * 4
+
+
+# ------------------------------------------------------------------ info.csv problems are reported, never fatal
+
+def _groove_layout(tmp_path: Path, info: bytes | None) -> Path:
+    from pipeline.drums import DrumMap
+    from pipeline.midi import write_midi
+
+    inp = tmp_path / "in"
+    hits = np.zeros((16, 9), np.uint8)
+    hits[::4, 0] = 1
+    for name in ("a.mid", "b.mid"):
+        write_midi(inp / name, hits, drum_map=DrumMap.default())
+    if info is not None:
+        (inp / "info.csv").write_bytes(info)
+    return inp
+
+
+def _ingest(tmp_path: Path, inp: Path) -> dict:
+    from common.config import compose
+    from pipeline.ingest import ingest
+
+    return ingest(compose(["data=midi", f"data.path={inp}", f"paths.data_dir={tmp_path / 'out'}",
+                           "ingest.scheduler=synchronous"]))
+
+
+HEAD = b"midi_filename,split,style,bpm\n"
+
+
+@pytest.mark.parametrize("info, reason", [
+    (HEAD + b"a.mid,train,rock,100\nb.mid,train,funk,90\n\xff\xfe,test,x,1\n", "not UTF-8 text"),
+    (b"filename,split\na.mid,train\n", "no 'midi_filename' column"),
+])
+def test_an_unreadable_info_csv_is_reported_and_the_midi_files_are_kept(tmp_path, info, reason):
+    report = _ingest(tmp_path, _groove_layout(tmp_path, info))
+    assert report["songs"] == 2
+    assert [(Path(s["file"]).name, reason in s["reason"]) for s in report["skipped"]] == [("info.csv", True)]
+
+
+def test_an_info_csv_folder_is_reported_and_the_midi_files_are_kept(tmp_path):
+    inp = _groove_layout(tmp_path, None)
+    (inp / "info.csv").mkdir()
+    report = _ingest(tmp_path, inp)
+    assert report["songs"] == 2 and "not a regular file" in report["skipped"][0]["reason"]
+
+
+def test_info_csv_rows_that_disagree_skip_their_file_only(tmp_path):
+    info = HEAD + b"a.mid,train,rock,100\nb.mid,train,funk,90\na.mid,test,rock,100\nb.mid,train,funk,90\n"
+    report = _ingest(tmp_path, _groove_layout(tmp_path, info))
+    assert report["songs"] == 1 and report["splits"]["train"] == 1
+    (entry,) = report["skipped"]
+    assert Path(entry["file"]).name == "a.mid"
+    assert "info.csv has 2 rows for it (lines 2, 4) that differ (split 'train' vs 'test')" in entry["reason"]
