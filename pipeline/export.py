@@ -46,6 +46,7 @@ from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
 from pipeline.ready_paths import to_record
+from pipeline.store_checks import FIX, DamagedStore, song_at, verify_copy
 from pipeline.store import SPLITS, STEP_ARRAYS, Store, attrs_hash
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,35 @@ def _fill(job: tuple) -> None:
     on local threads or a dask.distributed worker (which opens both files itself)."""
     src, dst, a, b = job
     out = np.load(dst, mmap_mode="r+")
-    out[a:b] = zarr.open_array(src, mode="r")[a:b]
+    try:
+        out[a:b] = zarr.open_array(src, mode="r")[a:b]
+    except Exception as exc:   # a codec error of a damaged chunk: the driver names the song
+        raise UnreadableRows(src, a, b, exc) from None
     out.flush()
     del out
+
+
+class UnreadableRows(Exception):
+    def __init__(self, src: str, a: int, b: int, exc: Exception):
+        super().__init__(src, a, b, exc)
+        self.src, self.a, self.b, self.exc = src, a, b, exc
+
+
+def _copy_all(pool, jobs: list, workers, store: Store, tmp: Path) -> None:
+    """Run the row copies, then check the copied rows against the store's per-song sums: a
+    missing chunk reads as zeros, a garbled one fails to decode; either stops the export with one
+    line naming the song and the array (pipeline/store_checks.py)."""
+    try:
+        for _ in ordered_map(pool, _fill, jobs, 4 * (int(workers or 0) or os.cpu_count() or 1)):
+            pass
+    except UnreadableRows as e:
+        name = Path(e.src).name
+        where = song_at(store.root, store.song_offsets, e.a) if name in STEP_ARRAYS else f"window rows {e.a}.."
+        reason = str(e.exc).splitlines()[0][:160] if str(e.exc) else ""
+        raise DamagedStore(f"{e.src}: {where}, array '{name}', rows {e.a}..{e.b - 1}: unreadable chunk "
+                           f"({type(e.exc).__name__}: {reason}); {FIX}") from None
+    copies = {name: tmp / f"{name}.npy" for name in STEP_ARRAYS}
+    verify_copy(store.root, store.path, store.song_offsets, copies, max(1, int(store.hits.chunks[0])))
 
 
 def _copy_jobs(src: zarr.Array, src_path: Path, dst_path: Path, block: int) -> list[tuple]:
@@ -246,8 +273,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             jobs += _copy_jobs(arr, metrics_path / "window" / name, tmp / "metrics" / f"{name}.npy", block)
             shapes[name] = {"shape": list(arr.shape[1:]), "dtype": dtype.str, "stored_dtype": np.dtype(arr.dtype).str}
         with executor(scheduler or "threads", workers) as pool:
-            for _ in ordered_map(pool, _fill, jobs, 4 * (int(workers or 0) or os.cpu_count() or 1)):
-                pass
+            _copy_all(pool, jobs, workers, store, tmp)
         manifest = {
             "format_version": FORMAT_VERSION, "seq_len": seq_len, "stride": stride,
             "bars_per_phrase": int(mattrs.get("bars_per_phrase", 0)),

@@ -342,3 +342,68 @@ def test_info_csv_rows_that_disagree_skip_their_file_only(tmp_path):
     (entry,) = report["skipped"]
     assert Path(entry["file"]).name == "a.mid"
     assert "info.csv has 2 rows for it (lines 2, 4) that differ (split 'train' vs 'test')" in entry["reason"]
+
+
+# ------------------------------------------------------------------ store chunks are verified on reading
+
+@pytest.fixture()
+def chunked_store(tmp_path):
+    """A store of 64-row chunks (songs cross chunks) and its metrics, both written while intact."""
+    from common.config import compose
+    from pipeline.metrics import run
+    from pipeline.store import Song, write_store
+
+    rng = np.random.default_rng(3)
+    songs = []
+    for i, T in enumerate([200, 40, 150, 96]):
+        hits = (rng.random((T, 9)) < 0.3).astype(np.uint8)
+        songs.append(Song(name=f"song{i}", hits=hits, velocity=hits * np.uint8(90), split="train",
+                          offset=(hits * rng.integers(-64, 65, hits.shape)).astype(np.int8)))
+    attrs = {"drum_names": [f"d{i}" for i in range(9)], "drum_pitches": list(range(9)), "mapping": "t",
+             "steps_per_quarter": 4, "source_hash": "x"}
+    write_store(tmp_path / "store.zarr", songs, attrs, chunk_steps=64)
+    cfg = compose([f"paths.store={tmp_path / 'store.zarr'}", f"paths.metrics={tmp_path / 'metrics.zarr'}",
+                   "metrics.seq_len=64", "metrics.stride=16", "metrics.num_workers=1"])
+    run(cfg)
+    return tmp_path, cfg
+
+
+def _damage(store: Path, how: str) -> None:
+    chunk = store / "hits" / "c" / "3" / "0"      # rows 192..255: the end of song0 and the start of song1
+    if how == "missing":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(chunk.read_bytes()[:7] + b"\x00garbage" * 3)
+
+
+@pytest.mark.parametrize("how, reason", [("missing", "its rows sum to"), ("garbled", "unreadable chunk")])
+def test_a_damaged_store_chunk_stops_metrics_and_export_naming_song_and_array(chunked_store, how, reason):
+    from pipeline.export import export
+    from pipeline.metrics import run
+    from pipeline.store_checks import DamagedStore
+
+    tmp_path, cfg = chunked_store
+    export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")   # intact: fine
+    _damage(tmp_path / "store.zarr", how)
+    with pytest.raises(DamagedStore, match=f"song 0 \\('song0'\\), array 'hits'.*{reason}.*rebuild it") as e:
+        export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready2")
+    assert "\n" not in str(e.value)
+    with pytest.raises(DamagedStore, match=f"song 0 \\('song0'\\), array 'hits'.*{reason}"):
+        run(cfg)
+
+
+def test_the_build_stage_records_each_songs_sums(tmp_path):
+    from common.config import compose
+    from pipeline.build import build
+    from pipeline.ingest import ingest
+    from pipeline.store import STEP_ARRAYS, Store
+
+    cfg = compose([f"paths.data_dir={tmp_path}", "data.corpus.num_songs=12", "ingest.scheduler=synchronous",
+                   "store.chunk_steps=500", "store.scheduler=synchronous"])
+    ingest(cfg)
+    build(cfg)
+    store = Store(cfg.paths.store)
+    for name in STEP_ARRAYS:
+        want = [int(np.asarray(store.root[name][store.song_slice(i)]).sum(dtype=np.int64)) for i in range(12)]
+        assert store.root["checks"][name][:].tolist() == want
+    assert int(store.root["checks"]["hits"][:].sum()) == store.attrs["num_hits"]
