@@ -25,7 +25,7 @@ import zarr
 from omegaconf import DictConfig
 
 import common.config
-from common.atomic import atomic_path
+from common.atomic import OutputRefused, atomic_path
 from pipeline.ingest import iter_records, read_shard
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
@@ -187,7 +187,7 @@ def _meta_song(r: dict) -> Song:
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("build", FileNotFoundError, LockHeld), data_dir_lock(cfg, "build"), heartbeat("build"):
+    with common.config.exit_on("build", FileNotFoundError, LockHeld, OSError, OutputRefused), data_dir_lock(cfg, "build"), heartbeat("build"):
         build(cfg)
 
 

@@ -293,7 +293,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("export", FileNotFoundError, ValueError, LockHeld), \
+    with common.config.exit_on("export", FileNotFoundError, ValueError, LockHeld, OSError), \
             data_dir_lock(cfg, "export"), heartbeat("export"):
         export_from_config(cfg)
 

@@ -283,7 +283,7 @@ def _finish(root: zarr.Group, p: Params, store: Store, num_windows: int, errors:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on("metrics", FileNotFoundError, ValueError, LockHeld), data_dir_lock(cfg, "metrics"), heartbeat("metrics"):
+    with exit_on("metrics", FileNotFoundError, ValueError, LockHeld, OSError), data_dir_lock(cfg, "metrics"), heartbeat("metrics"):
         summary = run(cfg)
     print(json.dumps(summary))
 

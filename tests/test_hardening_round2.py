@@ -407,3 +407,95 @@ def test_the_build_stage_records_each_songs_sums(tmp_path):
         want = [int(np.asarray(store.root[name][store.song_slice(i)]).sum(dtype=np.int64)) for i in range(12)]
         assert store.root["checks"][name][:].tolist() == want
     assert int(store.root["checks"]["hits"][:].sum()) == store.attrs["num_hits"]
+
+
+# ------------------------------------------------------------------ one line, not a traceback
+
+def _enospc(*_a, **_k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _cli(monkeypatch, capsys, main, args: list[str]) -> tuple[int, list[str]]:
+    """Run a Hydra CLI's main in this process; (exit code, stderr lines)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["x", *args, "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                                      "hydra/hydra_logging=disabled"])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+def _one_line(lines: list[str], stage: str, *words: str) -> None:
+    assert len(lines) == 1 and lines[0].startswith(f"{stage}: "), lines
+    assert all(w in lines[0] for w in words), lines
+
+
+def test_a_full_disk_in_ingest_build_and_metrics_is_one_line(tmp_path, monkeypatch, capsys):
+    import pipeline.build
+    import pipeline.ingest
+    import pipeline.metrics
+
+    base = [f"paths.data_dir={tmp_path}", "data.corpus.num_songs=4", "ingest.scheduler=synchronous",
+            "store.scheduler=synchronous", f"hydra.run.dir={tmp_path / 'h'}"]
+    with monkeypatch.context() as m:
+        m.setattr(pipeline.ingest, "_write_shard", _enospc)
+        _one_line(_cli(m, capsys, pipeline.ingest.main, base)[1], "ingest", "no space left on the device")
+    assert not (tmp_path / "interim").exists()
+    assert _cli(monkeypatch, capsys, pipeline.ingest.main, base)[0] == 0
+    with monkeypatch.context() as m:
+        m.setattr(pipeline.build, "_write_chunk", _enospc)
+        _one_line(_cli(m, capsys, pipeline.build.main, base)[1], "build", "no space left on the device")
+    assert _cli(monkeypatch, capsys, pipeline.build.main, base)[0] == 0
+    with monkeypatch.context() as m:
+        m.setattr(pipeline.metrics, "_finish", _enospc)
+        _one_line(_cli(m, capsys, pipeline.metrics.main, base)[1], "metrics", "no space left on the device")
+
+
+def test_a_refused_output_path_in_ingest_and_build_is_one_line(tmp_path, monkeypatch, capsys):
+    import pipeline.build
+    import pipeline.ingest
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("x")
+    base = [f"paths.data_dir={tmp_path}", "data.corpus.num_songs=4", "ingest.scheduler=synchronous",
+            "store.scheduler=synchronous", f"hydra.run.dir={tmp_path / 'h'}"]
+    code, lines = _cli(monkeypatch, capsys, pipeline.ingest.main, base + [f"paths.interim={mine}"])
+    assert code == 1
+    _one_line(lines, "ingest", "not a stage output")
+    _cli(monkeypatch, capsys, pipeline.ingest.main, base)
+    code, lines = _cli(monkeypatch, capsys, pipeline.build.main, base + [f"paths.store={mine}"])
+    assert code == 1
+    _one_line(lines, "build", "not a stage output")
+    assert (mine / "thesis.tex").read_text() == "x"
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_an_oserror_naming_it(tmp_path, monkeypatch):
+    import contextlib
+    import errno
+
+    import torch
+
+    import train.training.checkpoint as checkpoint
+
+    (tmp_path / "last.pt").write_bytes(b"previous")
+    # the temporary lands on /dev/full: every write fails with ENOSPC, as on a full disk
+    monkeypatch.setattr(checkpoint, "atomic_path", lambda p: contextlib.nullcontext(Path("/dev/full")))
+    with pytest.raises(OSError) as e:
+        checkpoint.save_checkpoint(tmp_path / "last.pt", {"w": torch.zeros(50_000)})
+    assert e.value.errno == errno.ENOSPC and str(tmp_path / "last.pt") in str(e.value)
+    assert (tmp_path / "last.pt").read_bytes() == b"previous"
+
+
+def test_a_300_character_run_name_is_a_config_error():
+    from common.config import ConfigError, compose
+    from train.training.trainer import validate_config
+
+    with pytest.raises(ConfigError, match="trainer.run_name: 300 characters, at most 200"):
+        validate_config(compose([f"trainer.run_name={'r' * 300}"]))

@@ -21,7 +21,7 @@ from common.config import ConfigError
 def main(cfg: DictConfig) -> None:
     from train.training.trainer import fit
 
-    with common.config.exit_on("train", ConfigError, code=2), common.config.exit_on("train", LockHeld):
+    with common.config.exit_on("train", ConfigError, code=2), common.config.exit_on("train", LockHeld, OSError):
         summary = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(where_it_is(cfg, summary), flush=True)

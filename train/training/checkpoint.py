@@ -27,8 +27,13 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     A crash at any point leaves the previous file at `path` untouched and loadable.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            # through a Python file: a full disk is OSError(ENOSPC), not torch's "unexpected pos" RuntimeError
+            torch.save(ckpt, fh)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror}; checkpoint {path} not written, the previous one is untouched",
+                      str(path)) from None
     return path
 
 
