@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import stat
-import struct
 import zipfile
 from collections import Counter
 from functools import partial
@@ -34,7 +33,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from numcodecs import Zstd
 from omegaconf import DictConfig, OmegaConf
 
 import common.config
@@ -46,11 +44,11 @@ from common.parallel import executor, ordered_map
 from pipeline.info_csv import ERROR, INFO, read_info
 from pipeline.midi import MidiError, read_midi
 from pipeline.npz_limits import NpzRefused, check_npz_members
+from pipeline.shards import read_shard, write_shard as _write_shard  # noqa: F401 (read_shard: build's import)
 from pipeline.store import FLOAT_FIELDS, INT_FIELDS, SPLITS, STEP_ARRAYS, STR_FIELDS, Song
 
 log = logging.getLogger(__name__)
 MIDI_SUFFIXES = {".mid", ".midi"}
-_ZSTD = Zstd(level=3)   # the store's codec and level (pipeline.store.compressors)
 
 
 class BadInput(ValueError):
@@ -75,7 +73,7 @@ def validate_song(song: Song, where: str) -> Song:
         raise BadInput(f"{where}: no drum columns")
     hits = h > 0
     vel = np.clip(np.asarray(song.velocity), 1, 127).astype(np.uint8, copy=False)  # a new array
-    vel[~hits] = 0
+    np.multiply(vel, hits, out=vel)   # 0 off the hits, in place (no ~hits temporary)
     song.hits, song.velocity = hits.view(np.uint8), vel   # the view: one temporary less (bool is 1 byte)
     off = np.asarray(song.offset)
     if off.shape != h.shape or off.dtype.kind not in "iu":
@@ -84,7 +82,10 @@ def validate_song(song: Song, where: str) -> Song:
     if len(off) and (off.min() < -64 or off.max() > 64):
         raise BadInput(f"{where}: offsets must lie in -64..64 (1/128 step, at most half a step from "
                        f"the grid), got {off.min()}..{off.max()}")
-    song.offset = np.where(hits, off, 0).astype(np.int8)
+    # int8 throughout (not an int64 temporary); all zero (no timing given): a fresh zero array that
+    # occupies no memory until written
+    song.offset = (np.where(hits, off.astype(np.int8, copy=False), np.int8(0)) if off.any()
+                   else np.zeros(h.shape, np.int8))
     sec = np.asarray(song.sections, np.int64).reshape(-1, 2)
     if len(sec) and (sec[:, 0].min() < 0 or sec[:, 1].max() > h.shape[0] or (sec[:, 1] <= sec[:, 0]).any()):
         raise BadInput(f"{where}: sections must be [start, end) pairs with 0 <= start < end <= {h.shape[0]}")
@@ -177,6 +178,7 @@ def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps:
     song = Song(name=_song_id(rel), hits=vel, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
                 beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections,
                 offset=extra.get("offset"))
+    del vel, extra   # the song holds them: validate_song's outputs replace them, not add to them
     return validate_song(song, str(path))
 
 
@@ -298,36 +300,6 @@ def _run_part(part: int, items: list, load, shards_dir: Path, fail_fast: bool) -
             break
     for shard, rows in songs.items():
         _write_shard(shards_dir / shard, rows)
-    return out
-
-
-_SHARD_MAGIC = b"HDS1"   # interim shard: magic, rows and drums (<QQ), then zstd(every STEP_ARRAYS array's bytes)
-
-
-def _write_shard(path: Path, songs: list[Song]) -> None:
-    """One file per task: a zstd frame of its songs' per-step arrays, concatenated along time. A plain
-    file, not a Zarr group: creating a group and three arrays cost ~20 ms per shard, most of the
-    stage once MIDI parsing got fast (benchmarks/midi_read.py)."""
-    parts = [np.concatenate([getattr(s, name) for s in songs]).astype(dtype, copy=False)
-             for name, dtype in STEP_ARRAYS.items()]
-    rows, drums = parts[0].shape
-    payload = _ZSTD.encode(b"".join(np.ascontiguousarray(a).data for a in parts))
-    path.write_bytes(_SHARD_MAGIC + struct.pack("<QQ", rows, drums) + payload)
-
-
-def read_shard(path: Path) -> dict[str, np.ndarray]:
-    """All per-step arrays of one interim shard (what build reads), read-only [rows, D] each."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)") from None
-    if data[:4] != _SHARD_MAGIC:
-        raise FileNotFoundError(f"{path}: not an interim shard of this version (rerun `python -m pipeline.ingest`)")
-    rows, drums = struct.unpack("<QQ", data[4:20])
-    raw, out, pos = _ZSTD.decode(data[20:]), {}, 0
-    for name, dtype in STEP_ARRAYS.items():
-        out[name] = np.frombuffer(raw, dtype, rows * drums, pos).reshape(rows, drums)
-        pos += rows * drums * np.dtype(dtype).itemsize
     return out
 
 

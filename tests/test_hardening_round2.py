@@ -499,3 +499,26 @@ def test_a_300_character_run_name_is_a_config_error():
 
     with pytest.raises(ConfigError, match="trainer.run_name: 300 characters, at most 200"):
         validate_config(compose([f"trainer.run_name={'r' * 300}"]))
+
+
+# ------------------------------------------------------------------ a long NPZ: memory within 3x its array
+
+def test_a_long_npz_ingests_within_3x_its_array_bytes(tmp_path):
+    rows = 3_000_000
+    for name, n in (("small", 64), ("big", rows)):
+        seq = np.zeros((n, 9), np.uint8)
+        seq[::4, 0] = 100
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "x.npz", sequence=seq)
+    del seq
+
+    def peak(name):
+        return _peak_rss_mb(
+            "from common.config import compose\nfrom pipeline.ingest import ingest\n"
+            f"r = ingest(compose(['data=npz', 'data.path={tmp_path / name}', 'paths.data_dir={tmp_path / name}_out',"
+            f" 'ingest.scheduler=synchronous', 'ingest.max_steps={rows}']))\nprint(r['steps'])")
+
+    (base, _), (big, out) = peak("small"), peak("big")
+    assert out.split()[-1] == str(rows)
+    array_mb = rows * 9 / 2 ** 20
+    assert big - base < 3 * array_mb, (base, big, array_mb)   # 8.8x before
