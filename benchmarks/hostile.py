@@ -1,12 +1,16 @@
-"""Hostile inputs and two writers at once (issue 13, items 1, 2 and 6), against any checkout.
+"""Hostile inputs, two writers at once, damaged stores, big checkpoints and stop signals, against
+any checkout (round one: ingest cases 1, 2 and 6; round two: every `r2_` case).
 
     python -m benchmarks.hostile                       # this checkout
     git archive <commit> | tar -x -C /tmp/before && python -m benchmarks.hostile --repo /tmp/before
+    python -m benchmarks.hostile --only r2_            # the cases whose name starts so
 
-Each case runs the ingest stage CLI of `--repo` in a fresh process and prints one JSON line: exit
-code, songs kept / files skipped (from ingest_report.json), the last stderr line, the child's peak
-RSS (wait4), and the interim folder's size. Children run under an address-space limit
-(`--limit-gb`, default 3) so a file asking for gigabytes fails fast instead of swapping the machine.
+Each case runs a CLI of `--repo` (or a few lines of its code) in a fresh process and prints one JSON
+line: exit code, the child's peak RSS (wait4), the last stderr line, and what the case is about
+(songs kept / files skipped from ingest_report.json, a victim file's bytes, hits exported, the
+checkpoint step). Children run under an address-space limit (`--limit-gb`, default 3) so a file
+asking for gigabytes fails fast instead of swapping the machine. The round-two cases live in
+benchmarks/hostile_r2.py.
 """
 from __future__ import annotations
 
@@ -117,14 +121,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     ap.add_argument("--limit-gb", type=float, default=3.0)
+    ap.add_argument("--only", default="", help="run only the cases whose name starts with this")
     args = ap.parse_args()
     repo = args.repo.resolve()
+    limit = int(args.limit_gb * 2 ** 30)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, (source, inp, extra) in cases(tmp / "in").items():
-            r = run_case(repo, source, inp, extra, tmp / "out" / name, int(args.limit_gb * 2 ** 30))
-            print(json.dumps({"case": name, **r}), flush=True)
-        print(json.dumps({"case": "6_two_ingests_one_data_dir", **two_writers(repo, tmp / "two")}), flush=True)
+        from benchmarks import hostile_r2
+
+        ingest_cases = {**cases(tmp / "in"), **hostile_r2.ingest_cases(tmp / "in2")}
+        for name, (source, inp, extra) in ingest_cases.items():
+            if name.startswith(args.only):
+                r = run_case(repo, source, inp, extra, tmp / "out" / name, limit)
+                print(json.dumps({"case": name, **r}), flush=True)
+        if "6_two_ingests_one_data_dir".startswith(args.only):
+            print(json.dumps({"case": "6_two_ingests_one_data_dir", **two_writers(repo, tmp / "two")}), flush=True)
+        for name, case in hostile_r2.other_cases().items():
+            if name.startswith(args.only):
+                print(json.dumps({"case": name, **case(repo, tmp / "other" / name, limit)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,5 +35,14 @@ def exit_on(stage: str, *errors: type[BaseException], code: int = 1) -> Iterator
     try:
         yield
     except errors as exc:
-        print(f"{stage}: {exc}", file=sys.stderr)
+        print(f"{stage}: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(code) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of an expected failure on one line; a full disk says what to do."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"no space left on the device{where} ({exc}); free some space and rerun (outputs are "
+                "written to temporaries and renamed when complete: the previous ones are untouched)")
+    return " ".join(str(exc).split("\n")) if isinstance(exc, OSError) else str(exc)

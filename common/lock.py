@@ -11,6 +11,7 @@ import fcntl
 import os
 import shlex
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ def hold(lock_path: str | os.PathLike, what: str, hint: str = "") -> Iterator[No
     """Hold an exclusive lock on `lock_path` or raise LockHeld at once (never wait)."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock_file(lock_path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -44,6 +45,32 @@ def hold(lock_path: str | os.PathLike, what: str, hint: str = "") -> Iterator[No
         os.close(fd)   # releases the lock
 
 
+class LockRefused(LockHeld):
+    """The lock path is a link or not a regular file: a planted link must not make us truncate its target."""
+
+
+def open_lock_file(lock_path: Path) -> int:
+    """Open (creating) the lock file without following a link; refuse anything but a regular file.
+
+    O_NOFOLLOW makes open fail on a symbolic link at the last component; fstat then checks what was
+    opened (a FIFO or device would be refused here too, O_NONBLOCK so a FIFO does not hang the open).
+    Only after both checks does `hold` truncate it."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock_path, flags, 0o644)
+    except OSError as exc:
+        if os.path.islink(lock_path):
+            raise LockRefused(f"{lock_path}: lock file is a symbolic link (to {os.readlink(lock_path)}); "
+                              "refusing to follow it. Remove it and rerun") from None
+        raise LockRefused(f"{lock_path}: cannot open the lock file ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a hard link ({st.st_nlink} names)"
+        raise LockRefused(f"{lock_path}: lock file is {what}; refusing to write it. Remove it and rerun")
+    return fd
+
+
 def _holder() -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return f"pid {os.getpid()} on {socket.gethostname()} since {since}: {shlex.join(sys.argv)}\n"
@@ -53,6 +80,12 @@ def data_dir_lock(cfg, stage: str):
     """The lock a data stage holds on `paths.data_dir` while it reads its inputs and writes its output."""
     return hold(Path(cfg.paths.data_dir) / DATA_LOCK, f"data directory {cfg.paths.data_dir} ({stage})",
                 "use another paths.data_dir")
+
+
+def report_dir_lock(out_dir: str | os.PathLike, stage: str = "evaluate"):
+    """The lock an evaluate run holds on its report folder: two runs would interleave its files."""
+    return hold(Path(out_dir) / RUN_LOCK, f"report folder {out_dir} ({stage})",
+                f"choose another {stage}.out_dir")
 
 
 def run_dir_lock(run_dir: str | os.PathLike):

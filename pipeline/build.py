@@ -25,13 +25,14 @@ import zarr
 from omegaconf import DictConfig
 
 import common.config
-from common.atomic import atomic_path
+from common.atomic import OutputRefused, atomic_path
 from pipeline.interim import iter_records, read_shard
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
 from pipeline.splits import TuneSplit
 from pipeline.store import STEP_ARRAYS, MetadataWriter, Song, create_store
+from pipeline.store_checks import write_checks
 
 log = logging.getLogger(__name__)
 _PLACEMENT = ("shard", "row")   # manifest keys that say where a song's rows are, not what they are
@@ -81,11 +82,11 @@ def _write_chunk(root: zarr.Group, shards_dir: Path, job: tuple) -> int:
     """Fill rows [start, stop) of every per-step array from the songs overlapping them (`pieces`:
     shard, first row in the shard, song's first and end row in the store); each shard is read once
     (a shard is one compressed chunk)."""
-    start, stop, pieces = job
+    start, stop, pieces = job[:3]
     D = root["hits"].shape[1]
     out = {name: np.zeros((stop - start, D), dtype) for name, dtype in STEP_ARRAYS.items()}
     shards: dict[str, dict] = {}
-    for shard, row, a, b in pieces:
+    for shard, row, a, b, *_ in pieces:
         lo, hi = max(a, start), min(b, stop)
         if shard not in shards:
             shards[shard] = read_shard(shards_dir / shard)
@@ -94,16 +95,26 @@ def _write_chunk(root: zarr.Group, shards_dir: Path, job: tuple) -> int:
             arr[lo - start:hi - start] = shards[shard][name][r0 + lo:r0 + hi]
     for name, arr in out.items():
         root[name][start:stop] = arr
-    return int(out["hits"].sum())
+    return int(out["hits"].sum()), _piece_sums(out, start, stop, pieces)
+
+
+def _piece_sums(out: dict, start: int, stop: int, pieces: list) -> list[tuple[int, dict]]:
+    """(song index, {array: sum of the song's rows in this chunk}) of every song in the chunk: the
+    build adds them up into checks/<array> (pipeline/store_checks.py)."""
+    sums = []
+    for _, _, a, b, song in pieces:
+        lo, hi = max(a, start) - start, min(b, stop) - start
+        sums.append((song, {name: int(arr[lo:hi].sum(dtype=np.int64)) for name, arr in out.items()}))
+    return sums
 
 
 def _chunk_jobs(records, total: int, chunk: int, on_record, failed: list):
     """(start, stop, pieces) of every chunk in row order, from the records read one at a time; holds
     only the songs crossing the current chunk. Stops early once a chunk task has failed."""
     start, pos, pieces = 0, 0, []
-    for rec in records:
+    for song, rec in enumerate(records):
         on_record(rec)
-        pieces.append((rec["shard"], rec["row"], pos, pos + rec["num_steps"]))
+        pieces.append((rec["shard"], rec["row"], pos, pos + rec["num_steps"], song))
         pos += rec["num_steps"]
         while start < total and pos >= min(start + chunk, total):   # this chunk has all its songs
             stop = min(start + chunk, total)
@@ -136,6 +147,7 @@ def build(cfg: DictConfig) -> dict:
     attrs = {k: manifest[k] for k in ("drum_names", "drum_pitches", "mapping", "steps_per_quarter")}
     workers = int(cfg.store.workers or 0) or os.cpu_count() or 1
     hits, chunks, failed = 0, 0, []
+    sums = {name: np.zeros(num_songs, np.int64) for name in STEP_ARRAYS}   # per song (store_checks)
 
     with atomic_path(cfg.paths.store, marker="build") as tmp:
         root = create_store(tmp, num_songs=num_songs, num_steps=total, num_drums=num_drums,
@@ -154,11 +166,15 @@ def build(cfg: DictConfig) -> dict:
                 if isinstance(r, Exception):
                     failed.append(r)
                 else:
-                    hits, chunks = hits + r, chunks + 1
+                    hits, chunks = hits + r[0], chunks + 1
+                    for song, part in r[1]:
+                        for name, value in part.items():
+                            sums[name][song] += value
         if failed:
             raise failed[0]
         meta.close({**attrs, "source_hash": digest.hexdigest()})
         root.attrs["num_hits"] = hits
+        write_checks(root, sums)
     summary = {"songs": num_songs, "steps": total, "hits": hits, "chunks": chunks, "store": str(cfg.paths.store)}
     log.info("build: %(songs)d songs, %(steps)d steps, %(hits)d hits in %(chunks)d chunks -> %(store)s", summary)
     return summary
@@ -174,7 +190,7 @@ def _meta_song(r: dict) -> Song:
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("build", FileNotFoundError, LockHeld), data_dir_lock(cfg, "build"), heartbeat("build"):
+    with common.config.exit_on("build", FileNotFoundError, LockHeld, OSError, OutputRefused), data_dir_lock(cfg, "build"), heartbeat("build"):
         build(cfg)
 
 

@@ -16,7 +16,8 @@ Layout of `data/ready/` (every file a plain `.npy`, loadable with `np.load(mmap_
                                             reads: the rl terms' window targets), each in the
                                             narrowest dtype that holds its values exactly
     manifest.json            seq_len, stride, bars_per_phrase, drum names, metric names/shapes/dtypes,
-                             store and metrics hashes and paths, window counts per split
+                             store and metrics hashes and paths (relative to the folder holding
+                             ready/: pipeline/ready_paths.py), window counts per split
 
 Everything else (the other window metrics, song/section/bar/phrase tables) stays in the compressed
 metrics store, for analysis and for the dataset's optional levels (train.training.data).
@@ -44,7 +45,9 @@ from common.atomic import atomic_path
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
+from pipeline.ready_paths import to_record
 from pipeline.store import ALL_SPLITS as SPLITS, STEP_ARRAYS, Store, attrs_hash  # every split gets its windows
+from pipeline.store_checks import FIX, DamagedStore, song_at, verify_copy
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +149,35 @@ def _fill(job: tuple) -> None:
     on local threads or a dask.distributed worker (which opens both files itself)."""
     src, dst, a, b = job
     out = np.load(dst, mmap_mode="r+")
-    out[a:b] = zarr.open_array(src, mode="r")[a:b]
+    try:
+        out[a:b] = zarr.open_array(src, mode="r")[a:b]
+    except Exception as exc:   # a codec error of a damaged chunk: the driver names the song
+        raise UnreadableRows(src, a, b, exc) from None
     out.flush()
     del out
+
+
+class UnreadableRows(Exception):
+    def __init__(self, src: str, a: int, b: int, exc: Exception):
+        super().__init__(src, a, b, exc)
+        self.src, self.a, self.b, self.exc = src, a, b, exc
+
+
+def _copy_all(pool, jobs: list, workers, store: Store, tmp: Path) -> None:
+    """Run the row copies, then check the copied rows against the store's per-song sums: a
+    missing chunk reads as zeros, a garbled one fails to decode; either stops the export with one
+    line naming the song and the array (pipeline/store_checks.py)."""
+    try:
+        for _ in ordered_map(pool, _fill, jobs, 4 * (int(workers or 0) or os.cpu_count() or 1)):
+            pass
+    except UnreadableRows as e:
+        name = Path(e.src).name
+        where = song_at(store.root, store.song_offsets, e.a) if name in STEP_ARRAYS else f"window rows {e.a}.."
+        reason = str(e.exc).splitlines()[0][:160] if str(e.exc) else ""
+        raise DamagedStore(f"{e.src}: {where}, array '{name}', rows {e.a}..{e.b - 1}: unreadable chunk "
+                           f"({type(e.exc).__name__}: {reason}); {FIX}") from None
+    copies = {name: tmp / f"{name}.npy" for name in STEP_ARRAYS}
+    verify_copy(store.root, store.path, store.song_offsets, copies, max(1, int(store.hits.chunks[0])))
 
 
 def _copy_jobs(src: zarr.Array, src_path: Path, dst_path: Path, block: int) -> list[tuple]:
@@ -244,8 +273,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             jobs += _copy_jobs(arr, metrics_path / "window" / name, tmp / "metrics" / f"{name}.npy", block)
             shapes[name] = {"shape": list(arr.shape[1:]), "dtype": dtype.str, "stored_dtype": np.dtype(arr.dtype).str}
         with executor(scheduler or "threads", workers) as pool:
-            for _ in ordered_map(pool, _fill, jobs, 4 * (int(workers or 0) or os.cpu_count() or 1)):
-                pass
+            _copy_all(pool, jobs, workers, store, tmp)
         manifest = {
             "format_version": FORMAT_VERSION, "seq_len": seq_len, "stride": stride,
             "bars_per_phrase": int(mattrs.get("bars_per_phrase", 0)),
@@ -253,7 +281,8 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
             "num_windows": W, "windows": counts, "window_columns": list(WINDOW_COLUMNS),
             "drum_names": store.drum_names, "metric_names": names, "metrics": shapes,
             "steps_per_bar": int(mattrs.get("steps_per_bar", 0)), "songs_without_windows": missing,
-            "store": str(store_path), "store_hash": store.hash, "metrics_store": str(metrics_path),
+            "store": to_record(store_path, out_dir), "store_hash": store.hash,
+            "metrics_store": to_record(metrics_path, out_dir),
             "metrics_hash": attrs_hash(mattrs)[:16], "song_labels": list(SONG_LABELS),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -264,7 +293,7 @@ def export(store_path: str | Path, metrics_path: str | Path, out_dir: str | Path
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("export", FileNotFoundError, ValueError, LockHeld), \
+    with common.config.exit_on("export", FileNotFoundError, ValueError, LockHeld, OSError), \
             data_dir_lock(cfg, "export"), heartbeat("export"):
         export_from_config(cfg)
 

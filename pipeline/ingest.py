@@ -35,7 +35,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import common.config
-from common.atomic import atomic_path
+from common.atomic import OutputRefused, atomic_path
 from pipeline.drums import DrumMap
 from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
@@ -241,7 +241,8 @@ def _report(cfg, where, tally: _Tally, kept: dict) -> dict:
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("ingest", IngestError, LockHeld), data_dir_lock(cfg, "ingest"), heartbeat("ingest"):
+    with common.config.exit_on("ingest", IngestError, LockHeld, OSError, OutputRefused), data_dir_lock(cfg, "ingest"), \
+            heartbeat("ingest"):
         ingest(cfg)
 
 

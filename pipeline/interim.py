@@ -1,8 +1,14 @@
 """The interim format between ingest and build (data/interim/): song records and shards.
 
     songs.jsonl      one record per song in store order (`record`; read with `iter_records`)
-    shards/pNNNNN_dD one file per ingest task: its songs' per-step arrays concatenated along time,
-                     one zstd frame behind a 20-byte header (`write_shard` / `read_shard`)
+    shards/pNNNNN_dD one file per ingest task: its songs' per-step arrays concatenated along time
+                     (`write_shard` / `read_shard`)
+
+Shard format 2 (`HDS2`): magic, rows and drums (<QQ), then per array in STEP_ARRAYS order its number of
+frames (<Q) and each frame's compressed length (<Q) and zstd frame, a frame per BLOCK bytes of the
+array. A task of one long song compresses each array where it lies, a block at a time, with no
+joined copy of all three: the memory of writing is the song itself plus one block's buffers, not
+twice or three times the song. Format 1 (`HDS1`: one frame of every array's bytes joined) is still read.
 
 Its own module, so build (which only reads this) does not depend on the input sources.
 """
@@ -20,7 +26,8 @@ from pipeline.store import FLOAT_FIELDS, INT_FIELDS, STEP_ARRAYS, STR_FIELDS, So
 
 SONGS_FILE = "songs.jsonl"   # interim/: one JSON record per song, in store order (manifest.json: the rest)
 _ZSTD = Zstd(level=3)   # the store's codec and level (pipeline.store.compressors)
-_SHARD_MAGIC = b"HDS1"   # interim shard: magic, rows and drums (<QQ), then zstd(every STEP_ARRAYS array's bytes)
+_V1, _V2 = b"HDS1", b"HDS2"   # shard formats: 1 is still read
+BLOCK = 8 << 20   # raw bytes per zstd frame of a shard
 
 
 def record(song: Song, shard: str, row: int, notes_mapped: int, unmapped: dict) -> dict:
@@ -38,15 +45,23 @@ def record(song: Song, shard: str, row: int, notes_mapped: int, unmapped: dict) 
     return rec
 
 
-def write_shard(path: Path, songs: list[Song]) -> None:
-    """One file per task: a zstd frame of its songs' per-step arrays, concatenated along time. A plain
-    file, not a Zarr group: creating a group and three arrays cost ~20 ms per shard, most of the
-    stage once MIDI parsing got fast (benchmarks/midi_read.py)."""
-    parts = [np.concatenate([getattr(s, name) for s in songs]).astype(dtype, copy=False)
-             for name, dtype in STEP_ARRAYS.items()]
-    rows, drums = parts[0].shape
-    payload = _ZSTD.encode(b"".join(np.ascontiguousarray(a).data for a in parts))
-    path.write_bytes(_SHARD_MAGIC + struct.pack("<QQ", rows, drums) + payload)
+def write_shard(path: Path, songs: list) -> None:
+    """A zstd frame per per-step array of `songs` (concatenated along time; one song: not copied)."""
+    with open(path, "wb") as fh:
+        head = None
+        for name, dtype in STEP_ARRAYS.items():
+            arrays = [getattr(s, name) for s in songs]
+            part = (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)).astype(dtype, copy=False)
+            if head is None:
+                head = part.shape
+                fh.write(_V2 + struct.pack("<QQ", *head))
+            flat = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+            fh.write(struct.pack("<Q", -(-len(flat) // BLOCK)))
+            for a in range(0, len(flat), BLOCK):
+                frame = _ZSTD.encode(flat[a:a + BLOCK])
+                fh.write(struct.pack("<Q", len(frame)))
+                fh.write(frame)
+            del part, flat
 
 
 def read_shard(path: Path) -> dict[str, np.ndarray]:
@@ -55,13 +70,27 @@ def read_shard(path: Path) -> dict[str, np.ndarray]:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: interim shard missing (rerun `python -m pipeline.ingest`)") from None
-    if data[:4] != _SHARD_MAGIC:
+    if data[:4] not in (_V1, _V2):
         raise FileNotFoundError(f"{path}: not an interim shard of this version (rerun `python -m pipeline.ingest`)")
     rows, drums = struct.unpack("<QQ", data[4:20])
-    raw, out, pos = _ZSTD.decode(data[20:]), {}, 0
+    out, pos = {}, 20
+    if data[:4] == _V1:
+        raw, at = _ZSTD.decode(data[20:]), 0
+        for name, dtype in STEP_ARRAYS.items():
+            out[name] = np.frombuffer(raw, dtype, rows * drums, at).reshape(rows, drums)
+            at += rows * drums * np.dtype(dtype).itemsize
+        return out
     for name, dtype in STEP_ARRAYS.items():
-        out[name] = np.frombuffer(raw, dtype, rows * drums, pos).reshape(rows, drums)
-        pos += rows * drums * np.dtype(dtype).itemsize
+        (frames,), pos = struct.unpack("<Q", data[pos:pos + 8]), pos + 8
+        arr = np.empty(rows * drums, dtype)
+        raw, at = arr.view(np.uint8), 0
+        for _ in range(frames):
+            (size,) = struct.unpack("<Q", data[pos:pos + 8])
+            block = np.frombuffer(_ZSTD.decode(data[pos + 8:pos + 8 + size]), np.uint8)
+            raw[at:at + len(block)] = block
+            at, pos = at + len(block), pos + 8 + size
+        arr.flags.writeable = False
+        out[name] = arr.reshape(rows, drums)
     return out
 
 

@@ -35,6 +35,7 @@ from common.progress import heartbeat
 from common.lock import LockHeld, data_dir_lock
 from common.parallel import executor, ordered_map
 from pipeline.store import Store
+from pipeline.store_checks import read_songs
 
 log = logging.getLogger(__name__)
 # window/<name> tables: every metric of every registered family (kernels/families.py), in order
@@ -198,7 +199,7 @@ def _partition(args: tuple) -> tuple[dict[str, np.ndarray], list[tuple[int, str]
     A module-level function of plain arguments, so that it runs the same on local threads,
     processes or a dask.distributed worker (which reads the store itself)."""
     paths, off, b0, spb, bpb, sections, p = args
-    rows, vel, tim = (zarr.open_array(a, mode="r")[int(off[0]):int(off[-1])] for a in paths)
+    rows, vel, tim = read_songs(paths, off, b0)   # checked against the build's per-song sums
     parts: dict[str, list] = collections.defaultdict(list)
     errors = []
     for j, sec in enumerate(sections):
@@ -284,7 +285,7 @@ def _finish(root: zarr.Group, p: Params, store: Store, num_windows: int, errors:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with exit_on("metrics", FileNotFoundError, ValueError, LockHeld), data_dir_lock(cfg, "metrics"), heartbeat("metrics"):
+    with exit_on("metrics", FileNotFoundError, ValueError, LockHeld, OSError), data_dir_lock(cfg, "metrics"), heartbeat("metrics"):
         summary = run(cfg)
     print(json.dumps(summary))
 

@@ -15,6 +15,7 @@ import numpy as np
 import symusic
 
 from pipeline.drums import DrumMap
+from pipeline.midi_ticks import TICK_LIMIT, longest_track_ticks
 
 DRUM_CHANNEL = 9  # General MIDI channel 10, zero-based
 OFFSET_UNITS = 128  # a timing offset counts 1/128 of a step (int8: a hit lies within half a step of its step)
@@ -97,6 +98,20 @@ def _drum_notes(score):
     return tuple(np.concatenate(c) for c in zip(*cols))
 
 
+def _most_open_at_a_track_end(score) -> int:
+    """The most notes of one pitch ending at one drum track's last note end: as many as the note-offs
+    added per pitch means more may have been open there. Counted per track: across tracks, 2,000
+    one-note tracks would add up to 2,000 and make the reader retry with ever more note-offs on
+    every track (gigabytes for a 40 KB file)."""
+    most = 0
+    for track in score.tracks:
+        if track.is_drum and len(track.notes):
+            n = track.notes.numpy()
+            end = n["time"].astype(np.int64) + n["duration"]
+            most = max(most, int(np.bincount(n["pitch"][end == end.max()], minlength=128).max()))
+    return most
+
+
 def _drum_onsets(path: Path):
     """Every drum note-on (channel 10, velocity > 0) as absolute ticks, plus time signatures and tempos.
 
@@ -113,11 +128,14 @@ def _drum_onsets(path: Path):
     fmt, division = int.from_bytes(data[8:10], "big"), int.from_bytes(data[12:14], "big")
     if fmt == 2 or division == 0 or division & 0x8000:  # type 2 / SMPTE time: no single musical grid
         raise MidiError(f"{path}: unsupported MIDI (type {fmt}, division {division:#06x})")
+    if (end := longest_track_ticks(data)) > TICK_LIMIT:   # symusic's 32-bit ticks would wrap
+        raise MidiError(f"{path}: a track reaches tick {end}, past {TICK_LIMIT} (ticks that far "
+                        "would wrap to the wrong place in the song)")
     per_pitch = 2   # 1 would often read twice: tracks tend to end right at a note's end
     while True:
         score = _parse(path, data, per_pitch)
         tick, pitch, vel, at_end = _drum_notes(score)
-        if not len(tick) or np.bincount(pitch[at_end], minlength=128).max() < per_pitch or per_pitch >= 4 ** 4:
+        if not len(tick) or _most_open_at_a_track_end(score) < per_pitch or per_pitch >= 4 ** 4:
             break
         per_pitch *= 4
     if not vel.all():

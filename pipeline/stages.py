@@ -38,18 +38,18 @@ def run_all(cfg: DictConfig, echo=lambda line: None, cli: bool = False) -> dict:
     (`common.config.exit_on`); in code they propagate as exceptions.
     """
     exit_on = common.config.exit_on if cli else (lambda *a, **k: contextlib.nullcontext())
-    with exit_on("ingest", IngestError), heartbeat("ingest"):
+    with exit_on("ingest", IngestError, OSError, ValueError), heartbeat("ingest"):   # ValueError: OutputRefused
         report = ingest(cfg)
-    with exit_on("build", FileNotFoundError), heartbeat("build"):
+    with exit_on("build", OSError, ValueError), heartbeat("build"):
         summary = build(cfg)
     echo(f"{summary['songs']} songs, {summary['steps']} steps, {summary['hits']} hits, "
          f"{report['notes_mapped']} notes mapped, dropped per unmapped pitch {report['notes_dropped']}, "
          f"{report['skipped_count']} files skipped -> {summary['store']}")
-    with exit_on("metrics", FileNotFoundError, ValueError), heartbeat("metrics"):
+    with exit_on("metrics", OSError, ValueError), heartbeat("metrics"):
         metrics = compute_metrics(cfg)
     echo(f"{metrics['windows']} windows of {metrics['songs']} songs, "
          f"{len(metrics['errors'])} songs skipped -> {metrics['path']}")
-    with exit_on("export", FileNotFoundError, ValueError), heartbeat("export"):
+    with exit_on("export", OSError, ValueError), heartbeat("export"):
         export_from_config(cfg)
     echo(f"training arrays -> {cfg.paths.ready}")
     return {"ingest": report, "build": summary, "metrics": metrics, "ready": str(cfg.paths.ready)}

@@ -10,6 +10,8 @@ Layout (SCHEMA_VERSION 2) of `data/store.zarr`:
     songs/steps_per_bar, songs/beats_per_bar  int32 [S]
     songs/bpm     float32 [S]
     section_offsets int64 [S + 1], sections int64 [K, 2]   song-relative (start, end) steps, may be empty
+    checks/hits, checks/velocity, checks/offset  int64 [S]  each song's sum of that array's rows, recorded
+                  by the build and compared by readers (pipeline/store_checks.py; absent in older stores)
     attrs: schema_version, drum_names, drum_pitches, mapping, steps_per_quarter, num_songs,
            num_steps, num_hits, source_hash, splits (name -> song count)
 
@@ -176,6 +178,10 @@ def write_store(path: str | Path, songs: list[Song], attrs: dict, *, chunk_steps
             root[name][:] = np.concatenate([getattr(s, name) for s in songs]).astype(dtype)
     write_metadata(root, songs, attrs)
     root.attrs["num_hits"] = int(sum(int((s.hits > 0).sum()) for s in songs))
+    from pipeline.store_checks import write_checks
+
+    write_checks(root, {name: np.array([int(np.asarray(getattr(s, name)).sum(dtype=np.int64)) for s in songs],
+                                       np.int64) for name in STEP_ARRAYS})
 
 
 class Store:

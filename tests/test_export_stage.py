@@ -23,7 +23,7 @@ def _dvc(cwd, *args):
 def test_dvc_repro_export(tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
-    for name in ("pipeline", "kernels", "conf"):
+    for name in ("common", "pipeline", "kernels", "conf"):
         shutil.copytree(REPO / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, proj / name)

@@ -15,13 +15,15 @@ from omegaconf import DictConfig
 import common.config
 from common.lock import LockHeld
 from common.config import ConfigError
+from train.training.preemption import exit_on_preempted
 
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from train.training.trainer import fit
 
-    with common.config.exit_on("train", ConfigError, code=2), common.config.exit_on("train", LockHeld):
+    with common.config.exit_on("train", ConfigError, code=2), common.config.exit_on("train", LockHeld, OSError), \
+            exit_on_preempted():
         summary = fit(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(where_it_is(cfg, summary), flush=True)

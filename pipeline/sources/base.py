@@ -67,7 +67,7 @@ def validate_song(song: Song, where: str) -> Song:
         raise BadInput(f"{where}: no drum columns")
     hits = h > 0
     vel = np.clip(np.asarray(song.velocity), 1, 127).astype(np.uint8, copy=False)  # a new array
-    vel[~hits] = 0
+    np.multiply(vel, hits, out=vel)   # 0 off the hits, in place (no ~hits temporary)
     song.hits, song.velocity = hits.view(np.uint8), vel   # the view: one temporary less (bool is 1 byte)
     off = np.asarray(song.offset)
     if off.shape != h.shape or off.dtype.kind not in "iu":
@@ -76,7 +76,10 @@ def validate_song(song: Song, where: str) -> Song:
     if len(off) and (off.min() < -64 or off.max() > 64):
         raise BadInput(f"{where}: offsets must lie in -64..64 (1/128 step, at most half a step from "
                        f"the grid), got {off.min()}..{off.max()}")
-    song.offset = np.where(hits, off, 0).astype(np.int8)
+    # int8 throughout (not an int64 temporary); all zero (no timing given): a fresh zero array that
+    # occupies no memory until written
+    song.offset = (np.where(hits, off.astype(np.int8, copy=False), np.int8(0)) if off.any()
+                   else np.zeros(h.shape, np.int8))
     sec = np.asarray(song.sections, np.int64).reshape(-1, 2)
     if len(sec) and (sec[:, 0].min() < 0 or sec[:, 1].max() > h.shape[0] or (sec[:, 1] <= sec[:, 0]).any()):
         raise BadInput(f"{where}: sections must be [start, end) pairs with 0 <= start < end <= {h.shape[0]}")

@@ -18,6 +18,7 @@ from pipeline.sources.base import BadInput, Source, check_entry, input_folder, s
 from pipeline.store import Song
 
 MAX_DRUMS = 128        # one class per MIDI pitch at most: more columns is not a drum roll
+PER_STEP = ("velocity", "offset")   # optional members of the shape of `sequence`
 _BLOCK_VALUES = 1 << 20  # values converted per block: temporaries stay small beside the array
 
 
@@ -48,24 +49,38 @@ class NpzSource(Source):
         return load_npz(path, rel, steps_per_bar=self.steps_per_bar, bpm=self.bpm, max_steps=self.max_steps), 0, {}
 
 
-def _npz_header(path: Path, name: str, file=None) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) of member `name` read from its .npy header, before anything is decompressed
-    (from the open `file` when given, so a file is opened once)."""
+def member_headers(path: Path, file=None) -> dict[str, tuple[tuple, np.dtype]]:
+    """name -> (shape, dtype) of every `.npy` member, read from its header only: a zip member is
+    decompressed only when numpy reads it, so a 2 MB file can carry a 2 GB member (from the open
+    `file` when given, so a file is opened once)."""
+    out = {}
     with zipfile.ZipFile(file or path) as zf:
-        if f"{name}.npy" not in zf.namelist():
-            raise BadInput(f"{path}: no '{name}' array (has {sorted(n[:-4] for n in zf.namelist())})")
-        with zf.open(f"{name}.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = {(1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read is None:
-                raise BadInput(f"{path}: '{name}' has .npy format version {version}, expected 1.0 or 2.0")
-            shape, _, dtype = read(fh)
-    return shape, dtype
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[:-4]
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise BadInput(f"{path}: '{name}' has .npy format version {version}, expected 1.0 or 2.0")
+                shape, _, dtype = read(fh)
+            out[name] = (shape, dtype)
+    return out
 
 
-def _check_sequence_header(path: Path, shape: tuple, dtype: np.dtype, max_steps: int) -> None:
-    """Refuse a `sequence` by its header alone, so a tiny compressed file cannot demand gigabytes."""
+def check_npz_members(path: Path, max_steps: int, file=None) -> dict[str, tuple[tuple, np.dtype]]:
+    """Refuse an NPZ whose members, by their headers, break the limits, before any member is
+    decompressed; return the headers.
+
+    `sequence` [T, D]: numeric, 1 <= T <= max_steps, 1 <= D <= MAX_DRUMS. `velocity`, `offset`:
+    integer, shape [T, D]. `sections` [K, 2] (or K * 2 values): integer, K <= T (sections are at
+    least one step long). Other members are never read and not checked."""
+    heads = member_headers(path, file)
+    if "sequence" not in heads:
+        raise BadInput(f"{path}: no 'sequence' array (has {sorted(heads)})")
+    shape, dtype = heads["sequence"]
     if len(shape) != 2:
         raise BadInput(f"{path}: 'sequence' must be 2-D [time_steps, num_drums], got shape {shape}")
     if dtype.kind not in "biuf":
@@ -78,6 +93,19 @@ def _check_sequence_header(path: Path, shape: tuple, dtype: np.dtype, max_steps:
         raise BadInput(f"{path}: {shape[1]} drum columns, more than {MAX_DRUMS} (one per MIDI pitch)")
     if shape[0] > max_steps:
         raise BadInput(f"{path}: {shape[0]} steps, more than max_steps={max_steps} (ingest.max_steps)")
+    for name in PER_STEP:
+        if name in heads and (heads[name][0] != shape or heads[name][1].kind not in "iu"):
+            raise BadInput(f"{path}: '{name}' must be an integer array of the shape of 'sequence' {shape}, "
+                           f"got {heads[name][1]} {heads[name][0]}")
+    if "sections" in heads:
+        sshape, sdtype = heads["sections"]
+        size = int(np.prod(sshape, dtype=np.int64))
+        if sdtype.kind not in "iu" or size % 2:
+            raise BadInput(f"{path}: 'sections' must be an integer [K, 2] array, got {sdtype} {sshape}")
+        if size // 2 > shape[0]:
+            raise BadInput(f"{path}: 'sections' holds {size // 2} sections for {shape[0]} steps "
+                           "(at most one per step)")
+    return heads
 
 
 def _blocks(seq: np.ndarray):
@@ -111,8 +139,16 @@ def _velocity_scale(path: Path, seq: np.ndarray) -> float:
 def _to_velocity(seq: np.ndarray, scale: float) -> np.ndarray:
     vel = np.empty(seq.shape, np.uint8)
     for a, b in _blocks(seq):
-        vel[a:a + len(b)] = np.rint(b * scale) if b.dtype.kind == "f" or scale != 1 else b
+        vel[a:a + len(b)] = _scaled(b, scale) if b.dtype.kind == "f" or scale != 1 else b
     return vel
+
+
+def _scaled(b: np.ndarray, scale: float) -> np.ndarray:
+    """round(b * scale), and at least 1 where b > 0: a value under 1/254 of full velocity is still
+    a hit (docs/data.md: a value > 0 is a hit), not a velocity of 0 that drops it."""
+    v = np.rint(b * scale)
+    v[(v == 0) & (b > 0)] = 1
+    return v
 
 
 def read_file(path: Path, *, max_steps: int) -> NpzRoll:
@@ -127,7 +163,7 @@ def read_file(path: Path, *, max_steps: int) -> NpzRoll:
         if not zipfile.is_zipfile(fh):
             raise BadInput(f"{path}: not an NPZ file (not a zip archive)")
         try:
-            _check_sequence_header(path, *_npz_header(path, "sequence", fh), max_steps)
+            check_npz_members(path, max_steps, fh)   # every member's header, before any is decompressed
             fh.seek(0)
             with np.load(fh, allow_pickle=False) as z:
                 seq = z["sequence"]
@@ -168,4 +204,5 @@ def load_npz(path: Path, rel: str, *, steps_per_bar: int, bpm: float, max_steps:
     song = Song(name=song_id(rel), hits=vel, velocity=vel, source=rel, steps_per_bar=steps_per_bar,
                 beats_per_bar=max(1, steps_per_bar // 4), bpm=bpm, sections=sections,
                 offset=extra.get("offset"))
+    del vel, extra   # the song holds them: validate_song's outputs replace them, not add to them
     return validate_song(song, str(path))

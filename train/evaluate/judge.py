@@ -59,13 +59,14 @@ def judge_tables(cfg: DictConfig, store: Store, real_rolls: list, real_songs: np
                  real_sets: dict, generated: dict, ref) -> dict:
     """The judge's figures (see the module docstring). `generated`: {name: (rolls, played or None,
     metric sets)}; `ref`: the export whose train split is the training data."""
+    from pipeline.ready_paths import recorded
     from train.evaluate.generated import metric_kwargs, window_metric_sets
     from train.evaluate.windows import split_song_ids
 
     j = cfg.evaluate.judge
     seq_len, spb, bpp = int(cfg.window.seq_len), int(cfg.window.steps_per_bar), int(cfg.window.bars_per_phrase)
     seed = int(j.seed)
-    train_store = Store(json.loads((ref / "manifest.json").read_text())["store"])
+    train_store = Store(recorded(ref, json.loads((ref / "manifest.json").read_text()), "store"))
     train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)
     t_rolls, t_songs, t_played = train_windows(train_store, train_ids, seq_len, spb)
     if not t_rolls:

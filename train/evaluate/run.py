@@ -31,7 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import common.config
 from common.config import ConfigError
+from common.lock import LockHeld, report_dir_lock
 from pipeline.store import Store
+from pipeline.ready_paths import recorded
 from pipeline.splits import monitored_split
 from train.evaluate.expressive_baselines import stronger_baselines
 from train.evaluate.generated import comparison_windows, generated_vs_real
@@ -137,7 +139,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if model.config.get("expressive"):
         from train.evaluate.velocity_offset_scores import expressive_scores
         # the baseline's means come from the reference export's train songs (those the dataset reads)
-        ref_store = store if same else Store(json.loads((ref / "manifest.json").read_text())["store"])
+        ref_store = store if same else Store(recorded(ref, json.loads((ref / "manifest.json").read_text()), "store"))
         train_ids = split_song_ids(ref, "train", spb, seq_len, bpp)
         result["expressive"] = expressive_scores(model, store, windows, ref_store, train_ids, spb, int(ecfg.batch_size),
                                                  cond_of)
@@ -178,8 +180,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path=str(common.config.CONF_DIR), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with common.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError), \
-            common.config.exit_on("evaluate", ConfigError, code=2):
+    with common.config.exit_on("evaluate", FileNotFoundError, ValueError, KeyError, LockHeld), \
+            common.config.exit_on("evaluate", ConfigError, code=2), report_dir_lock(cfg.evaluate.out_dir):
         result = evaluate(cfg)
     out = Path(cfg.evaluate.out_dir)
     for name, r in result["scores"].items():

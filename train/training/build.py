@@ -112,10 +112,11 @@ def build_data(cfg, d: Dist):
 def drum_info(cfg, ready: Path, is_main: bool = True) -> dict:
     """drum_names, drum_pitches, steps_per_quarter for the checkpoint, from the store's attributes."""
     from pipeline.drums import DrumMap
+    from pipeline.ready_paths import recorded
 
     manifest_path = ready / "manifest.json"
     try:
-        store_json = Path(json.loads(manifest_path.read_text())["store"]) / "zarr.json"
+        store_json = recorded(ready, json.loads(manifest_path.read_text()), "store") / "zarr.json"
     except (OSError, ValueError, KeyError) as e:   # ValueError: bad JSON
         raise ConfigError(f"{manifest_path}: unreadable training export manifest ({type(e).__name__}: {e}); "
                           "rerun `dvc repro export`") from None

@@ -27,8 +27,13 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> Path:
     A crash at any point leaves the previous file at `path` untouched and loadable.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            # through a Python file: a full disk is OSError(ENOSPC), not torch's "unexpected pos" RuntimeError
+            torch.save(ckpt, fh)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror}; checkpoint {path} not written, the previous one is untouched",
+                      str(path)) from None
     return path
 
 
@@ -60,15 +65,38 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     if not isinstance(ckpt, dict) or not {"model", "model_config"} <= ckpt.keys():
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path}: not a hierdrums model checkpoint (needs 'model' and 'model_config'; has {keys})")
-    try:    # any version's config: train.model.upgrade fills the keys it predates
-        model = HierarchicalDrumModel.from_config(ckpt["model_config"])
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: its model_config cannot build a model ({e})") from None
+    check_weights_fit(path, ckpt)   # before the model is built: its config may ask for gigabytes
+    model = HierarchicalDrumModel.from_config(ckpt["model_config"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit its model_config ({e})") from e
     return model.to(map_location).eval(), ckpt
+
+
+def check_weights_fit(path, ckpt: dict) -> None:
+    """The stored tensors' names and shapes must be those `model_config` builds, compared on the
+    meta device (no memory): a small file whose config asks for a huge hidden size is refused here,
+    before the model is built. A config the model does not take (unknown or bad key) is one line too."""
+    from train.model import HierarchicalDrumModel
+
+    config = ckpt["model_config"]
+    if not isinstance(config, dict) or not isinstance(ckpt["model"], dict):
+        raise ValueError(f"{path}: 'model_config' and 'model' must be dicts")
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in HierarchicalDrumModel.from_config(config).state_dict().items()}
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: its model_config does not build a model ({type(e).__name__}: {reason[:200]})") from None
+    stored = {k: tuple(v.shape) for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
+    if len(stored) != len(ckpt["model"]):
+        raise ValueError(f"{path}: 'model' holds values that are not tensors")
+    wrong = [f"{k} {stored.get(k, 'missing')} vs {shapes.get(k, 'unexpected')}"
+             for k in sorted(stored.keys() | shapes.keys()) if stored.get(k) != shapes.get(k)]
+    if wrong:
+        raise ValueError(f"{path}: weights do not fit its model_config ({len(wrong)} tensors differ, "
+                         f"stored vs config, e.g. {'; '.join(wrong[:3])})")
 
 
 DVC_TRAIN_HINT = "train first: `dvc repro train`"

@@ -18,6 +18,7 @@ from train.training.optim import build_scheduler, optimizer_class
 from train.training.runlog import check_loggers
 
 
+MAX_RUN_NAME = 200
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")   # one folder name: no '/', '..' or hidden
 
 
@@ -48,6 +49,8 @@ def validate_config(cfg: DictConfig) -> None:
          "phrases are the song's")
     need(int(tc.save_top_k) >= -1, f"trainer.save_top_k={tc.save_top_k}: -1 (all), 0 (none) or k ≥ 1")
     need(int(tc.log_interval) >= 1, f"trainer.log_interval={tc.log_interval}: must be ≥ 1")
+    need(len(str(tc.run_name)) <= MAX_RUN_NAME, f"trainer.run_name: {len(str(tc.run_name))} characters, at most "
+         f"{MAX_RUN_NAME} (one folder name; the file system allows 255 bytes with its temporaries' suffixes)")
     need(RUN_NAME.fullmatch(str(tc.run_name)) is not None,
          f"trainer.run_name={tc.run_name!r}: letters, digits, '.', '_', '-', not starting with '.' "
          "(it names a folder under paths.runs; use trainer.run_dir for another place)")

@@ -166,7 +166,9 @@ class CompleteHierarchicalDrumDataset(Dataset):
         """metrics.zarr <level>/ (song: one row per song, section: one per section), for levels=(level,)."""
         import zarr
 
-        path = Path(self.manifest.get("metrics_store", ""))
+        from pipeline.ready_paths import recorded
+
+        path = recorded(self.ready, self.manifest, "metrics_store")
         if not (path / "zarr.json").exists():
             path = self.ready.parent / path.name         # the export moved with its data folder
         if not (path / "zarr.json").exists():

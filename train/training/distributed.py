@@ -36,8 +36,22 @@ def setup(num_gpus: int) -> Dist:
     if use_cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+                                **_restart_store(rank, world))
     return Dist(rank, world, local, device)
+
+
+def _restart_store(rank: int, world: int) -> dict:
+    """After a torchrun restart (--max-restarts), the rendezvous store under a prefix of this
+    attempt: the agent's store still holds the first attempt's process-group keys (the gloo
+    addresses of the dead workers), which the new workers would read and fail to connect to."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0":
+        return {}
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", rank, world))
+    return {"store": dist.PrefixStore(f"restart{restart}", store)}
 
 
 def barrier(d: Dist) -> None:

@@ -91,3 +91,16 @@ def build_scheduler(optimizer, cfg, total_steps: int):
         return cls(optimizer, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"trainer.scheduler: {cfg.type}({kwargs}) failed: {e}") from e
+
+
+def check_resume_optimizer(saved_cfg: dict, now_cfg: dict, path) -> None:
+    """Refuse to resume a checkpoint with another `trainer.optimizer.type`: its saved state (and
+    param-group settings, which load_state_dict copies over the new ones) belong to the old class
+    and fail mid-run (SGD reading AdamW's groups: KeyError 'momentum'). Checked before anything is
+    loaded or written, so the run folder still names the optimizer its checkpoints hold."""
+    old = ((saved_cfg or {}).get("trainer") or {}).get("optimizer", {}).get("type")
+    new = now_cfg["trainer"]["optimizer"]["type"]
+    if old is not None and str(old) != str(new):
+        raise ConfigError(f"cannot resume {path} with trainer.optimizer.type={new}: its optimizer state is "
+                          f"{old}'s; set trainer.optimizer.type={old}, or trainer.resume=never to start "
+                          "afresh (a new optimizer needs a new run)")

@@ -17,6 +17,7 @@ from train.training import distributed
 from train.training.build import Parts
 from train.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.training.distributed import Dist
+from train.training.optim import check_resume_optimizer
 
 
 def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
@@ -95,6 +96,7 @@ def restore(p: Parts, path: Path, d: Dist) -> Progress:
         raise ConfigError(f"{path}: model config {ck['model_config']} differs from the configured "
                           f"{p.raw_model.config} (in {', '.join(f'model.{k}' for k in keys)}); "
                           "use trainer.resume=never or match it")
+    check_resume_optimizer(ck.get("config") or {}, p.plain_cfg, path)
     changed = changed_settings(ck.get("config") or {}, p.plain_cfg)
     if changed and d.is_main:
         print(f"warning: resuming {path}, whose optimizer and schedule state (learning rate included) "

@@ -276,7 +276,7 @@ class RunLog:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
-        pruned = kind is not None and (issubclass(kind, KeyboardInterrupt) or kind.__name__ == "TrialPruned")
+        pruned = kind is not None and (issubclass(kind, KeyboardInterrupt) or kind.__name__ in ("TrialPruned", "Preempted"))
         self.close("FINISHED" if kind is None else "KILLED" if pruned else "FAILED")
 
 

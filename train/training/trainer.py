@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 
 from common.lock import run_dir_lock
 from common.progress import ProgressLine
-from train.training import distributed
+from train.training import distributed, preemption
 from train.training.build import Parts, model_structure, seed_everything, set_threads, setup
 from train.training.config_checks import validate_config
 from train.training.distributed import Dist
@@ -50,7 +50,7 @@ def fit(cfg: DictConfig, on_validation: Callable[[int, dict], None] | None = Non
     validate_config(cfg)
     # rank 0 locks the run directory: a second run with the same run_name stops here, naming the holder
     first_rank = int(os.environ.get("RANK", "0")) == 0
-    with run_dir_lock(cfg.trainer.run_dir) if first_rank else contextlib.nullcontext():
+    with run_dir_lock(cfg.trainer.run_dir) if first_rank else contextlib.nullcontext(), preemption.catch_signals():
         d = distributed.setup(int(cfg.trainer.num_gpus))
         try:
             return _fit(cfg, d, on_validation)
@@ -102,6 +102,9 @@ def train_loop(p: Parts, tc, state: Progress, runlog: RunLog, ckpt_dir: Path, d:
                        disable=not (d.is_main and tc.progress_bar and sys.stderr.isatty()))
             stats = EpochStats()
             while state.batch_in_epoch < p.batches_per_epoch and not stop:
+                if signum := preemption.requested(d):   # SIGTERM/SIGINT: save here, at a step boundary
+                    preemption.stop(signum, lambda: save(p, state, ckpt_dir, ["last.pt"], d, state.val),
+                                    state.global_step, ckpt_dir / "last.pt", d.is_main)
                 # one optimizer step over `micro` micro-batches (fewer at the epoch's end)
                 micro = min(accum, p.batches_per_epoch - state.batch_in_epoch)
                 t0 = time.perf_counter()
