@@ -136,8 +136,10 @@ def huge_checkpoint(repo: Path, work: Path, limit: int) -> dict:
     """A 60 KB checkpoint whose model_config asks for step_hidden_dim=8192."""
     work.mkdir(parents=True)
     path = work / "big.pt"
-    code = ("import torch\nfrom train.training.model import HierarchicalDrumModel\n"
-            "m = HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16)\n"
+    code = ("import torch\ntry:\n    from train.model import HierarchicalDrumModel as M\n"   # the model's package
+            "    m = M.from_config(dict(num_drums=9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16))\n"
+            "except ImportError:\n    from train.training.model import HierarchicalDrumModel as M\n"   # checkouts before it
+            "    m = M(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16)\n"
             f"torch.save({{'model': m.state_dict(), 'model_config': {{**m.config, 'step_hidden_dim': 8192}}}}, {str(path)!r})")
     subprocess.run([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
     load = ("import sys\nfrom train.training.checkpoint import load_model\n"

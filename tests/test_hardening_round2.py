@@ -171,9 +171,9 @@ def test_a_midi_of_2000_one_note_tracks_reads_in_bounded_memory(tmp_path):
 def _tiny_model_checkpoint(path: Path, **config_changes) -> Path:
     import torch
 
-    from train.training.model import HierarchicalDrumModel
+    from train.model import HierarchicalDrumModel
 
-    m = HierarchicalDrumModel(9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16)
+    m = HierarchicalDrumModel.from_config(dict(num_drums=9, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16))
     torch.save({"model": m.state_dict(), "model_config": {**m.config, **config_changes}}, path)
     return path
 
@@ -240,7 +240,7 @@ def test_a_copied_data_directory_reads_its_own_store(tmp_path, capsys):
     from common.config import compose
     from pipeline.ready_paths import recorded
     from tests.tiny_checkpoint import make_ready
-    from train.training.trainer import drum_info
+    from train.training.build import drum_info
 
     first = make_ready(tmp_path / "first")
     manifest = json.loads((first / "ready" / "manifest.json").read_text())
@@ -363,7 +363,7 @@ def chunked_store(tmp_path):
              "steps_per_quarter": 4, "source_hash": "x"}
     write_store(tmp_path / "store.zarr", songs, attrs, chunk_steps=64)
     cfg = compose([f"paths.store={tmp_path / 'store.zarr'}", f"paths.metrics={tmp_path / 'metrics.zarr'}",
-                   "metrics.seq_len=64", "metrics.stride=16", "metrics.num_workers=1"])
+                   "window.seq_len=64", "window.stride=16", "metrics.num_workers=1"])
     run(cfg)
     return tmp_path, cfg
 
@@ -444,7 +444,7 @@ def test_a_full_disk_in_ingest_build_and_metrics_is_one_line(tmp_path, monkeypat
     base = [f"paths.data_dir={tmp_path}", "data.corpus.num_songs=4", "ingest.scheduler=synchronous",
             "store.scheduler=synchronous", f"hydra.run.dir={tmp_path / 'h'}"]
     with monkeypatch.context() as m:
-        m.setattr(pipeline.ingest, "_write_shard", _enospc)
+        m.setattr(pipeline.ingest, "write_shard", _enospc)
         _one_line(_cli(m, capsys, pipeline.ingest.main, base)[1], "ingest", "no space left on the device")
     assert not (tmp_path / "interim").exists()
     assert _cli(monkeypatch, capsys, pipeline.ingest.main, base)[0] == 0
@@ -495,7 +495,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_an_oserror_naming_it(tmp_path,
 
 def test_a_300_character_run_name_is_a_config_error():
     from common.config import ConfigError, compose
-    from train.training.trainer import validate_config
+    from train.training.config_checks import validate_config
 
     with pytest.raises(ConfigError, match="trainer.run_name: 300 characters, at most 200"):
         validate_config(compose([f"trainer.run_name={'r' * 300}"]))
