@@ -1,4 +1,4 @@
-"""Ingest against hostile input (issue 13, items 1-5): every bad file is one skipped file with its
+"""Ingest against hostile input: every bad file is one skipped file with its
 reason, sizes are checked before anything is allocated, odd directory entries are reported."""
 import io
 import os
@@ -50,7 +50,7 @@ def _npz_claiming(path: Path, shape: tuple, dtype=np.uint8) -> Path:
     return path
 
 
-# ------------------------------------------------------------------ item 1: any error is one file's
+# ------------------------------------------------------------------ any error is one file's
 
 def test_zero_drum_columns_and_tempo_zero_are_skipped_beside_good_files(tmp_path):
     inp = tmp_path / "in"
@@ -83,7 +83,7 @@ def test_an_unforeseen_exception_is_that_files_error_not_the_stages(tmp_path):
     assert len(_run_part(1, [0, 1, 2], load, tmp_path / "songs", fail_fast=True)) == 2
 
 
-# ------------------------------------------------------------------ item 2: bounded memory per file
+# ------------------------------------------------------------------ bounded memory per file
 
 def test_far_notes_and_huge_headers_are_refused_before_allocating(tmp_path):
     inp = tmp_path / "in"
@@ -126,7 +126,7 @@ def test_npz_memory_stays_a_small_multiple_of_its_array(tmp_path, dtype):
     assert peak < seq.nbytes + 4 * seq.size + (8 << 20), (peak, seq.nbytes)
 
 
-# ------------------------------------------------------------------ item 3: odd entries, bad metadata
+# ------------------------------------------------------------------ odd entries, bad metadata
 
 def test_links_folders_and_symlinked_folders_are_reported(tmp_path):
     inp = tmp_path / "in"
@@ -178,7 +178,7 @@ def test_npz_mixing_fractions_and_velocities_is_refused(tmp_path):
     assert "non-whole values (e.g. 0.5)" in _reasons(report)["mixed.npz"]
 
 
-# ------------------------------------------------------------------ item 4: on_error=fail, sorted order
+# ------------------------------------------------------------------ on_error=fail, sorted order
 
 def test_fail_mode_names_the_first_bad_file_in_sorted_order(tmp_path):
     inp = tmp_path / "in"
@@ -195,7 +195,7 @@ def test_fail_mode_names_the_first_bad_file_in_sorted_order(tmp_path):
     assert not (tmp_path / "out" / "interim").exists()
 
 
-# ------------------------------------------------------------------ item 5: empty files
+# ------------------------------------------------------------------ empty files
 
 def test_empty_files_say_so(tmp_path):
     inp = tmp_path / "in"

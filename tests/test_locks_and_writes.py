@@ -1,4 +1,4 @@
-"""Writes, locks and paths (issue 13, items 6-9): one writer per data / run directory, outputs replace
+"""Writes, locks and paths: one writer per data / run directory, outputs replace
 only their own kind, no stale temporaries, a swap that always leaves an output, safe run names."""
 import os
 import signal
@@ -43,7 +43,7 @@ def _cli(module, *args, cwd=REPO_ROOT):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True)
 
 
-# ------------------------------------------------------------------ item 6: locks
+# ------------------------------------------------------------------ locks
 
 def test_a_second_writer_of_one_data_directory_is_refused_naming_the_holder(tmp_path):
     data = tmp_path / "data"
@@ -79,7 +79,7 @@ def test_a_second_training_run_in_one_run_directory_is_refused(tiny, tmp_path):
         _stop(holder)
 
 
-# ------------------------------------------------------------------ item 7: replace only own outputs
+# ------------------------------------------------------------------ replace only own outputs
 
 def test_a_stage_never_replaces_a_directory_that_is_not_its_output(tmp_path):
     unrelated = tmp_path / "data"
@@ -114,7 +114,7 @@ def test_export_cli_refuses_paths_ready_pointing_at_the_data_folder(tiny, tmp_pa
     assert sorted(p.name for p in data.iterdir() if p.name != DATA_LOCK) == before
 
 
-# ------------------------------------------------------------------ item 8: temporaries and the swap
+# ------------------------------------------------------------------ temporaries and the swap
 
 def test_stale_temporaries_are_swept_live_ones_kept(tmp_path):
     out = tmp_path / "store.zarr"
@@ -178,7 +178,7 @@ def test_the_output_path_exists_at_every_moment_of_a_swap(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ready"]
 
 
-# ------------------------------------------------------------------ item 9: run names
+# ------------------------------------------------------------------ run names
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "", "x y"])
 def test_run_names_that_leave_runs_are_refused(tiny, name):

@@ -1,4 +1,4 @@
-"""The trainer's bookkeeping under failure (issue 13, items 10-16): tiny real runs on real data."""
+"""The trainer's bookkeeping under failure: tiny real runs on real data."""
 import argparse
 import csv
 import json
@@ -39,7 +39,7 @@ def _csv_epochs(run_dir):
         return [int(r["epoch"]) for r in csv.DictReader(fh)]
 
 
-# --- item 10: last.pt is the commit point ------------------------------------------------------
+# --- last.pt is the commit point ------------------------------------------------------
 
 COMMIT = ["trainer.max_epochs=2", "trainer.save_top_k=1", "trainer.save_every_n_epochs=1"]
 
@@ -87,7 +87,7 @@ def test_a_kill_during_the_epoch_save_leaves_a_consistent_set(tiny, tmp_path, mo
         assert sorted(p.name for p in ckpt_dir.glob("best_epoch_*")) == [last["best"]["top"][0][2]]
 
 
-# --- item 11: one-line resume errors ------------------------------------------------------------
+# --- one-line resume errors ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def finished(tiny, tmp_path_factory):
@@ -140,7 +140,7 @@ def test_checkpoint_from_before_horizon_bars_resumes_as_unbounded(tiny, finished
     assert fit(_cfg(tiny, tmp_path, "trainer.max_epochs=2", "model.horizon_bars=0"))["epochs"] == 2
 
 
-# --- item 12: resume with changed settings; resuming a finished run ------------------------------
+# --- resume with changed settings; resuming a finished run ------------------------------
 
 def test_resume_warns_of_unapplied_optimizer_changes(tiny, tmp_path, capsys):
     fit(_cfg(tiny, tmp_path, "trainer.max_epochs=1"))
@@ -159,7 +159,7 @@ def test_resuming_a_finished_run_keeps_metrics_json(tiny, finished):
     assert summary == json.loads(before)
 
 
-# --- item 13: logged means, fresh validation reports, closed loggers, atomic files ----------------
+# --- logged means, fresh validation reports, closed loggers, atomic files ----------------
 
 def _scalars(run_dir, tag):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -222,7 +222,7 @@ def test_a_crash_while_rewriting_metrics_csv_keeps_earlier_epochs(tiny, finished
     assert (run / "metrics.csv").read_text() == before
 
 
-# --- item 15: accumulation and processes weight micro-batches by their real steps ------------------
+# --- accumulation and processes weight micro-batches by their real steps ------------------
 
 # the step term only: the bar and phrase terms are means over each micro-batch's own bars and
 # phrases, weighted by its real steps, so they match only approximately (docs/training.md)
@@ -270,7 +270,7 @@ def test_two_processes_accumulating_padded_windows_equal_one(padded, tmp_path):
     _assert_close(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
 
 
-# --- item 16: model config errors up front; drum_info --------------------------------------------
+# --- model config errors up front; drum_info --------------------------------------------
 
 def test_model_config_errors_are_reported_with_the_rest(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path, "model.rnn_type=rnn", "+model.hiden_dim=3", "trainer.batch_size=0")
@@ -311,7 +311,7 @@ def test_drum_info_reports_a_broken_manifest_and_survives_a_missing_store(tiny, 
         build.drum_info(cfg, ready)
 
 
-# --- item 14: REINFORCE on-policy; ioi_var compares like with like --------------------------------
+# --- REINFORCE on-policy; ioi_var compares like with like --------------------------------
 
 def _rl(*extra):
     from train.training import rewards
@@ -361,7 +361,7 @@ def test_ioi_var_window_target_is_the_same_measure_of_the_real_steps():
     assert abs(logs["reward/ioi_var_r"]) < 1e-3 and logs["reward/ioi_var"] > 1
 
 
-# --- item 16: a MIDI prime in another meter -------------------------------------------------------
+# --- a MIDI prime in another meter -------------------------------------------------------
 
 def test_midi_prime_in_another_meter_is_an_error_naming_it(tmp_path):
     import numpy as np
@@ -380,7 +380,7 @@ def test_midi_prime_in_another_meter_is_an_error_naming_it(tmp_path):
     assert read_prime(four, dm, steps_per_quarter=4, steps_per_bar=16).hits.shape == (48, dm.num_drums)
 
 
-# --- item 18: the default tune space fits its objective -------------------------------------------
+# --- the default tune space fits its objective -------------------------------------------
 
 def test_default_tune_space_matches_its_objective():
     from train.tune import space
@@ -397,7 +397,7 @@ def test_default_tune_space_matches_its_objective():
         space.check_space(bad, bad.tune.space)
 
 
-# --- issue 19: the rest of the trainer-config guide -----------------------------------------------
+# --- the rest of the trainer-config guide -----------------------------------------------
 
 def test_strict_deterministic_raises_where_deterministic_warns():
     try:
