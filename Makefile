@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-fast lint venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)   # also part of `make test` (tests/test_lint.py)
+test-fast: $(STAMP)   # tests/unit only (no subprocesses, DVC, torchrun, browser or Groove data), on every core
+	$(BIN)/python -m pytest -q -n auto tests/unit
+
+lint: $(STAMP)   # also part of `make test` (tests/e2e/test_lint.py)
 	$(BIN)/python -m ruff check .
 
 clean:

@@ -8,7 +8,7 @@ parsing, quantising, validation, shard writes, manifest and report) with each re
 alternating `--repeat` times so that both see the same weather on a shared machine. Prints one JSON
 object: wall and CPU seconds of every run, the speed-up of the best and of the median runs, onsets
 read (equal by construction of the test
-tests/test_groove.py::test_symusic_reading_matches_mido_file_by_file). Figures: benchmarks/README.md.
+tests/e2e/test_groove.py::test_symusic_reading_matches_mido_file_by_file). Figures: benchmarks/README.md.
 """
 from __future__ import annotations
 

@@ -226,7 +226,7 @@ def _song(i: int, seed: int, opts: CorpusOptions) -> Song:
     """Python draws every random number, in a fixed order (the song's layout decides how many);
     `_assemble` (numba) lays the grooves, humanises and writes the fills from them. The order of the
     draws and the float32/float64 steps of the arithmetic are the corpus: changing either changes
-    every song (tests/test_corpus.py pins the corpus by hash)."""
+    every song (tests/unit/test_corpus.py pins the corpus by hash)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
     style = STYLES[opts.styles[i % len(opts.styles)]]     # round robin: every style, balanced
     spb, bpp = style.steps_per_bar, opts.bars_per_phrase

@@ -1,7 +1,7 @@
 """`ModelConfig`: the model's one contract and the one home of its defaults.
 
 `HierarchicalDrumModel(ModelConfig(num_drums=9, ...))` builds a model; `conf/model/_base.yaml`
-mirrors every default here (tests/test_model_config.py fails on any disagreement), so
+mirrors every default here (tests/unit/test_model_config.py fails on any disagreement), so
 `python -m train` and a model built in code start from the same values. Three ways in:
 
 - `ModelConfig(...)`: in code; unset fields take the defaults below (the trained recipe).

@@ -1,6 +1,6 @@
 """Generation, one step at a time: `GenerationState` and the model's incremental path (`init_state`,
 `step`, `play`, `generate`), a mixin of HierarchicalDrumModel. `step` equals forward on the same
-prefix (tests/test_model.py): RNN states / a ring KV cache are carried, bars and phrases pooled
+prefix (tests/unit/test_model.py): RNN states / a ring KV cache are carried, bars and phrases pooled
 as they complete."""
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class IncrementalMixin:
              played: tuple[Tensor, Tensor] | None = None):
         """Consume step `state.t` (x [B, D]) and return the head parameters of step t+1 [B, P]
         (and z [B, H] with return_hidden); equals forward(...)[0][:, t] on the same prefix (see
-        tests/test_model.py). `played` = (velocity / 127, offset in steps) [B, D] of x, read by
+        tests/unit/test_model.py). `played` = (velocity / 127, offset in steps) [B, D] of x, read by
         the expressive history (None: not played; the silent lead-in step t = −1 is never read)."""
         if self.model_config.expressive_history and state.t >= 0:
             vel, off = played if played is not None else (None, None)
