@@ -31,8 +31,7 @@ from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
 from pipeline.splits import TuneSplit
-from pipeline.store import STEP_ARRAYS, MetadataWriter, Song, create_store
-from pipeline.store_checks import write_checks
+from pipeline.store import STEP_ARRAYS, MetadataWriter, Song, create_store, write_checks
 
 log = logging.getLogger(__name__)
 _PLACEMENT = ("shard", "row")   # manifest keys that say where a song's rows are, not what they are
@@ -100,7 +99,7 @@ def _write_chunk(root: zarr.Group, shards_dir: Path, job: tuple) -> int:
 
 def _piece_sums(out: dict, start: int, stop: int, pieces: list) -> list[tuple[int, dict]]:
     """(song index, {array: sum of the song's rows in this chunk}) of every song in the chunk: the
-    build adds them up into checks/<array> (pipeline/store_checks.py)."""
+    build adds them up into checks/<array> (pipeline/store.py, "integrity checks")."""
     sums = []
     for _, _, a, b, song in pieces:
         lo, hi = max(a, start) - start, min(b, stop) - start
@@ -147,7 +146,7 @@ def build(cfg: DictConfig) -> dict:
     attrs = {k: manifest[k] for k in ("drum_names", "drum_pitches", "mapping", "steps_per_quarter")}
     workers = int(cfg.store.workers or 0) or os.cpu_count() or 1
     hits, chunks, failed = 0, 0, []
-    sums = {name: np.zeros(num_songs, np.int64) for name in STEP_ARRAYS}   # per song (store_checks)
+    sums = {name: np.zeros(num_songs, np.int64) for name in STEP_ARRAYS}   # per song (pipeline.store integrity checks)
 
     with atomic_path(cfg.paths.store, marker="build") as tmp:
         root = create_store(tmp, num_songs=num_songs, num_steps=total, num_drums=num_drums,

@@ -46,8 +46,8 @@ from common.lock import LockHeld, data_dir_lock
 from common.progress import heartbeat
 from common.parallel import executor, ordered_map
 from pipeline.ready_paths import to_record
-from pipeline.store import ALL_SPLITS as SPLITS, STEP_ARRAYS, Store, attrs_hash  # every split gets its windows
-from pipeline.store_checks import FIX, DamagedStore, song_at, verify_copy
+from pipeline.store import ALL_SPLITS as SPLITS  # every split gets its windows
+from pipeline.store import FIX, STEP_ARRAYS, DamagedStore, Store, attrs_hash, song_at, verify_copy
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class UnreadableRows(Exception):
 def _copy_all(pool, jobs: list, workers, store: Store, tmp: Path) -> None:
     """Run the row copies, then check the copied rows against the store's per-song sums: a
     missing chunk reads as zeros, a garbled one fails to decode; either stops the export with one
-    line naming the song and the array (pipeline/store_checks.py)."""
+    line naming the song and the array (pipeline/store.py, "integrity checks")."""
     try:
         for _ in ordered_map(pool, _fill, jobs, 4 * (int(workers or 0) or os.cpu_count() or 1)):
             pass

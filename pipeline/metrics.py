@@ -35,7 +35,7 @@ from common.progress import heartbeat
 from common.lock import LockHeld, data_dir_lock
 from common.parallel import executor, ordered_map
 from pipeline.store import Store
-from pipeline.store_checks import read_songs
+from pipeline.store import read_songs
 
 log = logging.getLogger(__name__)
 # window/<name> tables: every metric of every registered family (kernels/families.py), in order

@@ -12,7 +12,7 @@ from tests.unit.test_hardening_round2 import _tiny_model_checkpoint  # noqa: F40
 def test_exact_track_ticks_agree_with_mido_on_groove_files(groove_dir):
     import mido
 
-    from pipeline.midi_ticks import _track_ticks
+    from pipeline.midi import _track_ticks
 
     for f in sorted(groove_dir.rglob("*.mid"))[:20]:
         data = f.read_bytes()

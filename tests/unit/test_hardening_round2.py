@@ -256,7 +256,7 @@ def _damage(store: Path, how: str) -> None:
 def test_a_damaged_store_chunk_stops_metrics_and_export_naming_song_and_array(chunked_store, how, reason):
     from pipeline.export import export
     from pipeline.metrics import run
-    from pipeline.store_checks import DamagedStore
+    from pipeline.store import DamagedStore
 
     tmp_path, cfg = chunked_store
     export(tmp_path / "store.zarr", tmp_path / "metrics.zarr", tmp_path / "ready")   # intact: fine
