@@ -67,17 +67,19 @@ def make_ready(root: Path, seed: int = 0, songs: list[Song] | None = None) -> Pa
 
 
 def make_checkpoint(path: Path, store: Path, train_steps: int = 40, use_transformer: bool = False,
-                    output: str = "independent") -> Path:
-    """Train a tiny model on the train split of `store` and save it as the trainer would."""
+                    output: str = "independent", conditioning: dict | None = None) -> Path:
+    """Train a tiny model on the train split of `store` and save it as the trainer would; with
+    `conditioning` ({condition: labels}), a model conditioned on those (trained on none of them)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model on a shared 2-core machine: threads only contend
     try:
-        return _train_and_save(path, store, train_steps, use_transformer, output)
+        return _train_and_save(path, store, train_steps, use_transformer, output, conditioning or {})
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: bool, output: str) -> Path:
+def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: bool, output: str,
+                    conditioning: dict) -> Path:
     from common.config import compose
     from pipeline.store import Store
     from train.training.checkpoint import save_checkpoint
@@ -90,7 +92,7 @@ def _train_and_save(path: Path, store: Path, train_steps: int, use_transformer: 
         num_drums=dm.num_drums, step_hidden_dim=16, bar_hidden_dim=16, phrase_hidden_dim=16, num_layers=1, dropout=0.0,
         use_transformer=use_transformer, steps_per_bar=SPB, bars_per_phrase=2, nhead=2, output=output,
         head_hidden_dim=8, expressive=True, expressive_dim=8,   # heads untrained: varied, off-grid
-        expressive_history=True))
+        expressive_history=True, **({"conditioning": conditioning} if conditioning else {})))
     s = Store(store)
     hits = np.asarray(s.hits[:])
     windows = np.stack([hits[s.song_slice(int(i))][:SEQ_LEN] for i in s.songs_in_split("train")])

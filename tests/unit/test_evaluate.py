@@ -243,3 +243,37 @@ def test_real_windows_leave_out_short_songs_for_generated_vs_real():
     assert [len(r) for r in real_windows(w, min_steps=6)[0]] == [8, 8]
     w.real[1, 5:] = False                        # one full window left: too few, keep all
     assert len(real_windows(w, min_steps=L)[0]) == 4
+
+
+FAST_JUDGE = ["evaluate.generated.max_samples=6", "evaluate.generated.bootstrap_samples=0", "evaluate.bootstrap.samples=20",
+              "evaluate.judge.bootstrap_samples=20", "evaluate.judge.two_sample.folds=2",
+              "evaluate.judge.two_sample.steps=5", "evaluate.preview=false"]
+
+
+def test_a_style_conditioned_model_gets_guided_rows_in_the_real_windows_style_mix(tiny, tmp_path):
+    """Guided samples join every judge table beside the unconditional ones, as many per style as the
+    compared real windows have of it (capped); an unconditioned model's tables have no guided row."""
+    import json
+
+    data, plain = tiny
+    cond = make_checkpoint(tmp_path / "cond" / "last.pt", data / "store.zarr", train_steps=5,
+                           conditioning={"style": ["funk", "rock"], "beat_type": ["beat", "fill"]})
+    evaluate(_cfg(data, cond, tmp_path / "cond_eval", *FAST_JUDGE, "evaluate.judge.guided.per_style=3",
+                  "evaluate.judge.guided.guidance=2.5"))
+    judge = json.loads((tmp_path / "cond_eval" / "metrics.json").read_text())["judge"]
+    name = "guided (style, g=2.5)"
+    # the compared real windows: whole 64-step windows of the 128-step validation songs 8, 10 (rock)
+    # and 9 (funk), two each (song 11, funk, has 40 steps): 4 rock, 2 funk; rock capped at 3
+    assert judge["guided_styles"] == {"funk": 2, "rock": 3}
+    assert judge["novelty"][name]["windows"] == 5 and judge["novelty"]["generated"]["windows"] == 6
+    assert set(judge["two_sample"]) >= {"generated", name} and judge["two_sample"][name]["windows_per_side"] == 5
+    assert list(judge["oa"]["rows"]) == ["generated", name, "training windows, copied", "real vs real (ceiling)"]
+    assert np.isfinite(judge["oa"]["rows"][name]["mean_oa"])
+    shown = [t for t in judge["tables"] if t["title"] != "OA per metric, beside the copy row and the ceiling"]
+    assert all(name in [row[0] for row in t["rows"]] for t in shown) and len(shown) == 3
+    assert f"| {name} |" in (tmp_path / "cond_eval" / "report.md").read_text()
+
+    judge = evaluate(_cfg(data, plain, tmp_path / "plain_eval", *FAST_JUDGE))["judge"]
+    assert "guided_styles" not in judge and not any(
+        r.startswith("guided") for table in ("novelty", "two_sample") for r in judge[table])
+    assert list(judge["oa"]["rows"]) == ["generated", "training windows, copied", "real vs real (ceiling)"]

@@ -129,3 +129,46 @@ def real_windows(windows: Windows, min_steps: int = 0, steps_per_bar: int | None
         keep = long_enough
     return ([w[m] for w, m in zip(windows.steps[keep], windows.mask[keep])], windows.song[keep],
             windows.start[keep])
+
+
+def guided_sets(cfg: DictConfig, model, ready, real_songs: np.ndarray, num_drums: int) -> tuple[dict, dict]:
+    """A style-conditioned model's guided samples, for the judge's tables beside the unconditional
+    ones: for each style of the real windows (`real_songs`' top-level style in the export `ready`),
+    as many windows guided towards it as the real set has of it (at most
+    `evaluate.judge.guided.per_style`), so the guided set has the real set's style mix; decoding as
+    `evaluate.generated`. Returns ({name: (rolls, (velocity, offset) per roll, metric sets)},
+    {style: windows}); ({}, {}) for a model not conditioned on style or with `guided.enabled` false."""
+    from train.model import conditioning as C
+    from train.model import guidance_of
+
+    g, gcfg = cfg.evaluate.judge.get("guided") or {}, cfg.evaluate.generated
+    vocab = model.config.get("conditioning") or {}
+    if not g.get("enabled", False) or "style" not in vocab or not len(real_songs):
+        return {}, {}
+    styles, counts = np.unique(C.song_values(C.read_song_labels(ready), "style", ())[real_songs], return_counts=True)
+    unknown = [s for s in styles.tolist() if s not in vocab["style"]]
+    if unknown:   # a style the model never saw cannot be asked for
+        log.warning("evaluate.judge.guided: no guided windows for the real windows' styles %s (not in the model's "
+                    "vocabulary)", unknown)
+    seq_len, expressive = int(cfg.window.seq_len), bool(model.config.get("expressive", False))
+    rolls, played, per_style = [], [], {}
+    for k, (style, n) in enumerate(zip(styles.tolist(), counts.tolist())):
+        if style in unknown:
+            continue
+        n = min(int(n), int(g.per_style))
+        cond = C.request_ids(vocab, model.config.get("bpm_buckets", ()), {"style": style})
+        log.info("evaluate.judge: generating %d windows guided towards style %s", n, style)
+        with torch_threads(int(gcfg.get("num_threads", 1))):
+            out = sample(model, n, seq_len, num_drums=num_drums, temperature=float(gcfg.temperature),
+                         top_p=gcfg.top_p, top_k=gcfg.get("top_k"), seed=int(gcfg.seed) + 1000 * (k + 1),
+                         expressive=expressive, expressive_temperature=float(gcfg.get("expressive_temperature", 1.0)),
+                         cond=cond, guidance=guidance_of(g, cond))
+        hits, *heads = out if expressive else (out, None, None)
+        rolls += list(hits)
+        played += [played_values(h, heads[0][i] if expressive else None, heads[1][i] if expressive else None, 0, 100)
+                   for i, h in enumerate(hits)]
+        per_style[style] = n
+    if not rolls:
+        return {}, per_style
+    sets = window_metric_sets(rolls, seq_len, metric_kwargs(cfg), played)
+    return {f"guided (style, g={float(g.guidance):g})": (rolls, played, sets)}, per_style

@@ -36,7 +36,7 @@ from pipeline.store import Store
 from pipeline.ready_paths import recorded
 from pipeline.splits import monitored_split
 from train.evaluate.expressive_baselines import stronger_baselines
-from train.evaluate.generated import comparison_windows, generated_vs_real
+from train.evaluate.generated import comparison_windows, generated_vs_real, guided_sets
 from train.evaluate.judge import judge_tables
 from train.evaluate.markdown import report_markdown, write_json, write_text
 from train.evaluate.next_step import (MODEL_ROW, fit_baselines, model_probs, score_windows, scores_with_intervals,
@@ -147,9 +147,11 @@ def evaluate(cfg: DictConfig) -> dict:
     if ecfg.generated.enabled:
         played = []
         comparison, real, generated, gen = generated_vs_real(cfg, model, windows, D, store, played)
-        if ecfg.judge.enabled:
+        if ecfg.judge.enabled:   # with a style-conditioned model, guided samples in the real set's style mix too
+            guided, per_style = guided_sets(cfg, model, ready, comparison_windows(cfg, windows)[1], D)
             result["judge"] = judge_tables(cfg, store, *comparison_windows(cfg, windows)[:2], played[0], real,
-                                           {"generated": (list(gen), played[1], generated)}, ref)
+                                           {"generated": (list(gen), played[1], generated), **guided}, ref)
+            result["judge"].update({"guided_styles": per_style} if guided else {})
         result["generated_vs_real"] = comparison
         result["generated_samples"] = int(len(gen))
         result["generated_real_windows"] = int(len(next(iter(real.values()), [])))
