@@ -272,6 +272,19 @@ def test_a_style_conditioned_model_gets_guided_rows_in_the_real_windows_style_mi
     shown = [t for t in judge["tables"] if t["title"] != "OA per metric, beside the copy row and the ceiling"]
     assert all(name in [row[0] for row in t["rows"]] for t in shown) and len(shown) == 3
     assert f"| {name} |" in (tmp_path / "cond_eval" / "report.md").read_text()
+    # the guided windows are those sample() gives for each style's condition at that guidance
+    from train.evaluate.generated import guided_sets
+    from train.model import sample
+
+    model, _, _ = load_for_inference(cond)
+    cfg = _cfg(data, cond, tmp_path, "evaluate.judge.guided.guidance=2.5")
+    songs = np.array([9, 9, 8])                                          # funk, funk, rock
+    (rolls, _, _), = guided_sets(cfg, model, data / "ready", songs, 9)[0].values()
+    funk = sample(model, 2, SEQ_LEN, num_drums=9, seed=1000, expressive=True, cond=[1, 0], guidance=2.5)[0]
+    assert len(rolls) == 3 and np.array_equal(np.stack(rolls[:2]), funk)
+    unguided = guided_sets(_cfg(data, cond, tmp_path, "evaluate.judge.guided.guidance=1"), model, data / "ready",
+                           songs, 9)[0]["guided (style, g=1)"][0]
+    assert not np.array_equal(np.stack(rolls), np.stack(unguided))
 
     judge = evaluate(_cfg(data, plain, tmp_path / "plain_eval", *FAST_JUDGE))["judge"]
     assert "guided_styles" not in judge and not any(
